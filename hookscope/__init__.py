@@ -1,0 +1,57 @@
+"""hookscope: every activation of a transformer, named, cached, edited and ablated.
+
+Importing the package is light: torch, transformers and matplotlib load only when a name that needs
+them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "HookPoint": "hookscope.hooks",
+    "HookedModule": "hookscope.hooks",
+    "HookError": "hookscope.hooks",
+    "StopForward": "hookscope.hooks",
+    "ActivationCache": "hookscope.cache",
+    "get_act_name": "hookscope.names",
+    "load": "hookscope.loading",
+    "LoadError": "hookscope.loading",
+    "DecoderConfig": "hookscope.models.decoder_config",
+    "Decoder": "hookscope.models.decoder",
+    "wrap": "hookscope.bridge",
+    "logit_lens": "hookscope.analysis.lens",
+    "LensResult": "hookscope.analysis.lens",
+    "partial_forward": "hookscope.analysis.partial",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hookscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hookscope.analysis.lens import LensResult, logit_lens
+    from hookscope.analysis.partial import partial_forward
+    from hookscope.bridge import wrap
+    from hookscope.cache import ActivationCache
+    from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
+    from hookscope.loading import LoadError, load
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+    from hookscope.names import get_act_name

@@ -1,0 +1,75 @@
+"""Token and position embeddings and the unembedding (LM head)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hookscope.components.attention import soft_cap
+
+
+class Embed(nn.Module):
+    """Token embedding ``W_E [d_vocab, d_model]``; ``scale`` multiplies the output (Gemma: sqrt(d_model))."""
+
+    def __init__(self, d_vocab: int, d_model: int, scale: float | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_vocab, d_model).normal_(std=0.02))
+        self.scale = scale
+
+    @property
+    def W_E(self) -> torch.Tensor:  # [d_vocab, d_model]
+        return self.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.numel() and (int(tokens.max()) >= self.weight.shape[0] or int(tokens.min()) < 0):
+            raise IndexError(
+                f"token ids must lie in [0, {self.weight.shape[0]}); got min {int(tokens.min())}, "
+                f"max {int(tokens.max())}"
+            )
+        x = self.weight[tokens]  # [batch, pos, d_model]
+        if self.scale is not None:
+            # HF casts the normaliser to the activation dtype before multiplying.
+            x = x * torch.tensor(self.scale, dtype=x.dtype, device=x.device)
+        return x
+
+
+class PosEmbed(nn.Module):
+    """Learned absolute positions ``W_pos [n_ctx, d_model]``."""
+
+    def __init__(self, n_ctx: int, d_model: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_ctx, d_model).normal_(std=0.02))
+
+    @property
+    def W_pos(self) -> torch.Tensor:  # [n_ctx, d_model]
+        return self.weight
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        n_ctx = self.weight.shape[0]
+        if positions.numel() and int(positions.max()) >= n_ctx:
+            raise IndexError(f"position {int(positions.max())} is beyond the model's {n_ctx} positions")
+        return self.weight[positions]  # [batch, pos, d_model]
+
+
+class Unembed(nn.Module):
+    """LM head ``logits = x W_U (+ b_U)``; weight stored ``[d_vocab, d_model]`` (may be tied to the embedding)."""
+
+    def __init__(self, d_model: int, d_vocab: int, bias: bool = False, softcap: float | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_vocab, d_model).normal_(std=0.02))
+        self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(d_vocab)) if bias else None
+        self.softcap = softcap
+
+    @property
+    def W_U(self) -> torch.Tensor:  # [d_model, d_vocab]
+        return self.weight.T
+
+    @property
+    def b_U(self) -> torch.Tensor:  # [d_vocab]
+        return self.bias if self.bias is not None else torch.zeros_like(self.weight[:, 0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = nn.functional.linear(x, self.weight, self.bias)  # [batch, pos, d_vocab]
+        if self.softcap is not None:
+            logits = soft_cap(logits, self.softcap)
+        return logits

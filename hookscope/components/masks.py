@@ -1,0 +1,76 @@
+"""Attention masks as data: which key each query may see, built once per forward and shared by layers.
+
+Masked scores get the dtype's most negative finite value, as HF does, so a query that sees no key
+(a left-padding position) gets a uniform pattern instead of NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Token positions ``[batch, pos]`` that skip left padding: the i-th real token gets position i.
+
+    Mirrors what HF ``generate`` passes as ``position_ids`` (padding positions get 1, then are masked).
+    """
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+class AttentionMask:
+    """Visibility of keys ``[batch, key_pos]`` from queries at absolute indices ``query_index [query_pos]``.
+
+    Args:
+        key_valid: ``[batch, key_pos]`` bool, False for padding (or None: every key real).
+        query_index: absolute index of each query in the key sequence (with a KV cache, the new tokens).
+        key_len: number of keys.
+        causal: queries see only keys at or before their own index.
+    """
+
+    def __init__(
+        self, key_valid: torch.Tensor | None, query_index: torch.Tensor, key_len: int, causal: bool = True
+    ) -> None:
+        self.key_valid = key_valid
+        self.query_index = query_index
+        self.key_len = key_len
+        self.causal = causal
+        self._bias: dict[tuple[int | None, torch.dtype], torch.Tensor] = {}
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """No padding and queries are exactly the keys: SDPA's ``is_causal`` covers it."""
+        return self.key_valid is None and self.causal and self.query_index.shape[0] == self.key_len
+
+    def allowed(self, window: int | None) -> torch.Tensor:
+        """``[batch or 1, 1, query_pos, key_pos]`` bool: True where the query may attend."""
+        key_index = torch.arange(self.key_len, device=self.query_index.device)
+        q = self.query_index[:, None]
+        ok = torch.ones(q.shape[0], self.key_len, dtype=torch.bool, device=q.device)
+        if self.causal:
+            ok = ok & (key_index[None, :] <= q)
+        if window is not None:
+            ok = ok & (q - key_index[None, :] < window)
+        ok = ok[None, None]
+        if self.key_valid is not None:
+            ok = ok & self.key_valid[:, None, None, :].bool()
+        return ok
+
+    def bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask ``[batch or 1, 1, query_pos, key_pos]``: 0 where allowed, dtype min elsewhere."""
+        key = (window, dtype)
+        if key not in self._bias:
+            allowed = self.allowed(window)
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            self._bias[key] = torch.where(allowed, zero, torch.finfo(dtype).min)
+        return self._bias[key]
+
+    def for_sdpa(self, window: int | None, dtype: torch.dtype) -> tuple[torch.Tensor | None, bool]:
+        """``(attn_mask, is_causal)`` for ``scaled_dot_product_attention``."""
+        if window is not None and window >= self.key_len:
+            window = None  # a window longer than the sequence changes nothing
+        if window is None and self.is_plain_causal:
+            return None, True
+        if not self.causal and self.key_valid is None and window is None:
+            return None, False
+        return self.bias(window, dtype), False

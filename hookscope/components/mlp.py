@@ -1,0 +1,80 @@
+"""Feed-forward layers: plain (``W_in -> act -> W_out``) and gated (``act(gate) * up -> down``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hookscope.components.activations import get_activation
+from hookscope.hooks import HookPoint
+
+
+class MLP(nn.Module):
+    """``out = W_out act(W_in x + b_in) + b_out`` with ``hook_pre`` and ``hook_post`` ``[batch, pos, d_mlp]``."""
+
+    def __init__(self, d_model: int, d_mlp: int, act: str, bias: bool = True) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, d_mlp, bias=bias)
+        self.down_proj = nn.Linear(d_mlp, d_model, bias=bias)
+        self.act = get_activation(act)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    @property
+    def W_in(self) -> torch.Tensor:  # [d_model, d_mlp]
+        return self.up_proj.weight.T
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [d_mlp, d_model]
+        return self.down_proj.weight.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.hook_pre(self.up_proj(x))
+        return self.down_proj(self.hook_post(self.act(pre)))
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU / GeGLU: ``down(act(gate x) * up x)``.
+
+    ``hook_pre`` is the gate pre-activation, ``hook_pre_linear`` the linear (up) branch, ``hook_post``
+    their product (TransformerLens names).
+    """
+
+    def __init__(self, d_model: int, d_mlp: int, act: str, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_mlp, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_mlp, bias=bias)
+        self.down_proj = nn.Linear(d_mlp, d_model, bias=bias)
+        self.act = get_activation(act)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    @property
+    def W_gate(self) -> torch.Tensor:  # [d_model, d_mlp]
+        return self.gate_proj.weight.T
+
+    @property
+    def W_in(self) -> torch.Tensor:  # [d_model, d_mlp]
+        return self.up_proj.weight.T
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [d_mlp, d_model]
+        return self.down_proj.weight.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.hook_pre(self.gate_proj(x))
+        up = self.hook_pre_linear(self.up_proj(x))
+        return self.down_proj(self.hook_post(self.act(gate) * up))
+
+
+def make_mlp(kind: str, d_model: int, d_mlp: int, act: str, bias: bool) -> nn.Module:
+    """``kind``: "plain" or "gated"."""
+    if kind == "gated":
+        return GatedMLP(d_model, d_mlp, act, bias)
+    if kind == "plain":
+        return MLP(d_model, d_mlp, act, bias)
+    raise ValueError(f"unknown mlp kind {kind!r}; supported: 'plain', 'gated'")
+
+
+__all__ = ["MLP", "GatedMLP", "make_mlp"]

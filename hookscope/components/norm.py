@@ -1,0 +1,81 @@
+"""Normalisation layers with ``hook_scale`` (the divisor, ``[batch, pos, 1]``) and ``hook_normalized``.
+
+``hook_normalized`` is the layer's output (after the weight and bias): the vector the next sub-layer
+reads, which is what lens-style analyses need. The fused kernel runs unless ``hook_scale`` is hooked.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hookscope.hooks import HookPoint
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it)."""
+
+    def __init__(self, d: int, eps: float, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(d)) if bias else None
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.hook_scale.has_hooks:
+            out = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+            return self.hook_normalized(out)
+        centred = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        out = centred / scale * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return self.hook_normalized(out)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as HF Llama computes it: in float32 whatever the input dtype, weight applied after the cast back."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.to(torch.float32)
+        variance = x32.pow(2).mean(-1, keepdim=True)
+        if self.hook_scale.has_hooks:
+            return x32 / self.hook_scale(torch.sqrt(variance + self.eps))
+        return x32 * torch.rsqrt(variance + self.eps)
+
+    def _affine(self, normed32: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight * normed32.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(self._affine(self._normalize(x), x.dtype))
+
+
+class OffsetRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: scales by ``(1 + weight)`` in float32, then casts back (HF Gemma2RMSNorm)."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__(d, eps)
+        nn.init.zeros_(self.weight)
+
+    def _affine(self, normed32: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (normed32 * (1.0 + self.weight.float())).to(dtype)
+
+
+NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "rmsnorm_plus_one": OffsetRMSNorm}
+
+
+def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
+    """Build the norm a config names; ``bias`` applies to LayerNorm only."""
+    if kind == "layernorm":
+        return LayerNorm(d, eps, bias=bias)
+    return NORMS[kind](d, eps)

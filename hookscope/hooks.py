@@ -1,0 +1,353 @@
+"""Hook points and the hooked root module.
+
+A :class:`HookPoint` is an identity module placed on a named activation. Hooks are plain functions
+``fn(tensor, hook) -> tensor | None``: returning ``None`` observes, returning a tensor replaces the
+activation downstream. :class:`HookedModule` is the mix-in every hookscope model (native or wrapped)
+uses: it names its hook points, adds and removes hooks, and runs with hooks or with a cache.
+
+Nothing in this file knows about any model family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from torch import nn
+
+from hookscope.names import NamesFilter, resolve_names_filter, suggest_names
+
+logger = logging.getLogger(__name__)
+
+HookFn = Callable[..., Any]  # fn(tensor, hook) -> tensor | None
+HookSpec = Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]]
+Direction = Literal["fwd", "bwd"]
+
+
+class HookError(RuntimeError):
+    """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward early; the model's ``run_*`` helpers catch it."""
+
+
+@dataclass
+class _Hook:
+    fn: HookFn
+    permanent: bool
+    level: int | None
+
+
+class HookPoint(nn.Module):
+    """An identity on one named activation; hooks attached here observe or replace it.
+
+    The fast path (no hooks) returns its input untouched, so an un-hooked model pays one attribute
+    check per hook point.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str | None = None
+        self.ctx: dict[Any, Any] = {}
+        self.fwd_hooks: list[_Hook] = []
+        self.bwd_hooks: list[_Hook] = []
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.fwd_hooks or self.bwd_hooks)
+
+    def add_hook(
+        self,
+        fn: HookFn,
+        dir: Direction = "fwd",
+        prepend: bool = False,
+        permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation."""
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        entry = _Hook(fn, permanent, level)
+        if prepend:
+            hooks.insert(0, entry)
+        else:
+            hooks.append(entry)
+
+    def remove_hooks(
+        self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove hooks in one direction (or both); permanent ones only when asked."""
+
+        def keep(h: _Hook) -> bool:
+            if h.permanent and not including_permanent:
+                return True
+            return level is not None and h.level != level
+
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = [h for h in self.fwd_hooks if keep(h)]
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = [h for h in self.bwd_hooks if keep(h)]
+        if not self.has_hooks:
+            self.ctx.clear()
+
+    def clear_context(self) -> None:
+        self.ctx.clear()
+
+    def __call__(self, x: Any) -> Any:  # bypasses nn.Module.__call__ on the hot path
+        if not (self.fwd_hooks or self.bwd_hooks):
+            return x
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Any:
+        for hook in list(self.fwd_hooks):
+            out = _call_hook(hook.fn, x, self, "forward")
+            if out is not None:
+                x = _checked_replacement(out, x, self.name, hook.fn)
+        if self.bwd_hooks and isinstance(x, torch.Tensor) and x.requires_grad:
+            x = _with_backward_hooks(x, self)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)}"
+
+
+def _hook_label(fn: HookFn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _call_hook(fn: HookFn, x: Any, point: HookPoint, phase: str) -> Any:
+    try:
+        return fn(x, hook=point)
+    except (StopForward, HookError):
+        raise
+    except Exception as err:
+        raise HookError(
+            f"{phase} hook {_hook_label(fn)} on '{point.name}' raised {type(err).__name__}: {err}"
+        ) from err
+
+
+def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> Any:
+    """A hook may replace an activation only with a tensor of the same shape, dtype and device."""
+    if not isinstance(old, torch.Tensor):
+        return new
+    if not isinstance(new, torch.Tensor):
+        raise HookError(
+            f"hook {_hook_label(fn)} on '{name}' returned {type(new).__name__}; "
+            f"return None to observe or a tensor of shape {tuple(old.shape)} to replace"
+        )
+    if new.shape != old.shape:
+        raise HookError(
+            f"hook {_hook_label(fn)} on '{name}' returned shape {tuple(new.shape)}, "
+            f"expected {tuple(old.shape)}"
+        )
+    if new.dtype != old.dtype:
+        raise HookError(
+            f"hook {_hook_label(fn)} on '{name}' returned dtype {new.dtype}, expected {old.dtype} "
+            f"(shape {tuple(old.shape)})"
+        )
+    if new.device != old.device:
+        raise HookError(
+            f"hook {_hook_label(fn)} on '{name}' returned a tensor on {new.device}, "
+            f"expected {old.device}"
+        )
+    return new
+
+
+def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
+    """Route the gradient of ``x`` through the point's backward hooks (in order)."""
+    hooks = list(point.bwd_hooks)
+    # A fresh view so the tensor hook belongs to this use of the activation only.
+    x = x.view_as(x)
+
+    def run_bwd(grad: torch.Tensor) -> torch.Tensor:
+        for hook in hooks:
+            out = _call_hook(hook.fn, grad, point, "backward")
+            if out is not None:
+                grad = _checked_replacement(out, grad, point.name, hook.fn)
+        return grad
+
+    x.register_hook(run_bwd)
+    return x
+
+
+def hooks_active(points: Iterable[HookPoint]) -> bool:
+    """True when any of ``points`` has a hook: components use it to pick a fused fast path."""
+    return any(p.fwd_hooks or p.bwd_hooks for p in points)
+
+
+class HookedModule(nn.Module):
+    """The root of every hooked model: names its hook points and runs with hooks or caches.
+
+    Subclasses build their modules, then call :meth:`setup_hooks` once at the end of ``__init__``.
+    """
+
+    hook_dict: dict[str, HookPoint]
+    mod_dict: dict[str, nn.Module]
+
+    def setup_hooks(self) -> None:
+        """Name every HookPoint after its module path and index hook and module dictionaries."""
+        self.mod_dict = {}
+        self.hook_dict = {}
+        for name, module in self.named_modules():
+            if name == "":
+                continue
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    # ---------------------------------------------------------------- hook management
+    def hook_points(self) -> list[HookPoint]:
+        return list(self.hook_dict.values())
+
+    def _points_for(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
+        if isinstance(name_or_filter, str):
+            if name_or_filter not in self.hook_dict:
+                raise KeyError(self.unknown_name_message(name_or_filter))
+            return [self.hook_dict[name_or_filter]]
+        if callable(name_or_filter):
+            return [p for name, p in self.hook_dict.items() if name_or_filter(name)]
+        raise TypeError(
+            f"a hook target must be a hook name or a filter function, got {type(name_or_filter).__name__}"
+        )
+
+    def unknown_name_message(self, name: str) -> str:
+        close = suggest_names(name, self.hook_dict)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown hook name {name!r} on {type(self).__name__}{hint}"
+
+    def add_hook(
+        self,
+        name: str | Callable[[str], bool],
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> None:
+        """Attach ``hook`` to the point called ``name`` or to every point a filter accepts."""
+        for point in self._points_for(name):
+            point.add_hook(hook, dir=dir, prepend=prepend, permanent=is_permanent, level=level)
+
+    def add_perma_hook(
+        self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd"
+    ) -> None:
+        """A hook that survives :meth:`reset_hooks` unless ``including_permanent=True``."""
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def reset_hooks(
+        self, clear_contexts: bool = True, direction: Direction | Literal["both"] = "both",
+        including_permanent: bool = False, level: int | None = None,
+    ) -> None:
+        """Remove hooks from every point (temporary ones only, unless told otherwise)."""
+        for point in self.hook_dict.values():
+            point.remove_hooks(direction, including_permanent=including_permanent, level=level)
+            if clear_contexts:
+                point.clear_context()
+
+    def active_hooks(self) -> dict[str, tuple[int, int]]:
+        """Name -> (forward, backward) hook counts of every point that has hooks."""
+        return {n: (len(p.fwd_hooks), len(p.bwd_hooks)) for n, p in self.hook_dict.items() if p.has_hooks}
+
+    _context_level = 0
+
+    @contextlib.contextmanager
+    def hooks(
+        self,
+        fwd_hooks: HookSpec = (),
+        bwd_hooks: HookSpec = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ) -> Iterator[HookedModule]:
+        """Attach hooks for the duration of a ``with`` block; they are removed on exit, errors included.
+
+        Only the hooks this context added are removed, so contexts nest.
+        """
+        type(self)._context_level += 1
+        level = type(self)._context_level
+        try:
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn, dir="fwd", level=level)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd", level=level)
+            yield self
+        finally:
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts=clear_contexts, level=level)
+            type(self)._context_level -= 1
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: HookSpec = (),
+        bwd_hooks: HookSpec = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """Run the model's forward with hooks attached for this call only.
+
+        Backward hooks fire when the caller runs ``.backward()`` on the output, so with
+        ``bwd_hooks`` the hooks are kept (pass ``reset_hooks_end=False``) or warned about.
+        """
+        if bwd_hooks and reset_hooks_end:
+            logger.warning(
+                "run_with_hooks: backward hooks are removed when the forward ends; pass "
+                "reset_hooks_end=False and call reset_hooks() after backward()"
+            )
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self._forward_catching_stop(*model_args, **model_kwargs)
+
+    def _forward_catching_stop(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self(*args, **kwargs)
+        except StopForward:
+            return None
+
+    # ---------------------------------------------------------------- caching
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        pos_slice: int | slice | Sequence[int] | None = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """Run forward and return ``(output, ActivationCache)`` of the activations the filter names.
+
+        Args:
+            names_filter: ``None`` (everything: convenient, not the fast path), a name, a list of
+                names, or a predicate on names.
+            device: where to put cached tensors (default: where they were computed).
+            remove_batch_dim: drop the batch axis (batch size must be 1).
+            incl_bwd: also run ``output.backward()`` (output must be a scalar, e.g. a loss) and
+                cache gradients under ``NAME_grad``.
+            pos_slice: keep only these positions (along each activation's position axis).
+        """
+        from hookscope.cache import ActivationCache, make_caching_hooks
+
+        names = resolve_names_filter(names_filter, self.hook_dict, self.unknown_name_message)
+        store: dict[str, torch.Tensor] = {}
+        fwd, bwd = make_caching_hooks(
+            names, store, device=device, remove_batch_dim=remove_batch_dim,
+            pos_slice=pos_slice, incl_bwd=incl_bwd,
+        )
+        with self.hooks(fwd, bwd):
+            out = self._forward_catching_stop(*model_args, **model_kwargs)
+            if incl_bwd:
+                if not isinstance(out, torch.Tensor) or out.numel() != 1:
+                    raise ValueError(
+                        "incl_bwd=True needs a scalar output to call backward() on; "
+                        "pass return_type='loss' (native models) or a loss-returning forward"
+                    )
+                out.backward()
+        return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
