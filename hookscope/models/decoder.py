@@ -1,0 +1,284 @@
+"""Decoder-only language models: GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2.
+
+Read top to bottom: two block topologies (sequential and parallel attention + MLP), then the model.
+Every difference between these families is a :class:`DecoderConfig` field.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hookscope.components.attention import Attention
+from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.masks import AttentionMask, positions_from_mask
+from hookscope.components.mlp import make_mlp
+from hookscope.components.norm import RMSNorm, make_norm
+from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
+from hookscope.hooks import HookedModule, HookPoint, hooks_active
+from hookscope.models.decoder_config import DecoderConfig
+from hookscope.models.lm_mixin import LanguageModelMixin
+
+ReturnType = Literal["logits", "loss", "both", None]
+
+
+class SequentialBlock(nn.Module):
+    """``x + attn(ln1(x))`` then ``+ mlp(ln2(.))``; Gemma 2 adds post-norms on each sub-layer's output."""
+
+    def __init__(self, cfg: DecoderConfig, layer: int) -> None:
+        super().__init__()
+        norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.window = cfg.sliding_windows[layer]
+        self.ln1 = norm()
+        self.attn = _make_attention(cfg)
+        self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
+        self.ln2 = norm()
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
+        self.ln2_post: nn.Module | None = norm() if cfg.post_norms else None
+        _add_block_hooks(self)
+
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        attn_out = _attend(self, self.ln1(x), mask, rotary, kv_cache)
+        if self.ln1_post is not None:
+            attn_out = self.ln1_post(attn_out)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+        mlp_out = self.mlp(self.ln2(self.hook_mlp_in(x)))
+        if self.ln2_post is not None:
+            mlp_out = self.ln2_post(mlp_out)
+        return self.hook_resid_post(x + self.hook_mlp_out(mlp_out))
+
+
+class ParallelBlock(nn.Module):
+    """GPT-NeoX / GPT-J: ``x + attn(ln1(x)) + mlp(ln2(x))``, attention and MLP read the same residual."""
+
+    def __init__(self, cfg: DecoderConfig, layer: int) -> None:
+        super().__init__()
+        norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.window = cfg.sliding_windows[layer]
+        self.ln1 = norm()
+        self.attn = _make_attention(cfg)
+        self.ln2 = norm()
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
+        _add_block_hooks(self)
+
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        attn_out = self.hook_attn_out(_attend(self, self.ln1(x), mask, rotary, kv_cache))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
+        # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
+        return self.hook_resid_post(mlp_out + attn_out + x)
+
+
+def _make_attention(cfg: DecoderConfig) -> Attention:
+    qk_norm = partial(RMSNorm, eps=cfg.norm_eps) if cfg.qk_norm else None
+    return Attention(
+        cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
+        qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
+        softcap=cfg.attn_softcap, qk_norm=qk_norm,
+    )
+
+
+def _add_block_hooks(block: nn.Module) -> None:
+    block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+    block.hook_attn_in = HookPoint()  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
+    block.hook_q_input = HookPoint()  # [batch, pos, head_index, d_model]
+    block.hook_k_input = HookPoint()  # [batch, pos, kv_head_index, d_model]
+    block.hook_v_input = HookPoint()  # [batch, pos, kv_head_index, d_model]
+    block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+    block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+    block.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual the MLP's norm reads
+    block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+    block.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+
+def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any) -> torch.Tensor:
+    """Attention on the normalised residual.
+
+    Only when a split-input hook is active, the normalised residual is copied per head
+    (``hook_attn_in``, then ``hook_q_input``/``hook_k_input``/``hook_v_input``: what each head's
+    projection reads), so each head's input can be patched on its own.
+    """
+    split = (block.hook_attn_in, block.hook_q_input, block.hook_k_input, block.hook_v_input)
+    if not hooks_active(split):
+        return block.attn(x, x, x, mask, rotary, block.window, kv_cache)
+    attn = block.attn
+    per_head = block.hook_attn_in(x[:, :, None, :].expand(-1, -1, attn.n_heads, -1))
+    per_kv = per_head[:, :, :: attn.n_heads // attn.n_kv_heads]  # one copy per KV head
+    q_in = block.hook_q_input(per_head)
+    k_in = block.hook_k_input(per_kv)
+    v_in = block.hook_v_input(per_kv)
+    return attn(q_in, k_in, v_in, mask, rotary, block.window, kv_cache)
+
+
+class Decoder(LanguageModelMixin, HookedModule):
+    """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg.d_vocab, cfg.d_model, scale=cfg.embed_scale)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.pos_embed: PosEmbed | None = (
+            PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
+        )
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        block_cls = ParallelBlock if cfg.parallel_attn_mlp else SequentialBlock
+        self.blocks = nn.ModuleList(block_cls(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.unembed = Unembed(cfg.d_model, cfg.d_vocab, bias=cfg.unembed_bias, softcap=cfg.final_softcap)
+        if cfg.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        if cfg.positional == "rotary":
+            inv_freq = rotary_inv_freq(cfg.rotary_dim or cfg.d_head, cfg.rotary_base, cfg.rope_scaling)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        else:
+            self.inv_freq: torch.Tensor | None = None
+        self.tokenizer: Any = None
+        self.setup_hooks()
+
+    # ------------------------------------------------------------------ TransformerLens weight views
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> torch.Tensor:
+        if self.pos_embed is None:
+            raise AttributeError("this model has rotary positions, not a learned W_pos")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        return self.unembed.b_U
+
+    def _stack(self, getter: Any) -> torch.Tensor:
+        return torch.stack([getter(b) for b in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [layer, head_index, d_head, d_model]
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def W_in(self) -> torch.Tensor:  # [layer, d_model, d_mlp]
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
+        return self._stack(lambda b: b.mlp.W_out)
+
+    def to_hf(self) -> Any:
+        """The equivalent transformers model (conversion rules run backwards)."""
+        from hookscope.convert.decoder_build import to_hf
+
+        return to_hf(self)
+
+    # ------------------------------------------------------------------ forward
+    def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The residual stream before block 0: token (+ learned position) embeddings."""
+        x = self.hook_embed(self.embed(tokens))
+        if self.pos_embed is not None:
+            x = x + self.hook_pos_embed(self.pos_embed(positions))
+        return x
+
+    def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
+        if self.inv_freq is None:
+            return None
+        return rotary_cos_sin(self.inv_freq, positions, dtype)
+
+    def forward(
+        self,
+        input: torch.Tensor | str | list[str],
+        attention_mask: torch.Tensor | None = None,
+        return_type: ReturnType = "logits",
+        *,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        prepend_bos: bool | None = None,
+    ) -> Any:
+        """Run the model.
+
+        Args:
+            input: token ids ``[batch, pos]`` (or ``[pos]``), a string or a list of strings (tokenised
+                with left padding); with ``start_at_layer``, the residual stream ``[batch, pos, d_model]``.
+            attention_mask: ``[batch, pos]``, 0 at padding. Positions skip left padding.
+            return_type: "logits", "loss" (mean next-token loss), "both", or None.
+            start_at_layer / stop_at_layer: run blocks ``[start, stop)`` only; with ``stop_at_layer`` the
+                residual stream entering that block is returned.
+            position_ids: explicit positions ``[batch, pos]`` (default: from the attention mask).
+            tokens: the token ids, needed for the loss when ``input`` is a residual stream.
+        """
+        if isinstance(input, (str, list)):
+            input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
+        if start_at_layer is None:
+            tokens = input
+            if tokens.ndim == 1:
+                tokens = tokens[None]
+            batch, n_pos = tokens.shape
+        else:
+            batch, n_pos = input.shape[:2]
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing masked: keep SDPA's fast causal path
+        if position_ids is None:
+            device = input.device
+            position_ids = (
+                positions_from_mask(attention_mask)
+                if attention_mask is not None
+                else torch.arange(n_pos, device=device)[None].expand(batch, -1)
+            )
+        device = input.device
+        mask = AttentionMask(attention_mask, torch.arange(n_pos, device=device), n_pos, causal=True)
+        x = self.embed_tokens(tokens, position_ids) if start_at_layer is None else input
+        rotary = self.rotary_tables(position_ids, x.dtype)
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            x = block(x, mask, rotary)
+        if stop_at_layer is not None and stop_at_layer < len(self.blocks):
+            return x
+        return self._head(x, tokens, attention_mask, return_type)
+
+    def _head(
+        self, x: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, return_type: ReturnType
+    ) -> Any:
+        if return_type is None:
+            return None
+        logits = self.unembed(self.ln_final(x))  # [batch, pos, d_vocab]
+        if return_type == "logits":
+            return logits
+        if tokens is None:
+            raise ValueError("return_type='loss' needs the token ids: pass tokens=...")
+        loss = next_token_loss(logits, tokens, mask)
+        return loss if return_type == "loss" else (logits, loss)
+
+
+def next_token_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy of predicting token ``t+1`` from position ``t`` (padding excluded)."""
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [batch, pos - 1]
+    if attention_mask is None:
+        return nll.mean()
+    keep = attention_mask[:, 1:].to(nll.dtype) * attention_mask[:, :-1].to(nll.dtype)
+    return (nll * keep).sum() / keep.sum()

@@ -1,0 +1,78 @@
+"""DecoderConfig: every choice a decoder-only language model makes, as typed, validated fields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from hookscope.components.activations import ACTIVATIONS
+from hookscope.components.rotary import RopeScaling
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderConfig:
+    """Shape and numerics of a decoder LM (GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2...).
+
+    Variations inside the topology are fields here; the block topology (sequential or parallel
+    attention + MLP) is ``parallel_attn_mlp``, which picks a different block class.
+    """
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    n_kv_heads: int | None = None  # None: same as n_heads (MHA)
+    act_fn: str = "gelu_new"
+    mlp: Literal["plain", "gated"] = "plain"
+    norm: Literal["layernorm", "rmsnorm", "rmsnorm_plus_one"] = "layernorm"
+    norm_eps: float = 1e-5
+    positional: Literal["learned", "rotary"] = "learned"
+    rotary_dim: int | None = None  # None: the whole head
+    rotary_base: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    parallel_attn_mlp: bool = False
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    unembed_bias: bool = False
+    qk_norm: bool = False
+    post_norms: bool = False  # Gemma 2: norms after attention and MLP as well as before
+    embed_scale: float | None = None
+    attn_scale: float | None = None  # None: d_head ** -0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_windows: tuple[int | None, ...] = ()  # per layer; () means no sliding windows
+    tie_embeddings: bool = False
+    architecture: str = "GPT2LMHeadModel"  # the HF class this was converted from (for to_hf)
+    hf_config: dict = field(default_factory=dict, compare=False, repr=False)  # source config, for to_hf
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.rotary_dim is None and self.positional == "rotary":
+            object.__setattr__(self, "rotary_dim", self.d_head)
+        if not self.sliding_windows:
+            object.__setattr__(self, "sliding_windows", (None,) * self.n_layers)
+        for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:  # type: ignore[operator]
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA"
+            )
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+        if self.positional == "rotary" and (self.rotary_dim or 0) % 2:
+            raise ValueError(f"rotary_dim must be even, got {self.rotary_dim}")
+        if len(self.sliding_windows) != self.n_layers:
+            raise ValueError(
+                f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers"
+            )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("hf_config")
+        return d

@@ -1,0 +1,38 @@
+"""Shared test helpers: re-drawn random HF models and a hook-by-hook comparison that names the first divergence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def redraw_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every parameter: norm weights around 1, biases non-zero (HF init hides swapped or dropped ones)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+            if p.ndim == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / max(p.shape[-1], 1) ** 0.5)
+    return model
+
+
+def first_divergence(
+    pairs: Iterable[tuple[str, torch.Tensor, torch.Tensor]], atol: float, rtol: float
+) -> str | None:
+    """The first (name, ours, reference) pair that differs, described; None when all match."""
+    for name, ours, ref in pairs:
+        if ours.shape != ref.shape:
+            return f"{name}: shape {tuple(ours.shape)} vs reference {tuple(ref.shape)}"
+        if not torch.allclose(ours, ref, atol=atol, rtol=rtol):
+            diff = (ours - ref).abs().max().item()
+            return f"{name}: max abs difference {diff:.3e} (atol {atol}, rtol {rtol})"
+    return None
+
+
+TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-10, 1e-10)}
