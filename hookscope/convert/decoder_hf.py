@@ -164,14 +164,16 @@ def neox_rules(cfg: DecoderConfig) -> RuleSet:
         rename(f"{h}.mlp.dense_h_to_4h.bias", f"{b}.mlp.up_proj.bias"),
         rename(f"{h}.mlp.dense_4h_to_h.weight", f"{b}.mlp.down_proj.weight"),
         rename(f"{h}.mlp.dense_4h_to_h.bias", f"{b}.mlp.down_proj.bias"),
-        *_final(cfg, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", "embed_out.weight", norm_bias=True),
+        *_final(cfg, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", "lm_head.weight", norm_bias=True),
     ]
     if cfg.qkv_bias:
         rules.append(Rule((f"{h}.attention.query_key_value.bias",), tuple(f"{p}.bias" for p in qkv), split, merge))
     if cfg.attn_out_bias:
         rules.append(rename(f"{h}.attention.dense.bias", f"{b}.attn.o_proj.bias"))
-    return RuleSet(tuple(rules), ignore_sources=(r"\.attention\.(masked_)?bias$", r"rotary_emb\.inv_freq$",
-                                                 r"^embed_out\.weight$"))
+    return RuleSet(
+        tuple(rules), ignore_sources=(r"\.attention\.(masked_)?bias$", r"rotary_emb\.inv_freq$", r"^lm_head\.weight$"),
+        aliases=((r"^embed_out\.weight$", "lm_head.weight"),),  # transformers < 5 checkpoints
+    )
 
 
 def llama_like_rules(cfg: DecoderConfig) -> RuleSet:

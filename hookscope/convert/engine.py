@@ -49,6 +49,8 @@ class RuleSet:
 
     rules: tuple[Rule, ...]
     ignore_sources: tuple[str, ...] = field(default=())
+    # (regex, replacement) applied to source names first: older checkpoints' names for the same tensor
+    aliases: tuple[tuple[str, str], ...] = field(default=())
 
     def inverted(self) -> RuleSet:
         return RuleSet(tuple(r.inverted() for r in self.rules))
@@ -83,7 +85,13 @@ def convert_tensors(
     The accounting check runs before any tensor is read, so a mismatch costs nothing.
     """
     rules = expand(ruleset.rules, n_layers)
-    available = set(source_keys)
+    original: dict[str, str] = {}
+    for key in source_keys:
+        name = key
+        for pattern, repl in ruleset.aliases:
+            name = re.sub(pattern, repl, name)
+        original[name] = key
+    available = set(original)
     ignore = [re.compile(p) for p in ruleset.ignore_sources]
     used = {s for r in rules for s in r.sources}
     produced = [t for r in rules for t in r.targets]
@@ -104,7 +112,7 @@ def convert_tensors(
     if problems:
         raise ConversionError("weight conversion is not exact:\n  " + "\n  ".join(problems))
     for rule in rules:
-        outs = rule.fwd([get(s) for s in rule.sources])
+        outs = rule.fwd([get(original[s]) for s in rule.sources])
         if len(outs) != len(rule.targets):
             raise ConversionError(f"rule {rule.sources} -> {rule.targets} produced {len(outs)} tensors")
         yield from zip(rule.targets, outs)
