@@ -19,6 +19,7 @@ from hookscope.components.masks import AttentionMask, positions_from_mask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
+from hookscope.generation.kv_cache import KVCache
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.lm_mixin import LanguageModelMixin
@@ -187,6 +188,20 @@ class Decoder(LanguageModelMixin, HookedModule):
     def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
         return self._stack(lambda b: b.mlp.W_out)
 
+    # ------------------------------------------------------------------ generation (hookscope.generation)
+    def generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
+        """Greedy, sampled or beam-search continuations under the active hooks: see
+        :func:`hookscope.generation.generate` for every argument."""
+        from hookscope.generation.api import generate
+
+        return generate(self, inputs, max_new_tokens, **kwargs)
+
+    def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
+        """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
+        from hookscope.generation.api import generate_stream
+
+        return generate_stream(self, inputs, max_new_tokens, **kwargs)
+
     def to_hf(self) -> Any:
         """The equivalent transformers model (conversion rules run backwards)."""
         from hookscope.convert.decoder_build import to_hf
@@ -217,6 +232,7 @@ class Decoder(LanguageModelMixin, HookedModule):
         position_ids: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         prepend_bos: bool | None = None,
+        kv_cache: KVCache | None = None,
     ) -> Any:
         """Run the model.
 
@@ -229,6 +245,8 @@ class Decoder(LanguageModelMixin, HookedModule):
                 residual stream entering that block is returned.
             position_ids: explicit positions ``[batch, pos]`` (default: from the attention mask).
             tokens: the token ids, needed for the loss when ``input`` is a residual stream.
+            kv_cache: a :class:`~hookscope.generation.kv_cache.KVCache` holding earlier positions
+                (generation): ``input`` is then only the new tokens, ``attention_mask`` covers past + new.
         """
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
@@ -239,21 +257,26 @@ class Decoder(LanguageModelMixin, HookedModule):
             batch, n_pos = tokens.shape
         else:
             batch, n_pos = input.shape[:2]
+        past = 0 if kv_cache is None else _check_cache_call(kv_cache, start_at_layer, stop_at_layer)
+        n_keys = past + n_pos  # with a KV cache, queries are the last n_pos of n_keys positions
+        if attention_mask is not None and attention_mask.shape[-1] != n_keys:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {n_keys}")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing masked: keep SDPA's fast causal path
-        if position_ids is None:
-            device = input.device
-            position_ids = (
-                positions_from_mask(attention_mask)
-                if attention_mask is not None
-                else torch.arange(n_pos, device=device)[None].expand(batch, -1)
-            )
         device = input.device
-        mask = AttentionMask(attention_mask, torch.arange(n_pos, device=device), n_pos, causal=True)
+        if position_ids is None:
+            position_ids = (
+                positions_from_mask(attention_mask)[:, past:]
+                if attention_mask is not None
+                else torch.arange(past, n_keys, device=device)[None].expand(batch, -1)
+            )
+        mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=True)
         x = self.embed_tokens(tokens, position_ids) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            x = block(x, mask, rotary)
+        for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
+            x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i))
+        if kv_cache is not None:
+            kv_cache.advance(n_pos)
         if stop_at_layer is not None and stop_at_layer < len(self.blocks):
             return x
         return self._head(x, tokens, attention_mask, return_type)
@@ -270,6 +293,13 @@ class Decoder(LanguageModelMixin, HookedModule):
             raise ValueError("return_type='loss' needs the token ids: pass tokens=...")
         loss = next_token_loss(logits, tokens, mask)
         return loss if return_type == "loss" else (logits, loss)
+
+
+def _check_cache_call(kv_cache: KVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
+    """Positions already in the cache; a cached forward must run every block (each stores its keys)."""
+    if start_at_layer is not None or stop_at_layer is not None:
+        raise ValueError("kv_cache needs a forward through every block: drop start_at_layer/stop_at_layer")
+    return kv_cache.length
 
 
 def next_token_loss(

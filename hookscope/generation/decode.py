@@ -1,0 +1,111 @@
+"""The greedy / sampling decode loop over a static KV cache (gpt-fast style: prefill, then one token a step).
+
+Per step: one forward of the new token through the cache, the logits of its position in float32 (as HF
+does), the processors, the choice, one in-place write into the preallocated sequence buffer. Nothing is
+concatenated and no Python object is built per layer. The host waits on the device only when something
+must be decided there: a stop condition (EOS ids, stop strings) or the caller reading the token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from hookscope.generation.kv_cache import KVCache
+from hookscope.generation.processors import greedy, process_logits, sample
+from hookscope.generation.settings import GenerationSettings
+from hookscope.generation.step_cache import StepRecorder
+
+
+class Decoding:
+    """One greedy or sampling run. Iterate to get each step's tokens ``[batch]``; then read :attr:`sequences`.
+
+    Args:
+        model: a native decoder (``model(tokens, mask, kv_cache=...) -> logits``).
+        tokens: left-padded prompts ``[batch, prompt_pos]``.
+        mask: ``[batch, prompt_pos]`` (0 at padding) or None.
+        settings: validated :class:`GenerationSettings` (``num_beams == 1``).
+        recorder: a :class:`StepRecorder` already entered, or None.
+    """
+
+    def __init__(
+        self, model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, settings: GenerationSettings,
+        recorder: StepRecorder | None = None,
+    ) -> None:
+        self.model, self.s, self.recorder = model, settings, recorder
+        batch, self.prompt_len = tokens.shape
+        total = self.prompt_len + settings.max_new_tokens
+        device = tokens.device
+        self.buffer = torch.full((batch, total), settings.pad_token_id, dtype=torch.long, device=device)
+        self.buffer[:, : self.prompt_len] = tokens
+        self.mask: torch.Tensor | None = None  # [batch, total]: generated positions are always real
+        if mask is not None:
+            self.mask = torch.ones((batch, total), dtype=torch.long, device=device)
+            self.mask[:, : self.prompt_len] = mask
+        self.cache = KVCache.for_model(model, batch, total) if settings.use_cache else None
+        self.length = self.prompt_len
+        gen = None
+        if settings.seed is not None:
+            gen = torch.Generator(device=device).manual_seed(settings.seed)
+        self.generator = gen
+        self.eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
+        self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """Prompt + generated tokens so far ``[batch, pos]`` (finished rows padded with the pad id)."""
+        return self.buffer[:, : self.length]
+
+    def _forward(self, start: int, end: int) -> torch.Tensor:
+        """Logits ``[batch, d_vocab]`` of position ``end - 1``, feeding positions ``[start, end)``."""
+        mask = None if self.mask is None else self.mask[:, :end]
+        if self.cache is None:
+            logits = self.model(self.buffer[:, :end], mask)
+        else:
+            logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache)
+        if self.recorder is not None:
+            self.recorder.end_step()
+        return logits[:, -1]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        s, p = self.s, self.s.processing
+        logits = self._forward(0, self.prompt_len)
+        for step in range(s.max_new_tokens):
+            cur = self.length
+            scores = logits.float()
+            if not p.is_identity:
+                mask = None if self.mask is None else self.mask[:, :cur]
+                scores = process_logits(scores, p, self.buffer[:, :cur], mask)
+            token = sample(scores, self.generator) if p.do_sample else greedy(scores)
+            if s.stops_early:
+                token = torch.where(self.unfinished, token, s.pad_token_id)
+            self.buffer[:, cur] = token
+            self.length = cur + 1
+            yield token
+            if s.stops_early and not self._still_running(token):
+                break
+            if step + 1 < s.max_new_tokens:
+                logits = self._forward(cur, cur + 1)
+        if self.recorder is not None:  # the last token's activations, so the cache covers the whole sequence
+            if self.cache is None:
+                self.recorder.forget()
+            self._forward(self.length - 1, self.length)
+
+    def _still_running(self, token: torch.Tensor) -> bool:
+        """Mark rows that just hit an EOS id or completed a stop string; False once every row is done."""
+        if self.eos is not None:
+            self.unfinished &= ~torch.isin(token, self.eos)
+        if self.s.stop_strings:
+            self._check_stop_strings()
+        return bool(self.unfinished.any())
+
+    def _check_stop_strings(self) -> None:
+        tok = self.model.tokenizer
+        rows = self.unfinished.nonzero().flatten().tolist()
+        generated = self.buffer[:, self.prompt_len : self.length]
+        for row in rows:
+            text = tok.decode(generated[row].tolist())
+            if any(stop in text for stop in self.s.stop_strings):
+                self.unfinished[row] = False

@@ -1,0 +1,160 @@
+"""Generation arguments, validated once with messages that say what to do; prompts in, token tensors out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from hookscope.generation.processors import Processing
+from hookscope.models.lm_mixin import pad_sequences
+
+EarlyStopping = Literal[True, False, "never"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationSettings:
+    """Everything that decides what ``generate`` does, after validation and defaulting."""
+
+    max_new_tokens: int
+    processing: Processing
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: EarlyStopping = False
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+    use_cache: bool = True
+
+    @property
+    def stops_early(self) -> bool:
+        return bool(self.eos_token_ids or self.stop_strings)
+
+
+def make_settings(
+    model: Any, max_new_tokens: int, *, do_sample: bool, temperature: float, top_k: int | None,
+    top_p: float | None, min_p: float | None, repetition_penalty: float | None, num_beams: int,
+    length_penalty: float, early_stopping: EarlyStopping, eos_token_id: int | Sequence[int] | None,
+    stop_strings: str | Sequence[str] | None, seed: int | None, use_cache: bool,
+) -> GenerationSettings:
+    """Check every argument (ValueError naming the argument and the accepted range) and resolve defaults."""
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("num_beams", num_beams, 1)
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r} (greedy decoding: do_sample=False)")
+    if top_k is not None:
+        _check_int("top_k", top_k, 0)
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if min_p is not None and not (isinstance(min_p, (int, float)) and 0 <= min_p <= 1):
+        raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
+    if repetition_penalty is not None and not (
+        isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0
+    ):
+        raise ValueError(f"repetition_penalty must be > 0 (1.0 = no penalty), got {repetition_penalty!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam sampling is not supported: use num_beams > 1 with do_sample=False")
+    eos = _eos_ids(model, eos_token_id)
+    stops = (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings or ())
+    if stops and getattr(model, "tokenizer", None) is None:
+        raise ValueError("stop_strings need a tokenizer to decode the generated text; set model.tokenizer")
+    if stops and num_beams > 1:
+        raise ValueError("stop_strings are not supported with beam search; use eos_token_id")
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
+    processing = Processing(
+        do_sample=do_sample, temperature=float(temperature), top_k=top_k or None, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty,
+    )
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens, processing=processing, num_beams=num_beams,
+        length_penalty=float(length_penalty), early_stopping=early_stopping, eos_token_ids=eos,
+        pad_token_id=_pad_id(model, eos), stop_strings=stops, seed=seed, use_cache=use_cache,
+    )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    """Explicit ids (one or many; ``[]`` for none), else the tokenizer's EOS, else none."""
+    if eos_token_id is None:
+        tok = getattr(model, "tokenizer", None)
+        eos_token_id = getattr(tok, "eos_token_id", None) if tok is not None else None
+        return () if eos_token_id is None else (int(eos_token_id),)
+    ids = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
+    d_vocab = model.cfg.d_vocab
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < d_vocab:
+            raise ValueError(f"eos_token_id entries must be token ids in [0, {d_vocab}), got {i!r}")
+    return ids
+
+
+def _pad_id(model: Any, eos: tuple[int, ...]) -> int:
+    """What finished rows are filled with: the tokenizer's pad token, else the first EOS (as HF), else 0."""
+    tok = getattr(model, "tokenizer", None)
+    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+    if pad is not None:
+        return int(pad)
+    return eos[0] if eos else 0
+
+
+# ---------------------------------------------------------------------- prompts
+def prepare_prompts(
+    model: Any, inputs: Any, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts as left-padded ``tokens [batch, pos]`` and ``mask [batch, pos]`` (None when nothing is padded).
+
+    ``inputs``: a string, a list of strings, token ids ``[pos]`` / ``[batch, pos]``, or a list of token
+    sequences of different lengths.
+    """
+    device = next(model.parameters()).device
+    if attention_mask is not None and not isinstance(inputs, torch.Tensor):
+        raise ValueError("attention_mask goes with a token tensor (text and token lists are padded for you)")
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], str)):
+        tokens, mask = model.to_tokens(inputs, return_mask=True)
+    elif isinstance(inputs, torch.Tensor):
+        tokens = inputs[None] if inputs.ndim == 1 else inputs
+        mask = attention_mask
+        if mask is not None:
+            mask = mask[None] if mask.ndim == 1 else mask
+            if mask.shape != tokens.shape:
+                raise ValueError(f"attention_mask shape {tuple(mask.shape)} != tokens {tuple(tokens.shape)}")
+            if bool((mask[:, -1] == 0).any()):
+                raise ValueError("generation needs left padding: every row's last position must be real")
+    elif isinstance(inputs, (list, tuple)) and inputs:
+        seqs = [torch.as_tensor(s).reshape(-1).tolist() for s in inputs]
+        tokens, mask = pad_sequences(seqs, _pad_id(model, ()), "left")
+    else:
+        raise TypeError(
+            "inputs must be a string, a list of strings, a token tensor or a list of token sequences, "
+            f"got {type(inputs).__name__}"
+        )
+    if tokens.ndim != 2 or tokens.shape[1] == 0 or tokens.is_floating_point():
+        raise ValueError(
+            f"prompts must be token ids [batch, pos], pos >= 1; got {tuple(tokens.shape)} {tokens.dtype}"
+        )
+    tokens = tokens.to(device=device, dtype=torch.long)
+    if mask is not None:
+        mask = mask.to(device=device, dtype=torch.long)
+        if bool(mask.all()):
+            mask = None
+    return tokens, mask
+
+
+def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
+    n_ctx = model.cfg.n_ctx
+    if prompt_len + max_new_tokens > n_ctx:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{prompt_len + max_new_tokens} exceeds the model's context of {n_ctx} positions; "
+            f"lower max_new_tokens to at most "
+            f"{max(n_ctx - prompt_len, 0)}"
+        )
