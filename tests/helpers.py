@@ -7,14 +7,17 @@ from collections.abc import Iterable
 import torch
 
 
-def redraw_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw every parameter: norm weights around 1, biases non-zero (HF init hides swapped or dropped ones)."""
+def redraw_parameters(model: torch.nn.Module, seed: int = 0, norm_center: float = 1.0) -> torch.nn.Module:
+    """Re-draw every parameter: norm weights around 1, biases non-zero (HF init hides swapped or dropped ones).
+
+    ``norm_center=0`` for norms that scale by ``1 + weight`` (Gemma), so their effective scale is still ~1.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
             if p.ndim == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
+                p.copy_(norm_center + 0.1 * noise)
             elif p.ndim == 1:
                 p.copy_(0.1 * noise)
             else:

@@ -38,6 +38,8 @@ class Attention(nn.Module):
         qk_norm: a factory ``d_head -> nn.Module`` for per-head q/k norms (Qwen3), or None.
         scale: multiplier on ``q . k`` (``d_head ** -0.5`` by default).
         softcap: Gemma 2 attention-logit soft-capping, or None.
+        softmax_in_float32: compute the pattern in float32 whatever the input dtype (HF Llama-style
+            eager attention); False computes it in the input dtype (HF BERT's eager attention).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         softcap: float | None = None,
         qk_norm: Callable[[int], nn.Module] | None = None,
+        softmax_in_float32: bool = True,
     ) -> None:
         super().__init__()
         if n_heads % n_kv_heads:
@@ -59,6 +62,8 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv_heads, d_head
         self.scale = d_head**-0.5 if scale is None else scale
         self.softcap = softcap
+        self.softmax_dtype = torch.float32 if softmax_in_float32 else None
+        self.softmax_dtype: torch.dtype | None = torch.float32 if softmax_in_float32 else None
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=qkv_bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias)
@@ -169,14 +174,17 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, window: int | None
     ) -> torch.Tensor:
         n_rep = self.n_heads // self.n_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale  # [batch, head, query_pos, key_pos]
+        # [batch, head, pos, d_head], multiplied as HF's eager attention does (same rounding in float32)
+        q, k, v = q.transpose(1, 2), repeat_kv(k, n_rep).transpose(1, 2), repeat_kv(v, n_rep).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [batch, head, query_pos, key_pos]
         if self.softcap is not None:
             scores = soft_cap(scores, self.softcap)
-        scores = self.hook_attn_scores(scores + mask.bias(window, scores.dtype))
-        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        narrowest = self.softmax_dtype if self.softmax_dtype is not None else scores.dtype
+        fill = narrowest if torch.finfo(narrowest).bits < torch.finfo(scores.dtype).bits else None
+        scores = self.hook_attn_scores(scores + mask.bias(window, scores.dtype, fill))
+        pattern = F.softmax(scores, dim=-1, dtype=self.softmax_dtype).to(q.dtype)
         pattern = self.hook_pattern(pattern)
-        return torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # [batch, pos, head, d_head]
+        return torch.matmul(pattern, v).transpose(1, 2)  # [batch, pos, head, d_head]
 
     def _fused(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, window: int | None

@@ -9,12 +9,19 @@ from hookscope.components.attention import soft_cap
 
 
 class Embed(nn.Module):
-    """Token embedding ``W_E [d_vocab, d_model]``; ``scale`` multiplies the output (Gemma: sqrt(d_model))."""
+    """Token embedding ``W_E [d_vocab, d_model]``; ``scale`` multiplies the output (Gemma: sqrt(d_model)).
 
-    def __init__(self, d_vocab: int, d_model: int, scale: float | None = None) -> None:
+    ``padding_idx``: as ``nn.Embedding``'s, the row gets no gradient from the look-up (HF BERT's word
+    embeddings); the forward is unchanged.
+    """
+
+    def __init__(
+        self, d_vocab: int, d_model: int, scale: float | None = None, padding_idx: int | None = None
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_vocab, d_model).normal_(std=0.02))
         self.scale = scale
+        self.padding_idx = padding_idx
 
     @property
     def W_E(self) -> torch.Tensor:  # [d_vocab, d_model]
@@ -26,19 +33,26 @@ class Embed(nn.Module):
                 f"token ids must lie in [0, {self.weight.shape[0]}); got min {int(tokens.min())}, "
                 f"max {int(tokens.max())}"
             )
-        x = self.weight[tokens]  # [batch, pos, d_model]
+        x = _lookup(self.weight, tokens, self.padding_idx)  # [batch, pos, d_model]
         if self.scale is not None:
             # HF casts the normaliser to the activation dtype before multiplying.
             x = x * torch.tensor(self.scale, dtype=x.dtype, device=x.device)
         return x
 
 
-class PosEmbed(nn.Module):
-    """Learned absolute positions ``W_pos [n_ctx, d_model]``."""
+def _lookup(weight: torch.Tensor, index: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+    if padding_idx is None:
+        return weight[index]
+    return nn.functional.embedding(index, weight, padding_idx=padding_idx)
 
-    def __init__(self, n_ctx: int, d_model: int) -> None:
+
+class PosEmbed(nn.Module):
+    """Learned absolute positions ``W_pos [n_ctx, d_model]`` (``padding_idx`` as in :class:`Embed`)."""
+
+    def __init__(self, n_ctx: int, d_model: int, padding_idx: int | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_ctx, d_model).normal_(std=0.02))
+        self.padding_idx = padding_idx
 
     @property
     def W_pos(self) -> torch.Tensor:  # [n_ctx, d_model]
@@ -48,7 +62,7 @@ class PosEmbed(nn.Module):
         n_ctx = self.weight.shape[0]
         if positions.numel() and int(positions.max()) >= n_ctx:
             raise IndexError(f"position {int(positions.max())} is beyond the model's {n_ctx} positions")
-        return self.weight[positions]  # [batch, pos, d_model]
+        return _lookup(self.weight, positions, self.padding_idx)  # [batch, pos, d_model]
 
 
 class Unembed(nn.Module):

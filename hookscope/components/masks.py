@@ -56,13 +56,17 @@ class AttentionMask:
             ok = ok & self.key_valid[:, None, None, :].bool()
         return ok
 
-    def bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask ``[batch or 1, 1, query_pos, key_pos]``: 0 where allowed, dtype min elsewhere."""
-        key = (window, dtype)
+    def bias(self, window: int | None, dtype: torch.dtype, fill_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Additive mask ``[batch or 1, 1, query_pos, key_pos]``: 0 where allowed, a huge negative elsewhere.
+
+        The fill is the most negative value of ``fill_dtype`` (default ``dtype``): pass the softmax's
+        dtype when it is narrower, so a fully masked row stays finite there (no NaN).
+        """
+        key = (window, dtype, fill_dtype)
         if key not in self._bias:
             allowed = self.allowed(window)
             zero = torch.zeros((), dtype=dtype, device=allowed.device)
-            self._bias[key] = torch.where(allowed, zero, torch.finfo(dtype).min)
+            self._bias[key] = torch.where(allowed, zero, torch.finfo(fill_dtype or dtype).min)
         return self._bias[key]
 
     def for_sdpa(self, window: int | None, dtype: torch.dtype) -> tuple[torch.Tensor | None, bool]:

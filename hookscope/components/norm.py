@@ -25,15 +25,20 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, d]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.hook_scale.has_hooks:
-            out = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
-            return self.hook_normalized(out)
-        centred = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        out = centred / scale * self.weight
+        if self.hook_scale.has_hooks:
+            centred = x - x.mean(-1, keepdim=True)
+            scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            hooked = self.hook_scale(scale)
+            if hooked is not scale:  # edited by a hook: normalise with the edited scale
+                return self.hook_normalized(self._affine(centred / hooked))
+        out = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        return self.hook_normalized(out)
+
+    def _affine(self, normed: torch.Tensor) -> torch.Tensor:
+        out = normed * self.weight
         if self.bias is not None:
             out = out + self.bias
-        return self.hook_normalized(out)
+        return out
 
 
 class RMSNorm(nn.Module):
@@ -50,7 +55,11 @@ class RMSNorm(nn.Module):
         x32 = x.to(torch.float32)
         variance = x32.pow(2).mean(-1, keepdim=True)
         if self.hook_scale.has_hooks:
-            return x32 / self.hook_scale(torch.sqrt(variance + self.eps))
+            scale = torch.sqrt(variance + self.eps)
+            hooked = self.hook_scale(scale)
+            if hooked is not scale:  # edited by a hook: normalise with the edited scale
+                return x32 / hooked
+        # HF multiplies by rsqrt; dividing by sqrt would differ in the last bit
         return x32 * torch.rsqrt(variance + self.eps)
 
     def _affine(self, normed32: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from hookscope.components.rotary import RopeScaling
 from hookscope.convert.engine import (
     ConversionError,
@@ -63,6 +65,12 @@ def _windows(values: dict[str, Any], n_layers: int) -> tuple[int | None, ...]:
     return (window,) * n_layers
 
 
+def _padding_idx(v: dict[str, Any]) -> int | None:
+    """HF Llama-style models build ``nn.Embedding(..., padding_idx=pad_token_id)`` (GPT-2 and NeoX do not)."""
+    pad = v.get("pad_token_id")
+    return pad if isinstance(pad, int) and 0 <= pad < v["vocab_size"] else None
+
+
 def gpt2_config(v: dict[str, Any]) -> dict[str, Any]:
     require(not v.get("scale_attn_by_inverse_layer_idx"), "GPT-2 scale_attn_by_inverse_layer_idx is not supported")
     require(not v.get("reorder_and_upcast_attn"), "GPT-2 reorder_and_upcast_attn is not supported")
@@ -72,7 +80,7 @@ def gpt2_config(v: dict[str, Any]) -> dict[str, Any]:
         d_model=d, n_layers=v["n_layer"], n_heads=v["n_head"], d_head=d // v["n_head"],
         d_mlp=v.get("n_inner") or 4 * d, d_vocab=v["vocab_size"], n_ctx=v["n_positions"],
         act_fn=v["activation_function"], norm="layernorm", norm_eps=v["layer_norm_epsilon"],
-        positional="learned", qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+        positional="learned", qkv_bias=True, attn_out_bias=True, mlp_bias=True, attn_softmax_float32=False,
         tie_embeddings=v.get("tie_word_embeddings", True),
     )
 
@@ -100,6 +108,7 @@ def llama_like_config(v: dict[str, Any]) -> dict[str, Any]:
         act_fn=v["hidden_act"], mlp="gated", norm="rmsnorm", norm_eps=v["rms_norm_eps"],
         qkv_bias=bias or qwen2, attn_out_bias=bias, mlp_bias=bool(v.get("mlp_bias", False)),
         qk_norm=v.get("model_type") == "qwen3", tie_embeddings=v.get("tie_word_embeddings", False),
+        padding_idx=_padding_idx(v),
         sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, d_head),
     )
 
@@ -111,9 +120,11 @@ def gemma2_config(v: dict[str, Any]) -> dict[str, Any]:
         d_head=v["head_dim"], d_mlp=v["intermediate_size"], d_vocab=v["vocab_size"],
         n_ctx=v["max_position_embeddings"], act_fn=v["hidden_activation"], mlp="gated",
         norm="rmsnorm_plus_one", norm_eps=v["rms_norm_eps"], qkv_bias=bool(v.get("attention_bias")),
-        attn_out_bias=bool(v.get("attention_bias")), post_norms=True, embed_scale=d**0.5,
+        attn_out_bias=bool(v.get("attention_bias")), post_norms=True,
+        embed_scale=float(torch.tensor(d**0.5, dtype=torch.float32)),  # HF keeps it as a float32 buffer
         attn_scale=float(v["query_pre_attn_scalar"]) ** -0.5, attn_softcap=v.get("attn_logit_softcapping"),
         final_softcap=v.get("final_logit_softcapping"), tie_embeddings=v.get("tie_word_embeddings", True),
+        padding_idx=_padding_idx(v),
         sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, v["head_dim"]),
     )
 

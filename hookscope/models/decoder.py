@@ -80,7 +80,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     return Attention(
         cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
         qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
-        softcap=cfg.attn_softcap, qk_norm=qk_norm,
+        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.attn_softmax_float32,
     )
 
 
@@ -122,7 +122,7 @@ class Decoder(LanguageModelMixin, HookedModule):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = Embed(cfg.d_vocab, cfg.d_model, scale=cfg.embed_scale)
+        self.embed = Embed(cfg.d_vocab, cfg.d_model, scale=cfg.embed_scale, padding_idx=cfg.padding_idx)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.pos_embed: PosEmbed | None = (
             PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
@@ -305,10 +305,11 @@ def _check_cache_call(kv_cache: KVCache, start_at_layer: int | None, stop_at_lay
 def next_token_loss(
     logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy of predicting token ``t+1`` from position ``t`` (padding excluded)."""
-    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [batch, pos - 1]
-    if attention_mask is None:
-        return nll.mean()
-    keep = attention_mask[:, 1:].to(nll.dtype) * attention_mask[:, :-1].to(nll.dtype)
-    return (nll * keep).sum() / keep.sum()
+    """Mean cross-entropy of predicting token ``t+1`` from position ``t``, padding excluded.
+
+    Computed as HF's causal-LM loss is (float32 logits, labels shifted with an ignored last position),
+    so gradients match HF's to float64 precision.
+    """
+    labels = tokens if attention_mask is None else tokens.masked_fill(attention_mask == 0, -100)
+    labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # [batch, pos]: the next token, -100 = ignored
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)

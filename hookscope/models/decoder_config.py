@@ -42,10 +42,12 @@ class DecoderConfig:
     post_norms: bool = False  # Gemma 2: norms after attention and MLP as well as before
     embed_scale: float | None = None
     attn_scale: float | None = None  # None: d_head ** -0.5
+    attn_softmax_float32: bool = True  # False: softmax in the activation dtype (HF GPT-2 eager)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     sliding_windows: tuple[int | None, ...] = ()  # per layer; () means no sliding windows
     tie_embeddings: bool = False
+    padding_idx: int | None = None  # embedding row that gets no gradient (HF nn.Embedding padding_idx)
     architecture: str = "GPT2LMHeadModel"  # the HF class this was converted from (for to_hf)
     hf_config: dict = field(default_factory=dict, compare=False, repr=False)  # source config, for to_hf
 

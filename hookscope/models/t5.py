@@ -258,12 +258,15 @@ class T5(T5Encoder):
                 decoding: ``decoder_input_ids`` are then only the new tokens, and the cross-attention
                 keys/values are computed on the first call only (the encoder may then be skipped).
         """
-        if encoder_output is None:
-            if input is None:
-                raise ValueError("pass the encoder input (token ids or text) or encoder_output=")
+        cross_cached = cache is not None and cache.cross[0].filled
+        if encoder_output is None and input is not None:
             tokens, attention_mask = self._tokens(input, attention_mask)
             encoder_output = self._encode(tokens, attention_mask)
+        elif encoder_output is None and not cross_cached:
+            raise ValueError("pass the encoder input (token ids or text) or encoder_output=")
         if decoder_input_ids is None:
+            if encoder_output is None:
+                raise ValueError("with a filled cache and no encoder input, pass decoder_input_ids")
             start = self.cfg.decoder_start_token_id
             decoder_input_ids = torch.full((encoder_output.shape[0], 1), start, device=encoder_output.device)
         elif decoder_input_ids.ndim == 1:

@@ -1,0 +1,414 @@
+"""BERT-style encoders (BERT, RoBERTa, MiniLM): post-LN blocks, masked-LM head, pooler and pooled heads.
+
+Read top to bottom: the embedding (tokens + token types + positions, then LayerNorm), the post-LN block
+(``ln1(x + attn(x))`` then ``ln2(. + mlp(.))``), the heads, then the model. Hook names follow
+TransformerLens's ``HookedEncoder``; :func:`hookscope.names.register_family` records them below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from hookscope.components.activations import get_activation
+from hookscope.components.attention import Attention
+from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.masks import AttentionMask
+from hookscope.components.mlp import MLP
+from hookscope.components.norm import LayerNorm
+from hookscope.hooks import HookedModule, HookPoint, hooks_active
+from hookscope.models.bert_config import BertConfig
+from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
+
+ReturnType = Literal["logits", "embeddings", "pooled", "nsp", "classification", None]
+RETURN_TYPES = ("logits", "embeddings", "pooled", "nsp", "classification", None)
+
+
+def padding_offset_positions(tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """RoBERTa's positions ``[batch, pos]``: real tokens count from ``pad_token_id + 1``, padding gets
+    ``pad_token_id`` (as HF ``create_position_ids_from_input_ids``, wherever the padding sits)."""
+    real = tokens.ne(pad_token_id).long()
+    return torch.cumsum(real, dim=1) * real + pad_token_id
+
+
+class BertEmbed(nn.Module):
+    """``ln(word + token_type + position)``, summed in HF's order, each part behind its own hook."""
+
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        # HF's word embeddings give the padding row no gradient (nn.Embedding padding_idx); RoBERTa's
+        # position embeddings too.
+        self.embed = Embed(cfg.d_vocab, cfg.d_model, padding_idx=cfg.pad_token_id)
+        self.pos_embed = PosEmbed(
+            cfg.n_ctx,
+            cfg.d_model,
+            padding_idx=cfg.pad_token_id if cfg.positions == "padding_offset" else None,
+        )
+        self.token_type_embed = Embed(cfg.n_token_types, cfg.d_model)
+        self.ln = LayerNorm(cfg.d_model, cfg.norm_eps)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_token_type_embed = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self, tokens: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.hook_embed(self.embed(tokens)) + self.hook_token_type_embed(
+            self.token_type_embed(token_type_ids)
+        )
+        x = x + self.hook_pos_embed(self.pos_embed(positions))
+        return self.ln(x)  # [batch, pos, d_model]
+
+
+class EncoderBlock(nn.Module):
+    """Post-LN block: ``x = ln1(x + attn(x))``, then ``ln2(x + mlp(x))``.
+
+    As in TransformerLens, ``hook_resid_mid`` and ``hook_resid_post`` are the sums before each norm and
+    ``hook_normalized_resid_post`` is the block's output (HF's hidden state for this layer).
+    """
+
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.attn = Attention(
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.n_heads,
+            cfg.d_head,
+            qkv_bias=True,
+            out_bias=True,
+            softmax_in_float32=False,  # HF BERT's eager attention takes the softmax in the input dtype
+        )
+        self.ln1 = LayerNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_in = HookPoint()  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
+        self.hook_q_input = HookPoint()  # [batch, pos, head_index, d_model]
+        self.hook_k_input = HookPoint()  # [batch, pos, head_index, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, head_index, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual ln1 reads
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]
+        self._split_points = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
+
+    def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self._attend(x, mask)))
+        x = self.ln1(self.hook_mlp_in(x))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(x)))
+        return self.hook_normalized_resid_post(self.ln2(x))
+
+    def _attend(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        """Attention over the residual; per-head input copies only when a split-input hook asks for them."""
+        if not hooks_active(self._split_points):
+            return self.attn(x, x, x, mask)
+        per_head = self.hook_attn_in(x[:, :, None, :].expand(-1, -1, self.attn.n_heads, -1))
+        q_in = self.hook_q_input(per_head)
+        k_in = self.hook_k_input(per_head)
+        v_in = self.hook_v_input(per_head)
+        return self.attn(q_in, k_in, v_in, mask)
+
+
+class MLMHead(nn.Module):
+    """The masked-LM transform ``ln(act(dense(x)))``; the model's ``unembed`` then gives the logits."""
+
+    def __init__(self, d_model: int, act: str, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = get_activation(act)
+        self.ln = LayerNorm(d_model, eps)
+        self.hook_pre = HookPoint()  # [batch, pos, d_model]  dense output, before the activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.act(self.hook_pre(self.dense(x))))  # [batch, pos, d_model]
+
+
+class Pooler(nn.Module):
+    """``tanh(dense(x[:, 0]))``: the first ([CLS] / <s>) token's vector, as HF's pooler computes it."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.hook_pooler_out = HookPoint()  # [batch, d_model]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_pooler_out(torch.tanh(self.dense(x[:, 0])))
+
+
+class LinearHead(nn.Module):
+    """A linear read-out of the pooled vector (next-sentence or classification logits)."""
+
+    def __init__(self, d_model: int, n_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, n_out)
+        self.hook_out = HookPoint()  # [batch, n_out]
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.hook_out(self.proj(pooled))
+
+
+class Bert(HookedModule):
+    """A hooked BERT / RoBERTa / MiniLM encoder, numerically identical to its Hugging Face source.
+
+    Which heads exist is declared by the config (``mlm_head``, ``pooler``, ``nsp_head``, ``n_labels``);
+    absent heads are ``None``.
+    """
+
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = BertEmbed(cfg)
+        self.hook_full_embed = HookPoint()  # [batch, pos, d_model]  the residual entering block 0
+        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layers))
+        self.mlm_head: MLMHead | None = (
+            MLMHead(cfg.d_model, cfg.mlm_act, cfg.norm_eps) if cfg.mlm_head else None
+        )
+        self.unembed: Unembed | None = Unembed(cfg.d_model, cfg.d_vocab, bias=True) if cfg.mlm_head else None
+        if self.unembed is not None and cfg.tie_embeddings:
+            self.unembed.weight = self.embed.embed.weight
+        self.pooler: Pooler | None = Pooler(cfg.d_model) if cfg.pooler else None
+        self.nsp_head: LinearHead | None = LinearHead(cfg.d_model, 2) if cfg.nsp_head else None
+        self.classifier: LinearHead | None = (
+            LinearHead(cfg.d_model, cfg.n_labels) if cfg.n_labels is not None else None
+        )
+        self.tokenizer: Any = None
+        self.setup_hooks()
+
+    # ------------------------------------------------------------------ TransformerLens weight views
+    @property
+    def W_E(self) -> torch.Tensor:  # [d_vocab, d_model]
+        return self.embed.embed.W_E
+
+    @property
+    def W_pos(self) -> torch.Tensor:  # [n_ctx, d_model]
+        return self.embed.pos_embed.W_pos
+
+    @property
+    def W_token_type(self) -> torch.Tensor:  # [n_token_types, d_model]
+        return self.embed.token_type_embed.weight
+
+    @property
+    def W_U(self) -> torch.Tensor:  # [d_model, d_vocab]
+        return self._require("unembed", "the masked-LM head").W_U
+
+    @property
+    def b_U(self) -> torch.Tensor:  # [d_vocab]
+        return self._require("unembed", "the masked-LM head").b_U
+
+    def _stack(self, getter: Any) -> torch.Tensor:
+        return torch.stack([getter(b) for b in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [layer, head_index, d_head, d_model]
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def W_in(self) -> torch.Tensor:  # [layer, d_model, d_mlp]
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
+        return self._stack(lambda b: b.mlp.W_out)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input: torch.Tensor | str | list[str] | tuple[str, str] | list[tuple[str, str]],
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_type: ReturnType = "logits",
+        *,
+        position_ids: torch.Tensor | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Any:
+        """Run the encoder.
+
+        Args:
+            input: token ids ``[batch, pos]`` (or ``[pos]``); a string, a ``(text_a, text_b)`` pair, or a
+                list of either (tokenised with right padding, token types and mask from the tokenizer).
+            attention_mask: ``[batch, pos]``, 0 at padding (default: every token attends, as in HF).
+            token_type_ids: ``[batch, pos]`` segment ids (default: all 0).
+            return_type: "logits" (masked-LM ``[batch, pos, d_vocab]``), "embeddings" (last hidden state
+                ``[batch, pos, d_model]``), "pooled" ``[batch, d_model]``, "nsp" ``[batch, 2]``,
+                "classification" ``[batch, n_labels]``, or None.
+            position_ids: explicit positions ``[batch, pos]`` (default: 0.. for BERT, RoBERTa's
+                padding-offset positions computed from the token ids).
+            stop_at_layer: return the residual stream entering this block instead.
+        """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        if not isinstance(input, torch.Tensor):
+            from hookscope.models.bert_text import tokenize
+
+            if attention_mask is not None or token_type_ids is not None:
+                raise ValueError(
+                    "pass attention_mask and token_type_ids only with token ids; text is tokenised for you"
+                )
+            input, attention_mask, token_type_ids = tokenize(self, input)
+        tokens, attention_mask, token_type_ids = self._check_inputs(input, attention_mask, token_type_ids)
+        n_pos = tokens.shape[1]
+        if position_ids is None:
+            position_ids = self.positions(tokens)
+        key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        mask = AttentionMask(key_valid, torch.arange(n_pos, device=tokens.device), n_pos, causal=False)
+        x = self.hook_full_embed(self.embed(tokens, token_type_ids, position_ids))
+        for block in self.blocks[:stop_at_layer]:
+            x = block(x, mask)
+        if stop_at_layer is not None and stop_at_layer < len(self.blocks):
+            return x
+        return self.head(x, return_type)
+
+    def positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Default position ids ``[batch, pos]`` for these tokens."""
+        if self.cfg.positions == "padding_offset":
+            return padding_offset_positions(tokens, self.cfg.pad_token_id)
+        return torch.arange(tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1)
+
+    def head(self, x: torch.Tensor, return_type: ReturnType) -> Any:
+        """Apply the head ``return_type`` names to the final residual stream ``[batch, pos, d_model]``."""
+        if return_type is None:
+            return None
+        if return_type == "embeddings":
+            return x
+        if return_type == "logits":
+            mlm_head = self._require("mlm_head", "a masked-LM head", "logits")
+            return self.unembed(mlm_head(x))  # type: ignore[misc]  # [batch, pos, d_vocab]
+        pooled = self._require("pooler", "a pooler", return_type)(x)  # [batch, d_model]
+        if return_type == "pooled":
+            return pooled
+        if return_type == "nsp":
+            return self._require("nsp_head", "a next-sentence head", "nsp")(pooled)
+        return self._require("classifier", "a classification head", "classification")(pooled)
+
+    def _require(self, attr: str, what: str, return_type: str | None = None) -> Any:
+        module = getattr(self, attr)
+        if module is None:
+            have = [
+                rt
+                for rt, a in (
+                    ("logits", "mlm_head"),
+                    ("pooled", "pooler"),
+                    ("nsp", "nsp_head"),
+                    ("classification", "classifier"),
+                )
+                if getattr(self, a) is not None
+            ]
+            asked = f"return_type={return_type!r} needs" if return_type else "this needs"
+            raise ValueError(
+                f"{asked} {what}, which this model ({self.cfg.architecture}) does not have; "
+                f"available return types: {', '.join(repr(r) for r in ['embeddings', *have])}"
+            )
+        return module
+
+    def _check_inputs(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Tokens ``[batch, pos]`` plus mask and token types of that shape; a clear error otherwise."""
+        if tokens.is_floating_point():
+            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+            attention_mask = (
+                attention_mask[None]
+                if attention_mask is not None and attention_mask.ndim == 1
+                else attention_mask
+            )
+            if token_type_ids is not None and token_type_ids.ndim == 1:
+                token_type_ids = token_type_ids[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.max_tokens:
+            raise ValueError(
+                f"the sequence has {tokens.shape[1]} tokens but this model's position table allows at most "
+                f"{self.cfg.max_tokens}; truncate the input (e.g. tokenizer(..., truncation=True))"
+            )
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and t.shape != tokens.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(t.shape)} but the tokens have shape {tuple(tokens.shape)}; "
+                    "they must match"
+                )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(tokens)
+        elif token_type_ids.numel() and (
+            int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.cfg.n_token_types
+        ):
+            raise ValueError(
+                f"token_type_ids must lie in [0, {self.cfg.n_token_types}) for this model; "
+                f"got values from {int(token_type_ids.min())} to {int(token_type_ids.max())}"
+            )
+        return tokens, attention_mask, token_type_ids
+
+    # ------------------------------------------------------------------ text helpers (see bert_text)
+    def predict_masked(self, text: str, top_k: int = 5) -> Any:
+        """Top-k fillers of each mask in ``text``; see :func:`hookscope.models.bert_text.predict_masked`."""
+        from hookscope.models.bert_text import predict_masked
+
+        return predict_masked(self, text, top_k=top_k)
+
+    def encode(
+        self, sentences: str | list[str], pooling: str = "mean", normalize: bool = True
+    ) -> torch.Tensor:
+        """Sentence embeddings (sentence-transformers' name; ``model.embed`` is the embedding module);
+        see :func:`hookscope.models.bert_text.embed`."""
+        from hookscope.models.bert_text import embed
+
+        return embed(self, sentences, pooling=pooling, normalize=normalize)
+
+
+# ---------------------------------------------------------------------- hook-name table
+_NORM = {"hook_scale": SCALE, "hook_normalized": RESID}
+BERT_BLOCK: dict[str, str] = {
+    "hook_resid_pre": RESID,
+    "hook_attn_in": "batch pos head_index d_model",
+    "hook_q_input": "batch pos head_index d_model",
+    "hook_k_input": "batch pos head_index d_model",
+    "hook_v_input": "batch pos head_index d_model",
+    "attn.hook_q": HEADS,
+    "attn.hook_k": HEADS,
+    "attn.hook_v": HEADS,
+    "attn.hook_attn_scores": PATTERN,
+    "attn.hook_pattern": PATTERN,
+    "attn.hook_z": HEADS,
+    "attn.hook_result": "batch pos head_index d_model",
+    "hook_attn_out": RESID,
+    "hook_resid_mid": RESID,
+    "hook_mlp_in": RESID,
+    **{f"ln1.{k}": v for k, v in _NORM.items()},
+    "mlp.hook_pre": "batch pos d_mlp",
+    "mlp.hook_post": "batch pos d_mlp",
+    "hook_mlp_out": RESID,
+    "hook_resid_post": RESID,
+    **{f"ln2.{k}": v for k, v in _NORM.items()},
+    "hook_normalized_resid_post": RESID,
+}
+BERT_MODEL: dict[str, str] = {
+    "embed.hook_embed": RESID,
+    "embed.hook_pos_embed": RESID,
+    "embed.hook_token_type_embed": RESID,
+    **{f"embed.ln.{k}": v for k, v in _NORM.items()},
+    "hook_full_embed": RESID,
+    "mlm_head.hook_pre": RESID,
+    **{f"mlm_head.ln.{k}": v for k, v in _NORM.items()},
+    "pooler.hook_pooler_out": "batch d_model",
+    "nsp_head.hook_out": "batch 2",
+    "classifier.hook_out": "batch n_labels",
+}
+register_family("bert", BERT_BLOCK, BERT_MODEL)

@@ -1,0 +1,183 @@
+"""Whisper: a convolutional audio encoder and a cross-attending text decoder, every activation hooked.
+
+Hook names follow TransformerLens's ``HookedEncoderDecoder`` (``encoder.{i}.*``, ``decoder.{i}.*``,
+``decoder.{i}.cross_attn.*``, ``hook_cross_attn_in/out``, ``hook_resid_mid_cross``, ``encoder_final_ln``,
+``decoder_final_ln``) plus the audio stem (``encoder_embed.hook_conv1``, ``.hook_conv2``,
+``.hook_pos_embed``). Numerically identical to HF ``WhisperForConditionalGeneration``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hookscope import names
+from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.masks import AttentionMask
+from hookscope.components.norm import LayerNorm
+from hookscope.hooks import HookedModule, HookPoint
+from hookscope.models.whisper_config import WhisperConfig
+from hookscope.models.whisper_layers import AudioEmbed, DecoderBlock, EncoderBlock
+
+_KEYS = "batch key_pos head_index d_head"
+_NORM = {f"{ln}.{k}": v for ln in ("ln1", "ln2", "ln3") for k, v in names._NORM.items()}
+WHISPER_BLOCK: dict[str, str] = {
+    "hook_resid_pre": names.RESID, **_NORM, **{k: v for k, v in names._ATTN.items()},
+    "attn.hook_k": _KEYS, "attn.hook_v": _KEYS,
+    "hook_attn_out": names.RESID, "hook_resid_mid": names.RESID,
+    "hook_cross_attn_in": names.RESID, "cross_attn.hook_q": names.HEADS, "cross_attn.hook_k": _KEYS,
+    "cross_attn.hook_v": _KEYS, "cross_attn.hook_attn_scores": names.PATTERN,
+    "cross_attn.hook_pattern": names.PATTERN, "cross_attn.hook_z": names.HEADS,
+    "cross_attn.hook_result": "batch pos head_index d_model", "hook_cross_attn_out": names.RESID,
+    "hook_resid_mid_cross": names.RESID, "hook_mlp_in": names.RESID, "mlp.hook_pre": "batch pos d_mlp",
+    "mlp.hook_post": "batch pos d_mlp", "hook_mlp_out": names.RESID, "hook_resid_post": names.RESID,
+}
+WHISPER_MODEL: dict[str, str] = {
+    "encoder_embed.hook_conv1": "batch frame d_model", "encoder_embed.hook_conv2": names.RESID,
+    "encoder_embed.hook_pos_embed": names.RESID, "hook_embed": names.RESID, "hook_pos_embed": names.RESID,
+    **{f"{ln}.{k}": v for ln in ("encoder_final_ln", "decoder_final_ln") for k, v in names._NORM.items()},
+}
+names.register_family("whisper", WHISPER_BLOCK, WHISPER_MODEL)
+
+ReturnType = Literal["logits", "loss", "both", None]
+CrossKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: ([batch, key_pos, head, d_head],) * 2
+
+
+class Whisper(HookedModule):
+    """A hooked Whisper model: ``model(features, decoder_input_ids)`` returns logits like HF's."""
+
+    def __init__(self, cfg: WhisperConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, act, eps = cfg.d_model, cfg.act_fn, cfg.norm_eps
+        self.encoder_embed = AudioEmbed(cfg.n_mels, d, cfg.n_audio_ctx, act)
+        self.encoder = nn.ModuleList(
+            EncoderBlock(d, cfg.n_encoder_heads, cfg.d_encoder_mlp, act, eps) for _ in range(cfg.n_encoder_layers)
+        )
+        self.encoder_final_ln = LayerNorm(d, eps)
+        self.embed = Embed(cfg.d_vocab, d)  # holds W_E; the lookup is _embed_tokens
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.pos_embed = PosEmbed(cfg.n_text_ctx, d)
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.decoder = nn.ModuleList(
+            DecoderBlock(d, cfg.n_decoder_heads, cfg.d_decoder_mlp, act, eps) for _ in range(cfg.n_decoder_layers)
+        )
+        self.decoder_final_ln = LayerNorm(d, eps)
+        self.unembed = Unembed(d, cfg.d_vocab)
+        self.unembed.weight = self.embed.weight  # Whisper always ties its output projection
+        self.tokenizer: Any = None
+        self.setup_hooks()
+
+    # ------------------------------------------------------------------ TransformerLens weight views
+    @property
+    def W_E(self) -> torch.Tensor:  # [d_vocab, d_model]
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> torch.Tensor:  # [n_text_ctx, d_model]  decoder positions
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> torch.Tensor:  # [d_model, d_vocab]
+        return self.unembed.W_U
+
+    def to_hf(self) -> Any:
+        """The equivalent transformers ``WhisperForConditionalGeneration`` (conversion rules run backwards)."""
+        from hookscope.convert.whisper_build import to_hf
+
+        return to_hf(self)
+
+    # ------------------------------------------------------------------ forward
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``[batch, n_mels, frames]`` -> encoder output ``[batch, n_audio_ctx, d_model]`` (after its LN)."""
+        if features.ndim == 2:
+            features = features[None]
+        x = self.encoder_embed(features.to(self.embed.weight.dtype))
+        n = x.shape[1]
+        mask = AttentionMask(None, torch.arange(n, device=x.device), n, causal=False)
+        for block in self.encoder:
+            x = block(x, mask)
+        return self.encoder_final_ln(x)
+
+    def cross_kv(self, encoder_out: torch.Tensor) -> CrossKV:
+        """Each decoder layer's cross-attention K/V of the audio: computed once per clip while decoding."""
+        return [block.cross_attn.project_kv(encoder_out) for block in self.decoder]
+
+    def _embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[batch, pos, d_model]``.
+
+        HF's embedding has ``padding_idx=pad_token_id``: that row gets no gradient from the lookup (it still
+        does through the tied output projection), so the lookup goes through ``F.embedding`` with it.
+        """
+        n_vocab = self.cfg.d_vocab
+        if tokens.numel() and (int(tokens.max()) >= n_vocab or int(tokens.min()) < 0):
+            raise IndexError(f"token ids must lie in [0, {n_vocab}); got {int(tokens.min())}..{int(tokens.max())}")
+        x = F.embedding(tokens, self.embed.weight, padding_idx=self.cfg.pad_token_id)
+        return x * math.sqrt(self.cfg.d_model) if self.cfg.scale_embedding else x
+
+    def decode(
+        self, tokens: torch.Tensor, cross_kv: CrossKV, *, kv_caches: list[Any] | None = None, offset: int = 0,
+    ) -> torch.Tensor:
+        """Decoder logits ``[batch, pos, d_vocab]`` for ``tokens [batch, pos]`` at positions ``offset...``.
+
+        ``kv_caches`` (one per decoder layer, each with ``update(k, v)``) holds earlier tokens' self-attention
+        K/V; ``offset`` is how many tokens they cover.
+        """
+        n_pos = tokens.shape[1]
+        positions = torch.arange(offset, offset + n_pos, device=tokens.device)
+        x = self.hook_embed(self._embed_tokens(tokens))
+        x = x + self.hook_pos_embed(self.pos_embed(positions)[None].expand(x.shape[0], -1, -1))
+        self_mask = AttentionMask(None, positions, offset + n_pos, causal=True)
+        n_keys = cross_kv[0][0].shape[1]
+        cross_mask = AttentionMask(None, positions, n_keys, causal=False)
+        for i, block in enumerate(self.decoder):
+            x = block(x, self_mask, cross_kv[i], cross_mask, None if kv_caches is None else kv_caches[i])
+        return self.unembed(self.decoder_final_ln(x))
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        return_type: ReturnType = "logits",
+        *,
+        encoder_out: torch.Tensor | None = None,
+    ) -> Any:
+        """Run encoder and decoder (teacher forcing).
+
+        Args:
+            input_features: log-mel ``[batch, n_mels, 2 * n_audio_ctx]`` (ignored when ``encoder_out`` is given).
+            decoder_input_ids: ``[batch, pos]`` (or ``[pos]``), starting with the decoder start token.
+            return_type: "logits", "loss" (mean next-token loss over the decoder tokens), "both", or None.
+            encoder_out: a precomputed :meth:`encode` output to reuse.
+        """
+        tokens = decoder_input_ids[None] if decoder_input_ids.ndim == 1 else decoder_input_ids
+        if tokens.shape[1] > self.cfg.n_text_ctx:
+            raise ValueError(f"{tokens.shape[1]} decoder tokens exceed the model's {self.cfg.n_text_ctx} positions")
+        if encoder_out is None:
+            encoder_out = self.encode(input_features)
+        logits = self.decode(tokens, self.cross_kv(encoder_out))
+        if return_type is None or return_type == "logits":
+            return None if return_type is None else logits
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        loss = -log_probs.gather(-1, tokens[:, 1:, None]).mean()
+        return loss if return_type == "loss" else (logits, loss)
+
+    # ------------------------------------------------------------------ speech to text
+    def transcribe(
+        self, audio: str | Any | np.ndarray | torch.Tensor, *, sample_rate: int | None = None,
+        num_beams: int = 1, max_new_tokens: int | None = None, prompt: list[int] | None = None,
+    ) -> str:
+        """Text of a speech recording (a file path, or a waveform array with its ``sample_rate``).
+
+        Audio longer than 30 s is cut into consecutive 30-s windows, each decoded on its own (no
+        timestamp-guided seeking). Decoding is greedy (``num_beams=1``) or beam search.
+        """
+        from hookscope.generation.whisper_decode import transcribe
+
+        return transcribe(self, audio, sample_rate=sample_rate, num_beams=num_beams,
+                          max_new_tokens=max_new_tokens, prompt=prompt)

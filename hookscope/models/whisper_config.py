@@ -1,0 +1,64 @@
+"""WhisperConfig: the shape of a Whisper encoder-decoder and its decoding defaults, as typed, validated fields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from hookscope.components.activations import ACTIVATIONS
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhisperConfig:
+    """Shape and numerics of a Whisper model (every size from tiny.en to large-v3).
+
+    The encoder reads ``n_mels`` log-mel bins over ``2 * n_audio_ctx`` frames (30 s of audio for the
+    released models); the decoder reads at most ``n_text_ctx`` tokens. Decoding defaults
+    (``suppress_tokens`` and friends) are the checkpoint's, used by ``transcribe``.
+    """
+
+    n_mels: int
+    d_model: int
+    n_audio_ctx: int  # encoder positions (after the stride-2 convolution)
+    n_text_ctx: int  # decoder positions
+    d_vocab: int
+    n_encoder_layers: int
+    n_decoder_layers: int
+    n_encoder_heads: int
+    n_decoder_heads: int
+    d_encoder_mlp: int
+    d_decoder_mlp: int
+    act_fn: str = "gelu"
+    norm_eps: float = 1e-5
+    scale_embedding: bool = False  # multiply token embeddings by sqrt(d_model) (False in every release)
+    decoder_start_token_id: int = 50257
+    eos_token_id: int = 50256
+    pad_token_id: int = 50256
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
+    hf_config: dict = field(default_factory=dict, compare=False, repr=False)  # source config, for to_hf
+
+    def __post_init__(self) -> None:
+        positive = ("n_mels", "d_model", "n_audio_ctx", "n_text_ctx", "d_vocab", "n_encoder_layers",
+                    "n_decoder_layers", "n_encoder_heads", "n_decoder_heads", "d_encoder_mlp", "d_decoder_mlp")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"WhisperConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_encoder_heads", "n_decoder_heads"):
+            if self.d_model % getattr(self, name):
+                raise ValueError(
+                    f"d_model ({self.d_model}) must be a multiple of {name} ({getattr(self, name)})"
+                )
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+        object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
+        object.__setattr__(self, "begin_suppress_tokens", tuple(int(t) for t in self.begin_suppress_tokens))
+
+    @property
+    def n_frames(self) -> int:
+        """Mel frames the encoder reads: two per encoder position (conv2 has stride 2)."""
+        return 2 * self.n_audio_ctx
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("hf_config")
+        return d

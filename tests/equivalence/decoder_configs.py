@@ -1,0 +1,61 @@
+"""Small, shape-hostile HF configs for every supported decoder architecture (shared by decoder tests)."""
+
+from __future__ import annotations
+
+import torch
+import transformers as T
+
+from tests.helpers import redraw_parameters
+
+VOCAB = 101
+
+
+def _llama_kwargs() -> dict:
+    return dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64, rms_norm_eps=1e-5,
+                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def hf_configs() -> dict[str, T.PretrainedConfig]:
+    """One config per architecture and notable variant."""
+    neox = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, vocab_size=VOCAB,
+                max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    return {
+        "gpt2": T.GPT2Config(n_embd=48, n_layer=3, n_head=4, n_positions=64, vocab_size=VOCAB, n_inner=37,
+                             bos_token_id=1, eos_token_id=2),
+        "gpt2_untied": T.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
+                                    activation_function="gelu", tie_word_embeddings=False, bos_token_id=1,
+                                    eos_token_id=2),
+        "neox": T.GPTNeoXConfig(**neox),
+        "neox_sequential": T.GPTNeoXConfig(**neox, use_parallel_residual=False),
+        "llama": T.LlamaConfig(**_llama_kwargs()),
+        "llama_mqa_tied": T.LlamaConfig(**{**_llama_kwargs(), "num_key_value_heads": 1}, tie_word_embeddings=True),
+        "llama3_rope": T.LlamaConfig(**_llama_kwargs(), rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+        "llama_linear_rope_bias": T.LlamaConfig(**_llama_kwargs(), attention_bias=True, mlp_bias=True,
+                                                rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
+                                                                 "factor": 2.0}),
+        "mistral": T.MistralConfig(**_llama_kwargs(), sliding_window=4),
+        "qwen2": T.Qwen2Config(**_llama_kwargs()),
+        "qwen3": T.Qwen3Config(**_llama_kwargs()),
+        "gemma2": T.Gemma2Config(**{**_llama_kwargs(), "num_hidden_layers": 4}, query_pre_attn_scalar=10,
+                                 sliding_window=4, attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+    }
+
+
+def random_hf_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """The HF reference model: eager attention, every parameter re-drawn."""
+    torch.manual_seed(seed)
+    config = hf_configs()[name]
+    model = T.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    redraw_parameters(model, seed=seed, norm_center=0.0 if name.startswith("gemma") else 1.0)
+    return model.to(dtype).eval()
+
+
+def random_tokens(batch: int, pos: int, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, pos), generator=gen)
+
+
+ARCHS = list(hf_configs())
