@@ -62,7 +62,6 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv_heads, d_head
         self.scale = d_head**-0.5 if scale is None else scale
         self.softcap = softcap
-        self.softmax_dtype = torch.float32 if softmax_in_float32 else None
         self.softmax_dtype: torch.dtype | None = torch.float32 if softmax_in_float32 else None
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=qkv_bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias)
