@@ -8,7 +8,6 @@ Hook names follow TransformerLens's ``HookedEncoderDecoder`` (``encoder.{i}.*``,
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -27,19 +26,35 @@ from hookscope.models.whisper_layers import AudioEmbed, DecoderBlock, EncoderBlo
 _KEYS = "batch key_pos head_index d_head"
 _NORM = {f"{ln}.{k}": v for ln in ("ln1", "ln2", "ln3") for k, v in names._NORM.items()}
 WHISPER_BLOCK: dict[str, str] = {
-    "hook_resid_pre": names.RESID, **_NORM, **{k: v for k, v in names._ATTN.items()},
-    "attn.hook_k": _KEYS, "attn.hook_v": _KEYS,
-    "hook_attn_out": names.RESID, "hook_resid_mid": names.RESID,
-    "hook_cross_attn_in": names.RESID, "cross_attn.hook_q": names.HEADS, "cross_attn.hook_k": _KEYS,
-    "cross_attn.hook_v": _KEYS, "cross_attn.hook_attn_scores": names.PATTERN,
-    "cross_attn.hook_pattern": names.PATTERN, "cross_attn.hook_z": names.HEADS,
-    "cross_attn.hook_result": "batch pos head_index d_model", "hook_cross_attn_out": names.RESID,
-    "hook_resid_mid_cross": names.RESID, "hook_mlp_in": names.RESID, "mlp.hook_pre": "batch pos d_mlp",
-    "mlp.hook_post": "batch pos d_mlp", "hook_mlp_out": names.RESID, "hook_resid_post": names.RESID,
+    "hook_resid_pre": names.RESID,
+    **_NORM,
+    **{k: v for k, v in names._ATTN.items()},
+    "attn.hook_k": _KEYS,
+    "attn.hook_v": _KEYS,
+    "hook_attn_out": names.RESID,
+    "hook_resid_mid": names.RESID,
+    "hook_cross_attn_in": names.RESID,
+    "cross_attn.hook_q": names.HEADS,
+    "cross_attn.hook_k": _KEYS,
+    "cross_attn.hook_v": _KEYS,
+    "cross_attn.hook_attn_scores": names.PATTERN,
+    "cross_attn.hook_pattern": names.PATTERN,
+    "cross_attn.hook_z": names.HEADS,
+    "cross_attn.hook_result": "batch pos head_index d_model",
+    "hook_cross_attn_out": names.RESID,
+    "hook_resid_mid_cross": names.RESID,
+    "hook_mlp_in": names.RESID,
+    "mlp.hook_pre": "batch pos d_mlp",
+    "mlp.hook_post": "batch pos d_mlp",
+    "hook_mlp_out": names.RESID,
+    "hook_resid_post": names.RESID,
 }
 WHISPER_MODEL: dict[str, str] = {
-    "encoder_embed.hook_conv1": "batch frame d_model", "encoder_embed.hook_conv2": names.RESID,
-    "encoder_embed.hook_pos_embed": names.RESID, "hook_embed": names.RESID, "hook_pos_embed": names.RESID,
+    "encoder_embed.hook_conv1": "batch frame d_model",
+    "encoder_embed.hook_conv2": names.RESID,
+    "encoder_embed.hook_pos_embed": names.RESID,
+    "hook_embed": names.RESID,
+    "hook_pos_embed": names.RESID,
     **{f"{ln}.{k}": v for ln in ("encoder_final_ln", "decoder_final_ln") for k, v in names._NORM.items()},
 }
 names.register_family("whisper", WHISPER_BLOCK, WHISPER_MODEL)
@@ -57,7 +72,8 @@ class Whisper(HookedModule):
         d, act, eps = cfg.d_model, cfg.act_fn, cfg.norm_eps
         self.encoder_embed = AudioEmbed(cfg.n_mels, d, cfg.n_audio_ctx, act)
         self.encoder = nn.ModuleList(
-            EncoderBlock(d, cfg.n_encoder_heads, cfg.d_encoder_mlp, act, eps) for _ in range(cfg.n_encoder_layers)
+            EncoderBlock(d, cfg.n_encoder_heads, cfg.d_encoder_mlp, act, eps)
+            for _ in range(cfg.n_encoder_layers)
         )
         self.encoder_final_ln = LayerNorm(d, eps)
         self.embed = Embed(cfg.d_vocab, d)  # holds W_E; the lookup is _embed_tokens
@@ -65,7 +81,8 @@ class Whisper(HookedModule):
         self.pos_embed = PosEmbed(cfg.n_text_ctx, d)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.decoder = nn.ModuleList(
-            DecoderBlock(d, cfg.n_decoder_heads, cfg.d_decoder_mlp, act, eps) for _ in range(cfg.n_decoder_layers)
+            DecoderBlock(d, cfg.n_decoder_heads, cfg.d_decoder_mlp, act, eps)
+            for _ in range(cfg.n_decoder_layers)
         )
         self.decoder_final_ln = LayerNorm(d, eps)
         self.unembed = Unembed(d, cfg.d_vocab)
@@ -87,14 +104,14 @@ class Whisper(HookedModule):
         return self.unembed.W_U
 
     def to_hf(self) -> Any:
-        """The equivalent transformers ``WhisperForConditionalGeneration`` (conversion rules run backwards)."""
+        """The equivalent transformers ``WhisperForConditionalGeneration`` (the rules run backwards)."""
         from hookscope.convert.whisper_build import to_hf
 
         return to_hf(self)
 
     # ------------------------------------------------------------------ forward
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """Log-mel ``[batch, n_mels, frames]`` -> encoder output ``[batch, n_audio_ctx, d_model]`` (after its LN)."""
+        """Log-mel ``[batch, n_mels, frames]`` -> encoder output ``[batch, n_audio_ctx, d_model]``."""
         if features.ndim == 2:
             features = features[None]
         x = self.encoder_embed(features.to(self.embed.weight.dtype))
@@ -116,12 +133,18 @@ class Whisper(HookedModule):
         """
         n_vocab = self.cfg.d_vocab
         if tokens.numel() and (int(tokens.max()) >= n_vocab or int(tokens.min()) < 0):
-            raise IndexError(f"token ids must lie in [0, {n_vocab}); got {int(tokens.min())}..{int(tokens.max())}")
-        x = F.embedding(tokens, self.embed.weight, padding_idx=self.cfg.pad_token_id)
-        return x * math.sqrt(self.cfg.d_model) if self.cfg.scale_embedding else x
+            raise IndexError(
+                f"token ids must lie in [0, {n_vocab}); got {int(tokens.min())}..{int(tokens.max())}"
+            )
+        return F.embedding(tokens, self.embed.weight, padding_idx=self.cfg.pad_token_id)
 
     def decode(
-        self, tokens: torch.Tensor, cross_kv: CrossKV, *, kv_caches: list[Any] | None = None, offset: int = 0,
+        self,
+        tokens: torch.Tensor,
+        cross_kv: CrossKV,
+        *,
+        kv_caches: list[Any] | None = None,
+        offset: int = 0,
     ) -> torch.Tensor:
         """Decoder logits ``[batch, pos, d_vocab]`` for ``tokens [batch, pos]`` at positions ``offset...``.
 
@@ -150,14 +173,16 @@ class Whisper(HookedModule):
         """Run encoder and decoder (teacher forcing).
 
         Args:
-            input_features: log-mel ``[batch, n_mels, 2 * n_audio_ctx]`` (ignored when ``encoder_out`` is given).
+            input_features: log-mel ``[batch, n_mels, 2 * n_audio_ctx]`` (unused with ``encoder_out``).
             decoder_input_ids: ``[batch, pos]`` (or ``[pos]``), starting with the decoder start token.
             return_type: "logits", "loss" (mean next-token loss over the decoder tokens), "both", or None.
             encoder_out: a precomputed :meth:`encode` output to reuse.
         """
         tokens = decoder_input_ids[None] if decoder_input_ids.ndim == 1 else decoder_input_ids
         if tokens.shape[1] > self.cfg.n_text_ctx:
-            raise ValueError(f"{tokens.shape[1]} decoder tokens exceed the model's {self.cfg.n_text_ctx} positions")
+            raise ValueError(
+                f"{tokens.shape[1]} decoder tokens exceed the model's {self.cfg.n_text_ctx} positions"
+            )
         if encoder_out is None:
             encoder_out = self.encode(input_features)
         logits = self.decode(tokens, self.cross_kv(encoder_out))
@@ -169,8 +194,13 @@ class Whisper(HookedModule):
 
     # ------------------------------------------------------------------ speech to text
     def transcribe(
-        self, audio: str | Any | np.ndarray | torch.Tensor, *, sample_rate: int | None = None,
-        num_beams: int = 1, max_new_tokens: int | None = None, prompt: list[int] | None = None,
+        self,
+        audio: str | Any | np.ndarray | torch.Tensor,
+        *,
+        sample_rate: int | None = None,
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+        prompt: list[int] | None = None,
     ) -> str:
         """Text of a speech recording (a file path, or a waveform array with its ``sample_rate``).
 
@@ -179,5 +209,11 @@ class Whisper(HookedModule):
         """
         from hookscope.generation.whisper_decode import transcribe
 
-        return transcribe(self, audio, sample_rate=sample_rate, num_beams=num_beams,
-                          max_new_tokens=max_new_tokens, prompt=prompt)
+        return transcribe(
+            self,
+            audio,
+            sample_rate=sample_rate,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            prompt=prompt,
+        )

@@ -1,4 +1,4 @@
-"""WhisperConfig: the shape of a Whisper encoder-decoder and its decoding defaults, as typed, validated fields."""
+"""WhisperConfig: the shape of a Whisper encoder-decoder and its decoding defaults, typed and validated."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ class WhisperConfig:
     d_decoder_mlp: int
     act_fn: str = "gelu"
     norm_eps: float = 1e-5
-    scale_embedding: bool = False  # multiply token embeddings by sqrt(d_model) (False in every release)
     decoder_start_token_id: int = 50257
     eos_token_id: int = 50256
     pad_token_id: int = 50256
@@ -38,8 +37,19 @@ class WhisperConfig:
     hf_config: dict = field(default_factory=dict, compare=False, repr=False)  # source config, for to_hf
 
     def __post_init__(self) -> None:
-        positive = ("n_mels", "d_model", "n_audio_ctx", "n_text_ctx", "d_vocab", "n_encoder_layers",
-                    "n_decoder_layers", "n_encoder_heads", "n_decoder_heads", "d_encoder_mlp", "d_decoder_mlp")
+        positive = (
+            "n_mels",
+            "d_model",
+            "n_audio_ctx",
+            "n_text_ctx",
+            "d_vocab",
+            "n_encoder_layers",
+            "n_decoder_layers",
+            "n_encoder_heads",
+            "n_decoder_heads",
+            "d_encoder_mlp",
+            "d_decoder_mlp",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"WhisperConfig.{name} must be positive, got {getattr(self, name)}")

@@ -50,7 +50,9 @@ class AudioEmbed(nn.Module):
                 f"got shape {tuple(features.shape)}; use hookscope.audio.log_mel() to make them"
             )
         h1 = self.hook_conv1(self.act(self.conv1(features)).transpose(1, 2))  # [batch, frame, d_model]
-        h2 = self.hook_conv2(self.act(self.conv2(h1.transpose(1, 2))).transpose(1, 2))  # [batch, pos, d_model]
+        h2 = self.hook_conv2(
+            self.act(self.conv2(h1.transpose(1, 2))).transpose(1, 2)
+        )  # [batch, pos, d_model]
         positions = torch.arange(self.n_ctx, device=features.device)
         pos = self.hook_pos_embed(self.pos_embed(positions)[None].expand(h2.shape[0], -1, -1))
         return h2 + pos
@@ -110,7 +112,10 @@ class WhisperAttention(nn.Module):
         return self.hook_k(self._heads(self.k_proj(x))), self.hook_v(self._heads(self.v_proj(x)))
 
     def forward(
-        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None, mask: AttentionMask,
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: AttentionMask,
         kv_cache: Any = None,
     ) -> torch.Tensor:
         """Output ``[batch, pos, d_model]``; ``kv`` is None for self-attention, the encoder's K/V for cross.
@@ -127,8 +132,12 @@ class WhisperAttention(nn.Module):
         else:
             attn_mask, is_causal = mask.for_sdpa(None, q.dtype)
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                attn_mask=attn_mask, is_causal=is_causal, scale=1.0,
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                scale=1.0,
             ).transpose(1, 2)
         z = self.hook_z(z)  # [batch, pos, head_index, d_head]
         if self.hook_result.has_hooks:
@@ -136,7 +145,9 @@ class WhisperAttention(nn.Module):
             return result.sum(dim=2) + self.o_proj.bias
         return self.o_proj(z.reshape(*z.shape[:2], self.n_heads * self.d_head))
 
-    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask
+    ) -> torch.Tensor:
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k)  # [batch, head, query_pos, key_pos]
         scores = self.hook_attn_scores(scores + mask.bias(None, scores.dtype))
         pattern = self.hook_pattern(F.softmax(scores, dim=-1))  # in the input dtype, as HF eager
@@ -187,8 +198,12 @@ class DecoderBlock(nn.Module):
         self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
 
     def forward(
-        self, x: torch.Tensor, self_mask: AttentionMask, cross_kv: tuple[torch.Tensor, torch.Tensor],
-        cross_mask: AttentionMask, kv_cache: Any = None,
+        self,
+        x: torch.Tensor,
+        self_mask: AttentionMask,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        cross_mask: AttentionMask,
+        kv_cache: Any = None,
     ) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), None, self_mask, kv_cache)))

@@ -1,0 +1,212 @@
+"""Whisper equals its Hugging Face source: logits, every encoder and decoder layer, self and cross attention
+patterns, the conv stem, gradients, cached decoding, and greedy generation token for token.
+
+Both attention paths are checked: the explicit one (a cache asks for the patterns) and the fused SDPA one.
+The first divergent hook is named on failure.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hookscope
+from hookscope.generation.whisper_decode import SelfAttentionCache, beam_search, greedy
+from tests.equivalence.whisper_cases import (
+    BEGIN_SUPPRESS,
+    EOS,
+    N_DEC,
+    N_ENC,
+    START,
+    SUPPRESS,
+    inputs,
+    random_hf_whisper,
+)
+from tests.helpers import TOLERANCES, first_divergence
+
+
+def _pairs(cache: object, out: object) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(hook, ours, HF): HF hidden_states[i] is block i's input; the last is the stack output after its LN."""
+    pairs = []
+    for stack, hidden, attn, n in (
+        ("encoder", out.encoder_hidden_states, out.encoder_attentions, N_ENC),
+        ("decoder", out.decoder_hidden_states, out.decoder_attentions, N_DEC),
+    ):
+        for i in range(n):
+            pairs.append((f"{stack}.{i}.hook_resid_pre", cache[f"{stack}.{i}.hook_resid_pre"], hidden[i]))
+            pairs.append((f"{stack}.{i}.attn.hook_pattern", cache[f"{stack}.{i}.attn.hook_pattern"], attn[i]))
+            if stack == "decoder":
+                name = f"decoder.{i}.cross_attn.hook_pattern"
+                pairs.append((name, cache[name], out.cross_attentions[i]))
+            if i + 1 < n:
+                pairs.append(
+                    (f"{stack}.{i}.hook_resid_post", cache[f"{stack}.{i}.hook_resid_post"], hidden[i + 1])
+                )
+        pairs.append(
+            (f"{stack}_final_ln.hook_normalized", cache[f"{stack}_final_ln.hook_normalized"], hidden[n])
+        )
+    return pairs
+
+
+def _conv_stem(hf: object, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = hf.model.encoder
+    h1 = F.gelu(enc.conv1(feats))
+    return h1.transpose(1, 2), F.gelu(enc.conv2(h1)).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_every_layer_and_pattern_matches_hf(dtype: torch.dtype) -> None:
+    hf = random_hf_whisper(dtype)
+    model = hookscope.load(hf, dtype=dtype)
+    assert (model.cfg.n_encoder_layers, model.cfg.n_decoder_layers) == (N_ENC, N_DEC)
+    feats, tokens = inputs(dtype=dtype)
+    with torch.no_grad():
+        out = hf(
+            input_features=feats, decoder_input_ids=tokens, output_hidden_states=True, output_attentions=True
+        )
+        logits, cache = model.run_with_cache(feats, tokens)
+        fused = model(feats, tokens)  # no hooks: the SDPA path
+        conv1, conv2 = _conv_stem(hf, feats)
+    pairs = [
+        ("encoder_embed.hook_conv1", cache["encoder_embed.hook_conv1"], conv1),
+        ("encoder_embed.hook_conv2", cache["encoder_embed.hook_conv2"], conv2),
+        *_pairs(cache, out),
+        ("logits", logits, out.logits),
+        ("logits (fused path)", fused, out.logits),
+    ]
+    atol, rtol = TOLERANCES[dtype]
+    problem = first_divergence(pairs, atol, rtol)
+    assert problem is None, f"Whisper {dtype}: first divergence at {problem}"
+
+
+def test_every_hook_fires_once_and_names_are_canonical() -> None:
+    model = hookscope.load(random_hf_whisper())
+    feats, tokens = inputs(batch=2)
+    counts: dict[str, int] = {}
+
+    def count(t: torch.Tensor, hook: object) -> None:
+        counts[hook.name] = counts.get(hook.name, 0) + 1  # type: ignore[attr-defined]
+
+    with model.hooks([(lambda n: True, count)]), torch.no_grad():
+        model(feats, tokens)
+    assert set(counts) == set(model.hook_dict)
+    assert set(counts.values()) == {1}
+    for name in (
+        "encoder_embed.hook_conv1",
+        "encoder.2.attn.hook_pattern",
+        "decoder.1.cross_attn.hook_k",
+        "decoder.0.hook_cross_attn_in",
+        "decoder.0.hook_resid_mid_cross",
+        "decoder.1.ln3.hook_normalized",
+    ):
+        assert name in model.hook_dict
+    assert hookscope.names.shape_of("encoder_embed.hook_conv2") == "batch pos d_model"
+
+
+def test_gradients_match_hf() -> None:
+    hf = random_hf_whisper(torch.float64)
+    model = hookscope.load(hf, dtype=torch.float64)
+    feats, tokens = inputs(batch=2, dtype=torch.float64)
+    hf(input_features=feats, decoder_input_ids=tokens).logits.pow(2).mean().backward()
+    model(feats, tokens).pow(2).mean().backward()
+    pairs = [
+        (
+            "encoder_embed.conv1.weight",
+            model.encoder_embed.conv1.weight.grad,
+            hf.model.encoder.conv1.weight.grad,
+        ),
+        (
+            "encoder.0.attn.q_proj.weight",
+            model.encoder[0].attn.q_proj.weight.grad,
+            hf.model.encoder.layers[0].self_attn.q_proj.weight.grad,
+        ),
+        (
+            "decoder.1.cross_attn.k_proj.weight",
+            model.decoder[1].cross_attn.k_proj.weight.grad,
+            hf.model.decoder.layers[1].encoder_attn.k_proj.weight.grad,
+        ),
+        ("embed.weight (tied)", model.embed.weight.grad, hf.model.decoder.embed_tokens.weight.grad),
+    ]
+    problem = first_divergence(pairs, 1e-10, 1e-10)
+    assert problem is None, f"gradient divergence at {problem}"
+
+
+def test_cached_decoding_equals_full_forward() -> None:
+    model = hookscope.load(random_hf_whisper())
+    feats, tokens = inputs(batch=3, n_tokens=9)
+    with torch.no_grad():
+        full = model(feats, tokens)
+        cross = model.cross_kv(model.encode(feats))
+        caches = [SelfAttentionCache(3, 9, 6, 8, full) for _ in range(N_DEC)]
+        steps = [model.decode(tokens[:, :4], cross, kv_caches=caches, offset=0)]
+        for t in range(4, 9):
+            steps.append(model.decode(tokens[:, t : t + 1], cross, kv_caches=caches, offset=t))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def _hf_greedy(hf: object, feats: torch.Tensor, n_new: int) -> torch.Tensor:
+    """HF's own decoding loop (``GenerationMixin.generate``) with Whisper's suppression processors."""
+    from transformers import GenerationMixin
+
+    prompt = torch.full((feats.shape[0], 1), START)
+    return GenerationMixin.generate(
+        hf,
+        input_features=feats,
+        decoder_input_ids=prompt,
+        max_new_tokens=n_new,
+        do_sample=False,
+        num_beams=1,
+        suppress_tokens=SUPPRESS,
+        begin_suppress_tokens=BEGIN_SUPPRESS,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
+
+
+def test_greedy_generation_equals_hf() -> None:
+    hf = random_hf_whisper()
+    model = hookscope.load(hf)
+    feats, _ = inputs(batch=4)
+    ours = greedy(model, feats, [START], max_new_tokens=15)
+    with torch.no_grad():
+        ref = _hf_greedy(hf, feats, 15)
+    assert ours.tolist() == ref.tolist()
+    assert not torch.isin(ours[:, 1:], torch.tensor(SUPPRESS)).any()
+    assert not torch.isin(ours[:, 1], torch.tensor(BEGIN_SUPPRESS)).any()
+
+
+def test_beam_search_one_beam_is_greedy_and_wider_beams_score_no_worse() -> None:
+    model = hookscope.load(random_hf_whisper())
+    feats, _ = inputs(batch=1)
+    g = greedy(model, feats, [START], max_new_tokens=10)[0]
+    assert beam_search(model, feats[0], [START], 10, num_beams=1).tolist() == g.tolist()
+    b = beam_search(model, feats[0], [START], 10, num_beams=4)
+
+    def score(seq: torch.Tensor) -> float:  # length-normalised log-probability, as beam search ranks it
+        with torch.no_grad():
+            logp = torch.log_softmax(model(feats, seq[None])[0, :-1].float(), -1)
+        return float(logp.gather(-1, seq[1:, None]).sum()) / (len(seq) - 1)
+
+    assert score(b) >= score(g) - 1e-4 or b[-1] == EOS
+
+
+def test_to_hf_round_trip() -> None:
+    hf = random_hf_whisper()
+    model = hookscope.load(hf)
+    back = model.to_hf()
+    feats, tokens = inputs(batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            back(input_features=feats, decoder_input_ids=tokens).logits,
+            hf(input_features=feats, decoder_input_ids=tokens).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_wrong_feature_length_is_a_clear_error() -> None:
+    model = hookscope.load(random_hf_whisper())
+    feats, tokens = inputs(batch=1)
+    with pytest.raises(ValueError, match="log-mel features"):
+        model(feats[..., :-2], tokens)
