@@ -223,3 +223,4 @@ register_family(
 )
 register_family(["whisper"], "hookscope.convert.whisper_build:build")
 register_family(["bert", "roberta"], "hookscope.convert.bert_build:build")
+register_family(["t5"], "hookscope.convert.t5_build:build")
