@@ -168,7 +168,8 @@ def hub_source(repo_id: str) -> Source:
     except ImportError as err:  # pragma: no cover - transformers depends on it
         raise ConversionError("huggingface_hub is needed to load hub ids") from err
     patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "*.model",
-                "vocab*", "merges.txt", "special_tokens_map.json", "generation_config.json"]
+                "vocab*", "merges.txt", "special_tokens_map.json", "generation_config.json",
+                "preprocessor_config.json"]  # image models: their image-processor settings
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as err:
@@ -222,5 +223,6 @@ register_family(
     ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"], "hookscope.convert.decoder_build:build"
 )
 register_family(["whisper"], "hookscope.convert.whisper_build:build")
+register_family(["vit", "deit", "clip_vision_model"], "hookscope.convert.vit_build:build")
 register_family(["bert", "roberta"], "hookscope.convert.bert_build:build")
 register_family(["t5"], "hookscope.convert.t5_build:build")
