@@ -146,3 +146,13 @@ def test_load_folder_decides_tying_from_weights(tmp_path: Path) -> None:
             )
             ours = model(ids, dec, mask, dec_mask)
         assert torch.allclose(ours, ref.logits, atol=1e-5, rtol=1e-5), variant
+
+
+def test_text_without_tokenizer_and_missing_inputs_raise_clearly() -> None:
+    model = hookscope.load(random_hf_t5("v1.0"))
+    with pytest.raises(ValueError, match="no tokenizer"):
+        model("translate English to German: hi")
+    with pytest.raises(ValueError, match="encoder input"):
+        model(None, torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_beams"):
+        model.generate(torch.ones(1, 3, dtype=torch.long), 4, num_beams=0)
