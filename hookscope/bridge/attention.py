@@ -1,0 +1,176 @@
+"""Per-head attention hooks for transformers models, through transformers' attention-function registry.
+
+transformers' attention modules project q/k/v themselves and then call
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, ...)``. We register one more
+implementation, ``"hookscope"``: eager attention (the same maths as each model's
+``eager_attention_forward``) that fires ``hook_q/k/v`` (or ``hook_rot_q/k`` after rotary),
+``hook_attn_scores``, ``hook_pattern`` and ``hook_z``. A wrapped model switches its configs to it only
+while one of those hooks is active, so otherwise it keeps its fused (sdpa / flash) attention.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookscope.bridge.sites import BridgePoint
+from hookscope.hooks import HookError
+
+IMPLEMENTATION = "hookscope"
+
+# attention module -> the points of the wrapped model that owns it
+# (weak keys: wrapping does not keep modules alive)
+_POINTS: weakref.WeakKeyDictionary[nn.Module, AttentionPoints] = weakref.WeakKeyDictionary()
+
+
+class AttentionPoints:
+    """The hook points of one attention module: q, k, v, scores, pattern, z.
+
+    Shapes as the hooks see them: q ``[batch, pos, head_index, d_head]``, k and v
+    ``[batch, key_pos, kv_head_index, d_head]`` (GQA: un-repeated), scores and pattern
+    ``[batch, head_index, query_pos, key_pos]``, z ``[batch, pos, head_index, d_head]``.
+    """
+
+    KEYS = ("q", "k", "v", "attn_scores", "pattern", "z")
+
+    def __init__(self, prefix: str, rotary: bool) -> None:
+        self.prefix = prefix
+        self.points: dict[str, BridgePoint] = {key: BridgePoint() for key in self.KEYS}
+        self.names = {key: f"{prefix}.hook_{key}" for key in self.KEYS}
+        if rotary:  # attention sees q and k after rotary: TransformerLens calls those rot_q / rot_k
+            self.names["q"], self.names["k"] = f"{prefix}.hook_rot_q", f"{prefix}.hook_rot_k"
+
+    def named_points(self) -> Iterator[tuple[str, BridgePoint]]:
+        for key in self.KEYS:
+            yield self.names[key], self.points[key]
+
+    @property
+    def active(self) -> bool:
+        return any(p.fwd_hooks or p.bwd_hooks for p in self.points.values())
+
+
+class AttentionSwitch:
+    """Switches a model's configs to the hooked attention while any attention point listens."""
+
+    def __init__(self, root: nn.Module, groups: dict[nn.Module, AttentionPoints]) -> None:
+        self.groups = groups
+        self.configs = _configs_of(root)
+        self.saved: list[Any] | None = None
+        for module, group in groups.items():
+            _POINTS[module] = group
+            for point in group.points.values():
+                point.listener = self.sync
+
+    def sync(self) -> None:
+        active = any(group.active for group in self.groups.values())
+        if active and self.saved is None:
+            self.saved = [cfg._attn_implementation for cfg in self.configs]
+            for cfg in self.configs:
+                cfg._attn_implementation = IMPLEMENTATION
+        elif not active and self.saved is not None:
+            # Parents come before their sub-configs, so each sub-config ends with its own value.
+            for cfg, value in zip(self.configs, self.saved, strict=True):
+                cfg._attn_implementation = value
+            self.saved = None
+
+
+def _configs_of(root: nn.Module) -> list[Any]:
+    """Every transformers config reachable from the modules (T5 stacks hold copies), parents first."""
+    from transformers import PretrainedConfig
+
+    seen: dict[int, Any] = {}
+
+    def visit(cfg: Any) -> None:
+        if not isinstance(cfg, PretrainedConfig) or id(cfg) in seen:
+            return
+        seen[id(cfg)] = cfg
+        for key in getattr(cfg, "sub_configs", {}) or {}:
+            visit(getattr(cfg, key, None))
+
+    for module in root.modules():
+        visit(getattr(module, "config", None))
+    return list(seen.values())
+
+
+def _through(point: BridgePoint, x: torch.Tensor) -> torch.Tensor:
+    """Show ``[batch, heads, pos, d]`` to a hook as ``[batch, pos, heads, d]``; return in the first layout."""
+    if not (point.fwd_hooks or point.bwd_hooks):
+        return x
+    return point(x.transpose(1, 2)).transpose(1, 2)
+
+
+def hooked_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with hook points; mirrors transformers' per-model ``eager_attention_forward``.
+
+    Args:
+        query: ``[batch, head_index, query_pos, d_head]``;
+            key, value: ``[batch, kv_head_index, key_pos, d_head]``.
+        attention_mask: additive float mask ``[batch, 1, query_pos, >= key_pos]`` (or boolean, True = keep).
+        softcap: Gemma 2's ``tanh`` soft-capping of the scores. position_bias: T5's relative bias.
+
+    Returns:
+        ``(z [batch, query_pos, head_index, d_head], pattern [batch, head_index, query_pos, key_pos])``.
+    """
+    if kwargs.get("s_aux") is not None:
+        raise HookError(
+            "hooked attention does not implement attention sinks (s_aux); unhook attention internals"
+        )
+    group = _POINTS.get(module)
+    points = group.points if group is not None else None
+    if points is not None:
+        query = _through(points["q"], query)
+        key = _through(points["k"], key)
+        value = _through(points["v"], value)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # GQA/MQA: kv head j serves query heads j*n_rep ... (j+1)*n_rep-1 (HF repeat_kv)
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    if points is not None:
+        scores = points["attn_scores"](scores)
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
+    if points is not None:
+        pattern = points["pattern"](pattern)
+    z = torch.matmul(pattern, value).transpose(1, 2).contiguous()
+    if points is not None:
+        z = points["z"](z)
+    return z, pattern
+
+
+def register_implementation() -> None:
+    """Register ``"hookscope"`` attention (and its eager-style mask) with transformers, once."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS._global_mapping:
+        ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, hooked_attention)
+    if IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)

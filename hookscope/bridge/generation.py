@@ -1,0 +1,84 @@
+"""Per-step activation caches while a wrapped transformers model runs its own ``generate``.
+
+Each call of the wrapped model's top-level forward is one step (step 0 reads the prompt, each later
+step one new token with the KV cache). Activations computed outside the top-level forward (an
+encoder-decoder's encoder, which ``generate`` runs once up front) land in step 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.names import position_axis
+
+if TYPE_CHECKING:
+    from hookscope.bridge.wrapper import WrappedModel
+
+
+class _StepStore(dict):
+    """A dict the caching hooks write into; every write goes to the current step's dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[dict[str, torch.Tensor]] = [{}]
+        self.calls = 0
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self.steps[-1][key] = value
+
+    def next_step(self, *_: Any) -> None:
+        if self.calls:
+            self.steps.append({})
+        self.calls += 1
+
+
+def generate_with_caches(
+    model: WrappedModel, names: Sequence[str], args: tuple, kwargs: dict
+) -> tuple[Any, list[ActivationCache]]:
+    """Run ``model.model.generate(*args, **kwargs)`` caching ``names`` at every forward step."""
+    store = _StepStore()
+    fwd, _ = make_caching_hooks(
+        names, store, device=None, remove_batch_dim=False, pos_slice=None, incl_bwd=False
+    )
+    handle = model.model.register_forward_pre_hook(store.next_step)
+    try:
+        with model.hooks(fwd):
+            out = model.model.generate(*args, **kwargs)
+    finally:
+        handle.remove()
+    return out, [ActivationCache(step, model) for step in store.steps]
+
+
+def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> ActivationCache:
+    """One cache with every step's activations concatenated along their position axis.
+
+    Attention patterns and scores grow along key positions from step to step; earlier steps are padded
+    on the right of ``key_pos`` with 0 (pattern: those keys did not exist yet) or ``-inf`` (scores).
+    Names without a position axis, or present in only some steps, are left out.
+    """
+    if not steps:
+        raise ValueError("concat_steps needs at least one step")
+    merged: dict[str, torch.Tensor] = {}
+    for name in steps[0]:
+        if not all(name in step for step in steps):
+            continue
+        tensors = [step[name] for step in steps]
+        axis = position_axis(name, tensors[0].ndim)
+        if axis is None:
+            continue
+        if name.endswith(("hook_pattern", "hook_attn_scores")):
+            fill = 0.0 if name.endswith("hook_pattern") else float("-inf")
+            width = max(t.shape[-1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=fill) for t in tensors]
+        try:
+            merged[name] = torch.cat(tensors, dim=axis)
+        except RuntimeError as err:
+            raise ValueError(
+                f"cannot concatenate '{name}' over steps along axis {axis}: shapes "
+                f"{[tuple(t.shape) for t in tensors]}; use the per-step caches instead"
+            ) from err
+    return ActivationCache(merged, model)
