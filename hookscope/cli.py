@@ -19,6 +19,8 @@ def _lens(args: argparse.Namespace) -> int:
 
     from hookscope.analysis.lens import logit_lens
 
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty: give the lens some text")
     print(f"Loading {args.model} ...", flush=True)
     model = hookscope.load(args.model, dtype=args.dtype, device=args.device)
     result = logit_lens(

@@ -277,7 +277,7 @@ class Decoder(LanguageModelMixin, HookedModule):
             x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i))
         if kv_cache is not None:
             kv_cache.advance(n_pos)
-        if stop_at_layer is not None and stop_at_layer < len(self.blocks):
+        if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head
             return x
         return self._head(x, tokens, attention_mask, return_type)
 
