@@ -84,13 +84,13 @@ def generate(
             beams = beam_search(model, tokens, mask, s, all_beams=return_beams)
             if return_beams:
                 return beams
-            return _format(model, beams.sequences[:, 0], inputs, return_type, mask)
+            return _format(model, beams.sequences[:, 0], inputs, return_type, mask, None)
         recorder = StepRecorder(model, _filter(return_cache)) if return_cache is not False else None
         with recorder or contextlib.nullcontext():
             run = Decoding(model, tokens, mask, s, recorder)
             for _ in _progress(run, max_new_tokens, verbose):
                 pass
-    out = _format(model, run.sequences, inputs, return_type, mask)
+    out = _format(model, run.sequences, inputs, return_type, mask, run.ends)
     return (out, recorder.cache()) if recorder is not None else out
 
 
@@ -147,11 +147,16 @@ def _progress(run: Decoding, total: int, verbose: bool) -> Any:
     return tqdm(run, total=total, desc="generating")
 
 
-def _format(model: Any, seqs: torch.Tensor, inputs: Any, return_type: str, mask: torch.Tensor | None) -> Any:
-    """Tokens as they are, or text without the left padding (and without special tokens)."""
+def _format(
+    model: Any, seqs: torch.Tensor, inputs: Any, return_type: str, mask: torch.Tensor | None,
+    ends: torch.Tensor | None,
+) -> Any:
+    """Tokens as they are, or text without the padding on either side (and without special tokens)."""
     if return_type == "tokens":
         return seqs
-    pads = [0] * seqs.shape[0] if mask is None else (mask == 0).sum(dim=1).tolist()
-    rows = [row[pad:] for row, pad in zip(seqs.tolist(), pads)]
+    batch, width = seqs.shape
+    starts = [0] * batch if mask is None else (mask == 0).sum(dim=1).tolist()
+    stops = [width] * batch if ends is None else ends.clamp(max=width).tolist()
+    rows = [row[a:b] for row, a, b in zip(seqs.tolist(), starts, stops)]
     texts = model.tokenizer.batch_decode(rows, skip_special_tokens=True)
     return texts[0] if isinstance(inputs, str) else texts

@@ -52,6 +52,7 @@ class Decoding:
         self.generator = gen
         self.eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
         self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        self.ends = torch.full((batch,), total, dtype=torch.long, device=device)  # where each row stopped
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -95,10 +96,12 @@ class Decoding:
 
     def _still_running(self, token: torch.Tensor) -> bool:
         """Mark rows that just hit an EOS id or completed a stop string; False once every row is done."""
+        was_running = self.unfinished.clone()
         if self.eos is not None:
             self.unfinished &= ~torch.isin(token, self.eos)
         if self.s.stop_strings:
             self._check_stop_strings()
+        self.ends.masked_fill_(was_running & ~self.unfinished, self.length)
         return bool(self.unfinished.any())
 
     def _check_stop_strings(self) -> None:

@@ -98,12 +98,16 @@ def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> tuple[int,
 
 
 def _pad_id(model: Any, eos: tuple[int, ...]) -> int:
-    """What finished rows are filled with: the tokenizer's pad token, else the first EOS (as HF), else 0."""
+    """What finished rows are filled with: the tokenizer's pad token, else the first EOS id (as HF), else
+    the tokenizer's EOS, else 0."""
     tok = getattr(model, "tokenizer", None)
     pad = getattr(tok, "pad_token_id", None) if tok is not None else None
     if pad is not None:
         return int(pad)
-    return eos[0] if eos else 0
+    if eos:
+        return eos[0]
+    tok_eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    return 0 if tok_eos is None else int(tok_eos)
 
 
 # ---------------------------------------------------------------------- prompts
