@@ -136,7 +136,8 @@ class Whisper(HookedModule):
             raise IndexError(
                 f"token ids must lie in [0, {n_vocab}); got {int(tokens.min())}..{int(tokens.max())}"
             )
-        return F.embedding(tokens, self.embed.weight, padding_idx=self.cfg.pad_token_id)
+        pad = self.cfg.pad_token_id
+        return F.embedding(tokens, self.embed.weight, padding_idx=pad if 0 <= pad < n_vocab else None)
 
     def decode(
         self,

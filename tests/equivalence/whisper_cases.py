@@ -15,12 +15,12 @@ SUPPRESS, BEGIN_SUPPRESS = [5, 17, 40], [9, EOS]
 
 
 def random_hf_whisper(
-    dtype: torch.dtype = torch.float32, seed: int = 0
+    dtype: torch.dtype = torch.float32, seed: int = 0, vocab: int = VOCAB, start: int = START, eos: int = EOS
 ) -> transformers.WhisperForConditionalGeneration:
     """A re-drawn random ``WhisperForConditionalGeneration``: 3 encoder layers (4 heads, MLP 37) and
     2 decoder layers (6 heads, MLP 29); d_model 48, 11 mel bins, vocab 101."""
     cfg = transformers.WhisperConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         num_mel_bins=N_MELS,
         d_model=D_MODEL,
         encoder_layers=N_ENC,
@@ -31,10 +31,10 @@ def random_hf_whisper(
         decoder_ffn_dim=29,
         max_source_positions=N_AUDIO_CTX,
         max_target_positions=N_TEXT_CTX,
-        decoder_start_token_id=START,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
-        bos_token_id=EOS,
+        decoder_start_token_id=start,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        bos_token_id=eos,
         suppress_tokens=SUPPRESS,
         begin_suppress_tokens=BEGIN_SUPPRESS,
     )
