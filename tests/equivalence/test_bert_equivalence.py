@@ -154,3 +154,30 @@ def test_default_mask_and_types_match_hf() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model(tokens[0]), hf(tokens[:1]).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_first_n_layers_only() -> None:
+    """``load(..., n_layers=2)`` keeps blocks 0-1: its last hidden state is HF's hidden state 2."""
+    hf = random_hf_model("BertForMaskedLM")
+    model = hookscope.load(hf, n_layers=2)
+    assert len(model.blocks) == 2
+    tokens, mask, types = inputs(0)
+    with torch.no_grad():
+        ref = hf(tokens, attention_mask=mask, token_type_ids=types, output_hidden_states=True).hidden_states[
+            2
+        ]
+        torch.testing.assert_close(
+            model(tokens, mask, types, return_type="embeddings"), ref, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_bfloat16_smoke() -> None:
+    """bfloat16 runs and stays close to float32 (a smoke test, as DESIGN.md asks: rounding differs)."""
+    hf = random_hf_model("RobertaForMaskedLM")
+    tokens, mask, types = inputs(1)
+    with torch.no_grad():
+        ref = hookscope.load(hf)(tokens, mask, types)
+        low = hookscope.load(hf, dtype=torch.bfloat16)(tokens, mask, types)
+    assert low.dtype == torch.bfloat16
+    cos = torch.nn.functional.cosine_similarity(low.float().flatten(1), ref.flatten(1))
+    assert float(cos.min()) > 0.99
