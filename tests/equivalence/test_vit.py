@@ -179,3 +179,22 @@ def test_headless_model_explains_missing_logits() -> None:
         model(pixels_for(torch.float32), "logits")
     with pytest.raises(ValueError, match="no classification head"):
         model.lens_decoder()
+
+
+def test_each_hook_fires_once_and_split_inputs_change_nothing() -> None:
+    model = hookscope.load(make_hf("deit_teacher", torch.float64), dtype=torch.float64)
+    pixels = pixels_for(torch.float64)
+    counts: dict[str, int] = {}
+
+    def count(t: torch.Tensor, hook) -> None:
+        counts[hook.name] = counts.get(hook.name, 0) + 1
+
+    noop = [(lambda n: n.endswith("hook_pattern"), lambda t, hook: None)]  # same explicit attention path
+    with torch.no_grad():
+        plain = model.run_with_hooks(pixels, fwd_hooks=noop)
+        hooked = model.run_with_hooks(pixels, fwd_hooks=[(lambda n: True, count)])
+    never = {n for n in model.hook_dict if n not in counts}
+    assert never == {f"blocks.{i}.attn.hook_rot_{x}" for i in range(3) for x in "qk"}  # no rotary in ViTs
+    assert set(counts.values()) == {1}
+    torch.testing.assert_close(hooked, plain, atol=1e-10, rtol=1e-10)
+    assert counts["head.hook_out"] == 1 and "embed.hook_patch_embed" in counts
