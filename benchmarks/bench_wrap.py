@@ -17,12 +17,14 @@ import transformers
 import hookscope
 
 
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def _median_ms(fns: dict[str, Callable[[], object]], repeats: int, cuda: bool) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
+            if cuda:  # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
@@ -32,11 +34,12 @@ def main() -> None:
     parser.add_argument("--pos", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # 124M parameters, sdpa
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().to(args.device)  # 124M, sdpa
     wrapped = hookscope.wrap(model)
-    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.pos))
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.pos), device=args.device)
     resid = [f"blocks.{i}.hook_resid_post" for i in range(model.config.n_layer)]
     with torch.inference_mode():
         for _ in range(3):  # warm-up
@@ -52,6 +55,7 @@ def main() -> None:
                 ),
             },
             args.repeats,
+            cuda=ids.is_cuda,
         )
     print(f"GPT-2 small shape, batch {args.batch} x pos {args.pos}, {torch.get_num_threads()} threads")
     for name, value in ms.items():

@@ -159,6 +159,22 @@ def test_hooks_removed_after_an_exception() -> None:
     assert not model[0]._forward_hooks
 
 
+def test_hook_in_edits_a_keyword_input() -> None:
+    class KeywordCaller(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(input=x)
+
+    model = KeywordCaller()
+    x = torch.randn(2, 4)
+    out = wrap(model).run_with_hooks(x, fwd_hooks=[("layer.hook_in", lambda t, hook: t * 3)])
+    torch.testing.assert_close(out, model.layer(3 * x))
+
+
 def test_unknown_name_suggests_the_nearest() -> None:
     wrapped = wrap(SmallCNN())
     with pytest.raises(KeyError, match=r"did you mean 'features\.3'"):

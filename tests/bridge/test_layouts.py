@@ -133,6 +133,23 @@ def test_encoder_decoder(family: str) -> None:
     _assert_match([*pairs, ("logits", out.logits, ref.logits)], torch.float32)
 
 
+def test_stop_at_a_block_returns_its_output_and_runs_nothing_later() -> None:
+    model = M.decoder("gpt2")
+    ids = M.tokens()
+    calls: list[int] = []
+    for i, block in enumerate(model.transformer.h):
+        block.register_forward_pre_hook(lambda mod, args, i=i: calls.append(i))
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+        calls.clear()
+        # transformers may keep its own output-recording hooks: count ours as the difference
+        before = [len(m._forward_hooks) for m in model.transformer.h]
+        stopped = wrap(model)(ids, stop_at="transformer.h.1")
+    assert calls == [0, 1]
+    torch.testing.assert_close(stopped, hidden[2], atol=1e-5, rtol=1e-5)
+    assert [len(m._forward_hooks) for m in model.transformer.h] == before  # the stop hook is gone
+
+
 def test_mapping_report_names_what_is_missing() -> None:
     neox = wrap(M.decoder("gpt_neox"))
     report = neox.mapping_report()
