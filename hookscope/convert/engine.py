@@ -132,15 +132,18 @@ def _short(names: list[str], n: int = 8) -> str:
 
 # ---------------------------------------------------------------------- pure tensor transforms
 def transpose(ts: Tensors) -> Tensors:
-    """HF Conv1D stores ``[in, out]``; PyTorch Linear stores ``[out, in]``."""
-    return [t.T.contiguous() for t in ts]
+    """HF Conv1D stores ``[in, out]``; PyTorch Linear stores ``[out, in]``.
+
+    A view, not a copy: ``F.linear`` reads a transposed weight at full speed, and the load stays zero-copy.
+    """
+    return [t.T for t in ts]
 
 
 def split_rows(sizes: list[int], dim: int = 0) -> Transform:
     """One fused tensor -> pieces of ``sizes`` along ``dim`` (and back by concatenation)."""
 
     def fwd(ts: Tensors) -> Tensors:
-        return [p.contiguous() for p in ts[0].split(sizes, dim=dim)]
+        return list(ts[0].split(sizes, dim=dim))  # views: no copy
 
     return fwd
 

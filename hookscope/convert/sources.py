@@ -132,8 +132,6 @@ def _auto_tokenizer(path: Path | str) -> Any:
 
 def _safetensors_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor]]:
     """Memory-mapped access to ``*.safetensors`` in a folder (sharded or not); ``.bin`` via weights_only."""
-    from safetensors import SafetensorError, safe_open
-
     files = sorted(path.glob("*.safetensors"))
     if not files:
         bins = sorted(path.glob("pytorch_model*.bin"))
@@ -143,22 +141,14 @@ def _safetensors_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Te
         for b in bins:  # weights_only: never unpickle arbitrary objects
             state.update(torch.load(b, map_location="cpu", weights_only=True))
         return list(state), state.__getitem__
-    owner: dict[str, Any] = {}
+    from hookscope.convert.safetensors_mmap import SafetensorsFile
+
+    owner: dict[str, SafetensorsFile] = {}
     for f in files:
-        try:
-            handle = safe_open(str(f), framework="pt")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ConversionError(f"{f} is not a readable safetensors file (corrupt or truncated?): {err}") from None
-        for k in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+        handle = SafetensorsFile(f)
+        for k in handle.keys():
             owner[k] = handle
-
-    def get(key: str) -> torch.Tensor:
-        try:
-            return owner[key].get_tensor(key)
-        except Exception as err:
-            raise ConversionError(f"could not read tensor {key!r} from {path}: {err}") from None
-
-    return list(owner), get
+    return list(owner), lambda key: owner[key].get(key)
 
 
 def hub_source(repo_id: str) -> Source:

@@ -1,0 +1,118 @@
+"""Decoder forward and load cost against plain Hugging Face on the same weights (ratios from one run).
+
+Usage: python benchmarks/bench_decoder.py [--quick] [--smollm2]
+Prints, for GPT-2-small-shaped random weights (and SmolLM2 with --smollm2), at batch 4 x 128 and 1 x 16:
+HF forward time, then hookscope / HF for: a bare forward, run_with_cache of the residual stream, and
+run_with_cache of everything. Then peak RSS of a load (above the post-import baseline) / fp32 weight bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def gpt2_small() -> torch.nn.Module:
+    import transformers as T
+
+    torch.manual_seed(0)
+    return T.GPT2LMHeadModel(T.GPT2Config()).eval()
+
+
+def smollm2_hf() -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    import hookscope
+    from hookscope.convert.sources import packaged_source
+
+    hookscope.load("smollm2-135m")  # makes sure the converted folder exists
+    folder = packaged_source("smollm2-135m").description
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def bench_forward(name: str, hf: torch.nn.Module, repeats: int) -> None:
+    import hookscope
+
+    model = hookscope.load(hf)
+    resid = lambda n: "hook_resid" in n  # noqa: E731
+    for batch, pos in ((4, 128), (1, 16)):
+        tokens = torch.randint(0, 1000, (batch, pos))
+        with torch.no_grad():
+            t_hf = timeit(lambda: hf(tokens), repeats)
+            t_fwd = timeit(lambda: model(tokens), repeats)
+            t_resid = timeit(lambda: model.run_with_cache(tokens, names_filter=resid), repeats)
+            t_all = timeit(lambda: model.run_with_cache(tokens), repeats)
+        print(f"{name:10s} {batch}x{pos:<4d} HF {t_hf * 1e3:8.1f} ms | forward {t_fwd / t_hf:5.2f}x | "
+              f"cache resid {t_resid / t_hf:5.2f}x | cache all {t_all / t_hf:5.2f}x")
+
+
+_LOAD_SCRIPT = """
+import json, sys, torch
+import hookscope, transformers
+
+def high_water_kb():  # VmHWM belongs to this process image (ru_maxrss survives exec on Linux)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+base = high_water_kb()
+kind, folder = sys.argv[1], sys.argv[2]
+if kind == "hookscope":
+    model = hookscope.load(folder, progress=False)
+else:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+with torch.no_grad():
+    model(torch.ones(1, 8, dtype=torch.long))
+peak = high_water_kb()
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+print(json.dumps({"peak_kb": peak - base, "weights_kb": weights / 1024}))
+"""
+
+
+def bench_load(hf: torch.nn.Module) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        for kind in ("hf", "hookscope"):
+            out = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, kind, folder], capture_output=True,
+                                 text=True, check=True)
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"load {kind:9s}: peak RSS above baseline = {figures['peak_kb'] / figures['weights_kb']:.2f}x "
+                  f"the fp32 weights ({figures['weights_kb'] / 1024:.0f} MiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--smollm2", action="store_true", help="also the packaged SmolLM2-135M")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    repeats = 3 if args.quick else 10
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    hf = gpt2_small()
+    bench_forward("gpt2-small", hf, repeats)
+    if args.smollm2:
+        bench_forward("smollm2", smollm2_hf(), repeats)
+    bench_load(hf)
+
+
+if __name__ == "__main__":
+    main()
