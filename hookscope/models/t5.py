@@ -332,6 +332,9 @@ def _register_names() -> None:
         **{n: per_head_in for n in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")},
         **{f"{ln}.{k}": v for ln in ("ln1", "ln2", "ln3") for k, v in norm.items()},
         **{f"{a}.{k}": v for a in ("attn", "cross_attn") for k, v in attn.items()},
+        # cross-attention keys/values run over encoder positions: not the decoder's pos axis
+        "cross_attn.hook_k": "batch key_pos head_index d_head",
+        "cross_attn.hook_v": "batch key_pos head_index d_head",
         "attn.hook_position_bias": PATTERN,  # batch axis of size 1
         "mlp.hook_pre": "batch pos d_mlp",
         "mlp.hook_pre_linear": "batch pos d_mlp",
