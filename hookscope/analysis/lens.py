@@ -167,11 +167,12 @@ def logit_lens(
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    tokens, str_tokens = _tokens(model, inputs)
+    vision = hasattr(model, "to_pixel_values")
+    tokens, str_tokens = _pixels(model, inputs) if vision else _tokens(model, inputs)
     rows = [(n, n) for n in names] if names else residual_names(model, include_subblocks)
     decode = default_decoder(model, decoder)
     acts = partial_forward(model, tokens, [n for _, n in rows], **forward_kwargs)
-    n_pos = tokens.shape[-1]
+    n_pos = 1 if vision else tokens.shape[-1]  # vision: the class token is what the head reads
     pos_list = list(range(n_pos)) if positions is None else [p % n_pos for p in positions]
     stacked = torch.stack([acts[n][0, pos_list] for _, n in rows])  # [row, pos, d_model]
     logits = decode(stacked).float()  # [row, pos, d_vocab]
@@ -209,15 +210,36 @@ def _tokens(model: Any, inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
     return tokens, str_tokens
 
 
+def _pixels(model: Any, inputs: Any) -> tuple[torch.Tensor, list[str]]:
+    """Vision models: one image as ``pixel_values [1, C, H, W]``; the lens column is the class token."""
+    pixels = model.to_pixel_values(inputs)
+    if pixels.shape[0] != 1:
+        raise ValueError(f"the lens reads one image at a time, got a batch of {pixels.shape[0]}")
+    return pixels, ["[CLS]"]
+
+
+def _labels(model: Any) -> dict[int, str]:
+    cfg = getattr(model, "cfg", None)
+    id2label = getattr(cfg, "hf_config", {}).get("id2label") if cfg is not None else None
+    return {int(k): str(v) for k, v in (id2label or {}).items()}
+
+
 def _decode_ids(model: Any, ids: torch.Tensor) -> list[list[list[str]]]:
     tok = getattr(model, "tokenizer", None)
     flat = ids.reshape(-1).tolist()
-    words = [tok.decode([i]) for i in flat] if tok is not None else [f"#{i}" for i in flat]
+    labels = _labels(model) if tok is None else {}
+    if tok is not None:
+        words = [tok.decode([i]) for i in flat]
+    else:
+        words = [labels.get(i, f"#{i}") for i in flat]
     rows, pos, k = ids.shape
     return [[words[(r * pos + p) * k:(r * pos + p + 1) * k] for p in range(pos)] for r in range(rows)]
 
 
 def _add_target(result: LensResult, model: Any, target: str | int, logits: torch.Tensor, logprobs: torch.Tensor) -> None:
+    labels = {v: k for k, v in _labels(model).items()}
+    if isinstance(target, str) and target in labels and getattr(model, "tokenizer", None) is None:
+        target = labels[target]  # a class label of a vision model
     if isinstance(target, str):
         if getattr(model, "tokenizer", None) is None:
             raise ValueError("a string target needs a tokenizer; pass the token id instead")

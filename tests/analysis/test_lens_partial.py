@@ -107,3 +107,22 @@ def test_plot_html_and_table(model, tmp_path) -> None:
     assert (tmp_path / "lens.png").stat().st_size > 5_000
     assert "<table>" in page and "http" not in page.replace("http-equiv", "")
     assert result.table().count("\n") == model.cfg.n_layers + 3  # title, header, rows, final
+
+
+def test_lens_reads_a_vision_model() -> None:
+    import transformers as T
+
+    from tests.helpers import redraw_parameters
+
+    torch.manual_seed(0)
+    cfg = T.ViTConfig(image_size=20, patch_size=5, num_channels=3, hidden_size=24, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=37, num_labels=7)
+    hf = redraw_parameters(T.ViTForImageClassification(cfg)).eval()
+    model = hookscope.load(hf)
+    pixels = torch.randn(1, 3, 20, 20)
+    result = logit_lens(model, pixels, top_k=2, target=3)
+    with torch.no_grad():
+        ref = hf(pixels).logits.softmax(-1)[0]
+    assert result.top_ids.shape == (3, 1, 2)
+    torch.testing.assert_close(result.top_probs[-1, 0], ref.topk(2).values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.target_prob[-1, 0], ref[3], atol=1e-5, rtol=1e-5)
