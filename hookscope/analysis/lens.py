@@ -236,7 +236,9 @@ def _decode_ids(model: Any, ids: torch.Tensor) -> list[list[list[str]]]:
     return [[words[(r * pos + p) * k:(r * pos + p + 1) * k] for p in range(pos)] for r in range(rows)]
 
 
-def _add_target(result: LensResult, model: Any, target: str | int, logits: torch.Tensor, logprobs: torch.Tensor) -> None:
+def _add_target(
+    result: LensResult, model: Any, target: str | int, logits: torch.Tensor, logprobs: torch.Tensor
+) -> None:
     labels = {v: k for k, v in _labels(model).items()}
     if isinstance(target, str) and target in labels and getattr(model, "tokenizer", None) is None:
         target = labels[target]  # a class label of a vision model

@@ -42,7 +42,10 @@ def hf_name(gguf_name: str) -> str:
 
 
 def unpermute_rotary_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's per-head row interleaving of q/k projections (rows ``[head, d_head/2, 2]`` -> ``[head, 2, d_head/2]``)."""
+    """Undo llama.cpp's per-head row interleaving of q/k projections.
+
+    Rows are stored as ``[head, d_head/2, 2]``; HF's rotate-half layout is ``[head, 2, d_head/2]``.
+    """
     rows = w.shape[0]
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 

@@ -23,6 +23,7 @@ from hookscope.generation.kv_cache import KVCache
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.lm_mixin import LanguageModelMixin
+from hookscope.models.weight_views import StackedWeightsMixin
 
 ReturnType = Literal["logits", "loss", "both", None]
 
@@ -116,7 +117,7 @@ def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_ca
     return attn(q_in, k_in, v_in, mask, rotary, block.window, kv_cache)
 
 
-class Decoder(LanguageModelMixin, HookedModule):
+class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -160,33 +161,6 @@ class Decoder(LanguageModelMixin, HookedModule):
     @property
     def b_U(self) -> torch.Tensor:
         return self.unembed.b_U
-
-    def _stack(self, getter: Any) -> torch.Tensor:
-        return torch.stack([getter(b) for b in self.blocks])
-
-    @property
-    def W_Q(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
-        return self._stack(lambda b: b.attn.W_Q)
-
-    @property
-    def W_K(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.W_K)
-
-    @property
-    def W_V(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.W_V)
-
-    @property
-    def W_O(self) -> torch.Tensor:  # [layer, head_index, d_head, d_model]
-        return self._stack(lambda b: b.attn.W_O)
-
-    @property
-    def W_in(self) -> torch.Tensor:  # [layer, d_model, d_mlp]
-        return self._stack(lambda b: b.mlp.W_in)
-
-    @property
-    def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
-        return self._stack(lambda b: b.mlp.W_out)
 
     # ------------------------------------------------------------------ generation (hookscope.generation)
     def generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:

@@ -32,7 +32,7 @@ class LanguageModelMixin:
         return_mask: bool = False,
     ) -> Any:
         """Token ids ``[batch, pos]`` (left-padded for several strings); with ``return_mask`` also the mask."""
-        tok = self._require_tokenizer()
+        self._require_tokenizer()
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not isinstance(t, str) for t in texts):
             raise ValueError("to_tokens needs a string or a non-empty list of strings")

@@ -22,6 +22,7 @@ from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.vit_config import ViTConfig
 from hookscope.models.vit_images import ImageSettings, default_image_settings, preprocess_images
+from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.names import DECODER_BLOCK, RESID, SCALE, register_family
 
 ReturnType = Literal["auto", "logits", "hidden", "pooled", None]
@@ -184,7 +185,7 @@ class LensDecoder(NamedTuple):
         return self.head_fn(self.final_norm(x))
 
 
-class ViT(HookedModule):
+class ViT(StackedWeightsMixin, HookedModule):
     """A hooked ViT / DeiT / CLIP vision encoder, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: ViTConfig, image_settings: ImageSettings | None = None) -> None:
@@ -211,33 +212,6 @@ class ViT(HookedModule):
     @property
     def W_pos(self) -> torch.Tensor:  # [n_special + patches, d_model]
         return self.pos_embed.weight
-
-    def _stack(self, getter: Any) -> torch.Tensor:
-        return torch.stack([getter(b) for b in self.blocks])
-
-    @property
-    def W_Q(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
-        return self._stack(lambda b: b.attn.W_Q)
-
-    @property
-    def W_K(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.W_K)
-
-    @property
-    def W_V(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.W_V)
-
-    @property
-    def W_O(self) -> torch.Tensor:  # [layer, head_index, d_head, d_model]
-        return self._stack(lambda b: b.attn.W_O)
-
-    @property
-    def W_in(self) -> torch.Tensor:  # [layer, d_model, d_mlp]
-        return self._stack(lambda b: b.mlp.W_in)
-
-    @property
-    def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
-        return self._stack(lambda b: b.mlp.W_out)
 
     # ------------------------------------------------------------------ inputs
     def to_pixel_values(self, images: Any) -> torch.Tensor:

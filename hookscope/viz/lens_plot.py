@@ -91,7 +91,8 @@ td, th {{ border: 1px solid #ccc; padding: 3px 6px; text-align: center; white-sp
 td:hover {{ outline: 2px solid #d62728; }}
 </style></head><body>
 <h2>Logit lens</h2>
-<p>Colour: {html.escape(_LABELS[result.metric])} (range {lo:.3g} to {hi:.3g}). Hover a cell for the top-{result.top_ids.shape[-1]}.</p>
+<p>Colour: {html.escape(_LABELS[result.metric])} (range {lo:.3g} to {hi:.3g}).
+Hover a cell for the top-{result.top_ids.shape[-1]}.</p>
 <table><tr><th>layer</th>{head}</tr>
 {chr(10).join(body)}
 </table></body></html>

@@ -74,7 +74,7 @@ def test_names_filter_forms(model: Tiny, x: torch.Tensor, names_filter, expected
 
 
 def test_unknown_name_suggests_nearest(model: Tiny, x: torch.Tensor) -> None:
-    with pytest.raises(KeyError, match="blocks.1.hook_pre"):
+    with pytest.raises(KeyError, match=r"blocks\.1\.hook_pre"):
         model.run_with_cache(x, names_filter=["blocks.1.hook_prr"])
     with pytest.raises(KeyError, match="did you mean"):
         model.add_hook("blocks.1.hook_prr", lambda t, hook: None)
@@ -95,7 +95,7 @@ def test_wrong_shape_names_hook_and_both_shapes(model: Tiny, x: torch.Tensor) ->
 
 
 def test_wrong_dtype_is_reported(model: Tiny, x: torch.Tensor) -> None:
-    with pytest.raises(HookError, match="dtype torch.float64"):
+    with pytest.raises(HookError, match=r"dtype torch\.float64"):
         model.run_with_hooks(x, fwd_hooks=[("hook_embed", lambda t, hook: t.double())])
 
 

@@ -124,7 +124,8 @@ def test_parameter_gradients_match_hf(name: str) -> None:
     arch = ARCHITECTURES[model.cfg.hf_config["model_type"]]
     rules = RuleSet(arch.rules(model.cfg).inverted().rules)
     hf_names = [n for n, _ in hf.named_parameters()]
-    exported = convert_state_dict(ours, rules, model.cfg.n_layers, [n for n in hf_names if n in _produced(rules, model)])
+    produced = _produced(rules, model)
+    exported = convert_state_dict(ours, rules, model.cfg.n_layers, [n for n in hf_names if n in produced])
     for n, p in hf.named_parameters():
         if n in exported:
             torch.testing.assert_close(exported[n], p.grad, atol=1e-10, rtol=1e-10, msg=f"gradient of {n}")

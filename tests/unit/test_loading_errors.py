@@ -32,7 +32,8 @@ def test_unsupported_architecture_points_to_wrap() -> None:
 
 
 def test_unmodelled_config_attribute_is_named() -> None:
-    cfg = T.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=8, scale_attn_by_inverse_layer_idx=True)
+    cfg = T.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=8,
+                       scale_attn_by_inverse_layer_idx=True)
     with pytest.raises(ConversionError, match="scale_attn_by_inverse_layer_idx"):
         hookscope.load(T.GPT2LMHeadModel(cfg))
     llama = T.LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
@@ -43,7 +44,7 @@ def test_unmodelled_config_attribute_is_named() -> None:
 
 def test_missing_sources(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         hookscope.load(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="hub could not provide it"):
         hookscope.load("no-such-org/no-such-model-hookscope")

@@ -1,0 +1,57 @@
+"""TransformerLens-shaped weight views stacked over layers, for any model with ``blocks[i].attn`` / ``.mlp``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class StackedWeightsMixin:
+    """``W_Q [layer, head_index, d_model, d_head]``, ``W_O``, ``W_in``, ... as views of each block's weights."""
+
+    blocks: Any
+
+    def _stack(self, getter: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        return torch.stack([getter(b) for b in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [layer, kv_head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [layer, kv_head_index, d_model, d_head]
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [layer, head_index, d_head, d_model]
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def b_Q(self) -> torch.Tensor:  # [layer, head_index, d_head]
+        return self._stack(lambda b: b.attn.b_Q)
+
+    @property
+    def b_K(self) -> torch.Tensor:  # [layer, kv_head_index, d_head]
+        return self._stack(lambda b: b.attn.b_K)
+
+    @property
+    def b_V(self) -> torch.Tensor:  # [layer, kv_head_index, d_head]
+        return self._stack(lambda b: b.attn.b_V)
+
+    @property
+    def b_O(self) -> torch.Tensor:  # [layer, d_model]
+        return self._stack(lambda b: b.attn.b_O)
+
+    @property
+    def W_in(self) -> torch.Tensor:  # [layer, d_model, d_mlp]
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
+        return self._stack(lambda b: b.mlp.W_out)
