@@ -23,7 +23,18 @@ _EXPORTS: dict[str, str] = {
     "LoadError": "hookscope.loading",
     "DecoderConfig": "hookscope.models.decoder_config",
     "Decoder": "hookscope.models.decoder",
+    "Bert": "hookscope.models.bert",
+    "T5": "hookscope.models.t5",
+    "T5Encoder": "hookscope.models.t5",
+    "ViT": "hookscope.models.vit",
+    "Whisper": "hookscope.models.whisper",
     "wrap": "hookscope.bridge",
+    "WrappedModel": "hookscope.bridge",
+    "generate": "hookscope.generation.api",
+    "class_lens": "hookscope.analysis.vision",
+    "attention_rollout": "hookscope.analysis.vision",
+    "save_attention_overlay": "hookscope.analysis.vision",
+    "load_audio": "hookscope.audio",
     "logit_lens": "hookscope.analysis.lens",
     "LensResult": "hookscope.analysis.lens",
     "partial_forward": "hookscope.analysis.partial",
@@ -48,7 +59,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from hookscope.analysis.lens import LensResult, logit_lens
     from hookscope.analysis.partial import partial_forward
-    from hookscope.bridge import wrap
+    from hookscope.analysis.vision import attention_rollout, class_lens, save_attention_overlay
+    from hookscope.audio import load_audio
+    from hookscope.bridge import WrappedModel, wrap
+    from hookscope.generation.api import generate
+    from hookscope.models.bert import Bert
+    from hookscope.models.t5 import T5, T5Encoder
+    from hookscope.models.vit import ViT
+    from hookscope.models.whisper import Whisper
     from hookscope.cache import ActivationCache
     from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
     from hookscope.loading import LoadError, load

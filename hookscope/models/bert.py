@@ -20,6 +20,7 @@ from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.bert_config import BertConfig
+from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
 
 ReturnType = Literal["logits", "embeddings", "pooled", "nsp", "classification", None]
@@ -152,7 +153,7 @@ class LinearHead(nn.Module):
         return self.hook_out(self.proj(pooled))
 
 
-class Bert(HookedModule):
+class Bert(StackedWeightsMixin, HookedModule):
     """A hooked BERT / RoBERTa / MiniLM encoder, numerically identical to its Hugging Face source.
 
     Which heads exist is declared by the config (``mlm_head``, ``pooler``, ``nsp_head``, ``n_labels``);
@@ -199,33 +200,6 @@ class Bert(HookedModule):
     @property
     def b_U(self) -> torch.Tensor:  # [d_vocab]
         return self._require("unembed", "the masked-LM head").b_U
-
-    def _stack(self, getter: Any) -> torch.Tensor:
-        return torch.stack([getter(b) for b in self.blocks])
-
-    @property
-    def W_Q(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
-        return self._stack(lambda b: b.attn.W_Q)
-
-    @property
-    def W_K(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
-        return self._stack(lambda b: b.attn.W_K)
-
-    @property
-    def W_V(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
-        return self._stack(lambda b: b.attn.W_V)
-
-    @property
-    def W_O(self) -> torch.Tensor:  # [layer, head_index, d_head, d_model]
-        return self._stack(lambda b: b.attn.W_O)
-
-    @property
-    def W_in(self) -> torch.Tensor:  # [layer, d_model, d_mlp]
-        return self._stack(lambda b: b.mlp.W_in)
-
-    @property
-    def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
-        return self._stack(lambda b: b.mlp.W_out)
 
     # ------------------------------------------------------------------ forward
     def forward(
