@@ -56,6 +56,8 @@ def load(
     *,
     tokenizer: Any = None,
     progress: bool = True,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
 ) -> Any:
     """Load a model as a hooked native hookscope model.
 
@@ -67,6 +69,9 @@ def load(
         device: where the weights go (default CPU).
         n_layers: keep only the first ``n_layers`` blocks (the rest are never materialised).
         tokenizer: a tokenizer to attach (default: the source's own, when it has one).
+        device_map: spread the model over devices with accelerate's dispatcher: ``"auto"`` (fill the
+            GPUs in order, then CPU; bounded by ``max_memory``) or ``{module name: device}``. Blocks are
+            never split. Needs ``pip install accelerate``.
     """
     from hookscope.convert.sources import open_source
 
@@ -82,7 +87,23 @@ def load(
         raise LoadError(f"could not load {src.describe()}: {type(err).__name__}: {err}") from err
     model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
     model.eval()
+    if device_map is not None:
+        model = dispatch(model, device_map, max_memory)
     return model
+
+
+def dispatch(model: nn.Module, device_map: str | dict[str, Any], max_memory: dict[Any, Any] | None) -> nn.Module:
+    """Place modules on devices with accelerate (the existing engine for this; no home-made one)."""
+    try:
+        from accelerate import dispatch_model, infer_auto_device_map
+    except ImportError as err:
+        raise LoadError("device_map needs accelerate: pip install accelerate") from err
+    block_classes = sorted({type(b).__name__ for b in getattr(model, "blocks", [])})
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=block_classes)
+    if not isinstance(device_map, dict):
+        raise LoadError(f"device_map must be 'auto' or a dict of module name -> device, got {device_map!r}")
+    return dispatch_model(model, device_map=device_map)
 
 
 def read_json(path: Path) -> dict[str, Any]:

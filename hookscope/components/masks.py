@@ -37,6 +37,11 @@ class AttentionMask:
         self.causal = causal
         self._bias: dict[tuple[int | None, torch.dtype], torch.Tensor] = {}
 
+    def to(self, device: torch.device | str) -> AttentionMask:
+        """The same mask on another device (accelerate moves block inputs with ``.to``)."""
+        key_valid = None if self.key_valid is None else self.key_valid.to(device)
+        return AttentionMask(key_valid, self.query_index.to(device), self.key_len, self.causal)
+
     @property
     def is_plain_causal(self) -> bool:
         """No padding and queries are exactly the keys: SDPA's ``is_causal`` covers it."""

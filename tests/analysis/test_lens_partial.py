@@ -126,3 +126,21 @@ def test_lens_reads_a_vision_model() -> None:
     assert result.top_ids.shape == (3, 1, 2)
     torch.testing.assert_close(result.top_probs[-1, 0], ref.topk(2).values, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(result.target_prob[-1, 0], ref[3], atol=1e-5, rtol=1e-5)
+
+
+def test_device_map_dispatch_keeps_outputs() -> None:
+    pytest.importorskip("accelerate")
+    hf = random_hf_model("llama")
+    plain = hookscope.load(hf)
+    mapping = {"embed": "cpu", "blocks.0": "cpu", "blocks.1": "cpu", "blocks.2": "cpu", "ln_final": "cpu",
+               "unembed": "cpu"}
+    spread = hookscope.load(hf, device_map=mapping)
+    auto = hookscope.load(hf, device_map="auto")
+    tokens = random_tokens(2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(spread(tokens), plain(tokens))
+        torch.testing.assert_close(auto(tokens), plain(tokens))
+    _, cache = spread.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
+    assert cache["resid_post", 1].shape == (2, 5, 48)
+    with pytest.raises(hookscope.LoadError, match="device_map"):
+        hookscope.load(hf, device_map="everywhere")
