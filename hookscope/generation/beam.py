@@ -94,9 +94,9 @@ def beam_search(
         flat = st.running[:, :, :cur].reshape(batch * nb, cur)
         m = None if flat_mask is None else flat_mask[:, :cur]
         if cache is None:
-            logits = model(flat, m)[:, -1]
+            logits = model(flat, m, logits_to_keep=1)[:, -1]
         else:
-            logits = model(flat[:, cache.length :], m, kv_cache=cache)[:, -1]
+            logits = model(flat[:, cache.length :], m, kv_cache=cache, logits_to_keep=1)[:, -1]
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         log_probs = process_logits(log_probs, s.processing, flat, m)
         d_vocab = log_probs.shape[-1]

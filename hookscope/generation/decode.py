@@ -63,9 +63,9 @@ class Decoding:
         """Logits ``[batch, d_vocab]`` of position ``end - 1``, feeding positions ``[start, end)``."""
         mask = None if self.mask is None else self.mask[:, :end]
         if self.cache is None:
-            logits = self.model(self.buffer[:, :end], mask)
+            logits = self.model(self.buffer[:, :end], mask, logits_to_keep=1)
         else:
-            logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache)
+            logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache, logits_to_keep=1)
         if self.recorder is not None:
             self.recorder.end_step()
         return logits[:, -1]

@@ -207,6 +207,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         tokens: torch.Tensor | None = None,
         prepend_bos: bool | None = None,
         kv_cache: KVCache | None = None,
+        logits_to_keep: int | None = None,
     ) -> Any:
         """Run the model.
 
@@ -221,6 +222,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             tokens: the token ids, needed for the loss when ``input`` is a residual stream.
             kv_cache: a :class:`~hookscope.generation.kv_cache.KVCache` holding earlier positions
                 (generation): ``input`` is then only the new tokens, ``attention_mask`` covers past + new.
+            logits_to_keep: unembed only the last this many positions (generation's prefill needs one;
+                ``ln_final`` hooks still see every position).
         """
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
@@ -253,14 +256,20 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             kv_cache.advance(n_pos)
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head
             return x
-        return self._head(x, tokens, attention_mask, return_type)
+        return self._head(x, tokens, attention_mask, return_type, logits_to_keep)
 
     def _head(
-        self, x: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, return_type: ReturnType
+        self, x: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, return_type: ReturnType,
+        logits_to_keep: int | None = None,
     ) -> Any:
         if return_type is None:
             return None
-        logits = self.unembed(self.ln_final(x))  # [batch, pos, d_vocab]
+        normalized = self.ln_final(x)
+        if logits_to_keep is not None:
+            if return_type != "logits":
+                raise ValueError("logits_to_keep goes with return_type='logits' (the loss needs every position)")
+            normalized = normalized[:, -logits_to_keep:]
+        logits = self.unembed(normalized)  # [batch, pos, d_vocab]
         if return_type == "logits":
             return logits
         if tokens is None:
