@@ -97,7 +97,7 @@ def generate(
 def generate_stream(
     model: Any, inputs: Any, max_new_tokens: int, *, attention_mask: torch.Tensor | None = None, **kwargs: Any
 ) -> Iterator[torch.Tensor]:
-    """Yield each step's new tokens ``[batch]`` as they are chosen (greedy or sampling).
+    """An iterator over each step's new tokens ``[batch]``, produced as they are chosen (greedy or sampling).
 
     Takes ``generate``'s sampling and stopping arguments (not beams or caches). Rows that finished yield
     the pad id. Stop iterating at any time; nothing is left running.
@@ -118,8 +118,7 @@ def generate_stream(
     s = make_settings(model, max_new_tokens, **{**defaults, **kwargs})
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
     check_context(model, tokens.shape[1], max_new_tokens)
-    with torch.no_grad():
-        yield from Decoding(model, tokens, mask, s)
+    return iter(Decoding(model, tokens, mask, s))  # arguments are checked now, not at the first next()
 
 
 def _check_outputs(

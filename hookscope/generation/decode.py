@@ -59,6 +59,7 @@ class Decoding:
         """Prompt + generated tokens so far ``[batch, pos]`` (finished rows padded with the pad id)."""
         return self.buffer[:, : self.length]
 
+    @torch.no_grad()  # per call, not around the loop: grad mode must not leak to the caller between yields
     def _forward(self, start: int, end: int) -> torch.Tensor:
         """Logits ``[batch, d_vocab]`` of position ``end - 1``, feeding positions ``[start, end)``."""
         mask = None if self.mask is None else self.mask[:, :end]

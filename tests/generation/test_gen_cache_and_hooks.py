@@ -210,3 +210,37 @@ def test_bad_inputs_raise_clear_errors() -> None:
         model.generate(random_tokens(1, 4), 2, attention_mask=torch.tensor([[1, 1, 1, 0]]))
     with pytest.raises(ValueError, match="no tokenizer"):
         model.generate("text needs a tokenizer", 2)
+
+
+def test_stream_checks_arguments_at_once_and_keeps_grad_mode() -> None:
+    model = _model("gpt2")
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate_stream(random_tokens(1, 3), 4, top_p=2.0)  # raised before any iteration
+    stream = model.generate_stream(random_tokens(1, 3), 4, eos_token_id=[])
+    next(stream)
+    assert torch.is_grad_enabled(), "grad mode must not stay off in the caller between steps"
+    assert len(list(stream)) == 3
+
+
+def test_kv_cache_reorder_and_cross_attention_cache() -> None:
+    from hookscope.generation import CrossKV, EncoderDecoderKVCache
+
+    cache = KVCache(2, 3, 6, 2, 4)
+    k = torch.randn(3, 2, 2, 4)  # [batch, new_pos, kv_head, d_head]
+    k_all, v_all = cache.layer(1).update(k, -k)
+    cache.advance(2)
+    assert torch.equal(k_all, k) and torch.equal(v_all, -k)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    k_all, _ = cache.layer(1).update(k[:, :1], k[:, :1])
+    assert torch.equal(k_all[:, :2], k[[2, 2, 0]]) and torch.equal(k_all[:, 2], k[:, 0])
+    both = EncoderDecoderKVCache(KVCache(2, 3, 6, 2, 4))
+    self_cache, cross = both.layer(0)
+    assert self_cache is both.self_attn.layer(0)
+    assert isinstance(cross, CrossKV) and not cross.filled
+    enc_k = torch.randn(3, 5, 2, 4)
+    assert cross.update(enc_k, enc_k)[0] is enc_k
+    assert cross.update(torch.zeros_like(enc_k), enc_k)[0] is enc_k, "cross K/V are computed once"
+    both.reorder(torch.tensor([1, 0, 0]))
+    assert torch.equal(cross.get()[0], enc_k[[1, 0, 0]])
+    with pytest.raises(ValueError, match="not computed yet"):
+        both.cross[1].get()
