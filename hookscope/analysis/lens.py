@@ -174,23 +174,43 @@ def logit_lens(
     acts = partial_forward(model, tokens, [n for _, n in rows], **forward_kwargs)
     n_pos = 1 if vision else tokens.shape[-1]  # vision: the class token is what the head reads
     pos_list = list(range(n_pos)) if positions is None else [p % n_pos for p in positions]
-    stacked = torch.stack([acts[n][0, pos_list] for _, n in rows])  # [row, pos, d_model]
-    logits = decode(stacked).float()  # [row, pos, d_vocab]
-    logprobs = F.log_softmax(logits, dim=-1)
-    final = logprobs[-1:]  # the last residual through the decoder is the model's own output
-    kl = (final.exp() * (final - logprobs)).sum(-1).clamp_min(0.0)  # [row, pos]
-    k = min(top_k, logits.shape[-1])
-    top_logits, top_ids = logits.topk(k, dim=-1)
-    top_probs = logprobs.gather(-1, top_ids).exp()
+    final_logprobs = F.log_softmax(decode(acts[rows[-1][1]][0, pos_list]).float(), dim=-1)  # [pos, d_vocab]
+    final = (final_logprobs, final_logprobs.exp())
+    k = min(top_k, final_logprobs.shape[-1])
+    target_id = None if target is None else _target_id(model, target, final_logprobs.shape[-1])
+    per_row = [_decode_row(decode, acts[n][0, pos_list], final, k, target_id) for _, n in rows]
+    top_logits, top_ids, top_probs, kl = (torch.stack(parts) for parts in list(zip(*per_row))[:4])
     result = LensResult(
         row_labels=[label for label, _ in rows], positions=pos_list,
         str_tokens=[str_tokens[p] for p in pos_list] if str_tokens else [str(p) for p in pos_list],
         metric=metric, top_ids=top_ids, top_tokens=_decode_ids(model, top_ids),
         top_probs=top_probs, top_logits=top_logits, kl=kl,
     )
-    if target is not None:
-        _add_target(result, model, target, logits, logprobs)
+    if target_id is not None:
+        result.target = target if isinstance(target, str) else None
+        result.target_id = target_id
+        result.target_prob = torch.stack([r[4] for r in per_row])
+        result.target_rank = torch.stack([r[5] for r in per_row])
     return result
+
+
+def _decode_row(
+    decode: Callable, resid: torch.Tensor, final: tuple[torch.Tensor, torch.Tensor], k: int, target_id: int | None
+) -> tuple[torch.Tensor, ...]:
+    """One lens row, decoded and reduced at once so only ``[pos, d_vocab]`` is ever alive.
+
+    ``final`` holds the model output's log-probabilities and probabilities ``[pos, d_vocab]``.
+    """
+    logits = decode(resid).float()  # [pos, d_vocab]
+    logprobs = F.log_softmax(logits, dim=-1)
+    final_logprobs, final_probs = final
+    kl = (final_probs * (final_logprobs - logprobs)).sum(-1).clamp_min(0.0)  # KL(final || this row), [pos]
+    top_logits, top_ids = logits.topk(k, dim=-1)
+    out = (top_logits, top_ids, logprobs.gather(-1, top_ids).exp(), kl)
+    if target_id is None:
+        return out
+    target_logit = logits[:, target_id : target_id + 1]
+    return (*out, logprobs[:, target_id].exp(), (logits > target_logit).sum(-1))
 
 
 def _tokens(model: Any, inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
@@ -236,22 +256,15 @@ def _decode_ids(model: Any, ids: torch.Tensor) -> list[list[list[str]]]:
     return [[words[(r * pos + p) * k:(r * pos + p + 1) * k] for p in range(pos)] for r in range(rows)]
 
 
-def _add_target(
-    result: LensResult, model: Any, target: str | int, logits: torch.Tensor, logprobs: torch.Tensor
-) -> None:
+def _target_id(model: Any, target: str | int, vocab: int) -> int:
     labels = {v: k for k, v in _labels(model).items()}
     if isinstance(target, str) and target in labels and getattr(model, "tokenizer", None) is None:
-        target = labels[target]  # a class label of a vision model
+        return labels[target]  # a class label of a vision model
     if isinstance(target, str):
         if getattr(model, "tokenizer", None) is None:
             raise ValueError("a string target needs a tokenizer; pass the token id instead")
-        target_id = model.to_single_token(target)
-    else:
-        target_id = int(target)
-        if not 0 <= target_id < logits.shape[-1]:
-            raise ValueError(f"target id {target_id} is outside the vocabulary (0..{logits.shape[-1] - 1})")
-    target_logit = logits[..., target_id : target_id + 1]
-    result.target = target if isinstance(target, str) else None
-    result.target_id = target_id
-    result.target_prob = logprobs[..., target_id].exp()
-    result.target_rank = (logits > target_logit).sum(-1)
+        return model.to_single_token(target)
+    target_id = int(target)
+    if not 0 <= target_id < vocab:
+        raise ValueError(f"target id {target_id} is outside the vocabulary (0..{vocab - 1})")
+    return target_id
