@@ -62,14 +62,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.analysis.vision import attention_rollout, class_lens, save_attention_overlay
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap
+    from hookscope.cache import ActivationCache
     from hookscope.generation.api import generate
+    from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
+    from hookscope.loading import LoadError, load
     from hookscope.models.bert import Bert
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
     from hookscope.models.t5 import T5, T5Encoder
     from hookscope.models.vit import ViT
     from hookscope.models.whisper import Whisper
-    from hookscope.cache import ActivationCache
-    from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
-    from hookscope.loading import LoadError, load
-    from hookscope.models.decoder import Decoder
-    from hookscope.models.decoder_config import DecoderConfig
     from hookscope.names import get_act_name
