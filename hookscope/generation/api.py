@@ -81,13 +81,13 @@ def generate(
     check_context(model, tokens.shape[1], max_new_tokens)
     with torch.no_grad():
         if num_beams > 1:
-            beams = beam_search(model, tokens, mask, s, all_beams=return_beams)
+            beams = beam_search(model, tokens, mask, s, all_beams=return_beams, trim_logits=True)
             if return_beams:
                 return beams
             return _format(model, beams.sequences[:, 0], inputs, return_type, mask, None)
         recorder = StepRecorder(model, _filter(return_cache)) if return_cache is not False else None
         with recorder or contextlib.nullcontext():
-            run = Decoding(model, tokens, mask, s, recorder)
+            run = Decoding(model, tokens, mask, s, recorder, trim_logits=True)
             for _ in _progress(run, max_new_tokens, verbose):
                 pass
     out = _format(model, run.sequences, inputs, return_type, mask, run.ends)
@@ -118,7 +118,7 @@ def generate_stream(
     s = make_settings(model, max_new_tokens, **{**defaults, **kwargs})
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
     check_context(model, tokens.shape[1], max_new_tokens)
-    return iter(Decoding(model, tokens, mask, s))  # arguments are checked now, not at the first next()
+    return iter(Decoding(model, tokens, mask, s, trim_logits=True))  # arguments checked now, not at next()
 
 
 def _check_outputs(

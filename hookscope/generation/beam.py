@@ -60,9 +60,12 @@ class _Beams:
 
 
 def beam_search(
-    model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, s: GenerationSettings, *, all_beams: bool
+    model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, s: GenerationSettings, *, all_beams: bool,
+    trim_logits: bool = False,
 ) -> BeamSearchOutput:
     """Beam search from left-padded prompts ``tokens [batch, prompt_pos]``.
+
+    ``trim_logits``: the model's forward takes ``logits_to_keep=1`` (see :class:`~.decode.Decoding`).
 
     Returns all ``num_beams`` finished beams per row when ``all_beams``, else only the best
     (``[batch, 1, pos]``), cropped like HF to the longest returned sequence.
@@ -90,13 +93,14 @@ def beam_search(
     )
     cache = KVCache.for_model(model, batch * nb, total) if s.use_cache else None
     row_offset = torch.arange(batch, device=device)[:, None] * nb
+    extra: dict[str, int] = {"logits_to_keep": 1} if trim_logits else {}
     for cur in range(prompt_len, total):
         flat = st.running[:, :, :cur].reshape(batch * nb, cur)
         m = None if flat_mask is None else flat_mask[:, :cur]
         if cache is None:
-            logits = model(flat, m, logits_to_keep=1)[:, -1]
+            logits = model(flat, m, **extra)[:, -1]
         else:
-            logits = model(flat[:, cache.length :], m, kv_cache=cache, logits_to_keep=1)[:, -1]
+            logits = model(flat[:, cache.length :], m, kv_cache=cache, **extra)[:, -1]
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         log_probs = process_logits(log_probs, s.processing, flat, m)
         d_vocab = log_probs.shape[-1]

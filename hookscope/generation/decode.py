@@ -28,13 +28,16 @@ class Decoding:
         mask: ``[batch, prompt_pos]`` (0 at padding) or None.
         settings: validated :class:`GenerationSettings` (``num_beams == 1``).
         recorder: a :class:`StepRecorder` already entered, or None.
+        trim_logits: the model's forward takes ``logits_to_keep=1`` (native decoders): the prefill then
+            unembeds only its last position. Leave False for adapters whose ``__call__`` lacks it.
     """
 
     def __init__(
         self, model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, settings: GenerationSettings,
-        recorder: StepRecorder | None = None,
+        recorder: StepRecorder | None = None, *, trim_logits: bool = False,
     ) -> None:
         self.model, self.s, self.recorder = model, settings, recorder
+        self.extra: dict[str, int] = {"logits_to_keep": 1} if trim_logits else {}
         batch, self.prompt_len = tokens.shape
         total = self.prompt_len + settings.max_new_tokens
         device = tokens.device
@@ -64,9 +67,9 @@ class Decoding:
         """Logits ``[batch, d_vocab]`` of position ``end - 1``, feeding positions ``[start, end)``."""
         mask = None if self.mask is None else self.mask[:, :end]
         if self.cache is None:
-            logits = self.model(self.buffer[:, :end], mask, logits_to_keep=1)
+            logits = self.model(self.buffer[:, :end], mask, **self.extra)
         else:
-            logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache, logits_to_keep=1)
+            logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache, **self.extra)
         if self.recorder is not None:
             self.recorder.end_step()
         return logits[:, -1]
