@@ -25,7 +25,7 @@ import hookscope
 
 def _models(smollm2: bool, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     if smollm2:
-        model = hookscope.load("smollm2-135m")
+        model = hookscope.load("smollm2-135m", progress=False)
         hf = model.to_hf()
         label = "SmolLM2-135M (packaged)"
     else:
