@@ -46,13 +46,15 @@ def smollm2_hf() -> torch.nn.Module:
 
     hookscope.load("smollm2-135m")  # makes sure the converted folder exists
     folder = packaged_source("smollm2-135m").description
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    torch.set_flush_denormal(True)  # loading through transformers can turn it off again
+    return model
 
 
 def bench_forward(name: str, hf: torch.nn.Module, repeats: int) -> None:
     import hookscope
 
-    model = hookscope.load(hf)
+    model = hookscope.load(hf, progress=False)
     resid = lambda n: "hook_resid" in n  # noqa: E731
     for batch, pos in ((4, 128), (1, 16)):
         tokens = torch.randint(0, 1000, (batch, pos))
@@ -103,8 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--smollm2", action="store_true", help="also the packaged SmolLM2-135M")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 gives the steadiest ratios)")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # denormal activations (SmolLM2) would time CPU arithmetic, not the model
     repeats = 3 if args.quick else 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     hf = gpt2_small()

@@ -50,9 +50,12 @@ class HookPoint(nn.Module):
     check per hook point.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, opt_in: bool = False) -> None:
         super().__init__()
         self.name: str | None = None
+        # opt-in points cost extra compute when hooked (per-head copies or outputs): a cache of
+        # "everything" (names_filter=None) skips them; name them to get them
+        self.opt_in = opt_in
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[_Hook] = []
         self.bwd_hooks: list[_Hook] = []
@@ -218,6 +221,13 @@ class HookedModule(nn.Module):
             f"a hook target must be a hook name or a filter function, got {type(name_or_filter).__name__}"
         )
 
+    def cache_names(self, names_filter: NamesFilter) -> list[str]:
+        """The hook names a cache filter selects; ``None`` means every point except the opt-in ones."""
+        names = resolve_names_filter(names_filter, self.hook_dict, self.unknown_name_message)
+        if names_filter is None:
+            names = [n for n in names if not self.hook_dict[n].opt_in]
+        return names
+
     def unknown_name_message(self, name: str) -> str:
         close = suggest_names(name, self.hook_dict)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -325,8 +335,9 @@ class HookedModule(nn.Module):
         """Run forward and return ``(output, ActivationCache)`` of the activations the filter names.
 
         Args:
-            names_filter: ``None`` (everything: convenient, not the fast path), a name, a list of
-                names, or a predicate on names.
+            names_filter: ``None`` (every hook point except the opt-in ones such as ``hook_result`` and
+                the split ``hook_q_input``..., as in TransformerLens; convenient, not the fast path),
+                a name, a list of names, or a predicate on names.
             device: where to put cached tensors (default: where they were computed).
             remove_batch_dim: drop the batch axis (batch size must be 1).
             incl_bwd: also run ``output.backward()`` (output must be a scalar, e.g. a loss) and
@@ -335,7 +346,7 @@ class HookedModule(nn.Module):
         """
         from hookscope.cache import ActivationCache, make_caching_hooks
 
-        names = resolve_names_filter(names_filter, self.hook_dict, self.unknown_name_message)
+        names = self.cache_names(names_filter)
         store: dict[str, torch.Tensor] = {}
         fwd, bwd = make_caching_hooks(
             names, store, device=device, remove_batch_dim=remove_batch_dim,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hookscope.cache import ActivationCache, make_caching_hooks
-from hookscope.names import NamesFilter, position_axis, resolve_names_filter
+from hookscope.names import NamesFilter, position_axis
 
 
 class StepRecorder:
@@ -26,7 +26,7 @@ class StepRecorder:
 
     def __init__(self, model: Any, names_filter: NamesFilter) -> None:
         self.model = model
-        self.names = resolve_names_filter(names_filter, model.hook_dict, model.unknown_name_message)
+        self.names = model.cache_names(names_filter)
         self.steps: list[dict[str, torch.Tensor]] = []
         self._current: dict[str, torch.Tensor] = {}
         fwd, _ = make_caching_hooks(

@@ -85,10 +85,10 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)
         self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_attn_in = HookPoint()  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
-        self.hook_q_input = HookPoint()  # [batch, pos, head_index, d_model]
-        self.hook_k_input = HookPoint()  # [batch, pos, head_index, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, head_index, d_model]
+        self.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
+        self.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
+        self.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
+        self.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual ln1 reads

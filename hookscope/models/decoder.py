@@ -87,10 +87,10 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
 
 def _add_block_hooks(block: nn.Module) -> None:
     block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-    block.hook_attn_in = HookPoint()  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
-    block.hook_q_input = HookPoint()  # [batch, pos, head_index, d_model]
-    block.hook_k_input = HookPoint()  # [batch, pos, kv_head_index, d_model]
-    block.hook_v_input = HookPoint()  # [batch, pos, kv_head_index, d_model]
+    block.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
+    block.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
+    block.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
+    block.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
     block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
     block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
     block.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual the MLP's norm reads

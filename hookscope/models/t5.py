@@ -55,9 +55,12 @@ def _attention(cfg: T5Config, position_bias: bool) -> BiasedAttention:
     return BiasedAttention(cfg.d_model, cfg.n_heads, cfg.d_head, scale=1.0, position_bias=position_bias)
 
 
+_OPT_IN = frozenset({"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"})
+
+
 def _add_hooks(block: nn.Module, names: tuple[str, ...]) -> None:
     for name in names:
-        setattr(block, name, HookPoint())
+        setattr(block, name, HookPoint(opt_in=name in _OPT_IN))
 
 
 _SELF_HOOKS = (

@@ -79,7 +79,7 @@ class WhisperAttention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head_index, d_model]
+        self.hook_result = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
         self._explicit_points = (self.hook_attn_scores, self.hook_pattern, self.hook_z, self.hook_result)
 
     # ------------------------------------------------------------------ TransformerLens weight views

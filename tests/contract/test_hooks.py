@@ -222,3 +222,21 @@ def test_many_cached_runs_do_not_grow_memory(model: Tiny) -> None:
     # each cache holds ~100 KB; a leak of 1000 caches would add ~100 MB
     assert after - before < 20_000, f"peak RSS grew by {after - before} KB over 1000 cached runs"
     assert not model.active_hooks()
+
+
+def test_cache_of_everything_skips_opt_in_points_unless_named() -> None:
+    class WithOptIn(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hook_costly = HookPoint(opt_in=True)
+            self.setup_hooks()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.hook_costly(super().forward(x))
+
+    model = WithOptIn()
+    x = torch.randn(1, 2, 6)
+    _, everything = model.run_with_cache(x)
+    assert "hook_costly" not in everything and "hook_out" in everything
+    _, named = model.run_with_cache(x, names_filter=["hook_costly"])
+    assert "hook_costly" in named
