@@ -32,7 +32,7 @@ def _history(seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (BATCH, 9), generator=torch.Generator().manual_seed(seed))
 
 
-def _same(ours: torch.Tensor, ref: torch.Tensor) -> None:
+def assert_same_scores(ours: torch.Tensor, ref: torch.Tensor) -> None:
     assert torch.equal(torch.isinf(ours), torch.isinf(ref)), "different tokens filtered"
     finite = ~torch.isinf(ref)
     torch.testing.assert_close(ours[finite], ref[finite], atol=0, rtol=0)
@@ -41,33 +41,33 @@ def _same(ours: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize("temperature", [0.3, 1.7])
 def test_temperature(temperature: float) -> None:
     s = _scores()
-    _same(apply_temperature(s, temperature), hf.TemperatureLogitsWarper(temperature)(_history(), s.clone()))
+    assert_same_scores(apply_temperature(s, temperature), hf.TemperatureLogitsWarper(temperature)(_history(), s.clone()))
 
 
 @pytest.mark.parametrize(("k", "keep"), [(1, 1), (5, 1), (3, 4), (200, 1)])
 def test_top_k(k: int, keep: int) -> None:
     s = _scores()
     ref = hf.TopKLogitsWarper(k, min_tokens_to_keep=keep)(_history(), s.clone())
-    _same(apply_top_k(s, k, keep), ref)
+    assert_same_scores(apply_top_k(s, k, keep), ref)
 
 
 @pytest.mark.parametrize(("p", "keep"), [(0.05, 1), (0.5, 1), (0.9, 3), (1.0, 1)])
 def test_top_p(p: float, keep: int) -> None:
     s = _scores()
-    _same(apply_top_p(s, p, keep), hf.TopPLogitsWarper(p, min_tokens_to_keep=keep)(_history(), s.clone()))
+    assert_same_scores(apply_top_p(s, p, keep), hf.TopPLogitsWarper(p, min_tokens_to_keep=keep)(_history(), s.clone()))
 
 
 @pytest.mark.parametrize(("p", "keep"), [(0.0, 1), (0.05, 1), (0.3, 2), (0.99, 1)])
 def test_min_p(p: float, keep: int) -> None:
     s = _scores()
-    _same(apply_min_p(s, p, keep), hf.MinPLogitsWarper(p, min_tokens_to_keep=keep)(_history(), s.clone()))
+    assert_same_scores(apply_min_p(s, p, keep), hf.MinPLogitsWarper(p, min_tokens_to_keep=keep)(_history(), s.clone()))
 
 
 @pytest.mark.parametrize("penalty", [0.7, 1.3])
 def test_repetition_penalty(penalty: float) -> None:
     s, tokens = _scores(), _history()
     ref = hf.RepetitionPenaltyLogitsProcessor(penalty)(tokens, s.clone())
-    _same(apply_repetition_penalty(s, tokens, penalty), ref)
+    assert_same_scores(apply_repetition_penalty(s, tokens, penalty), ref)
 
 
 def test_repetition_penalty_ignores_padding() -> None:
@@ -75,7 +75,7 @@ def test_repetition_penalty_ignores_padding() -> None:
     mask = torch.ones_like(tokens)
     mask[:, :4] = 0
     ref = hf.RepetitionPenaltyLogitsProcessor(1.5)(tokens[:, 4:], s.clone())  # HF on the real tokens only
-    _same(apply_repetition_penalty(s, tokens, 1.5, mask), ref)
+    assert_same_scores(apply_repetition_penalty(s, tokens, 1.5, mask), ref)
 
 
 def test_process_logits_matches_hf_chain_in_generate_order() -> None:
@@ -85,13 +85,13 @@ def test_process_logits_matches_hf_chain_in_generate_order() -> None:
         hf.TopPLogitsWarper(0.9), hf.MinPLogitsWarper(0.05),
     ])
     p = Processing(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2)
-    _same(process_logits(s, p, tokens), chain(tokens, s.clone()))
+    assert_same_scores(process_logits(s, p, tokens), chain(tokens, s.clone()))
 
 
 def test_greedy_processing_skips_sampling_filters() -> None:
     s, tokens = _scores(), _history()
     p = Processing(do_sample=False, temperature=0.5, top_k=3, repetition_penalty=1.4)
-    _same(process_logits(s, p, tokens), hf.RepetitionPenaltyLogitsProcessor(1.4)(tokens, s.clone()))
+    assert_same_scores(process_logits(s, p, tokens), hf.RepetitionPenaltyLogitsProcessor(1.4)(tokens, s.clone()))
 
 
 def test_sampling_is_seeded_and_respects_filters() -> None:
