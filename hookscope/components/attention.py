@@ -31,7 +31,60 @@ def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.tanh(x / cap) * cap
 
 
-class Attention(nn.Module):
+class HeadWeightViews:
+    """TransformerLens-shaped views of ``q_proj/k_proj/v_proj/o_proj`` (``nn.Linear``, PyTorch layout).
+
+    Needs ``n_heads``, ``n_kv_heads`` and ``d_head`` attributes; a missing bias reads as zeros.
+    """
+
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+
+    @property
+    def W_Q(self) -> torch.Tensor:  # [head_index, d_model, d_head]
+        return einops.rearrange(self.q_proj.weight, "(h e) m -> h m e", h=self.n_heads)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
+        return einops.rearrange(self.k_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
+        return einops.rearrange(self.v_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [head_index, d_head, d_model]
+        return einops.rearrange(self.o_proj.weight, "m (h e) -> h e m", h=self.n_heads)
+
+    def _bias_view(self, linear: nn.Linear, n: int) -> torch.Tensor:
+        if linear.bias is None:
+            return torch.zeros(n, self.d_head, dtype=linear.weight.dtype, device=linear.weight.device)
+        return linear.bias.view(n, self.d_head)
+
+    @property
+    def b_Q(self) -> torch.Tensor:  # [head_index, d_head]
+        return self._bias_view(self.q_proj, self.n_heads)
+
+    @property
+    def b_K(self) -> torch.Tensor:  # [kv_head_index, d_head]
+        return self._bias_view(self.k_proj, self.n_kv_heads)
+
+    @property
+    def b_V(self) -> torch.Tensor:  # [kv_head_index, d_head]
+        return self._bias_view(self.v_proj, self.n_kv_heads)
+
+    @property
+    def b_O(self) -> torch.Tensor:  # [d_model]
+        b = self.o_proj.bias
+        return b if b is not None else torch.zeros_like(self.o_proj.weight[:, 0])
+
+
+class Attention(HeadWeightViews, nn.Module):
     """Self-attention over ``[batch, pos, d_model]`` with optional rotary and per-head q/k norms.
 
     Args:
@@ -79,45 +132,6 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
         self._explicit_points = (self.hook_attn_scores, self.hook_pattern, self.hook_z, self.hook_result)
-
-    # ------------------------------------------------------------------ TransformerLens weight views
-    @property
-    def W_Q(self) -> torch.Tensor:  # [head_index, d_model, d_head]
-        return einops.rearrange(self.q_proj.weight, "(h e) m -> h m e", h=self.n_heads)
-
-    @property
-    def W_K(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
-        return einops.rearrange(self.k_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
-
-    @property
-    def W_V(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
-        return einops.rearrange(self.v_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
-
-    @property
-    def W_O(self) -> torch.Tensor:  # [head_index, d_head, d_model]
-        return einops.rearrange(self.o_proj.weight, "m (h e) -> h e m", h=self.n_heads)
-
-    def _bias_view(self, linear: nn.Linear, n: int) -> torch.Tensor:
-        if linear.bias is None:
-            return torch.zeros(n, self.d_head, dtype=linear.weight.dtype, device=linear.weight.device)
-        return linear.bias.view(n, self.d_head)
-
-    @property
-    def b_Q(self) -> torch.Tensor:  # [head_index, d_head]
-        return self._bias_view(self.q_proj, self.n_heads)
-
-    @property
-    def b_K(self) -> torch.Tensor:  # [kv_head_index, d_head]
-        return self._bias_view(self.k_proj, self.n_kv_heads)
-
-    @property
-    def b_V(self) -> torch.Tensor:  # [kv_head_index, d_head]
-        return self._bias_view(self.v_proj, self.n_kv_heads)
-
-    @property
-    def b_O(self) -> torch.Tensor:  # [d_model]
-        b = self.o_proj.bias
-        return b if b is not None else torch.zeros_like(self.o_proj.weight[:, 0])
 
     # ------------------------------------------------------------------ forward
     def project_qkv(

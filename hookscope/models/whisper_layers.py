@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import einops
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hookscope.components.activations import get_activation
+from hookscope.components.attention import HeadWeightViews
 from hookscope.components.embed import PosEmbed
 from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import MLP
@@ -58,7 +58,7 @@ class AudioEmbed(nn.Module):
         return h2 + pos
 
 
-class WhisperAttention(nn.Module):
+class WhisperAttention(HeadWeightViews, nn.Module):
     """Multi-head attention with ``k_proj`` bias-free and the query pre-scaled by ``d_head ** -0.5``.
 
     Self-attention calls :meth:`project_kv` on its own input; cross-attention calls it once on the
@@ -68,6 +68,7 @@ class WhisperAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.n_kv_heads = n_heads
         self.scale = self.d_head**-0.5
         self.q_proj = nn.Linear(d_model, d_model, bias=True)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
@@ -81,27 +82,6 @@ class WhisperAttention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
         self._explicit_points = (self.hook_attn_scores, self.hook_pattern, self.hook_z, self.hook_result)
-
-    # ------------------------------------------------------------------ TransformerLens weight views
-    @property
-    def W_Q(self) -> torch.Tensor:  # [head_index, d_model, d_head]
-        return einops.rearrange(self.q_proj.weight, "(h e) m -> h m e", h=self.n_heads)
-
-    @property
-    def W_K(self) -> torch.Tensor:  # [head_index, d_model, d_head]
-        return einops.rearrange(self.k_proj.weight, "(h e) m -> h m e", h=self.n_heads)
-
-    @property
-    def W_V(self) -> torch.Tensor:  # [head_index, d_model, d_head]
-        return einops.rearrange(self.v_proj.weight, "(h e) m -> h m e", h=self.n_heads)
-
-    @property
-    def W_O(self) -> torch.Tensor:  # [head_index, d_head, d_model]
-        return einops.rearrange(self.o_proj.weight, "m (h e) -> h e m", h=self.n_heads)
-
-    @property
-    def b_K(self) -> torch.Tensor:  # [head_index, d_head]  (Whisper has none: zeros)
-        return self.q_proj.bias.new_zeros(self.n_heads, self.d_head)
 
     # ------------------------------------------------------------------ forward
     def _heads(self, x: torch.Tensor) -> torch.Tensor:

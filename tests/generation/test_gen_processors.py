@@ -41,7 +41,8 @@ def assert_same_scores(ours: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize("temperature", [0.3, 1.7])
 def test_temperature(temperature: float) -> None:
     s = _scores()
-    assert_same_scores(apply_temperature(s, temperature), hf.TemperatureLogitsWarper(temperature)(_history(), s.clone()))
+    ref = hf.TemperatureLogitsWarper(temperature)(_history(), s.clone())
+    assert_same_scores(apply_temperature(s, temperature), ref)
 
 
 @pytest.mark.parametrize(("k", "keep"), [(1, 1), (5, 1), (3, 4), (200, 1)])
