@@ -173,7 +173,10 @@ class Attention(HeadWeightViews, nn.Module):
             k = self.hook_rot_k(apply_rotary(k, *rotary))
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # type: ignore[attr-defined]
-        if self.softcap is not None or hooks_active(self._explicit_points):
+        # float64 is for verification: there reproduce HF eager's float32 softmax exactly instead of
+        # SDPA's more precise float64 one (they differ by ~1e-7)
+        mirror_fp32_softmax = q.dtype == torch.float64 and self.softmax_dtype == torch.float32
+        if self.softcap is not None or mirror_fp32_softmax or hooks_active(self._explicit_points):
             z = self._explicit(q, k, v, mask, window)
         else:
             z = self._fused(q, k, v, mask, window)

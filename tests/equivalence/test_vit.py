@@ -41,10 +41,10 @@ def _compare(
         out, main, pooled = hf_reference(hf, pixels, **kwargs)
         ours, cache = model.run_with_cache(pixels, **kwargs)
         ours_pooled = model.run_with_cache(pixels, "pooled", **kwargs)[0] if pooled is not None else None
-        fused = model(pixels, **kwargs)  # no hooks: the SDPA path
-        # HF eager takes its softmax in float32 even for float64 inputs; SDPA does not. So the fused
-        # path is compared with HF's SDPA path (same weights), the explicit one with HF eager.
-        hf.set_attn_implementation("sdpa")
+        fused = model(pixels, **kwargs)  # no hooks: the SDPA path (float64: mirrors HF eager exactly)
+        # float32: our SDPA path against HF's SDPA path. float64: our un-hooked attention reproduces HF
+        # eager's float32 softmax, so it is compared with HF eager.
+        hf.set_attn_implementation("sdpa" if dtype == torch.float32 else "eager")
         main_sdpa = _main_output(hf, pixels, kwargs)
     assert len(out.hidden_states) == model.cfg.n_layers + 1
     atol, rtol = TOLERANCES[dtype]
@@ -52,7 +52,7 @@ def _compare(
         _pairs(model, cache, out, main, pooled, ours, ours_pooled, model.cfg.n_layers), atol, rtol
     )
     assert problem is None, f"{variant} {dtype}: first divergence at {problem}"
-    problem = first_divergence([("fused output vs HF sdpa", fused, main_sdpa)], atol, rtol)
+    problem = first_divergence([("un-hooked output vs HF", fused, main_sdpa)], atol, rtol)
     assert problem is None, problem
 
 
@@ -85,11 +85,11 @@ def test_wrong_image_size_without_interpolation_says_what_to_do() -> None:
 def _grads(model, hf, explicit: bool) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, ours, HF) gradients of a weighted sum of the outputs w.r.t. the pixels and every parameter.
 
-    ``explicit``: our explicit attention path (a no-op pattern hook) against HF eager; otherwise our
-    SDPA path against HF's SDPA (HF eager takes its softmax in float32, even for float64 inputs).
+    ``explicit``: with a no-op pattern hook; otherwise un-hooked. In float64 both reproduce HF eager
+    (float32 softmax), so both are compared with HF eager.
     """
     dtype = torch.float64
-    hf.set_attn_implementation("eager" if explicit else "sdpa")
+    hf.set_attn_implementation("eager")
     px_hf, px_ours = pixels_for(dtype).requires_grad_(True), pixels_for(dtype).requires_grad_(True)
     main = _main_output(hf, px_hf, {})
     weights = torch.randn(main.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
@@ -120,7 +120,7 @@ def test_patch_ablation_matches_the_same_ablation_in_hf() -> None:
     """Zeroing patch 7 at embed.hook_patch_embed changes the logits, exactly as zeroing it inside HF does."""
     hf = make_hf("vit_cls", torch.float64)
     model = hookscope.load(hf, dtype=torch.float64)
-    hf.set_attn_implementation("sdpa")  # our un-hooked attention is SDPA too (see _grads)
+    hf.set_attn_implementation("eager")  # float64: our un-hooked attention mirrors HF eager (see _grads)
     pixels = pixels_for(torch.float64)
 
     def ablate(t: torch.Tensor, hook) -> torch.Tensor:

@@ -32,7 +32,7 @@ def _hf_head(hf, variant: str, hidden: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("variant", ["vit_cls", "deit_teacher", "clip_projection"])
 def test_class_lens_matches_hf_per_layer_and_the_output_at_the_last(variant: str) -> None:
     hf = make_hf(variant, torch.float64)
-    hf.set_attn_implementation("sdpa")  # the lens runs our un-hooked (SDPA) attention
+    hf.set_attn_implementation("eager")  # float64: our un-hooked attention mirrors HF eager
     model = hookscope.load(hf, dtype=torch.float64)
     pixels = pixels_for(torch.float64)
     with torch.no_grad():
