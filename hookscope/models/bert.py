@@ -7,6 +7,7 @@ TransformerLens's ``HookedEncoder``; :func:`hookscope.names.register_family` rec
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -35,7 +36,11 @@ def padding_offset_positions(tokens: torch.Tensor, pad_token_id: int) -> torch.T
 
 
 class BertEmbed(nn.Module):
-    """``ln(word + token_type + position)``, summed in HF's order, each part behind its own hook."""
+    """``ln(word + token_type + position)``, summed in HF's order, each part behind its own hook.
+
+    Called with sentences instead of token ids (``model.embed(["A man is playing a guitar."])``) it
+    returns sentence embeddings: the helper users expect under that name (see :meth:`Bert.encode`).
+    """
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -53,9 +58,18 @@ class BertEmbed(nn.Module):
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_token_type_embed = HookPoint()  # [batch, pos, d_model]
 
+    def bind(self, model: nn.Module) -> None:
+        """Remember the owning model (weakly: not a submodule) for sentence-embedding calls."""
+        self._owner = weakref.ref(model)
+
     def forward(
-        self, tokens: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
+        self, tokens: Any, token_type_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+        **sentence_kwargs: Any,
     ) -> torch.Tensor:
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
+            return self._owner().encode(tokens, **sentence_kwargs)  # [batch, d_model] sentence embeddings
+        if token_type_ids is None or positions is None:
+            raise ValueError("BertEmbed needs token ids, token_type_ids and positions (or sentences)")
         x = self.hook_embed(self.embed(tokens)) + self.hook_token_type_embed(
             self.token_type_embed(token_type_ids)
         )
@@ -164,6 +178,7 @@ class Bert(StackedWeightsMixin, HookedModule):
         super().__init__()
         self.cfg = cfg
         self.embed = BertEmbed(cfg)
+        self.embed.bind(self)
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model]  the residual entering block 0
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layers))
         self.mlm_head: MLMHead | None = (
@@ -340,7 +355,7 @@ class Bert(StackedWeightsMixin, HookedModule):
     def encode(
         self, sentences: str | list[str], pooling: str = "mean", normalize: bool = True
     ) -> torch.Tensor:
-        """Sentence embeddings (sentence-transformers' name; ``model.embed`` is the embedding module);
+        """Sentence embeddings (also ``model.embed(sentences, ...)``, sentence-transformers' ``encode``);
         see :func:`hookscope.models.bert_text.embed`."""
         from hookscope.models.bert_text import embed
 

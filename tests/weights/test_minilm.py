@@ -97,3 +97,12 @@ def test_zero_ablating_a_head_changes_the_embedding(pair) -> None:
     with model.hooks(fwd_hooks=[("blocks.2.attn.hook_z", ablate)]):
         ablated = model.encode([GUITAR])
     assert float((clean - ablated).abs().max()) > 1e-4
+
+
+def test_embed_helper_gives_the_sentence_embeddings() -> None:
+    model = hookscope.load("minilm-l6")
+    sentences = ["A man is playing a guitar.", "Someone is strumming a guitar."]
+    by_embed = model.embed(sentences, pooling="mean", normalize=True)
+    torch.testing.assert_close(by_embed, model.encode(sentences))
+    assert by_embed.shape == (2, 384)
+    assert torch.allclose(by_embed.norm(dim=-1), torch.ones(2), atol=1e-5)
