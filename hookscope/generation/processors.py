@@ -2,8 +2,9 @@
 
 Each mirrors the Hugging Face class named in its docstring (``transformers.generation.logits_process``),
 with the same filter value (``-inf``) and the same ``min_tokens_to_keep`` rule, and is unit-tested against
-it. :func:`process_logits` applies them in HF ``generate``'s order: repetition penalty, then (sampling
-only) temperature, top-k, top-p, min-p.
+it. :func:`process_logits` applies them in HF ``generate``'s order: repetition penalty, token suppression
+(Whisper's ``suppress_tokens``, then ``begin_suppress_tokens``), then (sampling only) temperature, top-k,
+top-p, min-p.
 """
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ def apply_repetition_penalty(
     return torch.where(seen[:, :d_vocab], penalised, scores)
 
 
+def apply_suppress_tokens(scores: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
+    """-inf at ``token_ids`` in every row (HF ``SuppressTokensLogitsProcessor``; ids outside the vocab are
+    ignored, as there)."""
+    ids = torch.tensor(token_ids, dtype=torch.long, device=scores.device)
+    suppressed = torch.isin(torch.arange(scores.shape[-1], device=scores.device), ids)  # [d_vocab]
+    return scores.masked_fill(suppressed, FILTERED)
+
+
+def apply_begin_suppress_tokens(
+    scores: torch.Tensor, token_ids: tuple[int, ...], seq_len: int, begin_index: int
+) -> torch.Tensor:
+    """-inf at ``token_ids`` only when the sequence so far has ``begin_index`` tokens, i.e. at the first
+    generated position when ``begin_index`` is the prompt length (HF ``SuppressTokensAtBeginLogitsProcessor``:
+    Whisper must not open a transcript with a blank or end-of-text)."""
+    return apply_suppress_tokens(scores, token_ids) if seq_len == begin_index else scores
+
+
 @dataclass(frozen=True)
 class Processing:
     """Which processors run, with their settings (validated by the caller)."""
@@ -85,14 +103,21 @@ class Processing:
     min_p: float | None = None
     repetition_penalty: float | None = None
     min_tokens_to_keep: int = 1
+    suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's generation config)
+    begin_suppress_tokens: tuple[int, ...] = ()  # not generated when the sequence has begin_index tokens
+    begin_index: int = 0  # the prompt length: begin suppression applies to the first generated token
 
     @property
     def needs_history(self) -> bool:
         return self.repetition_penalty is not None and self.repetition_penalty != 1.0
 
     @property
+    def suppresses(self) -> bool:
+        return bool(self.suppress_tokens or self.begin_suppress_tokens)
+
+    @property
     def is_identity(self) -> bool:
-        return not self.needs_history and not self.do_sample
+        return not self.needs_history and not self.suppresses and not self.do_sample
 
 
 def process_logits(
@@ -100,12 +125,19 @@ def process_logits(
 ) -> torch.Tensor:
     """Apply the processors ``p`` asks for to ``scores [batch, d_vocab]``, in HF ``generate``'s order.
 
-    ``tokens``/``mask`` (``[batch, pos]``) are the sequence so far, needed for the repetition penalty only.
+    ``tokens``/``mask`` (``[batch, pos]``) are the sequence so far, needed for the repetition penalty and
+    (their length) for ``begin_suppress_tokens``.
     """
     if p.needs_history:
         if tokens is None:
             raise ValueError("the repetition penalty needs the tokens generated so far")
         scores = apply_repetition_penalty(scores, tokens, p.repetition_penalty, mask)  # type: ignore[arg-type]
+    if p.suppress_tokens:
+        scores = apply_suppress_tokens(scores, p.suppress_tokens)
+    if p.begin_suppress_tokens:
+        if tokens is None:
+            raise ValueError("begin_suppress_tokens needs the tokens so far (their length)")
+        scores = apply_begin_suppress_tokens(scores, p.begin_suppress_tokens, tokens.shape[-1], p.begin_index)
     if not p.do_sample:
         return scores
     if p.temperature != 1.0:

@@ -1,171 +1,129 @@
-"""Decoding for Whisper: greedy and beam search over a static self-attention KV cache.
+"""Whisper decoding through the shared generation machinery, plus what only Whisper needs.
 
-The encoder runs once per clip and each decoder layer's cross-attention K/V are computed once from its
-output; every step then feeds only the newest token. Hooks attached with ``model.hooks()`` fire at every
-step (encoder hooks once). Whisper's own logit rules are applied as HF applies them: ``suppress_tokens``
-at every step and ``begin_suppress_tokens`` at the first generated position.
+:class:`WhisperDecoderView` presents "Whisper's decoder over one batch of audio" with the call signature
+of a native decoder (``view(tokens, mask, kv_cache=...) -> logits``), as T5's
+:class:`~hookscope.generation.seq2seq.DecoderView` does, so greedy decoding
+(:class:`~hookscope.generation.decode.Decoding`) and HF-identical beam search
+(:func:`~hookscope.generation.beam.beam_search`) run unchanged over the static
+:class:`~hookscope.generation.kv_cache.KVCache`. The checkpoint's ``suppress_tokens`` and
+``begin_suppress_tokens`` become the :class:`~hookscope.generation.processors.Processing` fields of the
+same name, applied where and as HF applies them.
+
+The encoder runs once per batch of clips and each decoder layer's cross-attention K/V are projected once
+from its output (their ``hook_k``/``hook_v`` fire then); every step feeds only the newest token. Hooks
+attached with ``model.hooks()`` fire at every step. Left here: the decoder prompt
+(``<|startoftranscript|>`` ...), audio in, text out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from hookscope.audio import chunks, load_audio, log_mel, prepare_waveform
+from hookscope.generation.beam import beam_search
+from hookscope.generation.decode import Decoding
+from hookscope.generation.kv_cache import KVCache
+from hookscope.generation.settings import EarlyStopping, GenerationSettings, check_context, make_settings
 
 
-class SelfAttentionCache:
-    """One decoder layer's keys and values ``[batch, max_len, head_index, d_head]``, filled in place."""
+class WhisperDecoderView:
+    """Whisper's decoder over fixed cross-attention keys/values, callable like a decoder-only model.
 
-    def __init__(self, batch: int, max_len: int, n_heads: int, d_head: int, like: torch.Tensor) -> None:
-        self.k = like.new_zeros(batch, max_len, n_heads, d_head)
-        self.v = like.new_zeros(batch, max_len, n_heads, d_head)
-        self.length = 0
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.shape[1]
-        if end > self.k.shape[1]:
-            raise ValueError(f"KV cache full: {end} positions asked for, {self.k.shape[1]} allocated")
-        self.k[:, self.length : end] = k
-        self.v[:, self.length : end] = v
-        self.length = end
-        return self.k[:, :end], self.v[:, :end]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (beam search: each surviving beam takes its parent's history)."""
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
-
-
-def _suppress(logits: torch.Tensor, step: int, suppress: torch.Tensor, begin: torch.Tensor) -> torch.Tensor:
-    """Whisper's token suppression on next-token logits ``[batch, d_vocab]``."""
-    logits = logits.float()
-    if suppress.numel():
-        logits[:, suppress] = -float("inf")
-    if step == 0 and begin.numel():
-        logits[:, begin] = -float("inf")
-    return logits
-
-
-def _setup(
-    model: Any, features: torch.Tensor, batch: int, max_len: int
-) -> tuple[Any, list[SelfAttentionCache]]:
-    cross = model.cross_kv(model.encode(features))
-    if batch != cross[0][0].shape[0]:
-        cross = [
-            (k.repeat_interleave(batch // k.shape[0], 0), v.repeat_interleave(batch // k.shape[0], 0))
-            for k, v in cross
-        ]
-    attn = model.decoder[0].attn
-    caches = [
-        SelfAttentionCache(batch, max_len, attn.n_heads, attn.d_head, cross[0][0]) for _ in model.decoder
-    ]
-    return cross, caches
-
-
-def _token_ids(model: Any, ids: Sequence[int]) -> torch.Tensor:
-    return torch.tensor(list(ids), dtype=torch.long, device=model.embed.weight.device)
-
-
-@torch.no_grad()
-def greedy(model: Any, features: torch.Tensor, prompt: Sequence[int], max_new_tokens: int) -> torch.Tensor:
-    """Greedy tokens ``[batch, len(prompt) + new]`` for log-mel ``features [batch, n_mels, frames]``.
-
-    Rows that reach end-of-text keep receiving it (as HF pads finished rows); stops when all have.
+    Args:
+        model: a native :class:`~hookscope.models.whisper.Whisper`.
+        cross_kv: per decoder layer, ``(k, v)`` each ``[rows, audio_pos, head_index, d_head]``, one row per
+            decoded sequence (beams repeated), from ``model.cross_kv(model.encode(features))``.
     """
-    cfg = model.cfg
-    features = features[None] if features.ndim == 2 else features
-    batch, n_prompt = features.shape[0], len(prompt)
-    max_new_tokens = _check_length(cfg, n_prompt, max_new_tokens)
-    cross, caches = _setup(model, features, batch, n_prompt + max_new_tokens)
-    tokens = _token_ids(model, prompt)[None].expand(batch, -1)
-    suppress, begin = _token_ids(model, cfg.suppress_tokens), _token_ids(model, cfg.begin_suppress_tokens)
-    done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-    step_input, out = tokens, [tokens]
-    for step in range(max_new_tokens):
-        logits = model.decode(step_input, cross, kv_caches=caches, offset=caches[0].length)[:, -1]
-        nxt = _suppress(logits, step, suppress, begin).argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, cfg.eos_token_id), nxt)
-        out.append(nxt[:, None])
-        done = done | (nxt == cfg.eos_token_id)
-        if bool(done.all()):
-            break
-        step_input = nxt[:, None]
-    return torch.cat(out, dim=1)
+
+    def __init__(self, model: Any, cross_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.model, self.cross_kv = model, cross_kv
+        cfg, attn = model.cfg, model.decoder[0].attn
+        # what KVCache.for_model, make_settings and check_context read
+        self.cfg = SimpleNamespace(
+            n_layers=cfg.n_decoder_layers, n_kv_heads=attn.n_kv_heads, d_head=attn.d_head,
+            d_vocab=cfg.d_vocab, n_ctx=cfg.n_text_ctx,
+        )
+        self.tokenizer = model.tokenizer
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def __call__(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Logits ``[rows, pos, d_vocab]`` of decoder tokens ``[rows, pos]`` (with a cache: the new ones)."""
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("Whisper decoder prompts are not padded: every row takes the same prompt")
+        if kv_cache is None:
+            return self.model.decode(tokens, self.cross_kv)
+        layers = [kv_cache.layer(i) for i in range(self.cfg.n_layers)]
+        logits = self.model.decode(tokens, self.cross_kv, kv_caches=layers, offset=kv_cache.length)
+        kv_cache.advance(tokens.shape[1])
+        return logits
+
+
+def whisper_settings(
+    view: WhisperDecoderView, n_prompt: int, max_new_tokens: int, *, num_beams: int = 1,
+    length_penalty: float = 1.0, early_stopping: EarlyStopping = False, use_cache: bool = True,
+) -> GenerationSettings:
+    """Validated settings with the checkpoint's EOS, pad and token suppression (HF's Whisper defaults)."""
+    cfg = view.model.cfg
+    settings = make_settings(
+        view, max_new_tokens, do_sample=False, temperature=1.0, top_k=None, top_p=None, min_p=None,
+        repetition_penalty=None, num_beams=num_beams, length_penalty=length_penalty,
+        early_stopping=early_stopping, eos_token_id=[cfg.eos_token_id], stop_strings=None, seed=None,
+        use_cache=use_cache,
+    )
+    check_context(view, n_prompt, max_new_tokens)
+    processing = dataclasses.replace(
+        settings.processing, suppress_tokens=cfg.suppress_tokens,
+        begin_suppress_tokens=cfg.begin_suppress_tokens, begin_index=n_prompt,
+    )
+    return dataclasses.replace(settings, processing=processing, pad_token_id=cfg.pad_token_id)
 
 
 @torch.no_grad()
-def beam_search(
+def generate(
     model: Any,
     features: torch.Tensor,
     prompt: Sequence[int],
     max_new_tokens: int,
-    num_beams: int,
+    *,
+    num_beams: int = 1,
     length_penalty: float = 1.0,
+    early_stopping: EarlyStopping = False,
+    use_cache: bool = True,
 ) -> torch.Tensor:
-    """The best beam ``[len(prompt) + new]`` for one clip ``features [n_mels, frames]``.
+    """Tokens ``[batch, len(prompt) + new]`` for log-mel ``features [batch, n_mels, frames]`` (or one clip).
 
-    Finished hypotheses are scored ``sum log p / n_new ** length_penalty``; the search stops when
-    ``num_beams`` are finished and no live beam can beat the worst of them.
+    Greedy (``num_beams=1``; finished rows are padded with the pad id, as HF does) or beam search (the best
+    beam per clip, HF ``generate(num_beams=...)``'s sequences; ``length_penalty`` and ``early_stopping``
+    with HF's meaning).
     """
-    cfg = model.cfg
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     features = features[None] if features.ndim == 2 else features
-    n_prompt = len(prompt)
-    max_new_tokens = _check_length(cfg, n_prompt, max_new_tokens)
-    cross, caches = _setup(model, features[:1], num_beams, n_prompt + max_new_tokens)
-    seqs = _token_ids(model, prompt)[None].repeat(num_beams, 1)
-    scores = torch.full((num_beams,), -float("inf"), device=seqs.device)
-    scores[0] = 0.0  # all beams start identical: expand only the first
-    suppress, begin = _token_ids(model, cfg.suppress_tokens), _token_ids(model, cfg.begin_suppress_tokens)
-    finished: list[tuple[float, torch.Tensor]] = []
-    step_input = seqs
-    for step in range(max_new_tokens):
-        logits = model.decode(step_input, cross, kv_caches=caches, offset=caches[0].length)[:, -1]
-        logp = torch.log_softmax(_suppress(logits, step, suppress, begin), dim=-1)
-        cand = (scores[:, None] + logp).reshape(-1)
-        top, flat = cand.topk(2 * num_beams)
-        vocab = logp.shape[-1]
-        keep_rows, keep_tokens, keep_scores = [], [], []
-        for s, f in zip(top.tolist(), flat.tolist()):
-            row, tok = divmod(f, vocab)
-            if tok == cfg.eos_token_id:
-                finished.append(
-                    (s / (step + 1) ** length_penalty, torch.cat([seqs[row], seqs.new_tensor([tok])]))
-                )
-            else:
-                keep_rows.append(row), keep_tokens.append(tok), keep_scores.append(s)
-            if len(keep_rows) == num_beams:
-                break
-        finished.sort(key=lambda item: -item[0])
-        finished = finished[:num_beams]
-        best_live = max(keep_scores) / (step + 1) ** length_penalty if keep_scores else -float("inf")
-        if not keep_rows or (len(finished) == num_beams and finished[-1][0] >= best_live):
-            break
-        index = torch.tensor(keep_rows, device=seqs.device)
-        for cache in caches:
-            cache.reorder(index)
-        new = torch.tensor(keep_tokens, device=seqs.device)
-        seqs = torch.cat([seqs.index_select(0, index), new[:, None]], dim=1)
-        scores = torch.tensor(keep_scores, device=seqs.device)
-        step_input = new[:, None]
-    if not finished:  # nothing ended before max_new_tokens: rank the live beams
-        n_new = seqs.shape[1] - n_prompt
-        finished = [(s / max(n_new, 1) ** length_penalty, seq) for s, seq in zip(scores.tolist(), seqs)]
-    return max(finished, key=lambda item: item[0])[1]
-
-
-def _check_length(cfg: Any, n_prompt: int, max_new_tokens: int) -> int:
-    room = cfg.n_text_ctx - n_prompt
-    if max_new_tokens < 1 or max_new_tokens > room:
-        raise ValueError(
-            f"max_new_tokens must be in 1..{room} (the decoder has {cfg.n_text_ctx} positions and "
-            f"the prompt takes {n_prompt}), got {max_new_tokens}"
-        )
-    return max_new_tokens
+    batch, n_prompt = features.shape[0], len(prompt)
+    if n_prompt == 0:
+        raise ValueError("the decoder prompt needs at least one token (e.g. <|startoftranscript|>)")
+    cross = model.cross_kv(model.encode(features))  # the encoder runs once
+    if num_beams > 1:
+        cross = [(k.repeat_interleave(num_beams, 0), v.repeat_interleave(num_beams, 0)) for k, v in cross]
+    view = WhisperDecoderView(model, cross)
+    settings = whisper_settings(
+        view, n_prompt, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+        early_stopping=early_stopping, use_cache=use_cache,
+    )
+    start = torch.tensor(list(prompt), dtype=torch.long, device=cross[0][0].device)[None].repeat(batch, 1)
+    if num_beams == 1:
+        run = Decoding(view, start, None, settings)
+        for _ in run:
+            pass
+        return run.sequences
+    return beam_search(view, start, None, settings, all_beams=False).sequences[:, 0]
 
 
 def default_prompt(model: Any, language: str = "en", task: str = "transcribe") -> list[int]:
@@ -204,10 +162,7 @@ def transcribe(
     features = torch.stack([log_mel(c, model.cfg.n_mels) for c in chunks(wave)]).to(
         model.embed.weight.device, dtype
     )
-    if num_beams == 1:
-        rows = list(greedy(model, features, prompt, max_new))
-    else:
-        rows = [beam_search(model, f, prompt, max_new, num_beams) for f in features]
+    rows = generate(model, features, prompt, max_new, num_beams=num_beams)
     texts = [
         model.tokenizer.decode(r[len(prompt) :].tolist(), skip_special_tokens=True).strip() for r in rows
     ]

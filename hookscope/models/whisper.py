@@ -193,6 +193,37 @@ class Whisper(HookedModule):
         loss = -log_probs.gather(-1, tokens[:, 1:, None]).mean()
         return loss if return_type == "loss" else (logits, loss)
 
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        input_features: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        prompt: list[int] | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: bool | Literal["never"] = False,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Decoder tokens ``[batch, prompt + new]`` for log-mel ``input_features [batch, n_mels, frames]``.
+
+        Greedy or beam search through the shared generation loops, with the checkpoint's
+        ``suppress_tokens``/``begin_suppress_tokens``; ``prompt`` defaults to the decoder start token, as
+        in HF ``generate``. See :func:`hookscope.generation.whisper_decode.generate`.
+        """
+        from hookscope.generation.whisper_decode import generate
+
+        return generate(
+            self,
+            input_features,
+            [self.cfg.decoder_start_token_id] if prompt is None else prompt,
+            max_new_tokens,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            use_cache=use_cache,
+        )
+
     # ------------------------------------------------------------------ speech to text
     def transcribe(
         self,
@@ -206,7 +237,8 @@ class Whisper(HookedModule):
         """Text of a speech recording (a file path, or a waveform array with its ``sample_rate``).
 
         Audio longer than 30 s is cut into consecutive 30-s windows, each decoded on its own (no
-        timestamp-guided seeking). Decoding is greedy (``num_beams=1``) or beam search.
+        timestamp-guided seeking), all windows decoded as one batch. Decoding is greedy (``num_beams=1``)
+        or beam search, through the shared generation loops (see :meth:`generate`).
         """
         from hookscope.generation.whisper_decode import transcribe
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import hookscope
-from hookscope.generation.whisper_decode import SelfAttentionCache, beam_search, greedy
+from hookscope.generation.kv_cache import KVCache
+from hookscope.generation.whisper_decode import WhisperDecoderView, generate
 from tests.equivalence.whisper_cases import (
     BEGIN_SUPPRESS,
     EOS,
@@ -137,15 +138,19 @@ def test_cached_decoding_equals_full_forward() -> None:
     feats, tokens = inputs(batch=3, n_tokens=9)
     with torch.no_grad():
         full = model(feats, tokens)
-        cross = model.cross_kv(model.encode(feats))
-        caches = [SelfAttentionCache(3, 9, 6, 8, full) for _ in range(N_DEC)]
-        steps = [model.decode(tokens[:, :4], cross, kv_caches=caches, offset=0)]
+        view = WhisperDecoderView(model, model.cross_kv(model.encode(feats)))
+        cache = KVCache.for_model(view, 3, 9)  # the shared static cache the generation loops allocate
+        steps = [view(tokens[:, :4], None, kv_cache=cache)]
         for t in range(4, 9):
-            steps.append(model.decode(tokens[:, t : t + 1], cross, kv_caches=caches, offset=t))
+            steps.append(view(tokens[:, t : t + 1], None, kv_cache=cache))
+        assert cache.length == 9
+        torch.testing.assert_close(view(tokens), full, atol=0, rtol=0)  # no cache: the plain decoder
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def _hf_greedy(hf: object, feats: torch.Tensor, n_new: int) -> torch.Tensor:
+def _hf_generate(
+    hf: object, feats: torch.Tensor, n_new: int, eos: int = EOS, **kwargs: object
+) -> torch.Tensor:
     """HF's own decoding loop (``GenerationMixin.generate``) with Whisper's suppression processors."""
     from transformers import GenerationMixin
 
@@ -156,11 +161,11 @@ def _hf_greedy(hf: object, feats: torch.Tensor, n_new: int) -> torch.Tensor:
         decoder_input_ids=prompt,
         max_new_tokens=n_new,
         do_sample=False,
-        num_beams=1,
         suppress_tokens=SUPPRESS,
         begin_suppress_tokens=BEGIN_SUPPRESS,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        **kwargs,
     )
 
 
@@ -168,27 +173,60 @@ def test_greedy_generation_equals_hf() -> None:
     hf = random_hf_whisper()
     model = hookscope.load(hf)
     feats, _ = inputs(batch=4)
-    ours = greedy(model, feats, [START], max_new_tokens=15)
+    ours = generate(model, feats, [START], max_new_tokens=15)
     with torch.no_grad():
-        ref = _hf_greedy(hf, feats, 15)
+        ref = _hf_generate(hf, feats, 15, num_beams=1)
+    assert ours.tolist() == ref.tolist()
+    assert torch.equal(model.generate(feats, 15), ours)  # the model's method: same loop, same prompt
+    assert not torch.isin(ours[:, 1:], torch.tensor(SUPPRESS)).any()
+    assert not torch.isin(ours[:, 1], torch.tensor(BEGIN_SUPPRESS)).any()
+
+
+# An end-of-text id this random model reaches within 12 steps on some clips (not others), so beams finish at
+# different lengths and the length penalty and early stopping change the result (checked below).
+BEAM_EOS = 88
+BEAM_SETTINGS = [(1.0, False), (0.6, True), (1.3, "never")]
+
+
+@pytest.mark.parametrize(("length_penalty", "early_stopping"), BEAM_SETTINGS)
+def test_beam_search_equals_hf(length_penalty: float, early_stopping: object) -> None:
+    hf = random_hf_whisper(eos=BEAM_EOS)
+    model = hookscope.load(hf)
+    feats, _ = inputs(batch=4)
+    ours = model.generate(
+        feats, 12, num_beams=3, length_penalty=length_penalty, early_stopping=early_stopping
+    )
+    with torch.no_grad():
+        ref = _hf_generate(
+            hf, feats, 12, BEAM_EOS, num_beams=3, length_penalty=length_penalty, early_stopping=early_stopping
+        )
     assert ours.tolist() == ref.tolist()
     assert not torch.isin(ours[:, 1:], torch.tensor(SUPPRESS)).any()
     assert not torch.isin(ours[:, 1], torch.tensor(BEGIN_SUPPRESS)).any()
 
 
-def test_beam_search_one_beam_is_greedy_and_wider_beams_score_no_worse() -> None:
+def test_beam_settings_change_the_result() -> None:
+    """The beam cases above are not all the same search: the settings matter on this model."""
+    model = hookscope.load(random_hf_whisper(eos=BEAM_EOS))
+    feats, _ = inputs(batch=4)
+    greedy = model.generate(feats, 12).tolist()
+    outs = [
+        model.generate(feats, 12, num_beams=3, length_penalty=lp, early_stopping=es).tolist()
+        for lp, es in BEAM_SETTINGS
+    ]
+    assert outs[0] != greedy and outs[0] != outs[1] and outs[0] != outs[2]
+    assert any(BEAM_EOS in row for row in outs[0]), "some returned beams must have finished"
+
+
+def test_generation_errors_are_clear() -> None:
     model = hookscope.load(random_hf_whisper())
     feats, _ = inputs(batch=1)
-    g = greedy(model, feats, [START], max_new_tokens=10)[0]
-    assert beam_search(model, feats[0], [START], 10, num_beams=1).tolist() == g.tolist()
-    b = beam_search(model, feats[0], [START], 10, num_beams=4)
-
-    def score(seq: torch.Tensor) -> float:  # length-normalised log-probability, as beam search ranks it
-        with torch.no_grad():
-            logp = torch.log_softmax(model(feats, seq[None])[0, :-1].float(), -1)
-        return float(logp.gather(-1, seq[1:, None]).sum()) / (len(seq) - 1)
-
-    assert score(b) >= score(g) - 1e-4 or b[-1] == EOS
+    with pytest.raises(ValueError, match="exceeds the model's context of 23"):
+        model.generate(feats, 23)
+    with pytest.raises(ValueError, match="num_beams must be"):
+        model.generate(feats, 5, num_beams=0)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate(feats, 5, prompt=[])
 
 
 def test_to_hf_round_trip() -> None:

@@ -8,8 +8,10 @@ from transformers.generation import logits_process as hf
 
 from hookscope.generation.processors import (
     Processing,
+    apply_begin_suppress_tokens,
     apply_min_p,
     apply_repetition_penalty,
+    apply_suppress_tokens,
     apply_temperature,
     apply_top_k,
     apply_top_p,
@@ -87,6 +89,44 @@ def test_process_logits_matches_hf_chain_in_generate_order() -> None:
     ])
     p = Processing(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2)
     assert_same_scores(process_logits(s, p, tokens), chain(tokens, s.clone()))
+
+
+SUPPRESS, BEGIN = (4, 11, 96, 500), (3, 12)  # 500 lies outside the vocab: ignored, as in HF
+
+
+def test_suppress_tokens() -> None:
+    s = _scores()
+    ref = hf.SuppressTokensLogitsProcessor(list(SUPPRESS))(_history(), s.clone())
+    out = apply_suppress_tokens(s, SUPPRESS)
+    assert_same_scores(out, ref)
+    assert torch.isinf(out[:, [4, 11, 96]]).all()
+
+
+@pytest.mark.parametrize("begin_index", [9, 8])  # the history has 9 tokens: applies, then does not
+def test_begin_suppress_tokens(begin_index: int) -> None:
+    s, tokens = _scores(), _history()
+    ref = hf.SuppressTokensAtBeginLogitsProcessor(list(BEGIN), begin_index)(tokens, s.clone())
+    out = apply_begin_suppress_tokens(s, BEGIN, tokens.shape[-1], begin_index)
+    assert_same_scores(out, ref)
+    assert bool(torch.isinf(out[:, list(BEGIN)]).all()) == (begin_index == tokens.shape[-1])
+
+
+def test_process_logits_suppression_in_hf_order() -> None:
+    """Whisper's chain: repetition penalty, suppress, begin-suppress, then the sampling warpers."""
+    s, tokens = _scores(), _history()
+    chain = hf.LogitsProcessorList([
+        hf.RepetitionPenaltyLogitsProcessor(1.2), hf.SuppressTokensLogitsProcessor(list(SUPPRESS)),
+        hf.SuppressTokensAtBeginLogitsProcessor(list(BEGIN), 9), hf.TemperatureLogitsWarper(0.8),
+        hf.TopKLogitsWarper(20),
+    ])
+    p = Processing(
+        do_sample=True, temperature=0.8, top_k=20, repetition_penalty=1.2, suppress_tokens=SUPPRESS,
+        begin_suppress_tokens=BEGIN, begin_index=9,
+    )
+    assert not p.is_identity and not Processing(suppress_tokens=SUPPRESS).is_identity
+    assert_same_scores(process_logits(s, p, tokens), chain(tokens, s.clone()))
+    with pytest.raises(ValueError, match="begin_suppress_tokens needs the tokens"):
+        process_logits(s, Processing(begin_suppress_tokens=BEGIN))
 
 
 def test_greedy_processing_skips_sampling_filters() -> None:
