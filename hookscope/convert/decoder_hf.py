@@ -37,7 +37,9 @@ class DecoderArch:
 
 
 # ---------------------------------------------------------------------- configs
-def _rope(values: dict[str, Any], d_head: int) -> dict[str, Any]:
+def _rope(values: dict[str, Any], d_head: int, partial: bool = True) -> dict[str, Any]:
+    """RoPE settings. ``partial=False``: the architecture's default RoPE rotates the whole head whatever
+    ``partial_rotary_factor`` says (HF Llama, Mistral, Qwen2/3, Gemma 2 ignore it there)."""
     params = rope_parameters(values)
     kind = params.get("rope_type", "default")
     scaling = None
@@ -50,7 +52,12 @@ def _rope(values: dict[str, Any], d_head: int) -> dict[str, Any]:
         )
     else:
         require(kind == "default", f"rope_type {kind!r} is not supported (supported: default, linear, llama3)")
-    rotary_dim = int(d_head * float(params.get("partial_rotary_factor", 1.0)))
+    factor = float(params.get("partial_rotary_factor", 1.0))
+    if not partial:
+        require(kind == "default" or factor == 1.0,
+                f"partial_rotary_factor={factor} with rope_type {kind!r} is not supported for this architecture")
+        factor = 1.0
+    rotary_dim = int(d_head * factor)
     return {"positional": "rotary", "rotary_base": float(params["rope_theta"]), "rope_scaling": scaling,
             "rotary_dim": rotary_dim}
 
@@ -109,7 +116,7 @@ def llama_like_config(v: dict[str, Any]) -> dict[str, Any]:
         qkv_bias=bias or qwen2, attn_out_bias=bias, mlp_bias=bool(v.get("mlp_bias", False)),
         qk_norm=v.get("model_type") == "qwen3", tie_embeddings=v.get("tie_word_embeddings", False),
         padding_idx=_padding_idx(v),
-        sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, d_head),
+        sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, d_head, partial=False),
     )
 
 
@@ -125,7 +132,7 @@ def gemma2_config(v: dict[str, Any]) -> dict[str, Any]:
         attn_scale=float(v["query_pre_attn_scalar"]) ** -0.5, attn_softcap=v.get("attn_logit_softcapping"),
         final_softcap=v.get("final_logit_softcapping"), tie_embeddings=v.get("tie_word_embeddings", True),
         padding_idx=_padding_idx(v),
-        sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, v["head_dim"]),
+        sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, v["head_dim"], partial=False),
     )
 
 

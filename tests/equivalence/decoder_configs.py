@@ -36,6 +36,8 @@ def hf_configs() -> dict[str, T.PretrainedConfig]:
         "llama_linear_rope_bias": T.LlamaConfig(**_llama_kwargs(), attention_bias=True, mlp_bias=True,
                                                 rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
                                                                  "factor": 2.0}),
+        # HF Llama's default RoPE rotates the whole head whatever partial_rotary_factor says
+        "llama_partial_factor_ignored": T.LlamaConfig(**_llama_kwargs(), partial_rotary_factor=0.5),
         "mistral": T.MistralConfig(**_llama_kwargs(), sliding_window=4),
         "qwen2": T.Qwen2Config(**_llama_kwargs()),
         "qwen3": T.Qwen3Config(**_llama_kwargs()),

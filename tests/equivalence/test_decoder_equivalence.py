@@ -157,3 +157,15 @@ def test_bfloat16_smoke(name: str) -> None:
     # bf16 keeps ~3 significant digits: the top predictions must agree almost everywhere
     agree = (ours.argmax(-1) == ref.argmax(-1)).float().mean()
     assert agree >= 0.9, f"bf16 argmax agreement {agree:.2f}"
+
+
+def test_partial_rotary_with_scaled_rope_is_refused_for_llama() -> None:
+    import transformers as T
+
+    from hookscope.convert.engine import ConversionError
+    from tests.equivalence.decoder_configs import _llama_kwargs
+
+    config = T.LlamaConfig(**_llama_kwargs(), rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0, "partial_rotary_factor": 0.5})
+    with pytest.raises(ConversionError, match="partial_rotary_factor"):
+        hookscope.load(T.LlamaForCausalLM(config))
