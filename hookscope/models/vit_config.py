@@ -51,12 +51,8 @@ class ViTConfig:
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "patch_size", "n_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ViTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        h, w = self.image_size
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}; "
-                "the patch grid would drop pixels"
-            )
+        if min(self.image_size) < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.act_fn not in ACTIVATIONS:
             raise ValueError(f"unknown act_fn {self.act_fn!r}; supported: {sorted(ACTIVATIONS)}")
         if self.head != "none" and self.n_classes < 1:

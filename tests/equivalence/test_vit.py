@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers as tf
 
 import hookscope
 from hookscope.convert.engine import ConversionError, convert_state_dict
 from hookscope.convert.vit_hf import rules_for
-from tests.equivalence.vit_cases import VARIANTS, hf_reference, make_hf, pixels_for
-from tests.helpers import TOLERANCES, first_divergence
+from tests.equivalence.vit_cases import SIZES, VARIANTS, hf_reference, make_hf, pixels_for
+from tests.helpers import TOLERANCES, first_divergence, redraw_parameters
 
 
 def _pairs(model, cache, out, main, pooled, ours_main, ours_pooled, n_layers):
@@ -198,3 +199,18 @@ def test_each_hook_fires_once_and_split_inputs_change_nothing() -> None:
     assert set(counts.values()) == {1}
     torch.testing.assert_close(hooked, plain, atol=1e-10, rtol=1e-10)
     assert counts["head.hook_out"] == 1 and "embed.hook_patch_embed" in counts
+
+
+@pytest.mark.parametrize("cls,config_cls", [(tf.ViTModel, tf.ViTConfig), (tf.CLIPVisionModel, tf.CLIPVisionConfig)])
+def test_image_size_not_a_multiple_of_patch_matches_hf(cls, config_cls) -> None:
+    """HF's patch convolution floors the grid (33 // 8 = 4) and drops the edge pixels; so do we."""
+    sizes = {**SIZES, "num_hidden_layers": 1, "image_size": 33, "patch_size": 8}
+    config = config_cls(**sizes, attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = redraw_parameters(cls(config).eval()).to(torch.float64)
+    model = hookscope.load(hf, dtype=torch.float64)
+    pixels = pixels_for(torch.float64, 33, 33)
+    with torch.no_grad():
+        expected = hf(pixel_values=pixels).last_hidden_state
+        got = model(pixels, return_type="hidden")
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
