@@ -70,7 +70,8 @@ class Whisper(HookedModule):
         super().__init__()
         self.cfg = cfg
         d, act, eps = cfg.d_model, cfg.act_fn, cfg.norm_eps
-        self.encoder_embed = AudioEmbed(cfg.n_mels, d, cfg.n_audio_ctx, act)
+        # the conv stem is exact GELU whatever activation_function says (HF and OpenAI alike)
+        self.encoder_embed = AudioEmbed(cfg.n_mels, d, cfg.n_audio_ctx, "gelu")
         self.encoder = nn.ModuleList(
             EncoderBlock(d, cfg.n_encoder_heads, cfg.d_encoder_mlp, act, eps)
             for _ in range(cfg.n_encoder_layers)

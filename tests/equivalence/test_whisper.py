@@ -17,14 +17,18 @@ from hookscope.generation.whisper_decode import WhisperDecoderView, generate
 from tests.equivalence.whisper_cases import (
     BEGIN_SUPPRESS,
     EOS,
+    N_AUDIO_CTX,
     N_DEC,
     N_ENC,
+    N_MELS,
+    N_TEXT_CTX,
     START,
     SUPPRESS,
+    VOCAB,
     inputs,
     random_hf_whisper,
 )
-from tests.helpers import TOLERANCES, first_divergence
+from tests.helpers import TOLERANCES, first_divergence, redraw_parameters
 
 
 def _pairs(cache: object, out: object) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -248,3 +252,24 @@ def test_wrong_feature_length_is_a_clear_error() -> None:
     feats, tokens = inputs(batch=1)
     with pytest.raises(ValueError, match="log-mel features"):
         model(feats[..., :-2], tokens)
+
+
+def test_conv_stem_is_gelu_whatever_the_activation() -> None:
+    """HF's encoder stem applies exact GELU after both convolutions; activation_function sets the MLPs only."""
+    import transformers
+
+    cfg = transformers.WhisperConfig(
+        vocab_size=VOCAB, num_mel_bins=N_MELS, d_model=18, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=3, encoder_ffn_dim=11, decoder_ffn_dim=13,
+        max_source_positions=N_AUDIO_CTX, max_target_positions=N_TEXT_CTX, activation_function="relu",
+        decoder_start_token_id=START, eos_token_id=EOS, pad_token_id=EOS, bos_token_id=EOS,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = redraw_parameters(transformers.WhisperForConditionalGeneration(cfg).eval()).to(torch.float64)
+    model = hookscope.load(hf, dtype=torch.float64)
+    feats, tokens = inputs(batch=2, dtype=torch.float64)
+    with torch.no_grad():
+        expected = hf(input_features=feats, decoder_input_ids=tokens).logits
+        got = model(feats, tokens)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
