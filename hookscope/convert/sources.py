@@ -6,6 +6,7 @@ build step can convert and place one tensor at a time.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import os
@@ -107,6 +108,10 @@ def hf_model_source(model: nn.Module) -> Source:
         raise ConversionError(
             f"{type(model).__name__} is not a transformers model; use hookscope.wrap(module) to hook it"
         )
+    if not getattr(config, "architectures", None):
+        # what save_pretrained would write: the class decides which heads the weights must have
+        config = copy.deepcopy(config)
+        config.architectures = [type(model).__name__]
     state = model.state_dict()
     return Source(
         config, list(state), lambda k: state[k].detach().clone(), f"{type(model).__name__} instance",

@@ -173,3 +173,14 @@ def test_token_classification_is_refused_with_a_pointer_to_wrap() -> None:
     hf = T.BertForTokenClassification(hf_config("BertModel"))
     with pytest.raises(ConversionError, match="wrap"):
         hookscope.load(hf)
+
+
+def test_in_memory_multiple_choice_model_is_refused_not_loaded_as_classifier() -> None:
+    """Its classifier weights look like a 1-label sequence classifier; the HF class says otherwise."""
+    import transformers as T
+
+    from tests.equivalence.bert_configs import hf_config
+
+    hf = T.BertForMultipleChoice(hf_config("BertModel"))
+    with pytest.raises(ConversionError, match="BertForMultipleChoice is not supported"):
+        hookscope.load(hf)
