@@ -11,24 +11,12 @@ figures are ratios ours / HF (below 1: we are faster).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import transformers
+from timing import median_seconds
 
 import hookscope
-
-
-def _median_s(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _models(minilm: bool) -> tuple[torch.nn.Module, torch.nn.Module, str]:
@@ -65,7 +53,7 @@ def main() -> None:
             for _ in range(2):  # warm-up
                 hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
                 model(ids, mask, types, return_type="pooled")
-            s = _median_s(
+            s = median_seconds(
                 {
                     "hf": lambda m=mask: hf(input_ids=ids, attention_mask=m, token_type_ids=types),
                     "ours": lambda m=mask: model(ids, m, types, return_type="pooled"),

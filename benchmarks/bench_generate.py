@@ -13,12 +13,11 @@ flip near-ties).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import transformers
+from timing import median_seconds
 
 import hookscope
 
@@ -38,23 +37,8 @@ def _models(smollm2: bool, dtype: torch.dtype, device: str) -> tuple[torch.nn.Mo
     return hf, model, label
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _median_tok_s(fns: dict[str, Callable[[], object]], n_tokens: int, repeats: int, device: str) -> dict:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up (allocator, kernels, lazy imports)
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: n_tokens / statistics.median(ts) for name, ts in times.items()}
+    return {name: n_tokens / t for name, t in median_seconds(fns, repeats, device).items()}
 
 
 def main() -> None:

@@ -9,24 +9,12 @@ ratios ours / HF (below 1: we are faster).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import transformers
+from timing import median_seconds
 
 import hookscope
-
-
-def _median_s(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -55,7 +43,7 @@ def main() -> None:
         ours_tokens = model.generate(ids, args.new, eos_token_id=[])
         hf_tokens = hf.generate(input_ids=ids, **gen_kw)
         assert torch.equal(ours_tokens, hf_tokens), "greedy tokens differ from HF"
-        forward = _median_s(
+        forward = median_seconds(
             {
                 "hf": lambda: hf(input_ids=ids, decoder_input_ids=dec),
                 "ours": lambda: model(ids, dec),
@@ -67,7 +55,7 @@ def main() -> None:
             },
             args.repeats,
         )
-        gen = _median_s(
+        gen = median_seconds(
             {
                 "hf": lambda: hf.generate(input_ids=ids, **gen_kw),
                 "ours": lambda: model.generate(ids, args.new, eos_token_id=[]),

@@ -11,34 +11,12 @@ Times are medians of interleaved runs (after a warm-up on CUDA); figures are rat
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import transformers
+from timing import median_seconds
 
 import hookscope
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _median_s(fns: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, float]:
-    if device.startswith("cuda"):
-        for fn in fns.values():  # warm-up (kernel selection); on CPU the first runs show no such cost
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -56,7 +34,7 @@ def main() -> None:
     with torch.inference_mode():
         ref = hf(pixel_values=pixels).logits
         diff = (model(pixels) - ref).abs().max().item()
-        times = _median_s(
+        times = median_seconds(
             {
                 "hf": lambda: hf(pixel_values=pixels),
                 "ours": lambda: model(pixels),

@@ -39,3 +39,28 @@ def first_divergence(
 
 
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-10, 1e-10)}
+
+
+def encoder_decoder_pairs(
+    cache: object, out: object, n_enc: int, n_dec: int
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(hook name, ours, HF) for every layer and pattern. HF hidden_states[i] is block i's input
+    (i < n); its last entry is the stack output after the final norm."""
+    pairs = []
+    for stack, hidden, attn, n in (
+        ("encoder", out.encoder_hidden_states, out.encoder_attentions, n_enc),
+        ("decoder", out.decoder_hidden_states, out.decoder_attentions, n_dec),
+    ):
+        for i in range(n):
+            pairs.append((f"{stack}.{i}.hook_resid_pre", cache[f"{stack}.{i}.hook_resid_pre"], hidden[i]))
+            pairs.append((f"{stack}.{i}.attn.hook_pattern", cache[f"{stack}.{i}.attn.hook_pattern"], attn[i]))
+            if stack == "decoder":
+                name = f"decoder.{i}.cross_attn.hook_pattern"
+                pairs.append((name, cache[name], out.cross_attentions[i]))
+            if i + 1 < n:
+                pairs.append(
+                    (f"{stack}.{i}.hook_resid_post", cache[f"{stack}.{i}.hook_resid_post"], hidden[i + 1])
+                )
+        name = f"{stack}_final_ln.hook_normalized"
+        pairs.append((name, cache[name], hidden[n]))
+    return pairs

@@ -13,32 +13,7 @@ import torch
 import hookscope
 from hookscope.components.relative_bias import relative_position_bucket
 from tests.equivalence.t5_cases import VARIANTS, inputs, random_hf_encoder, random_hf_t5
-from tests.helpers import TOLERANCES, first_divergence
-
-
-def _pairs(
-    cache: object, out: object, n_enc: int, n_dec: int
-) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(hook name, ours, HF) for every layer and pattern. HF hidden_states[i] is block i's input
-    (i < n); its last entry is the stack output after the final norm."""
-    pairs = []
-    for stack, hidden, attn, n in (
-        ("encoder", out.encoder_hidden_states, out.encoder_attentions, n_enc),
-        ("decoder", out.decoder_hidden_states, out.decoder_attentions, n_dec),
-    ):
-        for i in range(n):
-            pairs.append((f"{stack}.{i}.hook_resid_pre", cache[f"{stack}.{i}.hook_resid_pre"], hidden[i]))
-            pairs.append((f"{stack}.{i}.attn.hook_pattern", cache[f"{stack}.{i}.attn.hook_pattern"], attn[i]))
-            if stack == "decoder":
-                name = f"decoder.{i}.cross_attn.hook_pattern"
-                pairs.append((name, cache[name], out.cross_attentions[i]))
-            if i + 1 < n:
-                pairs.append(
-                    (f"{stack}.{i}.hook_resid_post", cache[f"{stack}.{i}.hook_resid_post"], hidden[i + 1])
-                )
-        name = f"{stack}_final_ln.hook_normalized"
-        pairs.append((name, cache[name], hidden[n]))
-    return pairs
+from tests.helpers import TOLERANCES, encoder_decoder_pairs, first_divergence
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -62,7 +37,7 @@ def test_every_layer_and_pattern_matches_hf(variant: str, dtype: torch.dtype) ->
         logits, cache = model.run_with_cache(ids, dec, mask, dec_mask)
         fused = model(ids, dec, mask, dec_mask)  # no hooks: SDPA path
         encoded = model.encode(ids, mask)
-    pairs = _pairs(cache, out, model.cfg.n_encoder_layers, model.cfg.n_decoder_layers)
+    pairs = encoder_decoder_pairs(cache, out, model.cfg.n_encoder_layers, model.cfg.n_decoder_layers)
     pairs += [
         ("logits", logits, out.logits),
         ("logits (fused path)", fused, out.logits),

@@ -28,30 +28,7 @@ from tests.equivalence.whisper_cases import (
     inputs,
     random_hf_whisper,
 )
-from tests.helpers import TOLERANCES, first_divergence, redraw_parameters
-
-
-def _pairs(cache: object, out: object) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(hook, ours, HF): HF hidden_states[i] is block i's input; the last is the stack output after its LN."""
-    pairs = []
-    for stack, hidden, attn, n in (
-        ("encoder", out.encoder_hidden_states, out.encoder_attentions, N_ENC),
-        ("decoder", out.decoder_hidden_states, out.decoder_attentions, N_DEC),
-    ):
-        for i in range(n):
-            pairs.append((f"{stack}.{i}.hook_resid_pre", cache[f"{stack}.{i}.hook_resid_pre"], hidden[i]))
-            pairs.append((f"{stack}.{i}.attn.hook_pattern", cache[f"{stack}.{i}.attn.hook_pattern"], attn[i]))
-            if stack == "decoder":
-                name = f"decoder.{i}.cross_attn.hook_pattern"
-                pairs.append((name, cache[name], out.cross_attentions[i]))
-            if i + 1 < n:
-                pairs.append(
-                    (f"{stack}.{i}.hook_resid_post", cache[f"{stack}.{i}.hook_resid_post"], hidden[i + 1])
-                )
-        pairs.append(
-            (f"{stack}_final_ln.hook_normalized", cache[f"{stack}_final_ln.hook_normalized"], hidden[n])
-        )
-    return pairs
+from tests.helpers import TOLERANCES, encoder_decoder_pairs, first_divergence, redraw_parameters
 
 
 def _conv_stem(hf: object, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +53,7 @@ def test_every_layer_and_pattern_matches_hf(dtype: torch.dtype) -> None:
     pairs = [
         ("encoder_embed.hook_conv1", cache["encoder_embed.hook_conv1"], conv1),
         ("encoder_embed.hook_conv2", cache["encoder_embed.hook_conv2"], conv2),
-        *_pairs(cache, out),
+        *encoder_decoder_pairs(cache, out, N_ENC, N_DEC),
         ("logits", logits, out.logits),
         ("logits (fused path)", fused, out.logits),
     ]
