@@ -165,18 +165,25 @@ def hub_source(repo_id: str) -> Source:
     patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "*.model",
                 "vocab*", "merges.txt", "special_tokens_map.json", "generation_config.json",
                 "preprocessor_config.json"]  # image models: their image-processor settings
+    folder = Path(_snapshot(snapshot_download, repo_id, patterns))
+    if not any(folder.glob("*.safetensors")):  # older repos ship only pickled weights (read weights_only)
+        folder = Path(_snapshot(snapshot_download, repo_id, [*patterns, "pytorch_model*.bin*"]))
+    return folder_source(folder)
+
+
+def _snapshot(snapshot_download: Callable[..., str], repo_id: str, patterns: list[str]) -> str:
+    """Download (or, offline, find in the HF cache) the files of ``repo_id`` matching ``patterns``."""
     try:
-        folder = snapshot_download(repo_id, allow_patterns=patterns)
+        return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as err:
         try:
-            folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+            return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
         except Exception:
             raise FileNotFoundError(
                 f"{repo_id!r} is not a packaged model ({', '.join(PACKAGED)}), a local folder or a .gguf "
                 f"file, and the hub could not provide it ({type(err).__name__}: {err}). Offline, download it "
                 "once with network (it is then read from the HF cache) or pass a local folder."
             ) from None
-    return folder_source(Path(folder))
 
 
 def package_dir(package: str) -> Path:

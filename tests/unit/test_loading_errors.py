@@ -82,3 +82,26 @@ def test_forward_input_errors() -> None:
         model(torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="no tokenizer"):
         model("text")
+
+
+def test_hub_id_falls_back_to_pickled_weights_read_safely(tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+
+    hf = random_hf_model("gpt2")
+    only_config, with_bin = tmp_path / "a", tmp_path / "b"
+    for folder in (only_config, with_bin):
+        folder.mkdir()
+        hf.config.save_pretrained(folder)
+    torch.save(hf.state_dict(), with_bin / "pytorch_model.bin")
+    calls = []
+
+    def fake_snapshot(repo_id: str, allow_patterns: list[str], local_files_only: bool = False) -> str:
+        calls.append(allow_patterns)
+        return str(with_bin if any(".bin" in p for p in allow_patterns) else only_config)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    model = hookscope.load("some-org/old-model")
+    assert len(calls) == 2 and not any(".bin" in p for p in calls[0])
+    tokens = random_tokens(1, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
