@@ -169,3 +169,29 @@ def test_partial_rotary_with_scaled_rope_is_refused_for_llama() -> None:
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0, "partial_rotary_factor": 0.5})
     with pytest.raises(ConversionError, match="partial_rotary_factor"):
         hookscope.load(T.LlamaForCausalLM(config))
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_hooks_fire_once_ablation_changes_and_patching_clean_is_identity(name: str) -> None:
+    model = hookscope.load(random_hf_model(name))
+    tokens = random_tokens(2, 6)
+    counts: dict[str, int] = {}
+
+    def count(t: torch.Tensor, hook) -> None:
+        counts[hook.name] = counts.get(hook.name, 0) + 1
+
+    with torch.no_grad():
+        with model.hooks([(lambda n: True, count)]):
+            clean = model(tokens)
+        assert set(counts.values()) == {1}
+        rotary = model.cfg.positional == "rotary"
+        silent = {n for n in model.hook_dict if ("rot_" in n and not rotary) or ("pos_embed" in n and rotary)}
+        silent |= {n for n in model.hook_dict if "mlp.hook_pre_linear" in n and model.cfg.mlp == "plain"}
+        assert set(counts) == set(model.hook_dict) - silent
+        cached_logits, cache = model.run_with_cache(tokens)
+        patch = [(n, lambda t, hook: cache[hook.name]) for n in cache]
+        patched = model.run_with_hooks(tokens, fwd_hooks=patch)
+        torch.testing.assert_close(patched, cached_logits, atol=0, rtol=0)  # same hooks, same path: exact
+        torch.testing.assert_close(patched, model(tokens), atol=1e-5, rtol=1e-5)
+        ablated = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", lambda t, hook: t * 0)])
+        assert not torch.allclose(ablated, clean)
