@@ -15,6 +15,7 @@ from torch import nn
 
 from hookscope.components.activations import get_activation
 from hookscope.components.attention import Attention
+from hookscope.components.block_hooks import add_block_hooks
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import MLP
@@ -98,16 +99,7 @@ class EncoderBlock(nn.Module):
         self.ln1 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)
         self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
-        self.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual ln1 reads
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        add_block_hooks(self)
         self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]
         self._split_points = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hookscope.components.attention import Attention
+from hookscope.components.block_hooks import add_block_hooks
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.masks import AttentionMask, positions_from_mask
 from hookscope.components.mlp import make_mlp
@@ -41,7 +42,7 @@ class SequentialBlock(nn.Module):
         self.ln2 = norm()
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
         self.ln2_post: nn.Module | None = norm() if cfg.post_norms else None
-        _add_block_hooks(self)
+        add_block_hooks(self)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
@@ -66,7 +67,7 @@ class ParallelBlock(nn.Module):
         self.attn = _make_attention(cfg)
         self.ln2 = norm()
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
-        _add_block_hooks(self)
+        add_block_hooks(self)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
@@ -83,19 +84,6 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
         qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
         softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.attn_softmax_float32,
     )
-
-
-def _add_block_hooks(block: nn.Module) -> None:
-    block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-    block.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
-    block.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-    block.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
-    block.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
-    block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-    block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-    block.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual the MLP's norm reads
-    block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-    block.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
 
 def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any) -> torch.Tensor:

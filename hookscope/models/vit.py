@@ -16,6 +16,7 @@ from torch import nn
 
 from hookscope.components.activations import get_activation
 from hookscope.components.attention import Attention
+from hookscope.components.block_hooks import add_block_hooks
 from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
@@ -111,16 +112,7 @@ class ViTBlock(nn.Module):
         )
         self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]  (opt-in: split inputs)
-        self.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        add_block_hooks(self)
         self._split_points = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:

@@ -1,0 +1,21 @@
+"""The residual-stream hook points every transformer block carries (TransformerLens names)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hookscope.hooks import HookPoint
+
+
+def add_block_hooks(block: nn.Module) -> None:
+    """Attach the block-level hook points; the split-input ones are opt-in (they cost per-head copies)."""
+    block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+    block.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
+    block.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
+    block.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
+    block.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
+    block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+    block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+    block.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual the MLP's norm reads
+    block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+    block.hook_resid_post = HookPoint()  # [batch, pos, d_model]
