@@ -70,6 +70,21 @@ def rope_parameters(values: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def check_architecture(values: dict[str, Any], supported: Iterable[str], family: str) -> str | None:
+    """The HF class the config declares (``architectures[0]``), refused clearly when not modelled natively.
+
+    Without this, a task head the family lacks (e.g. ``T5ForSequenceClassification``) fails later as an
+    unreadable list of unconverted tensors. Returns None when the config names no class.
+    """
+    declared = (values.get("architectures") or [None])[0]
+    if declared is not None and declared not in supported:
+        raise ConversionError(
+            f"{declared} is not supported natively; supported {family} classes: "
+            f"{', '.join(sorted(supported))}. Use hookscope.wrap(hf_model) to hook any model."
+        )
+    return declared
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConversionError(message)

@@ -10,7 +10,7 @@ from typing import Any
 
 from hookscope.components.activations import ACTIVATIONS
 from hookscope.convert.engine import ConversionError, Rule, RuleSet, rename
-from hookscope.convert.hf_config import check_attributes, require
+from hookscope.convert.hf_config import check_architecture, check_attributes, require
 from hookscope.models.t5_config import T5Config
 
 HANDLED = frozenset(
@@ -31,6 +31,10 @@ HANDLED = frozenset(
         "scale_decoder_outputs",
         "tie_word_embeddings",
     }
+)
+# HF classes whose weights map onto ours ("T5WithLMHeadModel": the pre-2020 name in old config.json files).
+SUPPORTED_CLASSES = frozenset(
+    {"T5ForConditionalGeneration", "T5WithLMHeadModel", "T5Model", "T5EncoderModel"}
 )
 # Training-only settings, and fields of older config.json files that no longer change the forward.
 IGNORED = frozenset(
@@ -55,6 +59,7 @@ def t5_config_from_hf(hf_config: Any, keys: list[str], lm_head_tied: bool) -> T5
     """
     values = check_attributes(hf_config, HANDLED, IGNORED, family="T5")
     require(values.get("model_type") == "t5", f"not a T5 config: model_type {values.get('model_type')!r}")
+    check_architecture(values, SUPPORTED_CLASSES, "T5")
     act = values.get("dense_act_fn") or values["feed_forward_proj"].split("-")[-1]
     if values.get("feed_forward_proj") == "gated-gelu":
         act = "gelu_new"  # transformers' backwards-compatible meaning of "gated-gelu"

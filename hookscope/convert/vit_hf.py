@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from hookscope.convert.engine import ConversionError, Rule, RuleSet, rename
-from hookscope.convert.hf_config import check_attributes, require
+from hookscope.convert.hf_config import check_architecture, check_attributes, require
 from hookscope.models.vit_config import ViTConfig
 
 ALIASES: tuple[tuple[str, str], ...] = (
@@ -45,6 +45,10 @@ _CLIP_HANDLED = frozenset({
     "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps",
 })
 _CLIP_IGNORED = frozenset({"initializer_factor"})
+SUPPORTED_CLASSES = frozenset({
+    "ViTModel", "ViTForImageClassification", "DeiTModel", "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher", "CLIPVisionModel", "CLIPVisionModelWithProjection",
+})
 
 
 def canonical_keys(keys: Iterable[str]) -> set[str]:
@@ -82,6 +86,7 @@ def vit_config_from_hf(hf_config: Any, source_keys: Iterable[str]) -> ViTConfig:
     family = {"vit": "ViT", "deit": "DeiT", "clip_vision_model": "CLIPVision"}[model_type]
     handled, ignored = (_CLIP_HANDLED, _CLIP_IGNORED) if clip else (_VIT_HANDLED, _VIT_IGNORED)
     values = check_attributes(hf_config, handled, ignored, family=family)
+    check_architecture(values, SUPPORTED_CLASSES, "ViT / DeiT / CLIP vision")
     d, heads = values["hidden_size"], values["num_attention_heads"]
     require(d % heads == 0, f"hidden_size {d} is not a multiple of num_attention_heads {heads}")
     head, n_classes, arch = "none", 0, f"{family}Model"

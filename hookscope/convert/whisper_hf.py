@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hookscope.convert.engine import Rule, RuleSet, rename
-from hookscope.convert.hf_config import check_attributes, require
+from hookscope.convert.hf_config import check_architecture, check_attributes, require
 from hookscope.models.whisper_config import WhisperConfig
 
 HANDLED = frozenset(
@@ -59,8 +59,11 @@ IGNORED = frozenset(
 def whisper_config_from_hf(hf_config: Any) -> WhisperConfig:
     """Strictly convert a transformers ``WhisperConfig`` (any unmodelled non-default attribute raises)."""
     v = check_attributes(hf_config, HANDLED, IGNORED, family="WhisperForConditionalGeneration")
+    check_architecture(v, {"WhisperForConditionalGeneration"}, "Whisper")
     require(v.get("tie_word_embeddings", True), "Whisper with an untied output projection is not supported")
     eos = v.get("eos_token_id", 50256)
+    eos = eos[0] if isinstance(eos, list) else eos
+    start, pad = v.get("decoder_start_token_id"), v.get("pad_token_id")
     return WhisperConfig(
         n_mels=v["num_mel_bins"],
         d_model=v["d_model"],
@@ -74,9 +77,10 @@ def whisper_config_from_hf(hf_config: Any) -> WhisperConfig:
         d_encoder_mlp=v["encoder_ffn_dim"],
         d_decoder_mlp=v["decoder_ffn_dim"],
         act_fn=v["activation_function"],
-        decoder_start_token_id=v.get("decoder_start_token_id") or 50257,
-        eos_token_id=eos[0] if isinstance(eos, list) else eos,
-        pad_token_id=v.get("pad_token_id") if v.get("pad_token_id") is not None else 50256,
+        # `is None`, not `or`: 0 is a valid id (small random configs use it)
+        decoder_start_token_id=50257 if start is None else start,
+        eos_token_id=eos,
+        pad_token_id=eos if pad is None else pad,  # HF generate pads finished rows with EOS then
         suppress_tokens=tuple(v.get("suppress_tokens") or ()),
         begin_suppress_tokens=tuple(v.get("begin_suppress_tokens") or ()),
         hf_config=v,
