@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from hookscope.bridge import generation
 from hookscope.bridge.attention import AttentionPoints, AttentionSwitch, register_implementation
 from hookscope.bridge.layouts import EXPECTED_BLOCK_NAMES, LAYOUTS, ModelLayout, StackLayout, find_path
-from hookscope.bridge.sites import BridgePoint, Site, SiteKind
+from hookscope.bridge.sites import BridgePoint, Site, SiteKind, find_main
 from hookscope.cache import ActivationCache, make_caching_hooks
 from hookscope.hooks import HookedModule, HookSpec, StopForward
 from hookscope.names import NamesFilter, resolve_names_filter
@@ -242,6 +242,45 @@ class WrappedModel(HookedModule):
             raise ValueError("no tokenizer: pass wrap(model, tokenizer=...)")
         texts = [text] if isinstance(text, str) else list(text)
         return self.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"]
+
+    def to_str_tokens(self, input: str | torch.Tensor | Sequence[int]) -> list[str]:
+        """Each token of one sequence (text, or ids ``[pos]`` / ``[1, pos]``) as its own string."""
+        ids = self.to_tokens(input) if isinstance(input, str) else torch.as_tensor(input)
+        if ids.ndim == 2:
+            if ids.shape[0] != 1:
+                raise ValueError("to_str_tokens takes one sequence; index the batch first")
+            ids = ids[0]
+        return [self.tokenizer.decode([i]) for i in ids.tolist()]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (no special tokens); a clear error otherwise."""
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer: pass wrap(model, tokenizer=...)")
+        ids = self.tokenizer(string, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            raise ValueError(f"{string!r} is {len(ids)} tokens {pieces}, not a single token")
+        return int(ids[0])
+
+    def lens_decoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Residual ``[..., d_model]`` -> logits through the mapped final norm and unembedding.
+
+        What :func:`hookscope.logit_lens` uses when no ``decoder=`` is given. A final logit soft-cap in the
+        config (``final_logit_softcapping``) is applied as the model's own head applies it.
+        """
+        norm, unembed = self.roles.get("ln_final"), self.roles.get("unembed")
+        if norm is None or unembed is None:
+            raise ValueError(
+                f"no final norm and unembedding mapped for this {type(self.model).__name__} (layout "
+                f"{self.layout!r}); pass decoder= a callable or [final_norm, unembed] module names"
+            )
+        cap = getattr(self.config, "final_logit_softcapping", None)
+
+        def decode(x: torch.Tensor) -> torch.Tensor:
+            logits = find_main(unembed(find_main(norm(x))[0]))[0]
+            return torch.tanh(logits / cap) * cap if cap else logits
+
+        return decode
 
 
 def _head_dim(config: Any) -> int | None:
