@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "logit_lens": "hookscope.analysis.lens",
     "LensResult": "hookscope.analysis.lens",
     "partial_forward": "hookscope.analysis.partial",
+    "keep_freed_memory": "hookscope.memory",
+    "release_freed_memory": "hookscope.memory",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -71,5 +73,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.models.decoder_config import DecoderConfig
     from hookscope.models.t5 import T5, T5Encoder
     from hookscope.models.vit import ViT
+    from hookscope.memory import keep_freed_memory, release_freed_memory
     from hookscope.models.whisper import Whisper
     from hookscope.names import get_act_name

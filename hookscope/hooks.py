@@ -345,7 +345,9 @@ class HookedModule(nn.Module):
             pos_slice: keep only these positions (along each activation's position axis).
         """
         from hookscope.cache import ActivationCache, make_caching_hooks
+        from hookscope.memory import ensure_freed_memory_kept
 
+        ensure_freed_memory_kept()  # reuse the last cache's pages instead of faulting in new ones
         names = self.cache_names(names_filter)
         store: dict[str, torch.Tensor] = {}
         fwd, bwd = make_caching_hooks(
