@@ -147,7 +147,11 @@ def bert_config_from_hf(
     require(not values.get("is_decoder"), "BERT with is_decoder=True (causal) is not supported natively")
     require(not values.get("add_cross_attention"), "BERT with cross-attention is not supported natively")
     kind = values.get("position_embedding_type", "absolute") or "absolute"
-    require(kind == "absolute", f"position_embedding_type={kind!r} is not supported (only 'absolute')")
+    require(
+        kind == "absolute",
+        f"position_embedding_type={kind!r} is not supported natively (only 'absolute'); "
+        "use hookscope.wrap(hf_model) for this model",
+    )
     original = list(keys)
     norm_keys = normalized_keys(original)
     heads = find_heads(norm_keys)
