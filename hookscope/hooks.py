@@ -166,8 +166,9 @@ def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> An
 def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     """Route the gradient of ``x`` through the point's backward hooks (in order)."""
     hooks = list(point.bwd_hooks)
-    # A fresh view so the tensor hook belongs to this use of the activation only.
-    x = x.view_as(x)
+    # A copy (not a view) so the tensor hook belongs to this use of the activation only and survives a
+    # caller that then modifies it in place (a view's hook is dropped when in-place ops rebase it).
+    x = x.clone()
 
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
         for hook in hooks:

@@ -56,12 +56,6 @@ def test_lens_on_an_unmapped_module_asks_for_a_decoder() -> None:
         hookscope.logit_lens(hookscope.wrap(net), torch.tensor([[1, 2, 3]]), names=["0", "1"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hookscope/hooks.py _with_backward_hooks registers the gradient hook on a fresh view; a module "
-    "that then modifies its output in place (Falcon: `mlp_output += attention_output`) drops that view's "
-    "grad_fn, so the backward hook never fires. Remove this marker once hooks.py is fixed.",
-)
 def test_backward_hook_fires_when_the_output_is_modified_in_place() -> None:
     class InPlace(torch.nn.Module):
         def __init__(self) -> None:
