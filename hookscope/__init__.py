@@ -68,11 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.generation.api import generate
     from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
     from hookscope.loading import LoadError, load
+    from hookscope.memory import keep_freed_memory, release_freed_memory
     from hookscope.models.bert import Bert
     from hookscope.models.decoder import Decoder
     from hookscope.models.decoder_config import DecoderConfig
     from hookscope.models.t5 import T5, T5Encoder
     from hookscope.models.vit import ViT
-    from hookscope.memory import keep_freed_memory, release_freed_memory
     from hookscope.models.whisper import Whisper
     from hookscope.names import get_act_name

@@ -93,6 +93,8 @@ class Attention(HeadWeightViews, nn.Module):
         softcap: Gemma 2 attention-logit soft-capping, or None.
         softmax_in_float32: compute the pattern in float32 whatever the input dtype (HF Llama-style
             eager attention); False computes it in the input dtype (HF BERT's eager attention).
+        rotary: the model applies rotary positions (the forward gets ``rotary=``): only then are there
+            ``hook_rot_q`` / ``hook_rot_k`` points.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class Attention(HeadWeightViews, nn.Module):
         softcap: float | None = None,
         qk_norm: Callable[[int], nn.Module] | None = None,
         softmax_in_float32: bool = True,
+        rotary: bool = True,
     ) -> None:
         super().__init__()
         if n_heads % n_kv_heads:
@@ -125,8 +128,9 @@ class Attention(HeadWeightViews, nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head_index, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head_index, d_head]
-        self.hook_rot_q = HookPoint()  # [batch, pos, head_index, d_head]
-        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head_index, d_head]
+        if rotary:  # only models with rotary positions have these points: none that can never fire
+            self.hook_rot_q = HookPoint()  # [batch, pos, head_index, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head_index, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]

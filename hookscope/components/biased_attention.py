@@ -39,8 +39,7 @@ class BiasedAttention(Attention):
         position_bias: bool = True,
         softmax_fp32: bool = False,
     ) -> None:
-        super().__init__(d_model, n_heads, n_heads, d_head, qkv_bias=bias, out_bias=bias, scale=scale)
-        del self.hook_rot_q, self.hook_rot_k  # no rotary here: no hook that can never fire
+        super().__init__(d_model, n_heads, n_heads, d_head, qkv_bias=bias, out_bias=bias, scale=scale, rotary=False)
         self.softmax_fp32 = softmax_fp32
         self.hook_position_bias: HookPoint | None = HookPoint() if position_bias else None
         # [1, head_index, query_pos, key_pos]

@@ -95,6 +95,7 @@ class EncoderBlock(nn.Module):
             qkv_bias=True,
             out_bias=True,
             softmax_in_float32=False,  # HF BERT's eager attention takes the softmax in the input dtype
+            rotary=False,
         )
         self.ln1 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)

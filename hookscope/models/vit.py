@@ -108,7 +108,7 @@ class ViTBlock(nn.Module):
         super().__init__()
         self.ln1 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(
-            cfg.d_model, cfg.n_heads, cfg.n_heads, cfg.d_head, qkv_bias=cfg.qkv_bias, out_bias=True
+            cfg.d_model, cfg.n_heads, cfg.n_heads, cfg.d_head, qkv_bias=cfg.qkv_bias, out_bias=True, rotary=False
         )
         self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)
