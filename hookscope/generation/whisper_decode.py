@@ -70,13 +70,17 @@ class WhisperDecoderView:
 def whisper_settings(
     view: WhisperDecoderView, n_prompt: int, max_new_tokens: int, *, num_beams: int = 1,
     length_penalty: float = 1.0, early_stopping: EarlyStopping = False, use_cache: bool = True,
+    eos_token_id: int | Sequence[int] | None = None,
 ) -> GenerationSettings:
-    """Validated settings with the checkpoint's EOS, pad and token suppression (HF's Whisper defaults)."""
+    """Validated settings with the checkpoint's EOS (unless given: one id or many), pad and token
+    suppression (HF's Whisper defaults)."""
     cfg = view.model.cfg
+    if eos_token_id is None:
+        eos_token_id = [cfg.eos_token_id]
     settings = make_settings(
         view, max_new_tokens, do_sample=False, temperature=1.0, top_k=None, top_p=None, min_p=None,
         repetition_penalty=None, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, eos_token_id=[cfg.eos_token_id], stop_strings=None, seed=None,
+        early_stopping=early_stopping, eos_token_id=eos_token_id, stop_strings=None, seed=None,
         use_cache=use_cache,
     )
     check_context(view, n_prompt, max_new_tokens)
@@ -98,12 +102,13 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
     use_cache: bool = True,
+    eos_token_id: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Tokens ``[batch, len(prompt) + new]`` for log-mel ``features [batch, n_mels, frames]`` (or one clip).
 
     Greedy (``num_beams=1``; finished rows are padded with the pad id, as HF does) or beam search (the best
     beam per clip, HF ``generate(num_beams=...)``'s sequences; ``length_penalty`` and ``early_stopping``
-    with HF's meaning).
+    with HF's meaning). Decoding stops at the checkpoint's EOS, or at any of ``eos_token_id``.
     """
     features = features[None] if features.ndim == 2 else features
     batch, n_prompt = features.shape[0], len(prompt)
@@ -115,7 +120,7 @@ def generate(
     view = WhisperDecoderView(model, cross)
     settings = whisper_settings(
         view, n_prompt, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, use_cache=use_cache,
+        early_stopping=early_stopping, use_cache=use_cache, eos_token_id=eos_token_id,
     )
     start = torch.tensor(list(prompt), dtype=torch.long, device=cross[0][0].device)[None].repeat(batch, 1)
     if num_beams == 1:

@@ -205,12 +205,14 @@ class Whisper(HookedModule):
         length_penalty: float = 1.0,
         early_stopping: bool | Literal["never"] = False,
         use_cache: bool = True,
+        eos_token_id: int | list[int] | None = None,
     ) -> torch.Tensor:
         """Decoder tokens ``[batch, prompt + new]`` for log-mel ``input_features [batch, n_mels, frames]``.
 
         Greedy or beam search through the shared generation loops, with the checkpoint's
         ``suppress_tokens``/``begin_suppress_tokens``; ``prompt`` defaults to the decoder start token, as
-        in HF ``generate``. See :func:`hookscope.generation.whisper_decode.generate`.
+        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS. See
+        :func:`hookscope.generation.whisper_decode.generate`.
         """
         from hookscope.generation.whisper_decode import generate
 
@@ -223,6 +225,7 @@ class Whisper(HookedModule):
             length_penalty=length_penalty,
             early_stopping=early_stopping,
             use_cache=use_cache,
+            eos_token_id=eos_token_id,
         )
 
     # ------------------------------------------------------------------ speech to text

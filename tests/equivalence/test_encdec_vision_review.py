@@ -15,6 +15,7 @@ import transformers as T
 
 import hookscope
 from hookscope.convert.engine import ConversionError
+from tests.equivalence.test_whisper import _hf_generate
 from tests.equivalence.whisper_cases import BEGIN_SUPPRESS, SUPPRESS, inputs, random_hf_whisper
 
 
@@ -71,3 +72,18 @@ def _whisper_audio_cls() -> T.PreTrainedModel:
 def test_unsupported_task_classes_are_named_with_the_supported_ones(make: object, name: str) -> None:
     with pytest.raises(ConversionError, match=rf"{name} is not supported natively; supported .*wrap\(hf_model\)"):
         hookscope.load(make())  # type: ignore[operator]
+
+
+def test_whisper_generate_stops_on_any_of_several_eos_ids() -> None:
+    hf = random_hf_whisper()
+    model = hookscope.load(hf)
+    feats, _ = inputs(batch=1)
+    free = model.generate(feats, 10)[0].tolist()  # prompt + 10 tokens, no EOS among them
+    stop_at = next(i for i in range(2, len(free)) if free[i] not in free[1:i])  # a first occurrence
+    eos = [model.cfg.eos_token_id, free[stop_at]]
+    stopped = model.generate(feats, 10, eos_token_id=eos)[0].tolist()
+    assert stopped[: stop_at + 1] == free[: stop_at + 1]
+    assert all(t == model.cfg.pad_token_id for t in stopped[stop_at + 1 :])
+    with torch.no_grad():
+        ref = _hf_generate(hf, feats, 10, eos=eos)  # type: ignore[arg-type]
+    assert stopped == ref[0].tolist()

@@ -130,7 +130,7 @@ def test_cached_decoding_equals_full_forward() -> None:
 
 
 def _hf_generate(
-    hf: object, feats: torch.Tensor, n_new: int, eos: int = EOS, **kwargs: object
+    hf: object, feats: torch.Tensor, n_new: int, eos: int | list[int] = EOS, **kwargs: object
 ) -> torch.Tensor:
     """HF's own decoding loop (``GenerationMixin.generate``) with Whisper's suppression processors."""
     from transformers import GenerationMixin
@@ -145,7 +145,7 @@ def _hf_generate(
         suppress_tokens=SUPPRESS,
         begin_suppress_tokens=BEGIN_SUPPRESS,
         eos_token_id=eos,
-        pad_token_id=eos,
+        pad_token_id=eos if isinstance(eos, int) else eos[0],
         **kwargs,
     )
 
