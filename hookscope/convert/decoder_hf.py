@@ -51,7 +51,8 @@ def _rope(values: dict[str, Any], d_head: int, partial: bool = True) -> dict[str
             original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
         )
     else:
-        require(kind == "default", f"rope_type {kind!r} is not supported (supported: default, linear, llama3)")
+        require(kind == "default", f"rope_parameters rope_type {kind!r} (rope_scaling) is not supported natively "
+                "(supported: default, linear, llama3); use hookscope.wrap(hf_model) for this model")
     factor = float(params.get("partial_rotary_factor", 1.0))
     if not partial:
         require(kind == "default" or factor == 1.0,
@@ -216,6 +217,10 @@ def llama_like_rules(cfg: DecoderConfig) -> RuleSet:
     return RuleSet(tuple(rules), ignore_sources=(r"rotary_emb\.inv_freq$", r"^lm_head\.weight$"))
 
 
+# Found in real checkpoints' config.json; HF's modelling code never reads them, so ignoring them is exact:
+# which KV cache HF generate allocates (Gemma 2's "hybrid"), and nanotron's export markers (SmolLM2).
+_DECODER_IGNORED = frozenset({"cache_implementation", "is_llama_config", "rope_interleaved"})
+
 _LLAMA_HANDLED = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
@@ -229,7 +234,7 @@ ARCHITECTURES: dict[str, DecoderArch] = {
         frozenset({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
                    "layer_norm_epsilon", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
                    "reorder_and_upcast_attn", "tie_word_embeddings", "n_ctx"}),
-        frozenset(), gpt2_config, gpt2_rules,
+        _DECODER_IGNORED, gpt2_config, gpt2_rules,
     ),
     "gpt_neox": DecoderArch(
         "GPTNeoXForCausalLM",
@@ -237,17 +242,17 @@ ARCHITECTURES: dict[str, DecoderArch] = {
                    "hidden_act", "max_position_embeddings", "layer_norm_eps", "use_parallel_residual",
                    "rope_parameters", "rope_scaling", "rotary_pct", "rotary_emb_base", "attention_bias",
                    "tie_word_embeddings", "partial_rotary_factor", "rope_theta"}),
-        frozenset(), neox_config, neox_rules,
+        _DECODER_IGNORED, neox_config, neox_rules,
     ),
-    "llama": DecoderArch("LlamaForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
-    "mistral": DecoderArch("MistralForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
-    "qwen2": DecoderArch("Qwen2ForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
-    "qwen3": DecoderArch("Qwen3ForCausalLM", _LLAMA_HANDLED, frozenset(), llama_like_config, llama_like_rules),
+    "llama": DecoderArch("LlamaForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
+    "mistral": DecoderArch("MistralForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
+    "qwen2": DecoderArch("Qwen2ForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
+    "qwen3": DecoderArch("Qwen3ForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
     "gemma2": DecoderArch(
         "Gemma2ForCausalLM",
         _LLAMA_HANDLED | {"hidden_activation", "query_pre_attn_scalar", "final_logit_softcapping",
                           "attn_logit_softcapping"},
-        frozenset({"use_bidirectional_attention"}), gemma2_config, llama_like_rules,
+        _DECODER_IGNORED | {"use_bidirectional_attention"}, gemma2_config, llama_like_rules,
     ),
 }
 

@@ -222,10 +222,14 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             batch, n_pos = tokens.shape
         else:
             batch, n_pos = input.shape[:2]
+        if attention_mask is not None and attention_mask.ndim == 1:
+            attention_mask = attention_mask[None]  # goes with tokens [pos]
         past = 0 if kv_cache is None else _check_cache_call(kv_cache, start_at_layer, stop_at_layer)
         n_keys = past + n_pos  # with a KV cache, queries are the last n_pos of n_keys positions
         if attention_mask is not None and attention_mask.shape[-1] != n_keys:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {n_keys}")
+        if attention_mask is not None and attention_mask.shape[0] != batch:
+            raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows for a batch of {batch}")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing masked: keep SDPA's fast causal path
         device = input.device
@@ -235,6 +239,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
                 if attention_mask is not None
                 else torch.arange(past, n_keys, device=device)[None].expand(batch, -1)
             )
+        elif position_ids.ndim == 1:
+            position_ids = position_ids[None].expand(batch, -1)
         mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=True)
         x = self.embed_tokens(tokens, position_ids) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
