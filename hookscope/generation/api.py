@@ -32,6 +32,7 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
     eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
     stop_strings: str | Sequence[str] | None = None,
     seed: int | None = None,
     use_cache: bool = True,
@@ -52,8 +53,10 @@ def generate(
         repetition_penalty: HF's CTRL penalty on tokens already in the sequence (prompt included).
         num_beams, length_penalty, early_stopping: beam search (HF semantics: score = sum of log-probs /
             generated_len ** length_penalty; ``early_stopping`` True, False or "never").
-        eos_token_id: one id or several; a row stops at any of them. Default: the tokenizer's EOS;
-            ``[]``: none.
+        eos_token_id: one id or several; a row stops at any of them. Default, as HF ``generate``: the
+            model config's ``eos_token_id`` (else the tokenizer's EOS); ``[]``: none.
+        pad_token_id: what finished rows are filled with. Default, as HF: the model config's
+            ``pad_token_id``, else the tokenizer's pad token, else the first EOS id.
         stop_strings: a row stops once its generated text contains any of these (kept in the output).
         seed: seeds a private generator: the same seed gives the same samples.
         use_cache: decode with the static KV cache (False: re-run the whole sequence each step).
@@ -74,7 +77,7 @@ def generate(
         model, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, num_beams=num_beams,
         length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
-        stop_strings=stop_strings, seed=seed, use_cache=use_cache,
+        stop_strings=stop_strings, seed=seed, use_cache=use_cache, pad_token_id=pad_token_id,
     )
     _check_outputs(model, return_type, return_cache, return_beams, num_beams)
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
@@ -110,7 +113,7 @@ def generate_stream(
     defaults: dict[str, Any] = dict(
         do_sample=False, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
         num_beams=1, length_penalty=1.0, early_stopping=False, eos_token_id=None, stop_strings=None,
-        seed=None, use_cache=True,
+        seed=None, use_cache=True, pad_token_id=None,
     )
     unknown = set(kwargs) - set(defaults)
     if unknown:

@@ -80,7 +80,9 @@ def beam_search(
     if mask is not None:
         flat_mask = torch.ones((batch * nb, total), dtype=torch.long, device=device)
         flat_mask[:, :prompt_len] = mask.repeat_interleave(nb, dim=0)
-    running = torch.full((batch, nb, total), s.pad_token_id, dtype=torch.long, device=device)
+    # HF fills shorter beams with `pad_token_id or eos_token_id[0]`: a pad id of 0 gives way to EOS there
+    fill = s.pad_token_id or (s.eos_token_ids[0] if s.eos_token_ids else s.pad_token_id)
+    running = torch.full((batch, nb, total), fill, dtype=torch.long, device=device)
     running[:, :, :prompt_len] = tokens[:, None]
     scores = torch.zeros((batch, nb), device=device)
     scores[:, 1:] = NEG  # only beam 0 expands at first, so the beams do not start identical

@@ -38,7 +38,7 @@ def make_settings(
     model: Any, max_new_tokens: int, *, do_sample: bool, temperature: float, top_k: int | None,
     top_p: float | None, min_p: float | None, repetition_penalty: float | None, num_beams: int,
     length_penalty: float, early_stopping: EarlyStopping, eos_token_id: int | Sequence[int] | None,
-    stop_strings: str | Sequence[str] | None, seed: int | None, use_cache: bool,
+    stop_strings: str | Sequence[str] | None, seed: int | None, use_cache: bool, pad_token_id: int | None = None,
 ) -> GenerationSettings:
     """Check every argument (ValueError naming the argument and the accepted range) and resolve defaults."""
     _check_int("max_new_tokens", max_new_tokens, 1)
@@ -60,6 +60,8 @@ def make_settings(
     if num_beams > 1 and do_sample:
         raise ValueError("beam sampling is not supported: use num_beams > 1 with do_sample=False")
     eos = _eos_ids(model, eos_token_id)
+    if pad_token_id is not None:
+        _check_int("pad_token_id", pad_token_id, 0)
     stops = (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings or ())
     if stops and getattr(model, "tokenizer", None) is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text; set model.tokenizer")
@@ -74,7 +76,7 @@ def make_settings(
     return GenerationSettings(
         max_new_tokens=max_new_tokens, processing=processing, num_beams=num_beams,
         length_penalty=float(length_penalty), early_stopping=early_stopping, eos_token_ids=eos,
-        pad_token_id=_pad_id(model, eos), stop_strings=stops, seed=seed, use_cache=use_cache,
+        pad_token_id=_pad_id(model, eos, pad_token_id), stop_strings=stops, seed=seed, use_cache=use_cache,
     )
 
 
@@ -83,9 +85,24 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _config_ids(model: Any, key: str) -> tuple[int, ...]:
+    """``key`` ("eos_token_id" / "pad_token_id": an id or a list) of the HF config the model was converted
+    from, which is what HF ``generate`` defaults to; ids outside the vocabulary can never be generated
+    or fed, so they are dropped."""
+    cfg = getattr(model, "cfg", None)
+    value = (getattr(cfg, "hf_config", None) or {}).get(key)
+    ids = [value] if isinstance(value, int) else list(value) if isinstance(value, (list, tuple)) else []
+    d_vocab = getattr(cfg, "d_vocab", 0)
+    return tuple(i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < d_vocab)
+
+
 def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
-    """Explicit ids (one or many; ``[]`` for none), else the tokenizer's EOS, else none."""
+    """Explicit ids (one or many; ``[]`` for none), else the model config's EOS ids (as HF ``generate``),
+    else the tokenizer's EOS, else none."""
     if eos_token_id is None:
+        from_config = _config_ids(model, "eos_token_id")
+        if from_config:
+            return from_config
         tok = getattr(model, "tokenizer", None)
         eos_token_id = getattr(tok, "eos_token_id", None) if tok is not None else None
         return () if eos_token_id is None else (int(eos_token_id),)
@@ -97,9 +114,15 @@ def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> tuple[int,
     return ids
 
 
-def _pad_id(model: Any, eos: tuple[int, ...]) -> int:
-    """What finished rows are filled with: the tokenizer's pad token, else the first EOS id (as HF), else
-    the tokenizer's EOS, else 0."""
+def _pad_id(model: Any, eos: tuple[int, ...], pad_token_id: int | None = None) -> int:
+    """What finished rows are filled with: ``pad_token_id``, else the model config's pad id (HF
+    ``generate``'s default), else the tokenizer's pad token, else the first EOS id (as HF), else the
+    tokenizer's EOS, else 0."""
+    if pad_token_id is not None:
+        return pad_token_id
+    from_config = _config_ids(model, "pad_token_id")
+    if from_config:
+        return from_config[0]
     tok = getattr(model, "tokenizer", None)
     pad = getattr(tok, "pad_token_id", None) if tok is not None else None
     if pad is not None:

@@ -51,7 +51,7 @@ def test_stops_on_any_of_several_eos_ids_like_hf() -> None:
     eos = [int(free[0, 5 + 2]), int(free[1, 5 + 6])]  # row 0 stops by step 3, row 1 by step 7 (or earlier)
     with torch.no_grad():
         ref = hf.generate(tokens, max_new_tokens=NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
-    out = model.generate(tokens, NEW, eos_token_id=eos)
+    out = model.generate(tokens, NEW, eos_token_id=eos, pad_token_id=eos[0])
     assert torch.equal(out, ref)
     for row in (0, 1):
         gen = out[row, 5:].tolist()
