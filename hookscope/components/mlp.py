@@ -9,6 +9,12 @@ from hookscope.components.activations import get_activation
 from hookscope.hooks import HookPoint
 
 
+def _bias_or_zeros(linear: nn.Linear) -> torch.Tensor:
+    """``linear``'s bias ``[d_out]``, or zeros when it has none (TransformerLens always has ``b_in``/``b_out``)."""
+    b = linear.bias
+    return b if b is not None else torch.zeros_like(linear.weight[:, 0])
+
+
 class MLP(nn.Module):
     """``out = W_out act(W_in x + b_in) + b_out`` with ``hook_pre`` and ``hook_post`` ``[batch, pos, d_mlp]``."""
 
@@ -27,6 +33,14 @@ class MLP(nn.Module):
     @property
     def W_out(self) -> torch.Tensor:  # [d_mlp, d_model]
         return self.down_proj.weight.T
+
+    @property
+    def b_in(self) -> torch.Tensor:  # [d_mlp]
+        return _bias_or_zeros(self.up_proj)
+
+    @property
+    def b_out(self) -> torch.Tensor:  # [d_model]
+        return _bias_or_zeros(self.down_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.hook_pre(self.up_proj(x))
@@ -61,6 +75,18 @@ class GatedMLP(nn.Module):
     @property
     def W_out(self) -> torch.Tensor:  # [d_mlp, d_model]
         return self.down_proj.weight.T
+
+    @property
+    def b_in(self) -> torch.Tensor:  # [d_mlp], of the linear (up) branch
+        return _bias_or_zeros(self.up_proj)
+
+    @property
+    def b_gate(self) -> torch.Tensor:  # [d_mlp] (Llama mlp_bias=True; zeros otherwise)
+        return _bias_or_zeros(self.gate_proj)
+
+    @property
+    def b_out(self) -> torch.Tensor:  # [d_model]
+        return _bias_or_zeros(self.down_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.hook_pre(self.gate_proj(x))

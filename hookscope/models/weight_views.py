@@ -55,3 +55,15 @@ class StackedWeightsMixin:
     @property
     def W_out(self) -> torch.Tensor:  # [layer, d_mlp, d_model]
         return self._stack(lambda b: b.mlp.W_out)
+
+    @property
+    def W_gate(self) -> torch.Tensor:  # [layer, d_model, d_mlp] (gated MLPs only)
+        return self._stack(lambda b: b.mlp.W_gate)
+
+    @property
+    def b_in(self) -> torch.Tensor:  # [layer, d_mlp]
+        return self._stack(lambda b: b.mlp.b_in)
+
+    @property
+    def b_out(self) -> torch.Tensor:  # [layer, d_model]
+        return self._stack(lambda b: b.mlp.b_out)

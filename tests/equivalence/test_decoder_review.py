@@ -93,3 +93,33 @@ def test_one_dimensional_tokens_mask_and_positions() -> None:
         torch.testing.assert_close(model(tokens, position_ids=torch.arange(6)), model(tokens), atol=0, rtol=0)
         with pytest.raises(ValueError, match="attention_mask has 2 rows for a batch of 1"):
             model(tokens, torch.ones(2, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_linear_rope_bias"])
+def test_weight_views_reproduce_the_hooks(name: str) -> None:
+    """TransformerLens-shaped views (model-level stacks included) compute what the hooks saw."""
+    from tests.equivalence.decoder_configs import random_hf_model
+
+    model = hookscope.load(random_hf_model(name, torch.float64), dtype=torch.float64)
+    with torch.no_grad():
+        _, c = model.run_with_cache(random_tokens(2, 5))
+    layer = 1
+    x = c["blocks.1.ln1.hook_normalized"]
+    pairs = [
+        ("hook_q", torch.einsum("bpm,hme->bphe", x, model.W_Q[layer]) + model.b_Q[layer], c["q", layer]),
+        ("hook_k", torch.einsum("bpm,hme->bphe", x, model.W_K[layer]) + model.b_K[layer], c["k", layer]),
+        ("hook_v", torch.einsum("bpm,hme->bphe", x, model.W_V[layer]) + model.b_V[layer], c["v", layer]),
+        ("hook_attn_out", torch.einsum("bphe,hem->bpm", c["z", layer], model.W_O[layer]) + model.b_O[layer],
+         c["attn_out", layer]),
+    ]
+    m = c["blocks.1.ln2.hook_normalized"]
+    linear = "hook_pre_linear" if model.cfg.mlp == "gated" else "hook_pre"
+    pairs.append((linear, m @ model.W_in[layer] + model.b_in[layer], c[f"blocks.1.mlp.{linear}"]))
+    if model.cfg.mlp == "gated":
+        gate = m @ model.W_gate[layer] + model.blocks[layer].mlp.b_gate
+        pairs.append(("hook_pre (gate)", gate, c["blocks.1.mlp.hook_pre"]))
+    pairs.append(("hook_mlp_out", c["post", layer] @ model.W_out[layer] + model.b_out[layer], c["mlp_out", layer]))
+    pairs.append(("logits", c["ln_final.hook_normalized"] @ model.W_U + model.b_U, model.unembed(
+        c["ln_final.hook_normalized"])))
+    problem = first_divergence(pairs, *TOLERANCES[torch.float64])
+    assert problem is None, problem
