@@ -109,10 +109,15 @@ class Decoding:
         return bool(self.unfinished.any())
 
     def _check_stop_strings(self) -> None:
+        """A row stops once a stop string ends inside its generated text. As in HF's ``StopStringCriteria``
+        the string may begin in the prompt's last tokens (prompt "... Hel" + generated "lo" completes "Hello")."""
         tok = self.model.tokenizer
-        rows = self.unfinished.nonzero().flatten().tolist()
-        generated = self.buffer[:, self.prompt_len : self.length]
-        for row in rows:
-            text = tok.decode(generated[row].tolist())
-            if any(stop in text for stop in self.s.stop_strings):
+        start = max(self.prompt_len - max(len(stop) for stop in self.s.stop_strings), 0)
+        for row in self.unfinished.nonzero().flatten().tolist():
+            tail = self.buffer[row, start : self.prompt_len]
+            if self.mask is not None:  # left padding is not text
+                tail = tail[self.mask[row, start : self.prompt_len].bool()]
+            offset = len(tok.decode(tail.tolist()))  # where the generated text begins
+            text = tok.decode(tail.tolist() + self.buffer[row, self.prompt_len : self.length].tolist())
+            if any(stop in text[max(offset - len(stop) + 1, 0) :] for stop in self.s.stop_strings):
                 self.unfinished[row] = False

@@ -68,3 +68,21 @@ def test_explicit_pad_token_id_and_empty_eos_override_the_config() -> None:
     assert torch.equal(streamed, ref[:, 5:])
     with pytest.raises(ValueError, match="pad_token_id must be an integer >= 0"):
         model.generate(tokens, 2, pad_token_id=-1)
+
+
+def test_stop_string_may_begin_in_the_prompt_like_hf() -> None:
+    """HF's StopStringCriteria matches a stop string that starts in the prompt and ends in generated text;
+    hookscope used to look at the generated text only and ran on."""
+    from tests.generation.test_gen_cache_and_hooks import _gpt2_with_tokenizer, gpt2_tokenizer
+
+    tok = gpt2_tokenizer.__wrapped__()  # the module's fixture body (skips when the BPE files are absent)
+    model = _gpt2_with_tokenizer(tok)
+    hf = model.to_hf()
+    ids = model.to_tokens("The cat sat on")
+    n = ids.shape[1]
+    free = model.generate(ids, 8, eos_token_id=[])
+    stop = "on" + tok.decode(free[0, n:].tolist())[:2]  # "on" is the prompt's end
+    with torch.no_grad():
+        ref = hf.generate(ids, max_new_tokens=8, do_sample=False, stop_strings=stop, tokenizer=tok)
+    out = model.generate(ids, 8, stop_strings=stop)
+    assert torch.equal(out, ref) and out.shape[1] <= n + 2, (out, ref, stop)
