@@ -54,7 +54,7 @@ def generate(
         num_beams, length_penalty, early_stopping: beam search (HF semantics: score = sum of log-probs /
             generated_len ** length_penalty; ``early_stopping`` True, False or "never").
         eos_token_id: one id or several; a row stops at any of them. Default, as HF ``generate``: the
-            model config's ``eos_token_id`` (else the tokenizer's EOS); ``[]``: none.
+            model config's ``eos_token_id`` (one or several), plus the tokenizer's EOS; ``[]``: none.
         pad_token_id: what finished rows are filled with. Default, as HF: the model config's
             ``pad_token_id``, else the tokenizer's pad token, else the first EOS id.
         stop_strings: a row stops once its generated text contains any of these (kept in the output).

@@ -97,15 +97,14 @@ def _config_ids(model: Any, key: str) -> tuple[int, ...]:
 
 
 def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
-    """Explicit ids (one or many; ``[]`` for none), else the model config's EOS ids (as HF ``generate``),
-    else the tokenizer's EOS, else none."""
+    """Explicit ids (one or many; ``[]`` for none), else the model config's EOS ids (what HF ``generate``
+    stops at) followed by the tokenizer's EOS when it is another id (chat checkpoints often list their
+    end-of-turn token only in the tokenizer or in generation_config.json)."""
     if eos_token_id is None:
-        from_config = _config_ids(model, "eos_token_id")
-        if from_config:
-            return from_config
+        ids = _config_ids(model, "eos_token_id")
         tok = getattr(model, "tokenizer", None)
-        eos_token_id = getattr(tok, "eos_token_id", None) if tok is not None else None
-        return () if eos_token_id is None else (int(eos_token_id),)
+        tok_eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+        return ids if tok_eos is None or int(tok_eos) in ids else (*ids, int(tok_eos))
     ids = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
     d_vocab = model.cfg.d_vocab
     for i in ids:

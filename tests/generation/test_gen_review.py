@@ -86,3 +86,16 @@ def test_stop_string_may_begin_in_the_prompt_like_hf() -> None:
         ref = hf.generate(ids, max_new_tokens=8, do_sample=False, stop_strings=stop, tokenizer=tok)
     out = model.generate(ids, 8, stop_strings=stop)
     assert torch.equal(out, ref) and out.shape[1] <= n + 2, (out, ref, stop)
+
+
+def test_default_eos_adds_the_tokenizer_eos_to_the_config_ones() -> None:
+    """A chat tokenizer's end-of-turn id (not in config.json) still stops generation, as before the fix."""
+    from types import SimpleNamespace
+
+    tokens = random_tokens(3, 5, seed=12)
+    eos = _eos_met_early("llama", tokens)
+    hf, model = _with_config_ids("llama", eos[0], 0)
+    model.tokenizer = SimpleNamespace(eos_token_id=eos[1], pad_token_id=None)
+    with torch.no_grad():
+        ref = hf.generate(tokens, max_new_tokens=NEW, do_sample=False, eos_token_id=eos)
+    assert torch.equal(model.generate(tokens, NEW), ref)
