@@ -3,7 +3,8 @@
 Usage: python benchmarks/bench_decoder.py [--quick] [--smollm2]
 Prints, for GPT-2-small-shaped random weights (and SmolLM2 with --smollm2), at batch 4 x 128 and 1 x 16:
 HF forward time, then hookscope / HF for: a bare forward, run_with_cache of the residual stream, and
-run_with_cache of everything. Then peak RSS of a load (above the post-import baseline) / fp32 weight bytes.
+run_with_cache of everything; the same for TransformerLens (4.x bridge) and nnsight when they are importable
+(see third_party.py). Then peak RSS of a load (above the post-import baseline) / fp32 weight bytes.
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ def smollm2_hf() -> torch.nn.Module:
     return model
 
 
-def bench_forward(name: str, hf: torch.nn.Module, repeats: int) -> None:
+def bench_forward(name: str, hf: torch.nn.Module, repeats: int, layers: Callable[[object], object]) -> None:
+    from third_party import nnsight_runners, transformer_lens_runners
+
     import hookscope
 
     model = hookscope.load(hf, progress=False)
     resid = lambda n: "hook_resid" in n  # noqa: E731
+    others = {"TransformerLens": transformer_lens_runners(hf), "nnsight": nnsight_runners(hf, layers)}
     for batch, pos in ((4, 128), (1, 16)):
         tokens = torch.randint(0, 1000, (batch, pos))
         with torch.no_grad():
@@ -63,8 +67,14 @@ def bench_forward(name: str, hf: torch.nn.Module, repeats: int) -> None:
             t_fwd = timeit(lambda: model(tokens), repeats)
             t_resid = timeit(lambda: model.run_with_cache(tokens, names_filter=resid), repeats)
             t_all = timeit(lambda: model.run_with_cache(tokens), repeats)
-        print(f"{name:10s} {batch}x{pos:<4d} HF {t_hf * 1e3:8.1f} ms | forward {t_fwd / t_hf:5.2f}x | "
-              f"cache resid {t_resid / t_hf:5.2f}x | cache all {t_all / t_hf:5.2f}x")
+            print(f"{name:10s} {batch}x{pos:<4d} HF {t_hf * 1e3:8.1f} ms | hookscope: forward {t_fwd / t_hf:5.2f}x | "
+                  f"cache resid {t_resid / t_hf:5.2f}x | cache all {t_all / t_hf:5.2f}x")
+            for label, runners in others.items():
+                if runners is None:
+                    continue
+                ratios = " | ".join(f"{kind} {timeit(lambda: run(tokens), repeats) / t_hf:5.2f}x"
+                                    for kind, run in runners.items())
+                print(f"{'':10s} {batch}x{pos:<4d} {label}: {ratios}")
 
 
 _LOAD_SCRIPT = """
@@ -117,9 +127,9 @@ def main() -> None:
     repeats = 3 if args.quick else 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     hf = gpt2_small()
-    bench_forward("gpt2-small", hf, repeats)
+    bench_forward("gpt2-small", hf, repeats, lambda m: m.transformer.h)
     if args.smollm2:
-        bench_forward("smollm2", smollm2_hf(), repeats)
+        bench_forward("smollm2", smollm2_hf(), repeats, lambda m: m.model.layers)
     bench_load(hf)
 
 
