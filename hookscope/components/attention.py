@@ -110,7 +110,7 @@ class Attention(HeadWeightViews, nn.Module):
         softcap: float | None = None,
         qk_norm: Callable[[int], nn.Module] | None = None,
         softmax_in_float32: bool = True,
-        rotary: bool = True,
+        rotary: bool = False,
     ) -> None:
         super().__init__()
         if n_heads % n_kv_heads:
