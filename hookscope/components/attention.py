@@ -50,12 +50,26 @@ class HeadWeightViews:
         return einops.rearrange(self.q_proj.weight, "(h e) m -> h m e", h=self.n_heads)
 
     @property
-    def W_K(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
+    def _W_K(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]: the stored GQA/MQA key heads
         return einops.rearrange(self.k_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
 
     @property
-    def W_V(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
+    def _W_V(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
         return einops.rearrange(self.v_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [head_index, d_model, d_head]: each query head's key weights
+        return self._per_query_head(self._W_K)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [head_index, d_model, d_head]
+        return self._per_query_head(self._W_V)
+
+    def _per_query_head(self, kv: torch.Tensor) -> torch.Tensor:
+        """Repeat KV-head tensors to one per query head (as TransformerLens shows GQA weights)."""
+        if self.n_kv_heads == self.n_heads:
+            return kv
+        return kv.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
 
     @property
     def W_O(self) -> torch.Tensor:  # [head_index, d_head, d_model]
@@ -71,12 +85,20 @@ class HeadWeightViews:
         return self._bias_view(self.q_proj, self.n_heads)
 
     @property
-    def b_K(self) -> torch.Tensor:  # [kv_head_index, d_head]
+    def _b_K(self) -> torch.Tensor:  # [kv_head_index, d_head]
         return self._bias_view(self.k_proj, self.n_kv_heads)
 
     @property
-    def b_V(self) -> torch.Tensor:  # [kv_head_index, d_head]
+    def _b_V(self) -> torch.Tensor:  # [kv_head_index, d_head]
         return self._bias_view(self.v_proj, self.n_kv_heads)
+
+    @property
+    def b_K(self) -> torch.Tensor:  # [head_index, d_head]
+        return self._per_query_head(self._b_K)
+
+    @property
+    def b_V(self) -> torch.Tensor:  # [head_index, d_head]
+        return self._per_query_head(self._b_V)
 
     @property
     def b_O(self) -> torch.Tensor:  # [d_model]
@@ -145,8 +167,8 @@ class Attention(HeadWeightViews, nn.Module):
         inputs ``[batch, pos, head, d_model]`` (split-input hooks)."""
         if q_in.ndim == 4:
             q = torch.einsum("bphm,hme->bphe", q_in, self.W_Q) + self.b_Q
-            k = torch.einsum("bphm,hme->bphe", k_in, self.W_K) + self.b_K
-            v = torch.einsum("bphm,hme->bphe", v_in, self.W_V) + self.b_V
+            k = torch.einsum("bphm,hme->bphe", k_in, self._W_K) + self._b_K
+            v = torch.einsum("bphm,hme->bphe", v_in, self._W_V) + self._b_V
             return q, k, v
         b, p = q_in.shape[:2]
         q = self.q_proj(q_in).view(b, p, self.n_heads, self.d_head)

@@ -52,8 +52,8 @@ class BiasedAttention(Attention):
         (or per-head ``[batch, key_pos, head_index, d_model]`` inputs, with ``v_in`` separate)."""
         v_in = kv_in if v_in is None else v_in
         k, v = (
-            self._project(kv_in, self.k_proj, self.W_K, self.b_K),
-            self._project(v_in, self.v_proj, self.W_V, self.b_V),
+            self._project(kv_in, self.k_proj, self._W_K, self._b_K),
+            self._project(v_in, self.v_proj, self._W_V, self._b_V),
         )
         return self.hook_k(k), self.hook_v(v)
 

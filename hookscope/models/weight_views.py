@@ -21,11 +21,11 @@ class StackedWeightsMixin:
         return self._stack(lambda b: b.attn.W_Q)
 
     @property
-    def W_K(self) -> torch.Tensor:  # [layer, kv_head_index, d_model, d_head]
+    def W_K(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head] (GQA: KV heads repeated)
         return self._stack(lambda b: b.attn.W_K)
 
     @property
-    def W_V(self) -> torch.Tensor:  # [layer, kv_head_index, d_model, d_head]
+    def W_V(self) -> torch.Tensor:  # [layer, head_index, d_model, d_head]
         return self._stack(lambda b: b.attn.W_V)
 
     @property
@@ -37,11 +37,11 @@ class StackedWeightsMixin:
         return self._stack(lambda b: b.attn.b_Q)
 
     @property
-    def b_K(self) -> torch.Tensor:  # [layer, kv_head_index, d_head]
+    def b_K(self) -> torch.Tensor:  # [layer, head_index, d_head]
         return self._stack(lambda b: b.attn.b_K)
 
     @property
-    def b_V(self) -> torch.Tensor:  # [layer, kv_head_index, d_head]
+    def b_V(self) -> torch.Tensor:  # [layer, head_index, d_head]
         return self._stack(lambda b: b.attn.b_V)
 
     @property

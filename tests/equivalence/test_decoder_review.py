@@ -105,10 +105,17 @@ def test_weight_views_reproduce_the_hooks(name: str) -> None:
         _, c = model.run_with_cache(random_tokens(2, 5))
     layer = 1
     x = c["blocks.1.ln1.hook_normalized"]
+    attn = model.blocks[layer].attn
+    rep = model.cfg.n_heads // attn.n_kv_heads
+    assert model.W_K.shape[1] == model.W_V.shape[1] == model.cfg.n_heads  # GQA shown per query head, as in TL
     pairs = [
         ("hook_q", torch.einsum("bpm,hme->bphe", x, model.W_Q[layer]) + model.b_Q[layer], c["q", layer]),
-        ("hook_k", torch.einsum("bpm,hme->bphe", x, model.W_K[layer]) + model.b_K[layer], c["k", layer]),
-        ("hook_v", torch.einsum("bpm,hme->bphe", x, model.W_V[layer]) + model.b_V[layer], c["v", layer]),
+        ("hook_k", torch.einsum("bpm,hme->bphe", x, model.W_K[layer]) + model.b_K[layer],
+         c["k", layer].repeat_interleave(rep, dim=2)),
+        ("hook_v", torch.einsum("bpm,hme->bphe", x, model.W_V[layer]) + model.b_V[layer],
+         c["v", layer].repeat_interleave(rep, dim=2)),
+        ("hook_k (KV heads)", torch.einsum("bpm,hme->bphe", x, attn._W_K) + attn._b_K, c["k", layer]),
+        ("hook_v (KV heads)", torch.einsum("bpm,hme->bphe", x, attn._W_V) + attn._b_V, c["v", layer]),
         ("hook_attn_out", torch.einsum("bphe,hem->bpm", c["z", layer], model.W_O[layer]) + model.b_O[layer],
          c["attn_out", layer]),
     ]
