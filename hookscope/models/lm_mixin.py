@@ -49,6 +49,8 @@ class LanguageModelMixin:
         bos = tok.bos_token_id
         if prepend_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
+        if prepend_bos is not False and ids[:2] == [bos, bos] and text.startswith(str(tok.bos_token)):
+            ids = ids[1:]  # the text brings its own BOS and the tokenizer added one: keep a single BOS
         if prepend_bos is False and bos is not None and ids and ids[0] == bos and not text.startswith(
             str(tok.bos_token)
         ):
