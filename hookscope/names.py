@@ -37,9 +37,11 @@ DECODER_BLOCK: dict[str, str] = {
     "hook_q_input": "batch pos head_index d_model", "hook_k_input": "batch pos head_index d_model",
     "hook_v_input": "batch pos head_index d_model", **_ATTN,
     "attn.hook_rot_q": HEADS, "attn.hook_rot_k": HEADS,
-    "hook_attn_out": RESID, "hook_resid_mid": RESID, **_norm("ln2"), "hook_mlp_in": RESID,
+    "attn.q_norm.hook_scale": "batch pos head_index 1", "attn.q_norm.hook_normalized": HEADS,  # Qwen3
+    "attn.k_norm.hook_scale": "batch pos head_index 1", "attn.k_norm.hook_normalized": HEADS,
+    **_norm("ln1_post"), "hook_attn_out": RESID, "hook_resid_mid": RESID, **_norm("ln2"), "hook_mlp_in": RESID,
     "mlp.hook_pre": "batch pos d_mlp", "mlp.hook_pre_linear": "batch pos d_mlp",
-    "mlp.hook_post": "batch pos d_mlp", "hook_mlp_out": RESID, "hook_resid_post": RESID,
+    "mlp.hook_post": "batch pos d_mlp", **_norm("ln2_post"), "hook_mlp_out": RESID, "hook_resid_post": RESID,
 }
 DECODER_MODEL: dict[str, str] = {
     "hook_embed": RESID, "hook_pos_embed": RESID, **_norm("ln_final"),

@@ -7,15 +7,20 @@ from torch import nn
 from hookscope.hooks import HookPoint
 
 
-def add_block_hooks(block: nn.Module) -> None:
-    """Attach the block-level hook points; the split-input ones are opt-in (they cost per-head copies)."""
+def add_block_hooks(block: nn.Module, resid_mid: bool = True) -> None:
+    """Attach the block-level hook points; the split-input ones are opt-in (they cost per-head copies).
+
+    ``resid_mid=False`` for parallel blocks (attention and MLP read the same residual: there is no
+    stream between them to hook).
+    """
     block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
     block.hook_attn_in = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
     block.hook_q_input = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
     block.hook_k_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
     block.hook_v_input = HookPoint(opt_in=True)  # [batch, pos, kv_head_index, d_model]
     block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-    block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+    if resid_mid:
+        block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
     block.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual the MLP's norm reads
     block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
     block.hook_resid_post = HookPoint()  # [batch, pos, d_model]

@@ -67,7 +67,7 @@ class ParallelBlock(nn.Module):
         self.attn = _make_attention(cfg)
         self.ln2 = norm()
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
-        add_block_hooks(self)
+        add_block_hooks(self, resid_mid=False)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
@@ -117,7 +117,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         self.pos_embed: PosEmbed | None = (
             PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
         )
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        if self.pos_embed is not None:  # rotary models have no position embedding to hook
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         block_cls = ParallelBlock if cfg.parallel_attn_mlp else SequentialBlock
         self.blocks = nn.ModuleList(block_cls(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
