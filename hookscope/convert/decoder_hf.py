@@ -257,6 +257,18 @@ ARCHITECTURES: dict[str, DecoderArch] = {
 }
 
 
+def _check_lm_class(architectures: list[str] | None, lm_class: str) -> None:
+    """Refuse a declared class without a language-model head (``LlamaModel``, ``...ForSequenceClassification``)
+    by name, instead of failing later on tensors that do not match (old spellings of LM classes pass)."""
+    declared = (architectures or [None])[0]
+    if declared is None or declared == lm_class or declared.endswith(("ForCausalLM", "LMHeadModel")):
+        return
+    raise ConversionError(
+        f"{declared} is not a causal language model; hookscope's decoders load {lm_class} (and the other "
+        f"*ForCausalLM classes of the supported architectures). Use hookscope.wrap(hf_model) to hook any model."
+    )
+
+
 def decoder_config_from_hf(hf_config: Any) -> tuple[DecoderConfig, DecoderArch]:
     """Strictly convert a transformers config of a supported decoder into a :class:`DecoderConfig`."""
     model_type = getattr(hf_config, "model_type", None)
@@ -266,6 +278,7 @@ def decoder_config_from_hf(hf_config: Any) -> tuple[DecoderConfig, DecoderArch]:
             f"decoder architecture {model_type!r} is not supported natively; supported: "
             f"{', '.join(sorted(ARCHITECTURES))}. Use hookscope.wrap(hf_model) to hook any model."
         )
+    _check_lm_class(getattr(hf_config, "architectures", None), arch.hf_class)
     values = check_attributes(hf_config, arch.handled, arch.ignored, family=arch.hf_class)
     if model_type == "gemma2" and values.get("use_bidirectional_attention"):
         raise ConversionError("Gemma 2 with use_bidirectional_attention is not supported")

@@ -130,3 +130,12 @@ def test_weight_views_reproduce_the_hooks(name: str) -> None:
         c["ln_final.hook_normalized"])))
     problem = first_divergence(pairs, *TOLERANCES[torch.float64])
     assert problem is None, problem
+
+
+@pytest.mark.parametrize("cls", ["LlamaModel", "LlamaForSequenceClassification", "LlamaForTokenClassification"])
+def test_llama_classes_without_an_lm_head_are_refused_by_name(cls: str) -> None:
+    from tests.equivalence.decoder_configs import hf_configs
+
+    hf = getattr(T, cls)(hf_configs()["llama"])
+    with pytest.raises(ConversionError, match=f"{cls} is not a causal language model.*wrap"):
+        hookscope.load(hf)
