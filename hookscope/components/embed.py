@@ -27,12 +27,12 @@ class Embed(nn.Module):
     def W_E(self) -> torch.Tensor:  # [d_vocab, d_model]
         return self.weight
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.numel() and (int(tokens.max()) >= self.weight.shape[0] or int(tokens.min()) < 0):
-            raise IndexError(
-                f"token ids must lie in [0, {self.weight.shape[0]}); got min {int(tokens.min())}, "
-                f"max {int(tokens.max())}"
-            )
+    def forward(self, tokens: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """``validate=False`` skips the range check (a host sync): for ids the model chose itself."""
+        if validate and tokens.numel():
+            low, high = (int(v) for v in tokens.aminmax())
+            if high >= self.weight.shape[0] or low < 0:
+                raise IndexError(f"token ids must lie in [0, {self.weight.shape[0]}); got min {low}, max {high}")
         x = _lookup(self.weight, tokens, self.padding_idx)  # [batch, pos, d_model]
         if self.scale is not None:
             # HF casts the normaliser to the activation dtype before multiplying.
@@ -58,9 +58,9 @@ class PosEmbed(nn.Module):
     def W_pos(self) -> torch.Tensor:  # [n_ctx, d_model]
         return self.weight
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
         n_ctx = self.weight.shape[0]
-        if positions.numel() and int(positions.max()) >= n_ctx:
+        if validate and positions.numel() and int(positions.max()) >= n_ctx:
             raise IndexError(f"position {int(positions.max())} is beyond the model's {n_ctx} positions")
         return _lookup(self.weight, positions, self.padding_idx)  # [batch, pos, d_model]
 

@@ -173,11 +173,15 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         return to_hf(self)
 
     # ------------------------------------------------------------------ forward
-    def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The residual stream before block 0: token (+ learned position) embeddings."""
-        x = self.hook_embed(self.embed(tokens))
+    def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """The residual stream before block 0: token (+ learned position) embeddings.
+
+        ``validate`` checks ids and positions against the tables (it waits on the device): decoding
+        steps skip it, their ids come from the model and their positions were checked up front.
+        """
+        x = self.hook_embed(self.embed(tokens, validate))
         if self.pos_embed is not None:
-            x = x + self.hook_pos_embed(self.pos_embed(positions))
+            x = x + self.hook_pos_embed(self.pos_embed(positions, validate))
         return x
 
     def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
@@ -232,8 +236,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {n_keys}")
         if attention_mask is not None and attention_mask.shape[0] != batch:
             raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows for a batch of {batch}")
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # nothing masked: keep SDPA's fast causal path
+        if attention_mask is not None and past == 0 and bool(attention_mask.all()):
+            attention_mask = None  # nothing masked: keep SDPA's fast causal path (decode steps skip the sync)
         device = input.device
         if position_ids is None:
             position_ids = (
@@ -244,7 +248,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         elif position_ids.ndim == 1:
             position_ids = position_ids[None].expand(batch, -1)
         mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=True)
-        x = self.embed_tokens(tokens, position_ids) if start_at_layer is None else input
+        x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
         for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
             x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i))
