@@ -337,7 +337,8 @@ class HookedModule(nn.Module):
 
         Args:
             names_filter: ``None`` (every hook point except the opt-in ones such as ``hook_result`` and
-                the split ``hook_q_input``..., as in TransformerLens; convenient, not the fast path),
+                the split ``hook_q_input``... and ``hook_mlp_in``, as in TransformerLens; convenient, not the
+                fast path),
                 a name, a list of names, or a predicate on names.
             device: where to put cached tensors (default: where they were computed).
             remove_batch_dim: drop the batch axis (batch size must be 1).

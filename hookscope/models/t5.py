@@ -55,7 +55,7 @@ def _attention(cfg: T5Config, position_bias: bool) -> BiasedAttention:
     return BiasedAttention(cfg.d_model, cfg.n_heads, cfg.d_head, scale=1.0, position_bias=position_bias)
 
 
-_OPT_IN = frozenset({"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"})
+_OPT_IN = frozenset({"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"})
 
 
 def _add_hooks(block: nn.Module, names: tuple[str, ...]) -> None:

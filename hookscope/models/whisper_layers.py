@@ -138,7 +138,7 @@ def _resid_hooks(block: nn.Module) -> None:
     block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
     block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
     block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-    block.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  the residual the MLP's norm reads
+    block.hook_mlp_in = HookPoint(opt_in=True)  # [batch, pos, d_model]  the residual the MLP's norm reads (= resid_mid)
     block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
     block.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
