@@ -221,6 +221,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         """
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
+        _check_input(input, start_at_layer, return_type, self.embed.weight, dispatched=hasattr(self, "hf_device_map"))
         if start_at_layer is None:
             tokens = input
             if tokens.ndim == 1:
@@ -276,6 +277,32 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             raise ValueError("return_type='loss' needs the token ids: pass tokens=...")
         loss = next_token_loss(logits, tokens, mask)
         return loss if return_type == "loss" else (logits, loss)
+
+
+def _check_input(
+    input: Any, start_at_layer: int | None, return_type: Any, embed: torch.Tensor, dispatched: bool
+) -> None:
+    """Clear errors for inputs that would otherwise fail deep inside (wrong kind, rank, dtype or device)."""
+    if return_type not in ("logits", "loss", "both", None):
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(
+            f"input must be token ids (a tensor), a string or a list of strings, got {type(input).__name__}"
+        )
+    if start_at_layer is None:
+        if input.is_floating_point() or input.is_complex():
+            raise TypeError(f"token ids must be an integer tensor, got {input.dtype} "
+                            "(a residual stream goes with start_at_layer=)")
+        if input.ndim not in (1, 2):
+            raise ValueError(f"token ids must be [batch, pos] or [pos], got shape {tuple(input.shape)}")
+    else:
+        if input.ndim != 3 or input.shape[-1] != embed.shape[-1]:
+            raise ValueError(f"with start_at_layer, input is the residual stream [batch, pos, {embed.shape[-1]}]; "
+                             f"got shape {tuple(input.shape)}")
+        if input.dtype != embed.dtype:
+            raise TypeError(f"the residual stream is {input.dtype} but the model is {embed.dtype}")
+    if not dispatched and input.device != embed.device:
+        raise ValueError(f"input is on {input.device} but the model is on {embed.device}; move it with .to()")
 
 
 def _check_cache_call(kv_cache: KVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:

@@ -82,6 +82,19 @@ def test_forward_input_errors() -> None:
         model(torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="no tokenizer"):
         model("text")
+    with pytest.raises(TypeError, match=r"token ids must be an integer tensor, got torch\.float32"):
+        model(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"token ids must be \[batch, pos\] or \[pos\], got shape \(2, 3, 4\)"):
+        model(torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="return_type must be 'logits', 'loss', 'both' or None, got 'probs'"):
+        model(torch.tensor([[1, 2]]), return_type="probs")
+    d_model = model.cfg.d_model
+    with pytest.raises(ValueError, match=rf"residual stream \[batch, pos, {d_model}\]; got shape \(1, 2, 3\)"):
+        model(torch.randn(1, 2, 3), start_at_layer=1)
+    with pytest.raises(TypeError, match=r"the residual stream is torch\.float64 but the model is torch\.float32"):
+        model(torch.randn(1, 2, d_model, dtype=torch.float64), start_at_layer=1)
+    with pytest.raises(ValueError, match="input is on meta but the model is on cpu"):
+        model(torch.ones(1, 2, dtype=torch.long, device="meta"))
 
 
 def test_hub_id_falls_back_to_pickled_weights_read_safely(tmp_path, monkeypatch) -> None:
