@@ -22,11 +22,16 @@ from timing import median_seconds
 import hookscope
 
 
-def _models(smollm2: bool, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    if smollm2:
+def _models(kind: str, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    if kind == "smollm2":
         model = hookscope.load("smollm2-135m", progress=False)
         hf = model.to_hf()
         label = "SmolLM2-135M (packaged)"
+    elif kind == "narrow":  # per-step overhead dominates: 12 layers of width 64
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_head=4, vocab_size=2048))
+        model = hookscope.load(hf, progress=False)
+        label = "GPT-2 12 layers, width 64, vocab 2048 (random; per-step overhead)"
     else:
         torch.manual_seed(0)
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())  # GPT-2 small shape, random weights
@@ -44,6 +49,7 @@ def _median_tok_s(fns: dict[str, Callable[[], object]], n_tokens: int, repeats: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smollm2", action="store_true")
+    parser.add_argument("--narrow", action="store_true", help="a width-64 GPT-2: time per-step overhead")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batches", default="1,8")
@@ -55,7 +61,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    hf, model, label = _models(args.smollm2, dtype, args.device)
+    hf, model, label = _models("smollm2" if args.smollm2 else "narrow" if args.narrow else "gpt2", dtype, args.device)
     resid = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
     threads = f"{torch.get_num_threads()} threads" if args.device == "cpu" else args.device
     print(f"{label}, {args.dtype}, {threads}, prompt {args.prompt} + {args.new} new tokens, greedy")
@@ -63,7 +69,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
         gen = torch.Generator().manual_seed(batch)
-        tokens = torch.randint(1000, 2000, (batch, args.prompt), generator=gen).to(args.device)
+        tokens = torch.randint(100, 1000, (batch, args.prompt), generator=gen).to(args.device)
         mask = torch.ones_like(tokens)
 
         def run_hf() -> torch.Tensor:
