@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time generate(compile=True)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,15 +84,25 @@ def main() -> None:
         def run_cached() -> object:
             return model.generate(tokens, args.new, eos_token_id=[], return_cache=resid)
 
+        def run_compiled() -> torch.Tensor:
+            return model.generate(tokens, args.new, eos_token_id=[], compile=True)
+
         if dtype == torch.float32:
             same = torch.equal(run_hf(), run_ours())
             if not same:
                 print(f"WARNING: batch {batch}: hookscope's tokens differ from HF's")
         n_new = batch * args.new
-        tps = _median_tok_s({"hf": run_hf, "ours": run_ours, "cached": run_cached}, n_new, args.repeats,
-                            args.device)
+        fns = {"hf": run_hf, "ours": run_ours, "cached": run_cached}
+        if args.compile:
+            if not torch.equal(run_compiled(), run_ours()):  # also compiles, outside the timing
+                print(f"WARNING: batch {batch}: compiled decoding gave other tokens")
+            fns["compiled"] = run_compiled
+        tps = _median_tok_s(fns, n_new, args.repeats, args.device)
+        compiled = ""
+        if args.compile:
+            compiled = f" compile=True: {tps['compiled']:.1f} tok/s, {tps['compiled'] / tps['hf']:.2f}x |"
         print(f"| {batch} | {tps['hf']:.1f} | {tps['ours']:.1f} | {tps['ours'] / tps['hf']:.2f}x | "
-              f"{tps['cached']:.1f} | {tps['ours'] / tps['cached'] - 1:+.0%} |")
+              f"{tps['cached']:.1f} | {tps['ours'] / tps['cached'] - 1:+.0%} |{compiled}")
 
 
 if __name__ == "__main__":

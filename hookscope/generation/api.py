@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from hookscope.generation.beam import beam_search
+from hookscope.generation.compiled import compiled_step
 from hookscope.generation.decode import Decoding
 from hookscope.generation.settings import EarlyStopping, check_context, make_settings, prepare_prompts
 from hookscope.generation.step_cache import StepRecorder
@@ -41,6 +42,7 @@ def generate(
     return_beams: bool = False,
     attention_mask: torch.Tensor | None = None,
     verbose: bool = False,
+    compile: bool = False,
 ) -> Any:
     """Continue prompts by greedy decoding, sampling or beam search, with the model's hooks active.
 
@@ -66,6 +68,9 @@ def generate(
             along positions, equal to one ``run_with_cache`` over the final sequence.
         return_beams: with beam search, return a :class:`BeamSearchOutput` holding every beam and its score.
         verbose: show a progress bar.
+        compile: run the decode steps after the prompt through ``torch.compile`` (greedy and sampling with
+            the KV cache; the first call compiles, which takes a while). Steps run eagerly anyway while a
+            hook is attached or ``return_cache`` records them.
 
     Hooks attached with ``model.hooks(...)`` fire on every forward: the prompt once, then each new
     position (activations ``[batch, 1, ...]`` per step with the cache).
@@ -90,7 +95,8 @@ def generate(
             return _format(model, beams.sequences[:, 0], inputs, return_type, mask, None)
         recorder = StepRecorder(model, _filter(return_cache)) if return_cache is not False else None
         with recorder or contextlib.nullcontext():
-            run = Decoding(model, tokens, mask, s, recorder, trim_logits=True)
+            step = compiled_step(model) if compile and recorder is None and s.use_cache else None
+            run = Decoding(model, tokens, mask, s, recorder, trim_logits=True, step=step)
             for _ in _progress(run, max_new_tokens, verbose):
                 pass
     out = _format(model, run.sequences, inputs, return_type, mask, run.ends)

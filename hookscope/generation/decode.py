@@ -30,13 +30,16 @@ class Decoding:
         recorder: a :class:`StepRecorder` already entered, or None.
         trim_logits: the model's forward takes ``logits_to_keep=1`` (native decoders): the prefill then
             unembeds only its last position. Leave False for adapters whose ``__call__`` lacks it.
+        step: a compiled decode step (:func:`~hookscope.generation.compiled.compiled_step`) for the cached
+            steps after the prompt, or None (every forward through ``model``).
     """
 
     def __init__(
         self, model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, settings: GenerationSettings,
-        recorder: StepRecorder | None = None, *, trim_logits: bool = False,
+        recorder: StepRecorder | None = None, *, trim_logits: bool = False, step: Any = None,
     ) -> None:
         self.model, self.s, self.recorder = model, settings, recorder
+        self.step = step  # a compiled ``step(tokens, mask, kv_cache)`` for cached steps after the prompt, or None
         self.extra: dict[str, int] = {"logits_to_keep": 1} if trim_logits else {}
         batch, self.prompt_len = tokens.shape
         total = self.prompt_len + settings.max_new_tokens
@@ -68,6 +71,8 @@ class Decoding:
         mask = None if self.mask is None else self.mask[:, :end]
         if self.cache is None:
             logits = self.model(self.buffer[:, :end], mask, **self.extra)
+        elif self.step is not None and start > 0:
+            logits = self.step(self.buffer[:, start:end], mask, self.cache)
         else:
             logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache, **self.extra)
         if self.recorder is not None:
