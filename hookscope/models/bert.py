@@ -248,6 +248,8 @@ class Bert(StackedWeightsMixin, HookedModule):
         n_pos = tokens.shape[1]
         if position_ids is None:
             position_ids = self.positions(tokens)
+        else:
+            _check_position_ids(position_ids, tokens)
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
         mask = AttentionMask(key_valid, torch.arange(n_pos, device=tokens.device), n_pos, causal=False)
         x = self.hook_full_embed(self.embed(tokens, token_type_ids, position_ids))
@@ -303,8 +305,10 @@ class Bert(StackedWeightsMixin, HookedModule):
         self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Tokens ``[batch, pos]`` plus mask and token types of that shape; a clear error otherwise."""
-        if tokens.is_floating_point():
-            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        _check_ids("tokens", tokens)
+        weight = self.embed.embed.weight
+        if tokens.device != weight.device and not hasattr(self, "hf_device_map"):
+            raise ValueError(f"tokens are on {tokens.device} but the model is on {weight.device}; move them with .to()")
         if tokens.ndim == 1:
             tokens = tokens[None]
             attention_mask = (
@@ -327,6 +331,10 @@ class Bert(StackedWeightsMixin, HookedModule):
                     f"{name} has shape {tuple(t.shape)} but the tokens have shape {tuple(tokens.shape)}; "
                     "they must match"
                 )
+            if t is not None and t.device != tokens.device:
+                raise ValueError(f"{name} is on {t.device} but the tokens are on {tokens.device}")
+        if token_type_ids is not None:
+            _check_ids("token_type_ids", token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(tokens)
         elif token_type_ids.numel() and (
@@ -353,6 +361,28 @@ class Bert(StackedWeightsMixin, HookedModule):
         from hookscope.models.bert_text import embed
 
         return embed(self, sentences, pooling=pooling, normalize=normalize)
+
+
+def _check_ids(name: str, ids: torch.Tensor) -> None:
+    """Ids index embedding tables: an integer tensor (a bool or float one would index wrongly or fail deep)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of integer ids, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer ids, got {ids.dtype}; convert with .long()")
+
+
+def _check_position_ids(position_ids: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Explicit positions: integer ids ``[batch, pos]`` (or ``[pos]`` / ``[1, pos]``, shared by every row)."""
+    _check_ids("position_ids", position_ids)
+    batch, n_pos = tokens.shape
+    shape = tuple(position_ids.shape)
+    if not (shape == (n_pos,) or (len(shape) == 2 and shape[1] == n_pos and shape[0] in (1, batch))):
+        raise ValueError(
+            f"position_ids has shape {shape} but the tokens have shape {(batch, n_pos)}; "
+            f"pass [batch, pos] or [pos]"
+        )
+    if position_ids.device != tokens.device:
+        raise ValueError(f"position_ids are on {position_ids.device} but the tokens are on {tokens.device}")
 
 
 # ---------------------------------------------------------------------- hook-name table

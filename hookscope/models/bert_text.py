@@ -36,7 +36,7 @@ def _split_pairs(text: TextInput) -> tuple[list[str], list[str] | None]:
             return [a for a, _ in text], [b for _, b in text]
     raise TypeError(
         "text input must be a string, a (text_a, text_b) pair, or a non-empty list of strings or of pairs; "
-        f"got {type(text).__name__}"
+        f"got {type(text).__name__} (token ids go in as a tensor: torch.tensor(ids))"
     )
 
 
@@ -45,8 +45,8 @@ def tokenize(model: Any, text: TextInput) -> tuple[torch.Tensor, torch.Tensor, t
 
     Sequences longer than the model's position table are not truncated silently: the forward raises.
     """
-    tok = _tokenizer(model)
     first, second = _split_pairs(text)
+    tok = _tokenizer(model)
     enc = tok(first, second, padding=True, return_tensors="pt", return_token_type_ids=True)
     device = next(model.parameters()).device
     types = enc.get("token_type_ids")

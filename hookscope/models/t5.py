@@ -192,7 +192,11 @@ class T5Encoder(LanguageModelMixin, HookedModule):
             raise TypeError(
                 f"input must be token ids, a string or a list of strings, got {type(input).__name__}"
             )
-        return (input[None] if input.ndim == 1 else input), attention_mask
+        tokens = _check_ids("input", input)
+        if attention_mask is not None:
+            mask = attention_mask[None] if attention_mask.ndim == 1 and input.ndim == 1 else attention_mask
+            attention_mask = _check_mask("attention_mask", mask, tokens.shape, "the input ids")
+        return tokens, attention_mask
 
     def encode(
         self, input: torch.Tensor | str | list[str], attention_mask: torch.Tensor | None = None
@@ -202,6 +206,9 @@ class T5Encoder(LanguageModelMixin, HookedModule):
         return self._encode(tokens, attention_mask)
 
     def _encode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        _check_device("input", tokens, self)
+        if attention_mask is not None and attention_mask.device != tokens.device:
+            raise ValueError(f"attention_mask is on {attention_mask.device} but the input is on {tokens.device}")
         n_pos = tokens.shape[1]
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
@@ -261,6 +268,8 @@ class T5(T5Encoder):
                 decoding: ``decoder_input_ids`` are then only the new tokens, and the cross-attention
                 keys/values are computed on the first call only (the encoder may then be skipped).
         """
+        if return_type not in ("logits", None):
+            raise ValueError(f"return_type must be 'logits' or None, got {return_type!r}")
         cross_cached = cache is not None and cache.cross[0].filled
         if encoder_output is None and input is not None:
             tokens, attention_mask = self._tokens(input, attention_mask)
@@ -272,8 +281,9 @@ class T5(T5Encoder):
                 raise ValueError("with a filled cache and no encoder input, pass decoder_input_ids")
             start = self.cfg.decoder_start_token_id
             decoder_input_ids = torch.full((encoder_output.shape[0], 1), start, device=encoder_output.device)
-        elif decoder_input_ids.ndim == 1:
-            decoder_input_ids = decoder_input_ids[None]
+        else:
+            decoder_input_ids = _check_ids("decoder_input_ids", decoder_input_ids)
+            _check_device("decoder_input_ids", decoder_input_ids, self)
         x = self.decode(decoder_input_ids, encoder_output, attention_mask, decoder_attention_mask, cache)
         return None if return_type is None else self.unembed(self._scale_for_head(x))
 
@@ -291,15 +301,17 @@ class T5(T5Encoder):
     ) -> torch.Tensor:
         """The decoder's final normalised state ``[batch, dec_pos, d_model]`` (before the LM head)."""
         past = cache.length if cache is not None else 0
-        n_new = decoder_input_ids.shape[1]
+        batch, n_new = decoder_input_ids.shape
         device = decoder_input_ids.device
+        enc_len = encoder_output.shape[1] if encoder_output is not None else cache.cross[0].get()[0].shape[1]
+        _check_decode_inputs(self.cfg.d_model, self.embed.weight.dtype, batch, past + n_new, enc_len,
+                             encoder_output, attention_mask, decoder_attention_mask)
         if decoder_attention_mask is not None and bool(decoder_attention_mask.all()):
             decoder_attention_mask = None
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
         query_index = torch.arange(past, past + n_new, device=device)
         mask = AttentionMask(decoder_attention_mask, query_index, past + n_new, causal=True)
-        enc_len = encoder_output.shape[1] if encoder_output is not None else cache.cross[0].get()[0].shape[1]
         cross_mask = AttentionMask(attention_mask, torch.arange(n_new, device=device), enc_len, causal=False)
         x = self.hook_decoder_embed(self.embed(decoder_input_ids))  # [batch, dec_pos, d_model]
         position_bias = self.decoder_rel_pos(n_new, past + n_new, offset=past).to(x.dtype)
@@ -314,6 +326,63 @@ class T5(T5Encoder):
         from hookscope.generation.seq2seq import generate_seq2seq
 
         return generate_seq2seq(self, input, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids ``[batch, pos]`` (``[pos]`` gets a batch axis): an integer tensor."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer token ids, got {ids.dtype}; convert with .long()")
+    if ids.ndim not in (1, 2):
+        raise ValueError(f"{name} must be [batch, pos] or [pos], got shape {tuple(ids.shape)}")
+    return ids[None] if ids.ndim == 1 else ids
+
+
+def _check_device(name: str, t: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``t`` must be where the embedding is (unless the model is dispatched over devices by accelerate)."""
+    weight = model.embed.weight
+    if t.device != weight.device and not hasattr(model, "hf_device_map"):
+        raise ValueError(f"{name} is on {t.device} but the model is on {weight.device}; move it with .to()")
+    return t
+
+
+def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], of: str) -> torch.Tensor:
+    """A padding mask must have exactly the shape of the ids it covers."""
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} has shape {tuple(mask.shape)} but {of} have shape {tuple(shape)}; they must match"
+        )
+    return mask
+
+
+def _check_decode_inputs(
+    d_model: int, dtype: torch.dtype, batch: int, n_keys: int, enc_len: int,
+    encoder_output: torch.Tensor | None, attention_mask: torch.Tensor | None,
+    decoder_attention_mask: torch.Tensor | None,
+) -> None:
+    """Shapes the decoder combines: decoder rows, encoder output ``[batch, enc_pos, d_model]`` and masks.
+
+    A single decoder row may go with several encoder rows (it is broadcast, as HF does); any other
+    mismatch of batch sizes is an error rather than a broadcasting failure deep in attention.
+    """
+    enc_batch = batch
+    if encoder_output is not None:
+        if encoder_output.ndim != 3 or encoder_output.shape[-1] != d_model:
+            raise ValueError(f"encoder_output must be [batch, enc_pos, {d_model}] (what encode() returns), "
+                             f"got shape {tuple(encoder_output.shape)}")
+        if encoder_output.dtype != dtype:
+            raise TypeError(f"encoder_output is {encoder_output.dtype} but the model is {dtype}")
+        enc_batch = encoder_output.shape[0]
+        if batch not in (1, enc_batch):
+            raise ValueError(f"decoder_input_ids have {batch} rows but the encoder input has {enc_batch}; "
+                             "give each encoder row its decoder row")
+    if attention_mask is not None:
+        _check_mask("attention_mask", attention_mask, (enc_batch, enc_len), "the encoder input ids")
+    if decoder_attention_mask is not None and (
+        decoder_attention_mask.ndim != 2 or decoder_attention_mask.shape[0] not in (batch, enc_batch)
+        or decoder_attention_mask.shape[1] != n_keys
+    ):
+        raise ValueError(f"decoder_attention_mask has shape {tuple(decoder_attention_mask.shape)} but the "
+                         f"decoder ids have shape {(batch, n_keys)} (with a cache: all positions so far)")
 
 
 def _register_names() -> None:
