@@ -29,6 +29,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         import soundfile
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("reading audio files needs soundfile: pip install 'hookscope[audio]'") from err
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder; pass the path of one audio file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"audio file {os.fspath(path)!r} does not exist")
     try:
@@ -40,13 +42,19 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def prepare_waveform(audio: Any, rate: int | None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A 1-D float32 waveform at ``sample_rate`` from ``[samples]`` or ``[samples, channels]``."""
-    if rate is None:
-        raise ValueError(f"pass sample_rate= with a waveform array (Whisper expects {SAMPLE_RATE} Hz)")
     x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"a waveform must be an array of numbers (or pass a file path), got {type(audio).__name__} "
+                        f"of {x.dtype}")
     if x.ndim == 2:
         x = x.mean(axis=1) if x.shape[1] <= 8 else x.mean(axis=0)  # channels are the short axis
     if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"expected a mono waveform [samples] or [samples, channels], got shape {x.shape}")
+        what = "an empty waveform" if x.size == 0 else f"shape {x.shape}"
+        raise ValueError(f"expected a mono waveform [samples] or [samples, channels], got {what}")
+    if rate is None:
+        raise ValueError(f"pass sample_rate= with a waveform array (Whisper expects {SAMPLE_RATE} Hz)")
+    if not np.isfinite(x).all():
+        raise ValueError("the waveform holds NaN or infinite samples")
     x = x.astype(np.float32)
     if rate != sample_rate:
         x = resample(torch.from_numpy(x), rate, sample_rate).numpy()

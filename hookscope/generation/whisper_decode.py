@@ -114,6 +114,8 @@ def generate(
     batch, n_prompt = features.shape[0], len(prompt)
     if n_prompt == 0:
         raise ValueError("the decoder prompt needs at least one token (e.g. <|startoftranscript|>)")
+    if any(isinstance(i, bool) or not hasattr(i, "__index__") for i in prompt):
+        raise TypeError(f"prompt must be a list of integer token ids, got {list(prompt)!r}")
     cross = model.cross_kv(model.encode(features))  # the encoder runs once
     if num_beams > 1:
         cross = [(k.repeat_interleave(num_beams, 0), v.repeat_interleave(num_beams, 0)) for k, v in cross]

@@ -236,6 +236,7 @@ class ViT(StackedWeightsMixin, HookedModule):
     # ------------------------------------------------------------------ forward
     def embed_image(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """The residual stream entering block 0 ``[batch, pos, d_model]``: tokens + patches + positions."""
+        _check_pixels(pixel_values, self.cfg.n_channels, self.cfg.patch_size)
         batch, _, height, width = pixel_values.shape
         patches = self.embed(pixel_values)  # [batch, patch, d_model]
         grid = (height // self.cfg.patch_size, width // self.cfg.patch_size)
@@ -279,7 +280,7 @@ class ViT(StackedWeightsMixin, HookedModule):
         if start_at_layer is None:
             x = self.embed_image(self.to_pixel_values(input), interpolate_pos_encoding)
         else:
-            x = input
+            x = _check_residual(input, self.pos_embed.weight)
         n_pos = x.shape[1]
         mask = AttentionMask(None, torch.arange(n_pos, device=x.device), n_pos, causal=False)
         for block in self.blocks[start_at_layer:stop_at_layer]:
@@ -311,3 +312,27 @@ class ViT(StackedWeightsMixin, HookedModule):
         raise ValueError(
             f"unknown return_type {return_type!r}; use 'auto', 'logits', 'hidden', 'pooled' or None"
         )
+
+
+def _check_pixels(pixel_values: torch.Tensor, n_channels: int, patch_size: int) -> None:
+    """``[batch, channels, height, width]`` floats, each side at least one patch; a clear error otherwise."""
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype} (raw uint8 images go "
+                        "in as images and are preprocessed with model.image_settings)")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != n_channels:
+        raise ValueError(f"pixel_values must be [batch, {n_channels}, height, width], got shape "
+                         f"{tuple(pixel_values.shape)}")
+    if min(pixel_values.shape[2:]) < patch_size:
+        raise ValueError(f"the image ({pixel_values.shape[2]}x{pixel_values.shape[3]}) is smaller than one "
+                         f"{patch_size}x{patch_size} patch")
+
+
+def _check_residual(x: Any, pos_table: torch.Tensor) -> torch.Tensor:
+    """With ``start_at_layer``, the input is a residual stream ``[batch, pos, d_model]`` of the model's dtype."""
+    d_model = pos_table.shape[-1]
+    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != d_model:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"with start_at_layer, input is the residual stream [batch, pos, {d_model}]; got {got}")
+    if x.dtype != pos_table.dtype:
+        raise TypeError(f"the residual stream is {x.dtype} but the model is {pos_table.dtype}")
+    return x

@@ -106,6 +106,11 @@ def _to_uint8_hwc(image: Any, convert_rgb: bool) -> np.ndarray:
         raise ValueError(f"an image array must be [H, W, C] or [C, H, W], got shape {image.shape}")
     if image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
         image = np.moveaxis(image, 0, -1)  # CHW -> HWC
+    if image.dtype == np.bool_ or (image.dtype != np.uint8 and np.issubdtype(image.dtype, np.integer)):
+        raise TypeError(
+            f"integer images must be uint8 (0..255), got {image.dtype}; convert with .astype(np.uint8) / "
+            ".to(torch.uint8), or pass floats in [0, 1]"
+        )
     if image.dtype != np.uint8:
         if image.min() < 0 or image.max() > 1:
             raise ValueError(
@@ -147,6 +152,8 @@ def preprocess_images(
 ) -> torch.Tensor:
     """One image or a list of images -> ``pixel_values [batch, channels, height, width]``."""
     batch: Sequence[Any] = images if isinstance(images, (list, tuple)) else [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        batch = list(images)  # a stack of images [batch, H, W, C] or [batch, C, H, W]
     if not batch:
         raise ValueError("no images given")
     out = []

@@ -115,6 +115,7 @@ class Whisper(HookedModule):
         """Log-mel ``[batch, n_mels, frames]`` -> encoder output ``[batch, n_audio_ctx, d_model]``."""
         if features.ndim == 2:
             features = features[None]
+        _check_features(features, self.embed.weight)
         x = self.encoder_embed(features.to(self.embed.weight.dtype))
         n = x.shape[1]
         mask = AttentionMask(None, torch.arange(n, device=x.device), n, causal=False)
@@ -180,13 +181,16 @@ class Whisper(HookedModule):
             return_type: "logits", "loss" (mean next-token loss over the decoder tokens), "both", or None.
             encoder_out: a precomputed :meth:`encode` output to reuse.
         """
-        tokens = decoder_input_ids[None] if decoder_input_ids.ndim == 1 else decoder_input_ids
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        tokens = _check_tokens(decoder_input_ids, self.embed.weight)
         if tokens.shape[1] > self.cfg.n_text_ctx:
             raise ValueError(
                 f"{tokens.shape[1]} decoder tokens exceed the model's {self.cfg.n_text_ctx} positions"
             )
         if encoder_out is None:
             encoder_out = self.encode(input_features)
+        _check_encoder_out(encoder_out, tokens.shape[0], self.embed.weight)
         logits = self.decode(tokens, self.cross_kv(encoder_out))
         if return_type is None or return_type == "logits":
             return None if return_type is None else logits
@@ -254,3 +258,38 @@ class Whisper(HookedModule):
             max_new_tokens=max_new_tokens,
             prompt=prompt,
         )
+
+
+def _check_features(features: torch.Tensor, embed: torch.Tensor) -> None:
+    """Log-mel features are real numbers on the model's device (a float dtype is cast, as HF's does)."""
+    if not features.is_floating_point():
+        raise TypeError(f"log-mel features must be a float tensor, got {features.dtype}; "
+                        "use hookscope.audio.log_mel() to make them from a waveform")
+    if features.device != embed.device:
+        raise ValueError(f"features are on {features.device} but the model is on {embed.device}; "
+                         "move them with .to()")
+
+
+def _check_tokens(tokens: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+    """Decoder ids ``[batch, pos]`` (``[pos]`` gets a batch axis): integers on the model's device."""
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"decoder_input_ids must be integer token ids, got {tokens.dtype}; convert with .long()")
+    if tokens.ndim not in (1, 2):
+        raise ValueError(f"decoder_input_ids must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+    if tokens.device != embed.device:
+        raise ValueError(f"decoder_input_ids are on {tokens.device} but the model is on {embed.device}; "
+                         "move them with .to()")
+    return tokens[None] if tokens.ndim == 1 else tokens
+
+
+def _check_encoder_out(encoder_out: torch.Tensor, batch: int, embed: torch.Tensor) -> None:
+    """The encoder output ``[clips, n_audio_ctx, d_model]``; one decoder row per clip (or one for all)."""
+    d_model = embed.shape[-1]
+    if encoder_out.ndim != 3 or encoder_out.shape[-1] != d_model:
+        raise ValueError(f"encoder_out must be [batch, n_audio_ctx, {d_model}] (what encode() returns), "
+                         f"got shape {tuple(encoder_out.shape)}")
+    if encoder_out.dtype != embed.dtype:
+        raise TypeError(f"encoder_out is {encoder_out.dtype} but the model is {embed.dtype}")
+    if batch not in (1, encoder_out.shape[0]):
+        raise ValueError(f"decoder_input_ids have {batch} rows but there are {encoder_out.shape[0]} audio clips; "
+                         "give each clip its decoder row")

@@ -44,10 +44,12 @@ class AudioEmbed(nn.Module):
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.ndim != 3 or features.shape[-1] != 2 * self.n_ctx:
+        n_mels = self.conv1.in_channels
+        if features.ndim != 3 or features.shape[1] != n_mels or features.shape[-1] != 2 * self.n_ctx:
             raise ValueError(
-                f"Whisper's encoder reads log-mel features [batch, n_mels, {2 * self.n_ctx}] (30 s, padded), "
-                f"got shape {tuple(features.shape)}; use hookscope.audio.log_mel() to make them"
+                f"Whisper's encoder reads log-mel features [batch, {n_mels}, {2 * self.n_ctx}] ({n_mels} mel "
+                f"bins, 30 s padded), got shape {tuple(features.shape)}; use hookscope.audio.log_mel() to "
+                "make them"
             )
         h1 = self.hook_conv1(self.act(self.conv1(features)).transpose(1, 2))  # [batch, frame, d_model]
         h2 = self.hook_conv2(
