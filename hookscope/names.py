@@ -139,6 +139,11 @@ def resolve_names_filter(
         names_filter = [names_filter]
     if callable(names_filter):
         return [n for n in valid if names_filter(n)]
+    if not isinstance(names_filter, Iterable):
+        raise TypeError(
+            "names_filter must be None, a hook name, a list of hook names or a function name -> bool; "
+            f"got {type(names_filter).__name__}"
+        )
     wanted = list(names_filter)
     for n in wanted:
         if not isinstance(n, str):

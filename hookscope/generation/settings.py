@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +56,10 @@ def make_settings(
         isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0
     ):
         raise ValueError(f"repetition_penalty must be > 0 (1.0 = no penalty), got {repetition_penalty!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
+        raise ValueError(f"length_penalty must be a number (1.0 = HF's default), got {length_penalty!r}")
+    if seed is not None and (isinstance(seed, bool) or not hasattr(seed, "__index__")):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     if num_beams > 1 and do_sample:
@@ -156,7 +161,7 @@ def prepare_prompts(
             if bool((mask[:, -1] == 0).any()):
                 raise ValueError("generation needs left padding: every row's last position must be real")
     elif isinstance(inputs, (list, tuple)) and inputs:
-        seqs = [torch.as_tensor(s).reshape(-1).tolist() for s in inputs]
+        seqs = [_token_list(s) for s in inputs]
         tokens, mask = pad_sequences(seqs, _pad_id(model, ()), "left")
     else:
         raise TypeError(
@@ -173,6 +178,14 @@ def prepare_prompts(
         if bool(mask.all()):
             mask = None
     return tokens, mask
+
+
+def _token_list(seq: Any) -> list[int]:
+    """One prompt given as a sequence of token ids; floats would be truncated silently, so they are refused."""
+    ids = torch.as_tensor(seq)
+    if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+        raise ValueError(f"a prompt's token ids must be integers, got {ids.dtype} values")
+    return ids.reshape(-1).tolist()
 
 
 def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
