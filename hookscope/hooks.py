@@ -181,6 +181,17 @@ def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     return x
 
 
+def _hook_pairs(spec: Any, arg: str) -> list[tuple[Any, Any]]:
+    """``spec`` as a list of ``(name or filter, fn)`` pairs; a single pair given bare is accepted."""
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and callable(spec[1]):
+        return [spec]
+    pairs = list(spec)
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"{arg} takes a list of (name or filter, hook function) pairs; got an item {pair!r}")
+    return pairs  # type: ignore[return-value]
+
+
 def hooks_active(points: Iterable[HookPoint]) -> bool:
     """True when any of ``points`` has a hook: components use it to pick a fused fast path."""
     return any(p.fwd_hooks or p.bwd_hooks for p in points)
@@ -244,6 +255,8 @@ class HookedModule(nn.Module):
         prepend: bool = False,
     ) -> None:
         """Attach ``hook`` to the point called ``name`` or to every point a filter accepts."""
+        if not callable(hook):
+            raise TypeError(f"the hook for {name!r} must be a function fn(tensor, hook), got {type(hook).__name__}")
         for point in self._points_for(name):
             point.add_hook(hook, dir=dir, prepend=prepend, permanent=is_permanent, level=level)
 
@@ -284,9 +297,9 @@ class HookedModule(nn.Module):
         type(self)._context_level += 1
         level = type(self)._context_level
         try:
-            for name, fn in fwd_hooks:
+            for name, fn in _hook_pairs(fwd_hooks, "fwd_hooks"):
                 self.add_hook(name, fn, dir="fwd", level=level)
-            for name, fn in bwd_hooks:
+            for name, fn in _hook_pairs(bwd_hooks, "bwd_hooks"):
                 self.add_hook(name, fn, dir="bwd", level=level)
             yield self
         finally:

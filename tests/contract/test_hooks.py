@@ -80,6 +80,16 @@ def test_unknown_name_suggests_nearest(model: Tiny, x: torch.Tensor) -> None:
         model.add_hook("blocks.1.hook_prr", lambda t, hook: None)
 
 
+def test_hook_specs_are_checked_and_a_bare_pair_is_accepted(model: Tiny, x: torch.Tensor) -> None:
+    zero = ("blocks.1.hook_post", lambda t, hook: torch.zeros_like(t))
+    torch.testing.assert_close(model.run_with_hooks(x, fwd_hooks=zero), model.run_with_hooks(x, fwd_hooks=[zero]))
+    with pytest.raises(TypeError, match=r"fwd_hooks takes a list of \(name or filter, hook function\) pairs"):
+        model.run_with_hooks(x, fwd_hooks=["blocks.1.hook_post"])
+    with pytest.raises(TypeError, match=r"the hook for 'blocks\.1\.hook_post' must be a function"):
+        model.add_hook("blocks.1.hook_post", 3)
+    assert not model.active_hooks()
+
+
 def test_replacement_changes_output_and_identity_does_not(model: Tiny, x: torch.Tensor) -> None:
     base = model(x)
     same = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_post", lambda t, hook: t)])
