@@ -22,9 +22,9 @@ from hookscope.hooks import HookError
 
 IMPLEMENTATION = "hookscope"
 
-# attention module -> the points of the wrapped model that owns it
-# (weak keys: wrapping does not keep modules alive)
-_POINTS: weakref.WeakKeyDictionary[nn.Module, AttentionPoints] = weakref.WeakKeyDictionary()
+# attention module -> the points of every live wrapper of it (a model wrapped twice, e.g. a notebook
+# cell run again, keeps both wrappers working). Weak keys and references: wrapping keeps nothing alive.
+_POINTS: weakref.WeakKeyDictionary[nn.Module, list[weakref.ref[AttentionPoints]]] = weakref.WeakKeyDictionary()
 
 
 class AttentionPoints:
@@ -37,8 +37,9 @@ class AttentionPoints:
 
     KEYS = ("q", "k", "v", "attn_scores", "pattern", "z")
 
-    def __init__(self, prefix: str, rotary: bool) -> None:
+    def __init__(self, prefix: str, rotary: bool, upcast_softmax: bool = True) -> None:
         self.prefix = prefix
+        self.upcast_softmax = upcast_softmax  # softmax in float32, as the model's own eager attention
         self.points: dict[str, BridgePoint] = {key: BridgePoint() for key in self.KEYS}
         self.names = {key: f"{prefix}.hook_{key}" for key in self.KEYS}
         if rotary:  # attention sees q and k after rotary: TransformerLens calls those rot_q / rot_k
@@ -61,7 +62,8 @@ class AttentionSwitch:
         self.configs = _configs_of(root)
         self.saved: list[Any] | None = None
         for module, group in groups.items():
-            _POINTS[module] = group
+            refs = [r for r in _POINTS.get(module, []) if r() is not None]
+            _POINTS[module] = [*refs, weakref.ref(group)]
             for point in group.points.values():
                 point.listener = self.sync
 
@@ -96,11 +98,23 @@ def _configs_of(root: nn.Module) -> list[Any]:
     return list(seen.values())
 
 
-def _through(point: BridgePoint, x: torch.Tensor) -> torch.Tensor:
-    """Show ``[batch, heads, pos, d]`` to a hook as ``[batch, pos, heads, d]``; return in the first layout."""
-    if not (point.fwd_hooks or point.bwd_hooks):
-        return x
-    return point(x.transpose(1, 2)).transpose(1, 2)
+def _live_groups(module: nn.Module) -> list[AttentionPoints]:
+    """The attention points of every live wrapper of ``module``, in wrapping order."""
+    groups = (ref() for ref in _POINTS.get(module, ()))
+    return [group for group in groups if group is not None]
+
+
+def _fire(groups: list[AttentionPoints], key: str, x: torch.Tensor, heads_first: bool = False) -> torch.Tensor:
+    """Thread ``x`` through point ``key`` of each group (skipping idle ones).
+
+    ``heads_first``: ``x`` is ``[batch, heads, pos, d]``, shown to hooks as ``[batch, pos, heads, d]``.
+    """
+    for group in groups:
+        point = group.points[key]
+        if not (point.fwd_hooks or point.bwd_hooks):
+            continue
+        x = point(x.transpose(1, 2)).transpose(1, 2) if heads_first else point(x)
+    return x
 
 
 def hooked_attention(
@@ -130,12 +144,10 @@ def hooked_attention(
         raise HookError(
             "hooked attention does not implement attention sinks (s_aux); unhook attention internals"
         )
-    group = _POINTS.get(module)
-    points = group.points if group is not None else None
-    if points is not None:
-        query = _through(points["q"], query)
-        key = _through(points["k"], key)
-        value = _through(points["v"], value)
+    groups = _live_groups(module)
+    query = _fire(groups, "q", query, heads_first=True)
+    key = _fire(groups, "k", key, heads_first=True)
+    value = _fire(groups, "v", value, heads_first=True)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
@@ -153,15 +165,15 @@ def hooked_attention(
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + mask
-    if points is not None:
-        scores = points["attn_scores"](scores)
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    scores = _fire(groups, "attn_scores", scores)
+    if not groups or groups[0].upcast_softmax:
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    else:  # GPT-2, BERT, T5, Whisper: softmax in the scores' own dtype
+        pattern = torch.softmax(scores, dim=-1).to(value.dtype)
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
-    if points is not None:
-        pattern = points["pattern"](pattern)
+    pattern = _fire(groups, "pattern", pattern)
     z = torch.matmul(pattern, value).transpose(1, 2).contiguous()
-    if points is not None:
-        z = points["z"](z)
+    z = _fire(groups, "z", z)
     return z, pattern
 
 

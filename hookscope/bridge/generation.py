@@ -58,6 +58,8 @@ def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> Activat
 
     Attention patterns and scores grow along key positions from step to step; earlier steps are padded
     on the right of ``key_pos`` with 0 (pattern: those keys did not exist yet) or ``-inf`` (scores).
+    A sliding-window cache (Mistral, Gemma 2) gives a step only its most recent keys: those are placed
+    at their absolute positions, padded on the left too.
     Names without a position axis, or present in only some steps, are left out.
     """
     if not steps:
@@ -71,9 +73,7 @@ def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> Activat
         if axis is None:
             continue
         if name.endswith(("hook_pattern", "hook_attn_scores")):
-            fill = 0.0 if name.endswith("hook_pattern") else float("-inf")
-            width = max(t.shape[-1] for t in tensors)
-            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=fill) for t in tensors]
+            tensors = _align_keys(name, tensors)
         try:
             merged[name] = torch.cat(tensors, dim=axis)
         except RuntimeError as err:
@@ -82,3 +82,21 @@ def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> Activat
                 f"{[tuple(t.shape) for t in tensors]}; use the per-step caches instead"
             ) from err
     return ActivationCache(merged, model)
+
+
+def _align_keys(name: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Pad each step's ``[..., query_pos, key_pos]`` so key ``j`` sits at absolute position ``j``.
+
+    Self-attention keys of a step end at its last query (``end``); a step holding fewer keys than
+    ``end`` (a sliding-window cache drops the oldest) is padded on the left. Cross-attention keys are the
+    encoder's positions, the same at every step.
+    """
+    fill = 0.0 if name.endswith("hook_pattern") else float("-inf")
+    ends = torch.tensor([t.shape[-2] for t in tensors]).cumsum(0).tolist()
+    cross = "cross_attn." in name
+    width = max(t.shape[-1] for t in tensors) if cross else max(ends[-1], *(t.shape[-1] for t in tensors))
+    aligned = []
+    for t, end in zip(tensors, ends, strict=True):
+        left = 0 if cross else max(end - t.shape[-1], 0)
+        aligned.append(torch.nn.functional.pad(t, (left, width - left - t.shape[-1]), value=fill))
+    return aligned

@@ -37,6 +37,9 @@ class StackLayout:
     readonly: frozenset[str] = frozenset({"hook_resid_mid"})
     attention: Mapping[str, str]  # "attn" / "cross_attn" -> path of the module calling the attention fn
     rotary: bool = False
+    # the model's eager attention takes its softmax in float32 (Llama-style); False where it takes it in
+    # the activations' dtype (GPT-2, BERT, T5, Whisper), which differs in float64 and half precision
+    upcast_softmax: bool = True
     # canonical suffix -> (config attribute, value it must have for the site to exist)
     requires: Mapping[str, tuple[str, object]] = field(default_factory=dict)
 
@@ -83,9 +86,16 @@ def _heads(q: str, k: str, kind: str = "heads") -> dict[str, SiteSpec]:
     return {"attn.hook_q": (kind, q), "attn.hook_k": (kind, k)}
 
 
-def _llama_like(
-    *, q_kind: str = "heads", q: str = "self_attn.q_proj", k: str = "self_attn.k_proj"
-) -> ModelLayout:
+def _qk_norm(kind: str) -> dict[str, SiteSpec]:
+    """Q/K-norm outputs (Qwen3 per head, OLMo 2 over all heads); hook_q/hook_k stay *before* the norm,
+    as in the native decoder and TransformerLens."""
+    return {
+        "attn.q_norm.hook_normalized": (kind, "self_attn.q_norm"),
+        "attn.k_norm.hook_normalized": (kind, "self_attn.k_norm"),
+    }
+
+
+def _llama_like(*, qk_norm: bool = False) -> ModelLayout:
     sites = _pre_norm_sites(
         attn="self_attn", mlp="mlp", ln1="input_layernorm", ln2="post_attention_layernorm", mlp_parts=_gated()
     )
@@ -95,7 +105,11 @@ def _llama_like(
                 prefix="blocks",
                 blocks="layers",
                 final_norm="norm",
-                sites={**sites, **_heads(q, k, q_kind)},
+                sites={
+                    **sites,
+                    **_heads("self_attn.q_proj", "self_attn.k_proj"),
+                    **(_qk_norm("out") if qk_norm else {}),
+                },
                 attention={"attn": "self_attn"},
                 rotary=True,
             ),
@@ -110,6 +124,7 @@ _GPT2 = ModelLayout(
             blocks="h",
             final_norm="ln_f",
             attention={"attn": "attn"},
+            upcast_softmax=False,
             sites=_pre_norm_sites(
                 attn="attn",
                 mlp="mlp",
@@ -204,7 +219,8 @@ _OLMO2 = ModelLayout(
                 **_gated(),
                 "hook_mlp_out": ("out", "post_feedforward_layernorm"),
                 "hook_resid_post": ("out", ""),
-                **_heads("self_attn.q_norm", "self_attn.k_norm"),
+                **_heads("self_attn.q_proj", "self_attn.k_proj"),
+                **_qk_norm("heads"),
             },
         ),
     )
@@ -218,6 +234,7 @@ _BERT = ModelLayout(
             blocks="encoder.layer",
             final_norm=None,
             attention={"attn": "attention.self"},
+            upcast_softmax=False,
             # post-LN: the residual sum goes only into the LayerNorm, so replacing its input is a full edit
             readonly=frozenset(),
             sites={
@@ -228,8 +245,11 @@ _BERT = ModelLayout(
                 "mlp.hook_pre": ("out", "intermediate.dense"),
                 "mlp.hook_post": ("in", "output.dense"),
                 "hook_mlp_out": ("out", "output.dense"),
+                # TransformerLens's HookedEncoder (and the native BERT): resid_post is the sum before
+                # the LayerNorm; the block output (HF's hidden state) is hook_normalized_resid_post
+                "hook_resid_post": ("in", "output.LayerNorm"),
                 "ln2.hook_normalized": ("out", "output.LayerNorm"),
-                "hook_resid_post": ("out", ""),
+                "hook_normalized_resid_post": ("out", ""),
             },
         ),
     ),
@@ -246,10 +266,12 @@ def _t5_stack(prefix: str) -> StackLayout:
         "hook_resid_mid": ("out", "layer.0"),
     }
     attention = {"attn": "layer.0.SelfAttention"}
-    if decoder:
+    if decoder:  # T5's names: ln1 self-attention, ln2 cross-attention, ln3 feed-forward
+        sites["ln2.hook_normalized"] = ("out", "layer.1.layer_norm")
         sites["hook_cross_attn_out"] = ("out", "layer.1.EncDecAttention")
         sites["hook_resid_mid_cross"] = ("out", "layer.1")
         attention["cross_attn"] = "layer.1.EncDecAttention"
+    sites["ln3.hook_normalized" if decoder else "ln2.hook_normalized"] = ("out", f"{ff}.layer_norm")
     sites["hook_mlp_out"] = ("out", f"{ff}.DenseReluDense")
     sites["hook_resid_post"] = ("out", "")
     return StackLayout(
@@ -260,20 +282,25 @@ def _t5_stack(prefix: str) -> StackLayout:
         sites=sites,
         attention=attention,
         readonly=frozenset(),
+        upcast_softmax=False,
     )
 
 
 def _whisper_stack(prefix: str) -> StackLayout:
     decoder = prefix == "decoder"
+    # Whisper scales q before the attention function: hook_q is the projection, before that scaling
     sites: dict[str, SiteSpec] = {
         "hook_resid_pre": ("in", ""),
         "ln1.hook_normalized": ("out", "self_attn_layer_norm"),
+        "attn.hook_q": ("heads", "self_attn.q_proj"),
         "hook_attn_out": ("out", "self_attn"),
     }
     attention = {"attn": "self_attn"}
     readonly = {"hook_resid_mid"}
-    if decoder:
+    if decoder:  # T5's names: ln1 self-attention, ln2 cross-attention, ln3 MLP
         sites["hook_resid_mid"] = ("in", "encoder_attn_layer_norm")
+        sites["ln2.hook_normalized"] = ("out", "encoder_attn_layer_norm")
+        sites["cross_attn.hook_q"] = ("heads", "encoder_attn.q_proj")
         sites["hook_cross_attn_out"] = ("out", "encoder_attn")
         sites["hook_resid_mid_cross"] = ("in", "final_layer_norm")
         attention["cross_attn"] = "encoder_attn"
@@ -282,7 +309,7 @@ def _whisper_stack(prefix: str) -> StackLayout:
         sites["hook_resid_mid"] = ("in", "final_layer_norm")
     sites.update(
         {
-            "ln2.hook_normalized": ("out", "final_layer_norm"),
+            "ln3.hook_normalized" if decoder else "ln2.hook_normalized": ("out", "final_layer_norm"),
             "mlp.hook_pre": ("out", "fc1"),
             "mlp.hook_post": ("in", "fc2"),
             "hook_mlp_out": ("out", "fc2"),
@@ -297,6 +324,7 @@ def _whisper_stack(prefix: str) -> StackLayout:
         sites=sites,
         attention=attention,
         readonly=frozenset(readonly),
+        upcast_softmax=False,
     )
 
 
@@ -325,7 +353,7 @@ LAYOUTS: dict[str, ModelLayout] = {
     "llama": _llama_like(),
     "mistral": _llama_like(),
     "qwen2": _llama_like(),
-    "qwen3": _llama_like(q_kind="out", q="self_attn.q_norm", k="self_attn.k_norm"),
+    "qwen3": _llama_like(qk_norm=True),
     "gemma2": _GEMMA2,
     "phi3": _PHI3,
     "olmo2": _OLMO2,

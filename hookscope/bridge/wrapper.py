@@ -99,9 +99,9 @@ class WrappedModel(HookedModule):
             self._unmapped[f"{stack.prefix}.*"] = f"no block list '{stack.blocks}' found in this module"
             return False
         self.roles[f"{stack.prefix}"] = blocks
-        d_head = _head_dim(config)
         for i, block in enumerate(blocks):
             base = f"{path}.{i}"
+            d_head = _block_head_dim(block, stack, config)
             for suffix, (kind, sub) in stack.sites.items():
                 name = f"{stack.prefix}.{i}.{suffix}"
                 needed = stack.requires.get(suffix)
@@ -113,9 +113,13 @@ class WrappedModel(HookedModule):
                 self._add_point(name, target, kind, BridgePoint(reason), d_head)  # type: ignore[arg-type]
                 self._canonical[name] = f"{base}.{sub}".rstrip(".") + (".hook_in" if kind == "in" else "")
             for attn_name, sub in stack.attention.items():
-                group = AttentionPoints(f"{stack.prefix}.{i}.{attn_name}", rotary=stack.rotary)
+                group = AttentionPoints(
+                    f"{stack.prefix}.{i}.{attn_name}", rotary=stack.rotary, upcast_softmax=stack.upcast_softmax
+                )
                 groups[block.get_submodule(sub)] = group
                 for name, point in group.named_points():
+                    if name in self.hook_dict:  # a module-boundary site already carries it (Whisper's q)
+                        continue
                     point.name = name
                     self.hook_dict[name] = point
                     self._canonical[name] = f"{base}.{sub} (attention function)"
@@ -281,6 +285,16 @@ class WrappedModel(HookedModule):
             return torch.tanh(logits / cap) * cap if cap else logits
 
         return decode
+
+
+def _block_head_dim(block: nn.Module, stack: StackLayout, config: Any) -> int | None:
+    """``d_head`` of a block's attention: the attention module's own ``head_dim`` where it has one (Whisper's
+    decoder may have other heads than its encoder), else from the config."""
+    for sub in stack.attention.values():
+        head_dim = getattr(block.get_submodule(sub), "head_dim", None)
+        if isinstance(head_dim, int):
+            return head_dim
+    return _head_dim(config)
 
 
 def _head_dim(config: Any) -> int | None:

@@ -22,17 +22,18 @@ def _assert_match(pairs: list[tuple[str, torch.Tensor, torch.Tensor]], dtype: to
     assert problem is None, problem
 
 
-def _stack_pairs(cache, prefix: str, hidden, attentions, final: str | None) -> list:
-    """resid_pre[i] = hidden[i]; resid_post[i] = hidden[i+1] except the last (HF stores it normed)."""
+def _stack_pairs(cache, prefix: str, hidden, attentions, final: str | None, post: str = "hook_resid_post") -> list:
+    """resid_pre[i] = hidden[i]; resid_post[i] = hidden[i+1] except the last (HF stores it normed).
+
+    ``post``: the block-output hook (BERT: ``hook_normalized_resid_post``, after the post-LN)."""
     n = len(attentions)
     pairs = [
         (f"{prefix}.{i}.hook_resid_pre", cache[f"{prefix}.{i}.hook_resid_pre"], hidden[i]) for i in range(n)
     ]
     pairs += [
-        (f"{prefix}.{i}.hook_resid_post", cache[f"{prefix}.{i}.hook_resid_post"], hidden[i + 1])
-        for i in range(n - 1)
+        (f"{prefix}.{i}.{post}", cache[f"{prefix}.{i}.{post}"], hidden[i + 1]) for i in range(n - 1)
     ]
-    last = final if final is not None else f"{prefix}.{n - 1}.hook_resid_post"
+    last = final if final is not None else f"{prefix}.{n - 1}.{post}"
     pairs.append((last, cache[last], hidden[n]))
     pairs += [
         (f"{prefix}.{i}.attn.hook_pattern", cache[f"{prefix}.{i}.attn.hook_pattern"], attentions[i])
@@ -79,7 +80,7 @@ def test_bert_post_ln_encoder() -> None:
     with torch.no_grad():
         ref = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
         out, cache = wrap(model).run_with_cache(ids, attention_mask=mask, names_filter=_canonical)
-    pairs = _stack_pairs(cache, "blocks", ref.hidden_states, ref.attentions, None)
+    pairs = _stack_pairs(cache, "blocks", ref.hidden_states, ref.attentions, None, "hook_normalized_resid_post")
     _assert_match(
         [*pairs, ("last_hidden_state", out.last_hidden_state, ref.last_hidden_state)], torch.float32
     )
