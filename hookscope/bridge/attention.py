@@ -54,13 +54,18 @@ class AttentionPoints:
         return any(p.fwd_hooks or p.bwd_hooks for p in self.points.values())
 
 
+# id(config) -> [number of switches holding it on "hookscope", the implementation to restore]: two
+# wrappers of one model switch it on and off in any order and the model still ends on its own setting.
+_HELD: dict[int, list[Any]] = {}
+
+
 class AttentionSwitch:
     """Switches a model's configs to the hooked attention while any attention point listens."""
 
     def __init__(self, root: nn.Module, groups: dict[nn.Module, AttentionPoints]) -> None:
         self.groups = groups
         self.configs = _configs_of(root)
-        self.saved: list[Any] | None = None
+        self.on = False
         for module, group in groups.items():
             refs = [r for r in _POINTS.get(module, []) if r() is not None]
             _POINTS[module] = [*refs, weakref.ref(group)]
@@ -69,15 +74,23 @@ class AttentionSwitch:
 
     def sync(self) -> None:
         active = any(group.active for group in self.groups.values())
-        if active and self.saved is None:
-            self.saved = [cfg._attn_implementation for cfg in self.configs]
+        if active and not self.on:
+            # Save every value before setting any: a parent's setter may also set its sub-configs.
+            saved = [cfg._attn_implementation for cfg in self.configs]
+            for cfg, value in zip(self.configs, saved, strict=True):
+                _HELD.setdefault(id(cfg), [0, value])[0] += 1
             for cfg in self.configs:
                 cfg._attn_implementation = IMPLEMENTATION
-        elif not active and self.saved is not None:
+            self.on = True
+        elif not active and self.on:
             # Parents come before their sub-configs, so each sub-config ends with its own value.
-            for cfg, value in zip(self.configs, self.saved, strict=True):
-                cfg._attn_implementation = value
-            self.saved = None
+            for cfg in self.configs:
+                held = _HELD[id(cfg)]
+                held[0] -= 1
+                if held[0] == 0:
+                    del _HELD[id(cfg)]
+                    cfg._attn_implementation = held[1]
+            self.on = False
 
 
 def _configs_of(root: nn.Module) -> list[Any]:

@@ -155,3 +155,22 @@ def test_sliding_window_per_step_patterns_concatenate_to_the_full_forward(layout
         merged = concat_steps(steps)
         _, full = wrapped.run_with_cache(out[:, :-1], names_filter=names)
     _assert_caches_equal(merged, full, names)
+
+
+def test_two_wrappers_hooking_attention_in_interleaved_order_restore_the_implementation() -> None:
+    hf = M.decoder("llama", attn="sdpa")
+    ids = M.tokens()
+    first, second = wrap(hf), wrap(hf)
+    seen: list[str] = []
+
+    def record(t: torch.Tensor, hook) -> None:
+        seen.append(hook.name)
+
+    with torch.no_grad():
+        first.add_hook("blocks.0.attn.hook_pattern", record)
+        second.add_hook("blocks.1.attn.hook_pattern", record)
+        first.reset_hooks()  # the first lets go while the second still listens
+        second(ids)
+        second.reset_hooks()
+    assert seen == ["blocks.1.attn.hook_pattern"]
+    assert hf.config._attn_implementation == "sdpa"
