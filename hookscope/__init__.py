@@ -38,6 +38,12 @@ _EXPORTS: dict[str, str] = {
     "logit_lens": "hookscope.analysis.lens",
     "LensResult": "hookscope.analysis.lens",
     "partial_forward": "hookscope.analysis.partial",
+    "accumulated_resid": "hookscope.analysis.residual",
+    "decompose_resid": "hookscope.analysis.residual",
+    "stack_head_results": "hookscope.analysis.residual",
+    "apply_ln_to_stack": "hookscope.analysis.residual",
+    "logit_attrs": "hookscope.analysis.residual",
+    "tokens_to_residual_directions": "hookscope.analysis.residual",
     "keep_freed_memory": "hookscope.memory",
     "release_freed_memory": "hookscope.memory",
 }
@@ -61,6 +67,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from hookscope.analysis.lens import LensResult, logit_lens
     from hookscope.analysis.partial import partial_forward
+    from hookscope.analysis.residual import (
+        accumulated_resid,
+        apply_ln_to_stack,
+        decompose_resid,
+        logit_attrs,
+        stack_head_results,
+        tokens_to_residual_directions,
+    )
     from hookscope.analysis.vision import attention_rollout, class_lens, save_attention_overlay
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap

@@ -90,6 +90,40 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return torch.stack(layers)
 
 
+    # ------------------------------------------------------------------ TransformerLens analysis helpers
+    # Thin delegations so TransformerLens code (``cache.decompose_resid(...)``) runs unchanged; the
+    # analysis itself lives in hookscope.analysis.residual as free functions over the cache.
+    def accumulated_resid(self, *args: Any, **kwargs: Any) -> Any:
+        """See :func:`hookscope.analysis.residual.accumulated_resid`."""
+        from hookscope.analysis.residual import accumulated_resid
+
+        return accumulated_resid(self, *args, **kwargs)
+
+    def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
+        """See :func:`hookscope.analysis.residual.decompose_resid`."""
+        from hookscope.analysis.residual import decompose_resid
+
+        return decompose_resid(self, *args, **kwargs)
+
+    def stack_head_results(self, *args: Any, **kwargs: Any) -> Any:
+        """See :func:`hookscope.analysis.residual.stack_head_results`."""
+        from hookscope.analysis.residual import stack_head_results
+
+        return stack_head_results(self, *args, **kwargs)
+
+    def apply_ln_to_stack(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """See :func:`hookscope.analysis.residual.apply_ln_to_stack`."""
+        from hookscope.analysis.residual import apply_ln_to_stack
+
+        return apply_ln_to_stack(self, *args, **kwargs)
+
+    def logit_attrs(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """See :func:`hookscope.analysis.residual.logit_attrs`."""
+        from hookscope.analysis.residual import logit_attrs
+
+        return logit_attrs(self, *args, **kwargs)
+
+
 def make_caching_hooks(
     names: Sequence[str],
     store: dict[str, torch.Tensor],
