@@ -11,7 +11,13 @@ import torch
 from hookscope.generation.beam import beam_search
 from hookscope.generation.compiled import compiled_step
 from hookscope.generation.decode import Decoding
-from hookscope.generation.settings import EarlyStopping, check_context, make_settings, prepare_prompts
+from hookscope.generation.settings import (
+    EarlyStopping,
+    check_context,
+    infer_padding_mask,
+    make_settings,
+    prepare_prompts,
+)
 from hookscope.generation.step_cache import StepRecorder
 from hookscope.names import NamesFilter
 
@@ -48,7 +54,9 @@ def generate(
 
     Args:
         inputs: a string, a list of strings, token ids ``[pos]`` / ``[batch, pos]`` (with ``attention_mask``
-            when left-padded), or a list of token sequences of different lengths (left-padded for you).
+            when left-padded; without one, pad-id tokens are taken as padding when the pad id is not an
+            EOS id, as HF ``generate`` does), or a list of token sequences of different lengths (left-padded
+            for you).
         max_new_tokens: tokens to add; prompt + new must fit in the model's context.
         do_sample: sample from the processed distribution instead of taking the most likely token.
         temperature, top_k, top_p, min_p: sampling filters (HF semantics, applied in HF's order).
@@ -86,6 +94,8 @@ def generate(
     )
     _check_outputs(model, return_type, return_cache, return_beams, num_beams)
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
+    if attention_mask is None and isinstance(inputs, torch.Tensor):
+        mask = infer_padding_mask(model, tokens, pad_token_id, s.eos_token_ids)
     check_context(model, tokens.shape[1], max_new_tokens)
     with torch.no_grad():
         if num_beams > 1:
@@ -126,6 +136,8 @@ def generate_stream(
         raise TypeError(f"generate_stream got unexpected arguments {sorted(unknown)}")
     s = make_settings(model, max_new_tokens, **{**defaults, **kwargs})
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
+    if attention_mask is None and isinstance(inputs, torch.Tensor):
+        mask = infer_padding_mask(model, tokens, kwargs.get("pad_token_id"), s.eos_token_ids)
     check_context(model, tokens.shape[1], max_new_tokens)
     return iter(Decoding(model, tokens, mask, s, trim_logits=True))  # arguments checked now, not at next()
 
@@ -163,7 +175,7 @@ def _format(
     if return_type == "tokens":
         return seqs
     batch, width = seqs.shape
-    starts = [0] * batch if mask is None else (mask == 0).sum(dim=1).tolist()
+    starts = [0] * batch if mask is None else (mask.cumsum(dim=1) == 0).sum(dim=1).tolist()  # leading padding
     stops = [width] * batch if ends is None else ends.clamp(max=width).tolist()
     rows = [row[a:b] for row, a, b in zip(seqs.tolist(), starts, stops)]
     texts = model.tokenizer.batch_decode(rows, skip_special_tokens=True)

@@ -197,3 +197,20 @@ def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
             f"lower max_new_tokens to at most "
             f"{max(n_ctx - prompt_len, 0)}"
         )
+
+
+def infer_padding_mask(
+    model: Any, tokens: torch.Tensor, pad_token_id: int | None, eos_ids: tuple[int, ...]
+) -> torch.Tensor | None:
+    """HF ``generate``'s rule for a token tensor given without ``attention_mask``: when the pad id
+    (``pad_token_id``, else the model config's) occurs in the prompt and is not an EOS id, every
+    occurrence is padding. Returns that mask, or None (no padding known). A prompt that ends with the
+    pad id (right padding, which HF only warns about) is left unmasked: generation continues from it."""
+    pad = pad_token_id
+    if pad is None:
+        from_config = _config_ids(model, "pad_token_id")
+        pad = from_config[0] if from_config else None
+    if pad is None or pad in eos_ids or not bool((tokens == pad).any()) or bool((tokens[:, -1] == pad).any()):
+        return None
+    return (tokens != pad).long()
+
