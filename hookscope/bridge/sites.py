@@ -43,13 +43,18 @@ class BridgePoint(HookPoint):
         prepend: bool = False,
         permanent: bool = False,
         level: int | None = None,
+        final: bool = False,
     ) -> None:
         if self.readonly_reason is not None and dir == "bwd":
             raise HookError(
                 f"'{self.name}' is observe-only on a wrapped model ({self.readonly_reason}); "
                 "its gradient would be partial, so backward hooks are refused"
             )
-        super().add_hook(fn, dir=dir, prepend=prepend, permanent=permanent, level=level)
+        super().add_hook(fn, dir=dir, prepend=prepend, permanent=permanent, level=level, final=final)
+        self._notify()
+
+    def remove_hook(self, fn: HookFn) -> None:
+        super().remove_hook(fn)
         self._notify()
 
     def remove_hooks(self, *args: Any, **kwargs: Any) -> None:
