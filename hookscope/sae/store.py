@@ -75,6 +75,13 @@ def _default_run(model: HookedModule, batch: Any) -> Any:
     return model(batch)
 
 
+def runner_for(model: HookedModule, hook_name: str) -> RunFn:
+    """How to run a batch: an encoder hook of an encoder-decoder (``model.encode``) runs the encoder alone."""
+    if hook_name.startswith("encoder") and callable(getattr(model, "encode", None)):
+        return lambda m, batch: m.encode(*batch) if isinstance(batch, tuple) else m.encode(batch)  # type: ignore[attr-defined]
+    return _default_run
+
+
 def activations_at(
     model: HookedModule, hook_name: str, batch: Any, run: RunFn | None = None, select: SelectFn | None = None,
     skip_first_positions: int = 0,
@@ -82,7 +89,8 @@ def activations_at(
     """The activation rows ``[n, d]`` of one batch at ``hook_name`` (the forward stops after the hook).
 
     Args:
-        run: how to call the model on a batch (default: ``model(batch)``; e.g. ``lambda m, x: m.encode(x)``).
+        run: how to call the model on a batch (default: ``model(batch)``; for ``encoder.*`` hooks of a
+            model with an ``encode`` method, ``model.encode(batch)``, so Whisper needs no decoder tokens).
         select: turns the raw activation (e.g. ``[batch, pos, d_model]``) and the batch into rows;
             default: every position, after dropping the first ``skip_first_positions``.
     """
@@ -96,7 +104,7 @@ def activations_at(
 
     with model.hooks(fwd_hooks=[(hook_name, capture)]), torch.no_grad():
         try:
-            (run or _default_run)(model, batch)
+            (run or runner_for(model, hook_name))(model, batch)
         except StopForward:
             pass
     if not seen:

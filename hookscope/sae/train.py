@@ -160,7 +160,8 @@ def train_sae(
         config: a :class:`SAETrainingConfig`.
 
     Returns:
-        the trained SAE in eval mode, its activation scale folded into the weights; ``sae.history`` holds
+        the trained SAE in eval mode, reading raw activations (the activation scale folded into the
+        weights) with unit-norm decoder rows; ``sae.history`` holds
         the logged metrics (one dict per ``log_every`` steps).
     """
     cfg = config
@@ -188,6 +189,7 @@ def train_sae(
     sae.history = trainer.history
     sae.eval()
     sae.fold_activation_norm_scaling_factor()
+    sae.fold_W_dec_norm()  # unit decoder rows; for TopK all rows shared one norm, so the top k are unchanged
     return sae
 
 
@@ -262,7 +264,7 @@ class _Trainer:
             self._resample(x, parts["recons"])
         if step % c.log_every and step != c.total_steps - 1:
             return None
-        metrics = {"step": float(step), "loss": float(loss), **batch_metrics(x, parts["recons"], parts["acts"]),
+        metrics = {"step": float(step), "loss": float(loss.detach()), **batch_metrics(x, parts["recons"], parts["acts"]),
                    "dead_fraction": float(dead.float().mean()), "lr": self.lr_at(step)}
         self.history.append(metrics)
         if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and _dist()[0] == 0:
