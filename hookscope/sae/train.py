@@ -264,7 +264,8 @@ class _Trainer:
             self._resample(x, parts["recons"])
         if step % c.log_every and step != c.total_steps - 1:
             return None
-        metrics = {"step": float(step), "loss": float(loss.detach()), **batch_metrics(x, parts["recons"], parts["acts"]),
+        metrics = {"step": float(step), "loss": float(loss.detach()),
+                   **batch_metrics(x, parts["recons"], parts["acts"]),
                    "dead_fraction": float(dead.float().mean()), "lr": self.lr_at(step)}
         self.history.append(metrics)
         if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and _dist()[0] == 0:
