@@ -73,33 +73,40 @@ def _logits(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_sae(
     model: HookedModule, sae: SAE, tokens: torch.Tensor, *, hook_name: str | None = None, batch_size: int = 8,
+    skip_first_positions: int = 0,
 ) -> SAEEvaluation:
     """Evaluate ``sae`` on a language model over ``tokens`` ``[n, pos]``.
 
-    The loss is the mean next-token cross-entropy over every position; "mean ablation" replaces the
-    activation by its mean over all rows of ``tokens``.
+    The loss is the mean next-token cross-entropy over the predictions made at positions
+    ``>= skip_first_positions``; the reconstruction, zero and mean ablations replace the activation only
+    at those positions (``skip_first_positions=1`` leaves BOS, whose activation is an outlier an SAE is
+    usually not trained on, untouched). "Mean ablation" uses the mean over every replaced row of ``tokens``.
     """
     name = hook_name or sae.hook_name
     if name is None:
         raise ValueError("evaluate_sae needs hook_name= (the SAE's config records none)")
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
-        raise ValueError("evaluate_sae takes token ids [batch, pos]")
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] <= skip_first_positions + 1:
+        raise ValueError("evaluate_sae takes token ids [batch, pos] with pos > skip_first_positions + 1")
+    s = skip_first_positions
     batches = tokens.split(batch_size)
-    acts = [model.run_with_cache(b, names_filter=name)[1][name] for b in batches]
+    acts = [model.run_with_cache(b, names_filter=name)[1][name][:, s:] for b in batches]
     mean_act = torch.cat([a.reshape(-1, *a.shape[2:]) for a in acts]).mean(0)
-    totals = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "mean": 0.0, "kl": 0.0}
+    replace = {
+        "spliced": lambda a: sae(a),
+        "zero": torch.zeros_like,
+        "mean": lambda a: mean_act.expand_as(a),
+    }
+    totals = dict.fromkeys(["clean", "spliced", "zero", "mean", "kl"], 0.0)
     count = 0
     for batch in batches:
-        clean = _logits(model(batch))
-        with model.saes({name: sae}):
-            spliced = _logits(model(batch))
-        zero = _logits(model.run_with_hooks(batch, fwd_hooks=[(name, lambda a, hook: torch.zeros_like(a))]))
-        mean = _logits(model.run_with_hooks(batch, fwd_hooks=[(name, lambda a, hook: mean_act.expand_as(a))]))
-        for key, logits in (("clean", clean), ("spliced", spliced), ("zero", zero), ("mean", mean)):
-            totals[key] += float(next_token_loss(logits, batch).sum())
-        log_p, log_q = F.log_softmax(clean.double(), -1), F.log_softmax(spliced.double(), -1)
-        totals["kl"] += float((log_p.exp() * (log_p - log_q)).sum(-1)[:, :-1].sum())
-        count += batch.shape[0] * (batch.shape[1] - 1)
+        logits = {"clean": _logits(model(batch))}
+        for key, fn in replace.items():
+            logits[key] = _logits(model.run_with_hooks(batch, fwd_hooks=[(name, _from_position(s, fn))]))
+        for key, value in logits.items():
+            totals[key] += float(next_token_loss(value, batch)[:, s:].sum())
+        log_p, log_q = F.log_softmax(logits["clean"].double(), -1), F.log_softmax(logits["spliced"].double(), -1)
+        totals["kl"] += float((log_p.exp() * (log_p - log_q)).sum(-1)[:, s:-1].sum())
+        count += batch.shape[0] * (batch.shape[1] - 1 - s)
     m = {k: v / count for k, v in totals.items()}
     rec = reconstruction_metrics(sae, torch.cat([a.reshape(-1, sae.cfg.d_in) for a in acts]))
     return SAEEvaluation(
@@ -108,6 +115,15 @@ def evaluate_sae(
         loss_recovered=_recovered(m["zero"], m["spliced"], m["clean"]),
         loss_recovered_vs_mean=_recovered(m["mean"], m["spliced"], m["clean"]),
     )
+
+
+def _from_position(start: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        if start == 0:
+            return fn(act).to(act.dtype)
+        return torch.cat([act[:, :start], fn(act[:, start:]).to(act.dtype)], dim=1)
+
+    return hook
 
 
 def _recovered(ablated: float, spliced: float, clean: float) -> float:

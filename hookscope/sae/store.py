@@ -40,6 +40,8 @@ def pack_text(model: Any, texts: Sequence[str], context_size: int, prepend_bos: 
     bos = tok.bos_token_id if prepend_bos and tok.bos_token_id is not None else None
     stream: list[int] = []
     for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"pack_text takes strings; got a {type(text).__name__}")
         stream.extend(tok(text, add_special_tokens=False)["input_ids"])
         if sep is not None:
             stream.append(sep)

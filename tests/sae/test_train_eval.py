@@ -155,3 +155,16 @@ def test_training_on_a_tensor_of_activations_and_config_errors() -> None:
     with pytest.raises(ValueError, match="checkpoint_dir"):
         SAETrainingConfig(checkpoint_every=5)
     assert SAEConfig(d_in=3, d_sae=4).architecture == "standard"
+
+
+def test_evaluation_can_leave_the_first_position_unspliced(text_model) -> None:
+    tokens = random_tokens(4, 8)
+    name = "blocks.1.hook_resid_post"
+    sae = train_sae(text_model, name, tokens, _config("topk", training_tokens=64 * 3))
+    ev = evaluate_sae(text_model, sae, tokens, skip_first_positions=1)
+    resid = text_model(tokens, stop_at_layer=2).detach()
+    with torch.no_grad():
+        patched = torch.cat([resid[:, :1], sae(resid[:, 1:])], dim=1)
+        logits = text_model(patched, start_at_layer=2, tokens=tokens)
+    expected = F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]).double(), tokens[:, 2:].reshape(-1))
+    assert math.isclose(ev.spliced_loss, float(expected), rel_tol=1e-5)
