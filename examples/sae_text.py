@@ -64,7 +64,7 @@ def main() -> None:
     acts = harvest(model, hook, train_tokens, batch_size=8, skip_first_positions=1)  # BOS is an outlier
     harvest_s = time.time() - t0
     cfg = SAETrainingConfig(
-        architecture="topk", d_sae=args.d_sae, k=args.k, batch_size=512, lr=4e-4, lr_warmup_steps=20,
+        architecture="topk", d_sae=args.d_sae, k=args.k, batch_size=512, lr=1e-3, lr_warmup_steps=20,
         training_tokens=int(len(acts) * args.epochs), lr_decay_steps=int(len(acts) * args.epochs) // 512 // 5,
         buffer_size=16384, dead_feature_window=100, seed=0,
     )
