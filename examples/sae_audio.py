@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--out", default="sae-audio")
     args = p.parse_args()
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # denormal activations slow CPU kernels many times over
     model = hookscope.load("whisper-tiny.en", progress=False)
     hook = f"encoder.{args.layer}.hook_resid_post"
     texts = sentences(args.clips + args.eval_clips)

@@ -79,7 +79,11 @@ def read_texts(path: str | None) -> list[str]:
 
 
 def _rows(model: Any, args: argparse.Namespace, n_rows: int) -> Any:
+    import torch
+
     from hookscope.sae import pack_text
+
+    torch.set_flush_denormal(True)  # a CLI run owns the process: denormal activations slow CPU kernels a lot
 
     texts = read_texts(args.text)
     skip = args.skip if len(texts) > args.skip else 0

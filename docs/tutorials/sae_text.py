@@ -24,6 +24,7 @@ from hookscope.viz.sae_views import text_cards
 
 SMALL = os.environ.get("HOOKSCOPE_TUTORIAL_SMALL") == "1"
 torch.set_num_threads(1)
+torch.set_flush_denormal(True)  # SmolLM2's activations hold denormals that slow CPU kernels many times over
 model = hookscope.load("smollm2-135m", progress=False)
 HOOK = "blocks.15.hook_resid_post"
 
