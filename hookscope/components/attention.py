@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hookscope.components.masks import AttentionMask
+from hookscope.components.masks import AttentionMask, mask_fill_dtype
 from hookscope.components.rotary import apply_rotary
 from hookscope.hooks import HookPoint, hooks_active
 
@@ -300,8 +300,7 @@ class Attention(HeadWeightViews, nn.Module):
             scores = soft_cap(scores, self.softcap)
         if position_bias is not None:
             scores = scores + position_bias
-        narrowest = self.softmax_dtype if self.softmax_dtype is not None else scores.dtype
-        fill = narrowest if torch.finfo(narrowest).bits < torch.finfo(scores.dtype).bits else None
+        fill = mask_fill_dtype(scores.dtype, self.softmax_dtype)
         scores = self.hook_attn_scores(scores + mask.bias(window, scores.dtype, fill))
         pattern = F.softmax(scores, dim=-1, dtype=self.softmax_dtype).to(q.dtype)
         pattern = self.hook_pattern(pattern)
