@@ -203,9 +203,9 @@ class T5Encoder(LanguageModelMixin, HookedModule):
     ) -> torch.Tensor:
         """The encoder output ``[batch, pos, d_model]`` (after its final norm): HF ``last_hidden_state``."""
         tokens, attention_mask = self._tokens(input, attention_mask)
-        return self._encode(tokens, attention_mask)
+        return self._run_encoder(tokens, attention_mask)
 
-    def _encode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _run_encoder(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         _check_device("input", tokens, self)
         if attention_mask is not None and attention_mask.device != tokens.device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but the input is on {tokens.device}")
@@ -273,7 +273,7 @@ class T5(T5Encoder):
         cross_cached = cache is not None and cache.cross[0].filled
         if encoder_output is None and input is not None:
             tokens, attention_mask = self._tokens(input, attention_mask)
-            encoder_output = self._encode(tokens, attention_mask)
+            encoder_output = self._run_encoder(tokens, attention_mask)
         elif encoder_output is None and not cross_cached:
             raise ValueError("pass the encoder input (token ids or text) or encoder_output=")
         if decoder_input_ids is None:
