@@ -15,12 +15,10 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "HookPoint": "hookscope.hooks",
     "HookedModule": "hookscope.hooks",
-    "HookError": "hookscope.hooks",
     "StopForward": "hookscope.hooks",
     "ActivationCache": "hookscope.cache",
     "get_act_name": "hookscope.names",
     "load": "hookscope.loading",
-    "LoadError": "hookscope.loading",
     "DecoderConfig": "hookscope.models.decoder_config",
     "Decoder": "hookscope.models.decoder",
     "Bert": "hookscope.models.bert",
@@ -44,8 +42,14 @@ _EXPORTS: dict[str, str] = {
     "apply_ln_to_stack": "hookscope.analysis.residual",
     "logit_attrs": "hookscope.analysis.residual",
     "tokens_to_residual_directions": "hookscope.analysis.residual",
-    "keep_freed_memory": "hookscope.memory",
-    "release_freed_memory": "hookscope.memory",
+    "HookscopeError": "hookscope.errors",
+    "LoadError": "hookscope.errors",
+    "SourceNotFoundError": "hookscope.errors",
+    "SourceTypeError": "hookscope.errors",
+    "ConversionError": "hookscope.errors",
+    "ConfigError": "hookscope.errors",
+    "HookError": "hookscope.errors",
+    "HookNameError": "hookscope.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -79,10 +83,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap
     from hookscope.cache import ActivationCache
+    from hookscope.errors import (
+        ConfigError,
+        ConversionError,
+        HookError,
+        HookNameError,
+        HookscopeError,
+        LoadError,
+        SourceNotFoundError,
+        SourceTypeError,
+    )
     from hookscope.generation.api import generate
-    from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
-    from hookscope.loading import LoadError, load
-    from hookscope.memory import keep_freed_memory, release_freed_memory
+    from hookscope.hooks import HookedModule, HookPoint, StopForward
+    from hookscope.loading import load
     from hookscope.models.bert import Bert
     from hookscope.models.decoder import Decoder
     from hookscope.models.decoder_config import DecoderConfig
