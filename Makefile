@@ -14,6 +14,7 @@ demo: $(BASE_STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m ruff check hookscope tests benchmarks examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -x --durations=15
 
 setup: $(DEV_STAMP)

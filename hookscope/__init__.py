@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from hookscope import extensions as _extensions
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
@@ -29,9 +31,11 @@ _EXPORTS: dict[str, str] = {
     "wrap": "hookscope.bridge",
     "WrappedModel": "hookscope.bridge",
     "generate": "hookscope.generation.api",
+    "generate_stream": "hookscope.generation.api",
+    "to_hf": "hookscope.convert.export",
     "class_lens": "hookscope.analysis.vision",
     "attention_rollout": "hookscope.analysis.vision",
-    "save_attention_overlay": "hookscope.analysis.vision",
+    "save_attention_overlay": "hookscope.viz.vision_plot",
     "load_audio": "hookscope.audio",
     "logit_lens": "hookscope.analysis.lens",
     "LensResult": "hookscope.analysis.lens",
@@ -53,6 +57,22 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+# Methods of a lower layer that an upper layer implements (see hookscope/extensions.py): name ->
+# "module:function", imported on first call, so that models never import convert or generation and
+# analysis results never import viz.
+_IMPLEMENTATIONS: dict[str, str] = {
+    "to_hf": "hookscope.convert.export:to_hf",
+    "generate": "hookscope.generation.api:generate",
+    "generate_stream": "hookscope.generation.api:generate_stream",
+    "generate_seq2seq": "hookscope.generation.seq2seq:generate_seq2seq",
+    "whisper_generate": "hookscope.generation.whisper_decode:generate",
+    "whisper_transcribe": "hookscope.generation.whisper_decode:transcribe",
+    "plot_lens": "hookscope.viz.lens_plot:plot_lens",
+    "lens_html": "hookscope.viz.lens_plot:lens_html",
+    "lens_table": "hookscope.viz.lens_plot:lens_table",
+}
+_extensions.provide(_IMPLEMENTATIONS)
 
 
 def __getattr__(name: str) -> Any:
@@ -79,10 +99,11 @@ if TYPE_CHECKING:  # pragma: no cover
         stack_head_results,
         tokens_to_residual_directions,
     )
-    from hookscope.analysis.vision import attention_rollout, class_lens, save_attention_overlay
+    from hookscope.analysis.vision import attention_rollout, class_lens
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap
     from hookscope.cache import ActivationCache
+    from hookscope.convert.export import to_hf
     from hookscope.errors import (
         ConfigError,
         ConversionError,
@@ -93,7 +114,7 @@ if TYPE_CHECKING:  # pragma: no cover
         SourceNotFoundError,
         SourceTypeError,
     )
-    from hookscope.generation.api import generate
+    from hookscope.generation.api import generate, generate_stream
     from hookscope.hooks import HookedModule, HookPoint, StopForward
     from hookscope.loading import load
     from hookscope.models.bert import Bert
@@ -103,3 +124,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.models.vit import ViT
     from hookscope.models.whisper import Whisper
     from hookscope.names import get_act_name
+    from hookscope.viz.vision_plot import save_attention_overlay

@@ -25,9 +25,11 @@ from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm
 from hookscope.components.relative_bias import RelativePositionBias
+from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
-from hookscope.models.lm_mixin import LanguageModelMixin
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.t5_config import T5Config
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", None]
 
@@ -157,7 +159,7 @@ class DecoderBlock(nn.Module):
         return kv if cross_kv is None else cross_kv.update(*kv)
 
 
-class T5Encoder(LanguageModelMixin, HookedModule):
+class T5Encoder(LanguageModelMixin, ExportMixin, HookedModule):
     """The T5 encoder alone (HF ``T5EncoderModel``): token ids in, ``[batch, pos, d_model]`` out."""
 
     def __init__(self, cfg: T5Config) -> None:
@@ -323,9 +325,7 @@ class T5(T5Encoder):
 
     def generate(self, input: Any, max_new_tokens: int = 20, **kwargs: Any) -> torch.Tensor:
         """Greedy or beam-search decoding; see :func:`hookscope.generation.seq2seq.generate_seq2seq`."""
-        from hookscope.generation.seq2seq import generate_seq2seq
-
-        return generate_seq2seq(self, input, max_new_tokens=max_new_tokens, **kwargs)
+        return implementation("generate_seq2seq")(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tokenizer helpers shared by language models: text in, tokens out, and back.
+"""Text <-> token ids, shared by the language models and generation: text in, tokens out, and back.
 
 BOS follows the model's own HF tokenizer (``add_special_tokens``) unless ``prepend_bos`` says otherwise,
 and is never added twice.
