@@ -29,7 +29,8 @@ Direction = Literal["fwd", "bwd"]
 
 
 class HookError(RuntimeError):
-    """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
+    """A hook misbehaved: it returned something that cannot replace the activation (wrong kind, shape, dtype
+    or device). An exception a hook raises itself propagates unchanged, with a note naming the hook."""
 
 
 class StopForward(Exception):
@@ -126,14 +127,17 @@ def _hook_label(fn: HookFn) -> str:
 
 
 def _call_hook(fn: HookFn, x: Any, point: HookPoint, phase: str) -> Any:
+    """Run one hook. Its own exception reaches the caller with its own type (``except ValueError`` keeps
+    working), with a note naming the hook and the hook point."""
     try:
         return fn(x, hook=point)
     except (StopForward, HookError):
         raise
     except Exception as err:
-        raise HookError(
-            f"{phase} hook {_hook_label(fn)} on '{point.name}' raised {type(err).__name__}: {err}"
-        ) from err
+        note = f"raised in {phase} hook {_hook_label(fn)} on '{point.name}'"
+        if hasattr(err, "add_note") and note not in getattr(err, "__notes__", ()):
+            err.add_note(note)  # Python 3.11+
+        raise
 
 
 def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> Any:

@@ -264,6 +264,10 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         logits_to_keep: int | None = None,
     ) -> Any:
         if return_type is None:
+            # as TransformerLens: the final norm still runs (its hooks fire and are cached), only the
+            # unembedding is skipped; without hooks on it there is nothing to observe, so skip it too
+            if hooks_active((self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+                self.ln_final(x)
             return None
         normalized = self.ln_final(x)
         if logits_to_keep is not None:
