@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from hookscope.hooks import observe_only
 from hookscope.names import get_act_name, position_axis, suggest_names
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def make_caching_hooks(
 
         return cache_hook
 
-    fwd = [(n, save("")) for n in names]
+    fwd = [(n, observe_only(save(""))) for n in names]
     bwd = [(n, save("_grad")) for n in names] if incl_bwd else []
     return fwd, bwd
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from hookscope.components.masks import AttentionMask
 from hookscope.components.rotary import apply_rotary
-from hookscope.hooks import HookPoint, hooks_active
+from hookscope.hooks import HookPoint, hooks_active, hooks_editing
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -202,14 +202,20 @@ class Attention(HeadWeightViews, nn.Module):
         # float64 is for verification: there reproduce HF eager's float32 softmax exactly instead of
         # SDPA's more precise float64 one (they differ by ~1e-7)
         mirror_fp32_softmax = q.dtype == torch.float64 and self.softmax_dtype == torch.float32
-        if self.softcap is not None or mirror_fp32_softmax or hooks_active(self._explicit_points):
+        # Hooks that only observe (a cache) leave the numbers as the un-hooked forward's: the fused kernel
+        # computes z and the explicit path runs beside it for them, so run_with_cache == forward exactly.
+        explicit = (self.hook_attn_scores, self.hook_pattern)
+        if self.softcap is not None or mirror_fp32_softmax or hooks_editing(explicit):
             z = self._explicit(q, k, v, mask, window)
         else:
             z = self._fused(q, k, v, mask, window)
+            if hooks_active(explicit):
+                self._explicit(q, k, v, mask, window)  # for the observers only
         z = self.hook_z(z)
         if self.hook_result.has_hooks:
             result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
+            if hooks_editing((self.hook_result,)):
+                return result.sum(dim=2) + self.b_O
         return self.o_proj(z.reshape(*z.shape[:2], self.n_heads * self.d_head))
 
     def _explicit(
