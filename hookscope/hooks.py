@@ -43,6 +43,14 @@ class _Hook:
     permanent: bool
     level: int | None
 
+    @property
+    def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
+        return self.permanent
+
+    @property
+    def context_level(self) -> int | None:
+        return self.level
+
 
 class HookPoint(nn.Module):
     """An identity on one named activation; hooks attached here observe or replace it.
@@ -189,6 +197,8 @@ def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
+            if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return
+                out = out[0]
             if out is not None:
                 grad = _checked_replacement(out, grad, point.name, hook.fn)
         return grad

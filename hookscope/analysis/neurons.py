@@ -25,6 +25,7 @@ from hookscope.analysis.residual import (
     _n_layers,
     _pos_index,
     _refuse_post_norm,
+    _resid_at,
     apply_ln_to_stack,
     decompose_resid,
     slice_positions,
@@ -72,12 +73,12 @@ def stack_neuron_results(
         labels.extend(f"L{i}N{int(n)}" for n in ids)
     stack = torch.cat(parts) if parts else None
     if incl_remainder:
-        resid = slice_positions(_get(cache, f"blocks.{layer - 1}.hook_resid_post", "stack_neuron_results"), pos_slice)
+        resid = slice_positions(_resid_at(cache, model, layer, False, "stack_neuron_results")[0], pos_slice)
         rest = (resid - stack.sum(0) if stack is not None else resid)[None]
         stack = rest if stack is None else torch.cat([stack, rest])
         labels.append("remainder")
     if stack is None:
-        embed = slice_positions(_get(cache, "hook_embed", "stack_neuron_results"), pos_slice)
+        embed = slice_positions(_resid_at(cache, model, 0, False, "stack_neuron_results")[0], pos_slice)
         stack = embed.new_zeros((0, *embed.shape))
     if apply_ln:
         stack = apply_ln_to_stack(cache, stack, layer, False, pos_slice)

@@ -232,8 +232,9 @@ def stack_head_results(
         resid = slice_positions(_resid_at(cache, model, layer, False, "stack_head_results")[0], pos_slice)
         parts.append(resid - sum(parts) if parts else resid)
         labels.append("remainder")
-    if not parts:
-        raise ValueError("stack_head_results: layer=0 has no heads before it")
+    if not parts:  # layer 0: no heads before it, an empty stack as TransformerLens
+        embed = slice_positions(_resid_at(cache, model, 0, False, "stack_head_results")[0], pos_slice)
+        return (embed.new_zeros((0, *embed.shape)), labels) if return_labels else embed.new_zeros((0, *embed.shape))
     stack = torch.stack(parts)
     if apply_ln:
         stack = apply_ln_to_stack(cache, stack, layer, False, pos_slice)

@@ -21,7 +21,7 @@ _EXPORTS: dict[str, str] = {
     "HookedEncoder": "hookscope.compat.encoders",
     "HookedEncoderDecoder": "hookscope.compat.encoders",
 }
-_SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained")
+_SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 

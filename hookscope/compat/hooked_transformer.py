@@ -38,6 +38,14 @@ _SWITCHES = {
 }
 
 
+def _switch_for(name: str) -> str | None:
+    """The cfg switch an opt-in hook name needs, or None."""
+    for flag, suffixes in _SWITCHES.items():
+        if name.endswith(suffixes):
+            return flag
+    return None
+
+
 class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decoder):
     """TransformerLens's ``HookedTransformer``: ``HookedTransformer(cfg)`` builds a TL-initialised model;
     :meth:`from_pretrained` converts a hub model (or ``hf_model=``) through hookscope's loader."""
@@ -101,6 +109,20 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
         self.cfg.use_attn_in = use_attn_in
+
+    def add_hook(self, name: Any, hook: Any, dir: Any = "fwd", is_permanent: bool = False,  # type: ignore[override]
+                 level: int | None = None, prepend: bool = False) -> None:
+        """As TL: hooking an opt-in point whose switch is off (``hook_result`` without ``use_attn_result``...)
+        is refused with an AssertionError naming the switch; a filter skips those points."""
+        if isinstance(name, str):
+            flag = _switch_for(name)
+            assert flag is None or getattr(self.cfg, flag), (
+                f"{name} fires only with cfg.{flag} = True: call model.set_{flag}(True) first"
+            )
+        else:
+            filt = name
+            name = lambda n: filt(n) and (_switch_for(n) is None or getattr(self.cfg, _switch_for(n)))  # noqa: E731
+        super().add_hook(name, hook, dir, is_permanent, level, prepend)
 
     def cache_names(self, names_filter: Any) -> list[str]:
         """As the native method, plus the opt-in points TL's switches (``set_use_attn_result``...) turn on."""

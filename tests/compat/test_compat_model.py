@@ -168,3 +168,38 @@ def test_weight_views() -> None:
     assert model.W_Q.shape == (2, 4, 48, 12) and model.W_U.shape == (48, 101)
     torch.testing.assert_close(model.tokens_to_residual_directions(torch.tensor([3, 4])), model.W_U[:, [3, 4]].T)
     assert model.all_head_labels()[:2] == ["L0H0", "L0H1"]
+
+
+def test_hook_conventions_of_transformerlens() -> None:
+    model = HookedTransformer(tiny_cfg())
+    x = random_tokens(1, 5)
+    with pytest.raises(AssertionError, match="set_use_attn_result"):
+        model.add_hook("blocks.0.attn.hook_result", lambda t, hook: None)
+    model.set_use_attn_result(True)
+    model.add_hook("blocks.0.attn.hook_result", lambda t, hook: None)
+    model.reset_hooks()
+    seen = []
+
+    def grad_as_tuple(grad: torch.Tensor, hook) -> tuple:
+        seen.append(hook.name)
+        return (2 * grad,)  # TL accepts a 1-tuple from a backward hook
+
+    with model.hooks(bwd_hooks=[("blocks.0.hook_resid_post", grad_as_tuple)]):
+        model(x).sum().backward()
+    assert seen == ["blocks.0.hook_resid_post"]
+    entry = model.hook_dict["hook_embed"]
+    entry.add_hook(lambda t, hook: None, dir="fwd", is_permanent=True, level=5)
+    assert entry.fwd_hooks[0].is_permanent and entry.fwd_hooks[0].context_level == 5
+    model.remove_all_hook_fns(including_permanent=True)
+    assert model.active_hooks() == {}
+
+
+def test_stack_results_before_layer_zero_are_empty() -> None:
+    model = HookedTransformer(tiny_cfg())
+    _, cache = model.run_with_cache(random_tokens(2, 5))
+    heads, labels = cache.stack_head_results(layer=0, pos_slice=-1, return_labels=True)
+    assert heads.shape == (0, 2, 48) and labels == []
+    rest, labels = cache.stack_head_results(layer=0, pos_slice=-1, incl_remainder=True, return_labels=True)
+    torch.testing.assert_close(rest[0], cache["resid_pre", 0][:, -1])  # what block 0 reads
+    assert labels == ["remainder"]
+    assert cache.stack_neuron_results(layer=0).shape == (0, 2, 5, 48)
