@@ -22,7 +22,7 @@ from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
 from hookscope.extensions import implementation
-from hookscope.hooks import HookedModule, HookPoint
+from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.delegation import ExportMixin
 from hookscope.models.weight_views import StackedWeightsMixin
@@ -239,6 +239,10 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         logits_to_keep: int | None = None,
     ) -> Any:
         if return_type is None:
+            # as TransformerLens: the final norm still runs (its hooks fire and are cached), only the
+            # unembedding is skipped; without hooks on it there is nothing to observe, so skip it too
+            if hooks_active((self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+                self.ln_final(x)
             return None
         normalized = self.ln_final(x)
         if logits_to_keep is not None:
