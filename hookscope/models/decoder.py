@@ -131,6 +131,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         else:
             self.inv_freq: torch.Tensor | None = None
         self.tokenizer: Any = None
+        self.processed_weights: list[Any] = []  # what process_weights did; empty: the source's own weights
         self.setup_hooks()
 
     # ------------------------------------------------------------------ TransformerLens weight views
@@ -166,8 +167,34 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
 
         return generate_stream(self, inputs, max_new_tokens, **kwargs)
 
+    def process_weights(
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+    ) -> Decoder:
+        """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
+
+        See :mod:`hookscope.models.weight_processing` for each option and when it applies. Afterwards the
+        norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
+        residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
+        shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        """
+        from hookscope.models.weight_processing import process_weights
+
+        done = process_weights(
+            self, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            strict=strict,
+        )
+        self.processed_weights = [*self.processed_weights, done]
+        return self
+
     def to_hf(self) -> Any:
         """The equivalent transformers model (conversion rules run backwards)."""
+        if self.processed_weights:
+            raise ValueError(
+                "this model's weights were processed (process_weights: folded/centred), so they no longer map "
+                "to the Hugging Face architecture; load the model again to export it"
+            )
         from hookscope.convert.decoder_build import to_hf
 
         return to_hf(self)
