@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from hookscope.hooks import StopForward
 from hookscope.models.decoder import Decoder
 
 Edit = Callable[[torch.Tensor, int], torch.Tensor | None]  # (activation rows of one run, run) -> new or None
@@ -127,22 +128,52 @@ class PatchRunner:
         blocks = [block_of(name) for name in run.edits]
         return min((b if b is not None else -1) for b in blocks) if blocks else 10**9
 
-    def _run_chunk(self, chunk: list[PatchRun]) -> list[float]:
+    def capture(self, runs: Sequence[PatchRun], names: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        """Each patched run's activations at ``names`` (``[batch, ...]`` each); the forward stops once all fired."""
+        results: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+        with torch.no_grad():
+            for start in range(0, len(runs), self.chunk):
+                ids = list(range(start, min(start + self.chunk, len(runs))))
+                for i, got in zip(ids, self._run_chunk([runs[i] for i in ids], names), strict=True):
+                    results[i] = got
+        return results
+
+    def _run_chunk(self, chunk: list[PatchRun], capture: Sequence[str] = ()) -> list[Any]:
         n, b = len(chunk), self.b
         by_name: dict[str, list[tuple[int, Callable]]] = {}
         for i, run in enumerate(chunk):
             for name, edit in run.edits.items():
                 by_name.setdefault(name, []).append((i, edit))
         hooks = [(name, _batched_hook(edits, n, b)) for name, edits in by_name.items()]
+        seen: dict[str, torch.Tensor] = {}
+        if capture:
+            hooks += [(name, _capture_hook(seen, capture)) for name in capture]
         start = min((self._first_block(r) for r in chunk), default=-1)
         with self.model.hooks(hooks):
-            if self.skip and 0 <= start < len(self.resid):
-                out = self.model(repeat_batch(self.resid[start], n), start_at_layer=start)
-            else:
-                out = call_model(self.model, repeat_batch(self.inputs, n), **self.kwargs)
+            try:
+                if self.skip and 0 <= start < len(self.resid):
+                    out = self.model(repeat_batch(self.resid[start], n), start_at_layer=start)
+                else:
+                    out = call_model(self.model, repeat_batch(self.inputs, n), **self.kwargs)
+            except StopForward:
+                out = None
+        if capture:
+            missing = [c for c in capture if c not in seen]
+            if missing:
+                raise RuntimeError(f"hooks {missing} never fired during the patched forward")
+            return [{k: v.reshape(n, b, *v.shape[1:])[i] for k, v in seen.items()} for i in range(n)]
         logits = output_logits(out)
         logits = logits.reshape(n, b, *logits.shape[1:])
         return [float(self.metric(logits[i])) for i in range(n)]
+
+
+def _capture_hook(seen: dict[str, torch.Tensor], wanted: Sequence[str]) -> Callable:
+    def hook(act: torch.Tensor, hook: Any) -> None:
+        seen[hook.name] = act.detach().clone()
+        if all(w in seen for w in wanted):
+            raise StopForward  # nothing after the last captured activation is needed
+
+    return hook
 
 
 def _batched_hook(edits: list[tuple[int, Callable]], n: int, b: int) -> Callable:
