@@ -9,8 +9,8 @@ import torch
 
 import hookscope
 from hookscope.models.weight_processing import WeightProcessingError
-from tests.equivalence.decoder_configs import ARCHS, random_hf_model, random_tokens
 from tests.circuits.fp64 import pure_float64
+from tests.equivalence.decoder_configs import ARCHS, random_hf_model, random_tokens
 from tests.helpers import TOLERANCES
 
 NON_ROTARY_MHA = ["gpt2", "gpt2_untied"]
