@@ -9,7 +9,10 @@ from hookscope.components.norm import OffsetRMSNorm, RMSNorm
 
 class _Float64RMSNorm(RMSNorm):
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        variance = x.pow(2).mean(-1, keepdim=True)
+        if self.hook_scale.has_hooks:
+            return x / self.hook_scale(torch.sqrt(variance + self.eps))
+        return x * torch.rsqrt(variance + self.eps)
 
 
 class _Float64OffsetRMSNorm(OffsetRMSNorm):
