@@ -116,6 +116,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         else:
             self.inv_freq: torch.Tensor | None = None
         self.tokenizer: Any = None
+        self.processed_weights: list[Any] = []  # what process_weights did; empty: the source's own weights
         self.setup_hooks()
 
     # ------------------------------------------------------------------ TransformerLens weight views
@@ -146,6 +147,27 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
     def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
         return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
+
+    def process_weights(
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+    ) -> Decoder:
+        """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
+
+        See :mod:`hookscope.models.weight_processing` for each option and when it applies. Afterwards the
+        norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
+        residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
+        shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        """
+        from hookscope.models.weight_processing import process_weights
+
+        done = process_weights(
+            self, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            strict=strict,
+        )
+        self.processed_weights = [*self.processed_weights, done]
+        return self
 
     # ------------------------------------------------------------------ forward
     def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
