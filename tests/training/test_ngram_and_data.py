@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 from collections import Counter
@@ -16,7 +17,7 @@ from hookscope.training import bigram_loss, ngram_losses, tokenize_and_concatena
 
 def test_unigram_and_bigram_losses_equal_a_by_hand_count() -> None:
     rows = torch.tensor([[0, 1, 2, 1, 2], [2, 1, 1, 0, 7]])
-    pairs = [(a, b) for r in rows.tolist() for a, b in zip(r[:-1], r[1:])]
+    pairs = [(a, b) for r in rows.tolist() for a, b in itertools.pairwise(r)]
     targets = Counter(b for _, b in pairs)
     n = len(pairs)
     unigram = -sum(c / n * math.log(c / n) for c in targets.values())
@@ -84,7 +85,7 @@ def test_tokenize_and_concatenate_with_the_hf_gpt2_tokenizer_equals_its_own_enco
     hf = T.GPT2TokenizerFast(vocab=vocab, merges=merges)
     texts = ["Hello world, this is a test.", " Another  text\nwith lines.", "Third."]
     rows = tokenize_and_concatenate(texts, hf, max_length=6)
-    stream = hf.encode(texts[0]) + [50256] + hf.encode(texts[1]) + [50256] + hf.encode(texts[2])
+    stream = [*hf.encode(texts[0]), 50256, *hf.encode(texts[1]), 50256, *hf.encode(texts[2])]
     n = len(stream) // 5
     want = [[50256, *stream[i * 5:(i + 1) * 5]] for i in range(n)]
     assert rows.tolist() == want
