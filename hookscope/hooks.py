@@ -38,6 +38,7 @@ class _Hook:
     fn: HookFn
     permanent: bool
     level: int | None
+    final: bool = False  # runs after every other hook (a module spliced in: see hookscope.splice)
 
     @property
     def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
@@ -78,19 +79,29 @@ class HookPoint(nn.Module):
         prepend: bool = False,
         *,
         permanent: bool | None = None,
+        final: bool = False,
     ) -> None:
         """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation.
 
         The arguments are TransformerLens's, in its order (``permanent`` is an alias of ``is_permanent``).
+        A ``final`` hook stays after every hook added later (splicing uses it, so the point's other
+        hooks see the model's own activation and the replacement flows downstream).
         """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        entry = _Hook(fn, is_permanent if permanent is None else permanent, level)
+        entry = _Hook(fn, is_permanent if permanent is None else permanent, level, final)
         if prepend:
             hooks.insert(0, entry)
-        else:
+        elif final:
             hooks.append(entry)
+        else:
+            hooks.insert(next((i for i, h in enumerate(hooks) if h.final), len(hooks)), entry)
+
+    def remove_hook(self, fn: HookFn) -> None:
+        """Remove every entry of one hook function (either direction, permanent or not)."""
+        self.fwd_hooks = [h for h in self.fwd_hooks if h.fn is not fn]
+        self.bwd_hooks = [h for h in self.bwd_hooks if h.fn is not fn]
 
     def remove_hooks(
         self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False,
@@ -369,6 +380,17 @@ class HookedModule(nn.Module):
             return self(*args, **kwargs)
         except StopForward:
             return None
+
+    def saes(self, *modules: Any, use_error_term: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Splice SAEs (or any hooked module with a ``hook_name``) into their hook points for a ``with`` block.
+
+        Inside the block each spliced activation is replaced by ``module(activation, use_error_term=...)``
+        and the module's own hook points join this model's (``blocks.6.hook_resid_post.hook_sae_acts_post``),
+        so ``run_with_cache``, ``hooks()`` and patching reach them. See :func:`hookscope.splice.spliced`.
+        """
+        from hookscope.splice import spliced
+
+        return spliced(self, *modules, use_error_term=use_error_term)
 
     # ---------------------------------------------------------------- caching
     def run_with_cache(
