@@ -30,6 +30,12 @@ class _StepStore(dict):
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         self.steps[-1][key] = value
 
+    def get(self, key: str, default: Any = None) -> Any:  # a repeat within one step becomes a CallList
+        return self.steps[-1].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.steps[-1]
+
     def next_step(self, *_: Any) -> None:
         if self.calls:
             self.steps.append({})
@@ -68,7 +74,7 @@ def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> Activat
     for name in steps[0]:
         if not all(name in step for step in steps):
             continue
-        tensors = [step[name] for step in steps]
+        tensors = [_one_call(step, name) for step in steps]
         axis = position_axis(name, tensors[0].ndim)
         if axis is None:
             continue
@@ -82,6 +88,15 @@ def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> Activat
                 f"{[tuple(t.shape) for t in tensors]}; use the per-step caches instead"
             ) from err
     return ActivationCache(merged, model)
+
+
+def _one_call(step: ActivationCache, name: str) -> torch.Tensor:
+    if step.n_calls(name) != 1:
+        raise ValueError(
+            f"'{name}' fired {step.n_calls(name)} times within one step, so steps cannot be joined along "
+            "positions; use the per-step caches (concat=False) and cache.calls(name)"
+        )
+    return step[name]
 
 
 def _align_keys(name: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

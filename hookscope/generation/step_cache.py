@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.cache import ActivationCache, CallList, make_caching_hooks
 from hookscope.names import NamesFilter, position_axis
 
 
@@ -60,6 +60,11 @@ def concat_steps(steps: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     merged: dict[str, torch.Tensor] = {}
     for name in steps[0]:
         tensors = [step[name] for step in steps]
+        if any(isinstance(t, CallList) for t in tensors):
+            raise ValueError(
+                f"'{name}' fired several times within one decoding step, so the steps cannot be joined "
+                "along positions; record it with model.record(...) and read cache.calls(name)"
+            )
         axis = position_axis(name, tensors[0].ndim)
         if axis is None or len(tensors) == 1:
             merged[name] = tensors[0]
