@@ -44,6 +44,11 @@ _EXPORTS: dict[str, str] = {
     "apply_ln_to_stack": "hookscope.analysis.residual",
     "logit_attrs": "hookscope.analysis.residual",
     "tokens_to_residual_directions": "hookscope.analysis.residual",
+    "DiT": "hookscope.models.dit",
+    "DiTConfig": "hookscope.models.dit_config",
+    "at_calls": "hookscope.hooks",
+    "at_steps": "hookscope.hooks",
+    "MultipleCallsError": "hookscope.cache",
     "keep_freed_memory": "hookscope.memory",
     "release_freed_memory": "hookscope.memory",
 }
@@ -78,14 +83,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.analysis.vision import attention_rollout, class_lens, save_attention_overlay
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap
-    from hookscope.cache import ActivationCache
+    from hookscope.cache import ActivationCache, MultipleCallsError
     from hookscope.generation.api import generate
-    from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward
+    from hookscope.hooks import HookedModule, HookError, HookPoint, StopForward, at_calls, at_steps
     from hookscope.loading import LoadError, load
     from hookscope.memory import keep_freed_memory, release_freed_memory
     from hookscope.models.bert import Bert
     from hookscope.models.decoder import Decoder
     from hookscope.models.decoder_config import DecoderConfig
+    from hookscope.models.dit import DiT
+    from hookscope.models.dit_config import DiTConfig
     from hookscope.models.t5 import T5, T5Encoder
     from hookscope.models.vit import ViT
     from hookscope.models.whisper import Whisper
