@@ -2,8 +2,13 @@
 
 A :class:`HookPoint` is an identity module placed on a named activation. Hooks are plain functions
 ``fn(tensor, hook) -> tensor | None``: returning ``None`` observes, returning a tensor replaces the
-activation downstream. :class:`HookedModule` is the mix-in every hookscope model (native or wrapped)
-uses: it names its hook points, adds and removes hooks, and runs with hooks or with a cache.
+activation downstream. A point that fires several times in one run (a weight-tied block, a denoiser
+inside a sampling loop) tells its hooks which call this is through ``hook.call_index`` (and, under an
+iterative driver such as a diffusion sampler, the step through ``hook.step``); :func:`at_calls` and
+:func:`at_steps` make a hook act on chosen calls or steps only.
+
+:class:`HookedModule` is the mix-in every hookscope model (native or wrapped) uses: it names its hook
+points, adds and removes hooks, and runs with hooks or with a cache.
 
 Nothing in this file knows about any model family.
 """
@@ -65,6 +70,12 @@ class HookPoint(nn.Module):
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[_Hook] = []
         self.bwd_hooks: list[_Hook] = []
+        # call_index: which call of this point (0, 1, ...) the hooks are seeing, counted while hooked
+        # since the run began (run_with_hooks / run_with_cache / the outermost hooks() block);
+        # step: the current step of an iterative driver (sampler), None outside one
+        self.call_index = 0
+        self.step: int | None = None
+        self._calls = 0
 
     @property
     def has_hooks(self) -> bool:
@@ -131,12 +142,19 @@ class HookPoint(nn.Module):
             raise ValueError(f"hook point {self.name!r} is not inside a numbered block")
         return int(parts[1])
 
+    def reset_calls(self) -> None:
+        """Count calls from 0 again (done when a run begins)."""
+        self._calls = 0
+        self.call_index = 0
+
     def __call__(self, x: Any) -> Any:  # bypasses nn.Module.__call__ on the hot path
         if not (self.fwd_hooks or self.bwd_hooks):
             return x
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:
+        self.call_index = self._calls
+        self._calls += 1
         for hook in list(self.fwd_hooks):
             out = _call_hook(hook.fn, x, self, "forward")
             if out is not None:
@@ -197,11 +215,13 @@ def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> An
 def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     """Route the gradient of ``x`` through the point's backward hooks (in order)."""
     hooks = list(point.bwd_hooks)
+    call_index = point.call_index  # the backward pass reaches calls in reverse: tell hooks which one
     # A copy (not a view) so the tensor hook belongs to this use of the activation only and survives a
     # caller that then modifies it in place (a view's hook is dropped when in-place ops rebase it).
     x = x.clone()
 
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
+        point.call_index = call_index
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
             if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return
@@ -223,6 +243,33 @@ def _hook_pairs(spec: Any, arg: str) -> list[tuple[Any, Any]]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise TypeError(f"{arg} takes a list of (name or filter, hook function) pairs; got an item {pair!r}")
     return pairs  # type: ignore[return-value]
+
+
+def at_calls(fn: HookFn, calls: int | Iterable[int]) -> HookFn:
+    """``fn`` acting only on the given call(s) of its point (``hook.call_index``), e.g. patch call 1 of 3.
+
+    Negative indices are not accepted: how many calls a run will make is not known while it runs.
+    """
+    return _only_when(fn, calls, "call_index", "calls")
+
+
+def at_steps(fn: HookFn, steps: int | Iterable[int]) -> HookFn:
+    """``fn`` acting only at the given step(s) of an iterative driver (``hook.step``, set by a sampler)."""
+    return _only_when(fn, steps, "step", "steps")
+
+
+def _only_when(fn: HookFn, which: int | Iterable[int], attr: str, arg: str) -> HookFn:
+    if not callable(fn):
+        raise TypeError(f"at_{arg} takes a hook function first, got {type(fn).__name__}")
+    wanted = {which} if isinstance(which, int) else set(which)
+    if not wanted or not all(isinstance(i, int) and i >= 0 for i in wanted):
+        raise ValueError(f"{arg} must be one or more non-negative integers, got {which!r}")
+
+    def gated(tensor: Any, hook: HookPoint) -> Any:
+        return fn(tensor, hook=hook) if getattr(hook, attr) in wanted else None
+
+    gated.__qualname__ = f"at_{arg}({_hook_label(fn)}, {sorted(wanted)})"
+    return gated
 
 
 def hooks_active(points: Iterable[HookPoint]) -> bool:
@@ -322,6 +369,16 @@ class HookedModule(nn.Module):
             if clear_contexts:
                 point.clear_context()
 
+    def reset_call_counts(self) -> None:
+        """Number every point's calls from 0 again (each run and the outermost hooks() block do it)."""
+        for point in self.hook_dict.values():
+            point.reset_calls()
+
+    def set_step(self, step: int | None) -> None:
+        """Tell every point's hooks the current step of an iterative driver (``hook.step``)."""
+        for point in self.hook_dict.values():
+            point.step = step
+
     def active_hooks(self) -> dict[str, tuple[int, int]]:
         """Name -> (forward, backward) hook counts of every point that has hooks."""
         return {n: (len(p.fwd_hooks), len(p.bwd_hooks)) for n, p in self.hook_dict.items() if p.has_hooks}
@@ -338,10 +395,13 @@ class HookedModule(nn.Module):
     ) -> Iterator[HookedModule]:
         """Attach hooks for the duration of a ``with`` block; they are removed on exit, errors included.
 
-        Only the hooks this context added are removed, so contexts nest.
+        Only the hooks this context added are removed, so contexts nest. The outermost block starts a
+        run: every point's ``call_index`` counts from 0 again.
         """
         type(self)._context_level += 1
         level = type(self)._context_level
+        if level == 1:
+            self.reset_call_counts()
         try:
             for name, fn in _hook_pairs(fwd_hooks, "fwd_hooks"):
                 self.add_hook(name, fn, dir="fwd", level=level)
@@ -415,6 +475,9 @@ class HookedModule(nn.Module):
             incl_bwd: also run ``output.backward()`` (output must be a scalar, e.g. a loss) and
                 cache gradients under ``NAME_grad``.
             pos_slice: keep only these positions (along each activation's position axis).
+
+        A point that fired several times in the forward keeps every call: ``cache[name]`` then raises
+        and ``cache.calls(name)`` / ``cache.stack_calls(name)`` (``[call, ...]``) give them all.
         """
         from hookscope.cache import ActivationCache, make_caching_hooks
         from hookscope.memory import ensure_freed_memory_kept
@@ -436,3 +499,23 @@ class HookedModule(nn.Module):
                     )
                 out.backward()
         return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+
+    @contextlib.contextmanager
+    def record(
+        self, names_filter: NamesFilter = None, device: str | torch.device | None = None
+    ) -> Iterator[Any]:
+        """Cache ``names_filter`` over every forward run inside the ``with`` block, any loop included.
+
+        Yields an :class:`~hookscope.cache.ActivationCache` that fills as the model runs: one call per
+        forward of the model (e.g. per denoising step of a pipeline's own loop); read them with
+        ``cache.stack_calls(name)`` (``[call, ...]``) or ``cache.calls(name)``.
+        """
+        from hookscope.cache import ActivationCache, make_caching_hooks
+
+        store: dict[str, Any] = {}
+        fwd, _ = make_caching_hooks(
+            self.cache_names(names_filter), store, device=device, remove_batch_dim=False,
+            pos_slice=None, incl_bwd=False,
+        )
+        with self.hooks(fwd):
+            yield ActivationCache(store, self)

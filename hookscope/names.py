@@ -74,7 +74,7 @@ def shape_of(name: str) -> str | None:
 def position_axis(name: str, ndim: int) -> int | None:
     """Axis that indexes positions (query positions for patterns), or None if it has none."""
     axes = shape_of(name)
-    if axes is not None:
+    if axes is not None and len(axes.split()) == ndim:  # another family's name of another rank: not this one
         parts = axes.split()
         for key in ("pos", "query_pos"):
             if key in parts:
