@@ -28,6 +28,8 @@ y = torch.tensor(digits.target)
 order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
 x, y = x[order], y[order]
 x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
+if SMALL:
+    x_train, y_train, x_test, y_test = x_train[:400], y_train[:400], x_test[:200], y_test[:200]
 
 # %% [markdown]
 # ## A ViT, trained from scratch
@@ -88,8 +90,9 @@ print([(c.index, round(c.density, 3), len(c.image_examples)) for c in cards])
 # Each image is run alone and averaged over its positions; the vector is then added at every position.
 
 # %%
-three_minus_eight = mean_difference(vit, HOOK, list(x_train[y_train == 3][:50, None]),
-                                    list(x_train[y_train == 8][:50, None]))
+n_each = 10 if SMALL else 50
+three_minus_eight = mean_difference(vit, HOOK, list(x_train[y_train == 3][:n_each, None]),
+                                    list(x_train[y_train == 8][:n_each, None]))
 eights = x_test[y_test == 8]
 with torch.no_grad():
     for strength in (0.0, 0.5, 1.0, 1.5):
