@@ -25,7 +25,7 @@ import torch
 import hookscope
 from hookscope.audio import log_mel
 from hookscope.sae import SAETrainingConfig, harvest, steered, train_sae
-from hookscope.sae.evaluate import reconstruction_metrics, transcription_change
+from hookscope.sae.evaluate import reconstruction_metrics, transcription_change, word_error_rate
 from hookscope.sae.store import activations_at
 from hookscope.speech import synthesize
 from hookscope.viz.feature_view import feature_page
@@ -107,6 +107,20 @@ def word_frames(model, hook: str, wave: np.ndarray, direction: torch.Tensor, n_f
     return sorted(score.topk(n_frames).indices.tolist())
 
 
+def speech_frames_only_wer(model, sae, waves: list[np.ndarray], texts: list[str]) -> float:
+    """Word error rate with the SAE replacing only the frames that hold speech (padding left as it is)."""
+    hyps = []
+    for wave in waves:
+        n = min(1500, math.ceil(len(wave) / FRAME_SAMPLES))
+
+        def splice(act: torch.Tensor, hook, n: int = n) -> torch.Tensor:
+            return torch.cat([sae(act[:, :n]).to(act.dtype), act[:, n:]], dim=1)
+
+        with model.hooks(fwd_hooks=[(sae.hook_name, splice)]), torch.no_grad():
+            hyps.append(model.transcribe(wave, sample_rate=16000))
+    return word_error_rate(texts, hyps)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=160)
@@ -139,7 +153,8 @@ def main() -> None:
     waves = [synthesize(t) for t in eval_texts]
     metrics = {"hook": hook, "train_rows": len(acts), "held_out_speech_frames": reconstruction_metrics(sae, held_out),
                "transcripts": transcription_change(model, sae, [(w, 16000) for w in waves], eval_texts,
-                                                   transcribe=lambda m, a: m.transcribe(a[0], sample_rate=a[1]))}
+                                                   transcribe=lambda m, a: m.transcribe(a[0], sample_rate=a[1])),
+               "wer_spliced_speech_frames_only": speech_frames_only_wer(model, sae, waves, eval_texts)}
 
     # steering: "cat" minus "dog" where the word is spoken, added where the probe says "dog"
     steer_hook = f"encoder.{args.steer_layer}.hook_resid_post"
