@@ -24,7 +24,7 @@ class BiasedAttention(Attention):
     Args:
         position_bias: whether this layer receives a position bias (and so has ``hook_position_bias``);
             T5 self-attention does, T5 cross-attention does not.
-        softmax_fp32: run the softmax in float32 whatever the dtype (HF Llama style) instead of the
+        softmax_in_float32: run the softmax in float32 whatever the dtype (HF Llama style) instead of the
             scores' dtype (HF T5 style).
     """
 
@@ -37,10 +37,10 @@ class BiasedAttention(Attention):
         bias: bool = False,
         scale: float | None = None,
         position_bias: bool = True,
-        softmax_fp32: bool = False,
+        softmax_in_float32: bool = False,
     ) -> None:
         super().__init__(d_model, n_heads, n_heads, d_head, qkv_bias=bias, out_bias=bias, scale=scale, rotary=False)
-        self.softmax_fp32 = softmax_fp32
+        self.softmax_in_float32 = softmax_in_float32
         self.hook_position_bias: HookPoint | None = HookPoint() if position_bias else None
         # [1, head_index, query_pos, key_pos]
 
@@ -88,7 +88,7 @@ class BiasedAttention(Attention):
             k, v = kv_cache.update(k, v)  # type: ignore[attr-defined]
         if position_bias is not None and self.hook_position_bias is not None:
             position_bias = self.hook_position_bias(position_bias)
-        if (self.softmax_fp32 and q.dtype != torch.float32) or hooks_active(self._explicit_points):
+        if (self.softmax_in_float32 and q.dtype != torch.float32) or hooks_active(self._explicit_points):
             z = self._explicit_biased(q, k, v, mask, position_bias)
         else:
             z = self._fused_biased(q, k, v, mask, position_bias)
@@ -110,7 +110,7 @@ class BiasedAttention(Attention):
         if position_bias is not None:
             scores = scores + position_bias
         scores = self.hook_attn_scores(scores + mask.bias(None, scores.dtype))
-        if self.softmax_fp32:
+        if self.softmax_in_float32:
             pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         else:
             pattern = F.softmax(scores, dim=-1)

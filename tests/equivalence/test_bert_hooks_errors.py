@@ -132,9 +132,9 @@ def test_missing_head_and_bad_return_type_say_what_exists() -> None:
     ):
         model(tokens, mask, types)
     with pytest.raises(ValueError, match="return_type must be one of"):
-        model(tokens, return_type="hidden")
+        model(tokens, return_type="probs")
     with pytest.raises(ValueError, match="no tokenizer"):
-        model("some text", return_type="embeddings")
+        model("some text", return_type="hidden")
     with pytest.raises(ValueError, match="only with token ids"):
         model("some text", mask)
 
