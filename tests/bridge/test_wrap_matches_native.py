@@ -1,4 +1,4 @@
-"""Second review of wrap(): regressions for bugs found on configurations the first tests did not cover.
+"""wrap() equals the native models on configurations the generic wrap tests do not cover (each was a bug):
 
 - GPT-2, BERT, T5 and Whisper take their eager softmax in the activations' dtype: the hooked attention
   took it in float32 (Llama's way), so float64 patterns were off by ~1e-7.
