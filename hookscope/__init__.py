@@ -58,6 +58,19 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "hookscope.errors",
     "HookError": "hookscope.errors",
     "HookNameError": "hookscope.errors",
+    "FactoredMatrix": "hookscope.factored_matrix",
+    "all_composition_scores": "hookscope.analysis.composition",
+    "generic_activation_patch": "hookscope.analysis.patching",
+    "path_patch": "hookscope.analysis.path_patching",
+    "attribution_patch": "hookscope.analysis.attribution",
+    "detect_head": "hookscope.analysis.head_detection",
+    "induction_scores": "hookscope.analysis.head_detection",
+    "logit_diff": "hookscope.analysis.dla",
+    "residual_stack_to_logit_diff": "hookscope.analysis.dla",
+    "head_logit_diff_attribution": "hookscope.analysis.dla",
+    "neuron_logit_diff_attribution": "hookscope.analysis.dla",
+    "SVDInterpreter": "hookscope.analysis.svd_interpreter",
+    "test_prompt": "hookscope.analysis.prompt_report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -93,8 +106,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hookscope.analysis.attribution import attribution_patch
+    from hookscope.analysis.composition import all_composition_scores
+    from hookscope.analysis.dla import (
+        head_logit_diff_attribution,
+        logit_diff,
+        neuron_logit_diff_attribution,
+        residual_stack_to_logit_diff,
+    )
+    from hookscope.analysis.head_detection import detect_head, induction_scores
     from hookscope.analysis.lens import LensResult, logit_lens
     from hookscope.analysis.partial import partial_forward
+    from hookscope.analysis.patching import generic_activation_patch
+    from hookscope.analysis.path_patching import path_patch
+    from hookscope.analysis.prompt_report import test_prompt
     from hookscope.analysis.residual import (
         accumulated_resid,
         apply_ln_to_stack,
@@ -103,6 +128,7 @@ if TYPE_CHECKING:  # pragma: no cover
         stack_head_results,
         tokens_to_residual_directions,
     )
+    from hookscope.analysis.svd_interpreter import SVDInterpreter
     from hookscope.analysis.vision import attention_rollout, class_lens
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap
@@ -118,6 +144,7 @@ if TYPE_CHECKING:  # pragma: no cover
         SourceNotFoundError,
         SourceTypeError,
     )
+    from hookscope.factored_matrix import FactoredMatrix
     from hookscope.generation.api import generate, generate_stream
     from hookscope.hooks import HookedModule, HookPoint, StopForward
     from hookscope.loading import load

@@ -39,6 +39,14 @@ class _Hook:
     permanent: bool
     level: int | None
 
+    @property
+    def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
+        return self.permanent
+
+    @property
+    def context_level(self) -> int | None:
+        return self.level
+
 
 class HookPoint(nn.Module):
     """An identity on one named activation; hooks attached here observe or replace it.
@@ -65,15 +73,20 @@ class HookPoint(nn.Module):
         self,
         fn: HookFn,
         dir: Direction = "fwd",
-        prepend: bool = False,
-        permanent: bool = False,
+        is_permanent: bool = False,
         level: int | None = None,
+        prepend: bool = False,
+        *,
+        permanent: bool | None = None,
     ) -> None:
-        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation."""
+        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation.
+
+        The arguments are TransformerLens's, in its order (``permanent`` is an alias of ``is_permanent``).
+        """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        entry = _Hook(fn, permanent, level)
+        entry = _Hook(fn, is_permanent if permanent is None else permanent, level)
         if prepend:
             hooks.insert(0, entry)
         else:
@@ -100,6 +113,13 @@ class HookPoint(nn.Module):
     def clear_context(self) -> None:
         self.ctx.clear()
 
+    def layer(self) -> int:
+        """The block index in this point's name (``blocks.3.attn.hook_z`` -> 3), as TransformerLens."""
+        parts = (self.name or "").split(".")
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ValueError(f"hook point {self.name!r} is not inside a numbered block")
+        return int(parts[1])
+
     def __call__(self, x: Any) -> Any:  # bypasses nn.Module.__call__ on the hot path
         if not (self.fwd_hooks or self.bwd_hooks):
             return x
@@ -123,14 +143,17 @@ def _hook_label(fn: HookFn) -> str:
 
 
 def _call_hook(fn: HookFn, x: Any, point: HookPoint, phase: str) -> Any:
+    """Run one hook. Its own exception reaches the caller with its own type (``except ValueError`` keeps
+    working), with a note naming the hook and the hook point."""
     try:
         return fn(x, hook=point)
     except (StopForward, HookError):
         raise
     except Exception as err:
-        raise HookError(
-            f"{phase} hook {_hook_label(fn)} on '{point.name}' raised {type(err).__name__}: {err}"
-        ) from err
+        note = f"raised in {phase} hook {_hook_label(fn)} on '{point.name}'"
+        if hasattr(err, "add_note") and note not in getattr(err, "__notes__", ()):
+            err.add_note(note)  # Python 3.11+
+        raise
 
 
 def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> Any:
@@ -170,6 +193,8 @@ def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
+            if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return
+                out = out[0]
             if out is not None:
                 grad = _checked_replacement(out, grad, point.name, hook.fn)
         return grad
@@ -192,6 +217,19 @@ def _hook_pairs(spec: Any, arg: str) -> list[tuple[Any, Any]]:
 def hooks_active(points: Iterable[HookPoint]) -> bool:
     """True when any of ``points`` has a hook: components use it to pick a fused fast path."""
     return any(p.fwd_hooks or p.bwd_hooks for p in points)
+
+
+def observe_only(fn: HookFn) -> HookFn:
+    """Mark ``fn`` as a hook that never returns a replacement (e.g. a cache's): observing is then free to
+    run beside the fused kernels, and the numbers stay those of the un-hooked forward."""
+    fn.observe_only = True  # type: ignore[attr-defined]
+    return fn
+
+
+def hooks_editing(points: Iterable[HookPoint]) -> bool:
+    """True when any of ``points`` has a hook that may edit the activation or needs its gradient (anything
+    but :func:`observe_only` forward hooks): then the path that computes it must be the one that runs."""
+    return any(p.bwd_hooks or any(not getattr(h.fn, "observe_only", False) for h in p.fwd_hooks) for p in points)
 
 
 class HookedModule(nn.Module):
@@ -255,7 +293,7 @@ class HookedModule(nn.Module):
         if not callable(hook):
             raise TypeError(f"the hook for {name!r} must be a function fn(tensor, hook), got {type(hook).__name__}")
         for point in self._points_for(name):
-            point.add_hook(hook, dir=dir, prepend=prepend, permanent=is_permanent, level=level)
+            point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def add_perma_hook(
         self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd"

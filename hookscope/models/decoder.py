@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hookscope.components.attention import Attention
-from hookscope.components.block_hooks import add_block_hooks
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, positions_from_mask
@@ -48,7 +48,7 @@ class SequentialBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = _attend(self, self.ln1(x), mask, rotary, kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
@@ -73,7 +73,9 @@ class ParallelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(_attend(self, self.ln1(x), mask, rotary, kv_cache))
+        attn_out = self.hook_attn_out(
+            attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        )
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
         # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
         return self.hook_resid_post(mlp_out + attn_out + x)
@@ -87,25 +89,6 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
         softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.softmax_in_float32,
         rotary=cfg.positional == "rotary",
     )
-
-
-def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any) -> torch.Tensor:
-    """Attention on the normalised residual.
-
-    Only when a split-input hook is active, the normalised residual is copied per head
-    (``hook_attn_in``, then ``hook_q_input``/``hook_k_input``/``hook_v_input``: what each head's
-    projection reads), so each head's input can be patched on its own.
-    """
-    split = (block.hook_attn_in, block.hook_q_input, block.hook_k_input, block.hook_v_input)
-    if not hooks_active(split):
-        return block.attn(x, x, x, mask, rotary, block.window, kv_cache)
-    attn = block.attn
-    per_head = block.hook_attn_in(x[:, :, None, :].expand(-1, -1, attn.n_heads, -1))
-    per_kv = per_head[:, :, :: attn.n_heads // attn.n_kv_heads]  # one copy per KV head
-    q_in = block.hook_q_input(per_head)
-    k_in = block.hook_k_input(per_kv)
-    v_in = block.hook_v_input(per_kv)
-    return attn(q_in, k_in, v_in, mask, rotary, block.window, kv_cache)
 
 
 class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule):
@@ -133,6 +116,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         else:
             self.inv_freq: torch.Tensor | None = None
         self.tokenizer: Any = None
+        self.processed_weights: list[Any] = []  # what process_weights did; empty: the source's own weights
         self.setup_hooks()
 
     # ------------------------------------------------------------------ TransformerLens weight views
@@ -163,6 +147,27 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
     def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
         return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
+
+    def process_weights(
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+    ) -> Decoder:
+        """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
+
+        See :mod:`hookscope.models.weight_processing` for each option and when it applies. Afterwards the
+        norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
+        residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
+        shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        """
+        from hookscope.models.weight_processing import process_weights
+
+        done = process_weights(
+            self, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            strict=strict,
+        )
+        self.processed_weights = [*self.processed_weights, done]
+        return self
 
     # ------------------------------------------------------------------ forward
     def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -256,6 +261,10 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         logits_to_keep: int | None = None,
     ) -> Any:
         if return_type is None:
+            # as TransformerLens: the final norm still runs (its hooks fire and are cached), only the
+            # unembedding is skipped; without hooks on it there is nothing to observe, so skip it too
+            if hooks_active((self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+                self.ln_final(x)
             return None
         normalized = self.ln_final(x)
         if logits_to_keep is not None:
