@@ -88,6 +88,7 @@ _IMPLEMENTATIONS: dict[str, str] = {
     "plot_lens": "hookscope.viz.lens_plot:plot_lens",
     "lens_html": "hookscope.viz.lens_plot:lens_html",
     "lens_table": "hookscope.viz.lens_plot:lens_table",
+    "plot_loss_curve": "hookscope.viz.training_plot:plot_loss_curve",
 }
 _extensions.provide(_IMPLEMENTATIONS)
 
