@@ -16,16 +16,18 @@ from torch import nn
 from hookscope.components.attention import Attention
 from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, positions_from_mask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
-from hookscope.generation.kv_cache import KVCache
+from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.decoder_config import DecoderConfig
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.input_checks import batched_ids, check_device, check_integer_ids, check_residual
-from hookscope.models.lm_mixin import LanguageModelMixin
 from hookscope.models.weight_views import StackedWeightsMixin
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", "loss", "both", None]
 
@@ -90,7 +92,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     )
 
 
-class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
+class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -140,21 +142,11 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
     def generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Greedy, sampled or beam-search continuations under the active hooks: see
         :func:`hookscope.generation.generate` for every argument."""
-        from hookscope.generation.api import generate
-
-        return generate(self, inputs, max_new_tokens, **kwargs)
+        return implementation("generate")(self, inputs, max_new_tokens, **kwargs)
 
     def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
-        from hookscope.generation.api import generate_stream
-
-        return generate_stream(self, inputs, max_new_tokens, **kwargs)
-
-    def to_hf(self) -> Any:
-        """The equivalent transformers model (conversion rules run backwards)."""
-        from hookscope.convert.decoder_build import to_hf
-
-        return to_hf(self)
+        return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ forward
     def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -184,7 +176,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         position_ids: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         prepend_bos: bool | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: ModelKVCache | None = None,
         logits_to_keep: int | None = None,
     ) -> Any:
         """Run the model.
@@ -281,7 +273,7 @@ def _check_input(
     check_device("input", input, embed, dispatched)
 
 
-def _check_cache_call(kv_cache: KVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
+def _check_cache_call(kv_cache: ModelKVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
     """Positions already in the cache; a cached forward must run every block (each stores its keys)."""
     if start_at_layer is not None or stop_at_layer is not None:
         raise ValueError("kv_cache needs a forward through every block: drop start_at_layer/stop_at_layer")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from hookscope.components.activations import ACTIVATIONS
 from hookscope.components.rotary import RopeScaling
+from hookscope.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,17 +61,17 @@ class DecoderConfig:
             object.__setattr__(self, "sliding_windows", (None,) * self.n_layers)
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
         if self.n_heads % self.n_kv_heads:  # type: ignore[operator]
-            raise ValueError(
+            raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA"
             )
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
         if self.positional == "rotary" and (self.rotary_dim or 0) % 2:
-            raise ValueError(f"rotary_dim must be even, got {self.rotary_dim}")
+            raise ConfigError(f"rotary_dim must be even, got {self.rotary_dim}")
         if len(self.sliding_windows) != self.n_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers"
             )
 

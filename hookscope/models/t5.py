@@ -26,7 +26,9 @@ from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm
 from hookscope.components.relative_bias import RelativePositionBias
+from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.input_checks import (
     batched_ids,
     check_device,
@@ -35,8 +37,8 @@ from hookscope.models.input_checks import (
     check_same_device,
     check_same_shape,
 )
-from hookscope.models.lm_mixin import LanguageModelMixin
 from hookscope.models.t5_config import T5Config
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", None]
 
@@ -154,7 +156,7 @@ class DecoderBlock(nn.Module):
         return kv if cross_kv is None else cross_kv.update(*kv)
 
 
-class T5Encoder(LanguageModelMixin, HookedModule):
+class T5Encoder(LanguageModelMixin, ExportMixin, HookedModule):
     """The T5 encoder alone (HF ``T5EncoderModel``): token ids in, ``[batch, pos, d_model]`` out."""
 
     def __init__(self, cfg: T5Config) -> None:
@@ -201,9 +203,9 @@ class T5Encoder(LanguageModelMixin, HookedModule):
     ) -> torch.Tensor:
         """The encoder output ``[batch, pos, d_model]`` (after its final norm): HF ``last_hidden_state``."""
         tokens, attention_mask = self._tokens(input, attention_mask)
-        return self._encode(tokens, attention_mask)
+        return self._run_encoder(tokens, attention_mask)
 
-    def _encode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _run_encoder(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         check_device("input", tokens, self.embed.weight, hasattr(self, "hf_device_map"))
         if attention_mask is not None:
             check_same_device("attention_mask", attention_mask, "input", tokens)
@@ -271,7 +273,7 @@ class T5(T5Encoder):
         cross_cached = cache is not None and cache.cross[0].filled
         if encoder_output is None and input is not None:
             tokens, attention_mask = self._tokens(input, attention_mask)
-            encoder_output = self._encode(tokens, attention_mask)
+            encoder_output = self._run_encoder(tokens, attention_mask)
         elif encoder_output is None and not cross_cached:
             raise ValueError("pass the encoder input (token ids or text) or encoder_output=")
         if decoder_input_ids is None:
@@ -322,9 +324,7 @@ class T5(T5Encoder):
 
     def generate(self, input: Any, max_new_tokens: int = 20, **kwargs: Any) -> torch.Tensor:
         """Greedy or beam-search decoding; see :func:`hookscope.generation.seq2seq.generate_seq2seq`."""
-        from hookscope.generation.seq2seq import generate_seq2seq
-
-        return generate_seq2seq(self, input, max_new_tokens=max_new_tokens, **kwargs)
+        return implementation("generate_seq2seq")(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def _check_decode_inputs(
