@@ -23,6 +23,7 @@ from torch import nn
 
 from hookscope.components.masks import AttentionMask, mask_fill_dtype
 from hookscope.components.rotary import apply_rotary
+from hookscope.components.views import bias_or_zeros, split_heads_in
 from hookscope.hooks import HookPoint, hooks_active
 
 Rotary = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables [batch, pos, rotary_dim]
@@ -45,8 +46,7 @@ def project_heads(x: torch.Tensor, linear: nn.Linear, n_heads: int, d_head: int)
     """``[batch, pos, head_index, d_head]`` from ``[batch, pos, d_model]``, or from per-head inputs
     ``[batch, pos, head_index, d_model]`` (split-input hooks: each head reads its own copy)."""
     if x.ndim == 4:
-        weight = einops.rearrange(linear.weight, "(h e) m -> h m e", h=n_heads)  # [head, d_model, d_head]
-        y = torch.einsum("bphm,hme->bphe", x, weight)
+        y = torch.einsum("bphm,hme->bphe", x, split_heads_in(linear.weight, n_heads))
         return y if linear.bias is None else y + linear.bias.view(n_heads, d_head)
     return linear(x).view(*x.shape[:2], n_heads, d_head)
 
@@ -94,15 +94,15 @@ class HeadWeightViews:
 
     @property
     def W_Q(self) -> torch.Tensor:  # [head_index, d_model, d_head]
-        return einops.rearrange(self.q_proj.weight, "(h e) m -> h m e", h=self.n_heads)
+        return split_heads_in(self.q_proj.weight, self.n_heads)
 
     @property
     def _W_K(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]: the stored GQA/MQA key heads
-        return einops.rearrange(self.k_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+        return split_heads_in(self.k_proj.weight, self.n_kv_heads)
 
     @property
     def _W_V(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
-        return einops.rearrange(self.v_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+        return split_heads_in(self.v_proj.weight, self.n_kv_heads)
 
     @property
     def W_K(self) -> torch.Tensor:  # [head_index, d_model, d_head]: each query head's key weights
@@ -123,9 +123,7 @@ class HeadWeightViews:
         return einops.rearrange(self.o_proj.weight, "m (h e) -> h e m", h=self.n_heads)
 
     def _bias_view(self, linear: nn.Linear, n: int) -> torch.Tensor:
-        if linear.bias is None:
-            return torch.zeros(n, self.d_head, dtype=linear.weight.dtype, device=linear.weight.device)
-        return linear.bias.view(n, self.d_head)
+        return bias_or_zeros(linear.bias, linear.weight).view(n, self.d_head)
 
     @property
     def b_Q(self) -> torch.Tensor:  # [head_index, d_head]
@@ -149,8 +147,7 @@ class HeadWeightViews:
 
     @property
     def b_O(self) -> torch.Tensor:  # [d_model]
-        b = self.o_proj.bias
-        return b if b is not None else torch.zeros_like(self.o_proj.weight[:, 0])
+        return bias_or_zeros(self.o_proj.bias, self.o_proj.weight)
 
 
 class Attention(HeadWeightViews, nn.Module):

@@ -70,7 +70,7 @@ def _attention(cfg: T5Config, position_bias: bool) -> Attention:
     )
 
 
-# the block-level names (add_block_hooks attaches them; the cross ones are the decoder block's own)
+# the block-level names add_block_hooks attaches (for the name table)
 _SELF_HOOKS = (
     "hook_resid_pre",  # [batch, pos, d_model]
     "hook_attn_in",
@@ -117,10 +117,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = _attention(cfg, position_bias=False)
         self.ln3 = T5Norm(cfg.d_model, cfg.norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=False)
-        add_block_hooks(self)
-        self.hook_cross_attn_in = HookPoint()  # [batch, pos, d_model]  the residual cross-attention reads
-        self.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
+        add_block_hooks(self, cross_attention=True)
 
     def forward(
         self,
