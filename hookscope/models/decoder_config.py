@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from hookscope.components.activations import ACTIVATIONS
 from hookscope.components.rotary import RopeScaling
 from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class DecoderConfig:
+class DecoderConfig(FamilyConfig):
     """Shape and numerics of a decoder LM (GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2...).
 
     Variations inside the topology are fields here; the block topology (sequential or parallel
@@ -59,23 +59,15 @@ class DecoderConfig:
             object.__setattr__(self, "rotary_dim", self.d_head)
         if not self.sliding_windows:
             object.__setattr__(self, "sliding_windows", (None,) * self.n_layers)
-        for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+        self._require_positive("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")
         if self.n_heads % self.n_kv_heads:  # type: ignore[operator]
             raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA"
             )
-        if self.act_fn not in ACTIVATIONS:
-            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+        self._require_activation("act_fn")
         if self.positional == "rotary" and (self.rotary_dim or 0) % 2:
             raise ConfigError(f"rotary_dim must be even, got {self.rotary_dim}")
         if len(self.sliding_windows) != self.n_layers:
             raise ConfigError(
                 f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers"
             )
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("hf_config")
-        return d
