@@ -2,8 +2,13 @@
 
 A :class:`HookPoint` is an identity module placed on a named activation. Hooks are plain functions
 ``fn(tensor, hook) -> tensor | None``: returning ``None`` observes, returning a tensor replaces the
-activation downstream. :class:`HookedModule` is the mix-in every hookscope model (native or wrapped)
-uses: it names its hook points, adds and removes hooks, and runs with hooks or with a cache.
+activation downstream. A point that fires several times in one run (a weight-tied block, a denoiser
+inside a sampling loop) tells its hooks which call this is through ``hook.call_index`` (and, under an
+iterative driver such as a diffusion sampler, the step through ``hook.step``); :func:`at_calls` and
+:func:`at_steps` make a hook act on chosen calls or steps only.
+
+:class:`HookedModule` is the mix-in every hookscope model (native or wrapped) uses: it names its hook
+points, adds and removes hooks, and runs with hooks or with a cache.
 
 Nothing in this file knows about any model family.
 """
@@ -38,6 +43,15 @@ class _Hook:
     fn: HookFn
     permanent: bool
     level: int | None
+    final: bool = False  # runs after every other hook (a module spliced in: see hookscope.splice)
+
+    @property
+    def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
+        return self.permanent
+
+    @property
+    def context_level(self) -> int | None:
+        return self.level
 
 
 class HookPoint(nn.Module):
@@ -56,6 +70,12 @@ class HookPoint(nn.Module):
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[_Hook] = []
         self.bwd_hooks: list[_Hook] = []
+        # call_index: which call of this point (0, 1, ...) the hooks are seeing, counted while hooked
+        # since the run began (run_with_hooks / run_with_cache / the outermost hooks() block);
+        # step: the current step of an iterative driver (sampler), None outside one
+        self.call_index = 0
+        self.step: int | None = None
+        self._calls = 0
 
     @property
     def has_hooks(self) -> bool:
@@ -65,19 +85,34 @@ class HookPoint(nn.Module):
         self,
         fn: HookFn,
         dir: Direction = "fwd",
-        prepend: bool = False,
-        permanent: bool = False,
+        is_permanent: bool = False,
         level: int | None = None,
+        prepend: bool = False,
+        *,
+        permanent: bool | None = None,
+        final: bool = False,
     ) -> None:
-        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation."""
+        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation.
+
+        The arguments are TransformerLens's, in its order (``permanent`` is an alias of ``is_permanent``).
+        A ``final`` hook stays after every hook added later (splicing uses it, so the point's other
+        hooks see the model's own activation and the replacement flows downstream).
+        """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        entry = _Hook(fn, permanent, level)
+        entry = _Hook(fn, is_permanent if permanent is None else permanent, level, final)
         if prepend:
             hooks.insert(0, entry)
-        else:
+        elif final:
             hooks.append(entry)
+        else:
+            hooks.insert(next((i for i, h in enumerate(hooks) if h.final), len(hooks)), entry)
+
+    def remove_hook(self, fn: HookFn) -> None:
+        """Remove every entry of one hook function (either direction, permanent or not)."""
+        self.fwd_hooks = [h for h in self.fwd_hooks if h.fn is not fn]
+        self.bwd_hooks = [h for h in self.bwd_hooks if h.fn is not fn]
 
     def remove_hooks(
         self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False,
@@ -100,12 +135,26 @@ class HookPoint(nn.Module):
     def clear_context(self) -> None:
         self.ctx.clear()
 
+    def layer(self) -> int:
+        """The block index in this point's name (``blocks.3.attn.hook_z`` -> 3), as TransformerLens."""
+        parts = (self.name or "").split(".")
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ValueError(f"hook point {self.name!r} is not inside a numbered block")
+        return int(parts[1])
+
+    def reset_calls(self) -> None:
+        """Count calls from 0 again (done when a run begins)."""
+        self._calls = 0
+        self.call_index = 0
+
     def __call__(self, x: Any) -> Any:  # bypasses nn.Module.__call__ on the hot path
         if not (self.fwd_hooks or self.bwd_hooks):
             return x
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:
+        self.call_index = self._calls
+        self._calls += 1
         for hook in list(self.fwd_hooks):
             out = _call_hook(hook.fn, x, self, "forward")
             if out is not None:
@@ -123,14 +172,17 @@ def _hook_label(fn: HookFn) -> str:
 
 
 def _call_hook(fn: HookFn, x: Any, point: HookPoint, phase: str) -> Any:
+    """Run one hook. Its own exception reaches the caller with its own type (``except ValueError`` keeps
+    working), with a note naming the hook and the hook point."""
     try:
         return fn(x, hook=point)
     except (StopForward, HookError):
         raise
     except Exception as err:
-        raise HookError(
-            f"{phase} hook {_hook_label(fn)} on '{point.name}' raised {type(err).__name__}: {err}"
-        ) from err
+        note = f"raised in {phase} hook {_hook_label(fn)} on '{point.name}'"
+        if hasattr(err, "add_note") and note not in getattr(err, "__notes__", ()):
+            err.add_note(note)  # Python 3.11+
+        raise
 
 
 def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> Any:
@@ -163,13 +215,17 @@ def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> An
 def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     """Route the gradient of ``x`` through the point's backward hooks (in order)."""
     hooks = list(point.bwd_hooks)
+    call_index = point.call_index  # the backward pass reaches calls in reverse: tell hooks which one
     # A copy (not a view) so the tensor hook belongs to this use of the activation only and survives a
     # caller that then modifies it in place (a view's hook is dropped when in-place ops rebase it).
     x = x.clone()
 
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
+        point.call_index = call_index
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
+            if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return
+                out = out[0]
             if out is not None:
                 grad = _checked_replacement(out, grad, point.name, hook.fn)
         return grad
@@ -189,9 +245,49 @@ def _hook_pairs(spec: Any, arg: str) -> list[tuple[Any, Any]]:
     return pairs  # type: ignore[return-value]
 
 
+def at_calls(fn: HookFn, calls: int | Iterable[int]) -> HookFn:
+    """``fn`` acting only on the given call(s) of its point (``hook.call_index``), e.g. patch call 1 of 3.
+
+    Negative indices are not accepted: how many calls a run will make is not known while it runs.
+    """
+    return _only_when(fn, calls, "call_index", "calls")
+
+
+def at_steps(fn: HookFn, steps: int | Iterable[int]) -> HookFn:
+    """``fn`` acting only at the given step(s) of an iterative driver (``hook.step``, set by a sampler)."""
+    return _only_when(fn, steps, "step", "steps")
+
+
+def _only_when(fn: HookFn, which: int | Iterable[int], attr: str, arg: str) -> HookFn:
+    if not callable(fn):
+        raise TypeError(f"at_{arg} takes a hook function first, got {type(fn).__name__}")
+    wanted = {which} if isinstance(which, int) else set(which)
+    if not wanted or not all(isinstance(i, int) and i >= 0 for i in wanted):
+        raise ValueError(f"{arg} must be one or more non-negative integers, got {which!r}")
+
+    def gated(tensor: Any, hook: HookPoint) -> Any:
+        return fn(tensor, hook=hook) if getattr(hook, attr) in wanted else None
+
+    gated.__qualname__ = f"at_{arg}({_hook_label(fn)}, {sorted(wanted)})"
+    return gated
+
+
 def hooks_active(points: Iterable[HookPoint]) -> bool:
     """True when any of ``points`` has a hook: components use it to pick a fused fast path."""
     return any(p.fwd_hooks or p.bwd_hooks for p in points)
+
+
+def observe_only(fn: HookFn) -> HookFn:
+    """Mark ``fn`` as a hook that never returns a replacement (e.g. a cache's): observing is then free to
+    run beside the fused kernels, and the numbers stay those of the un-hooked forward."""
+    fn.observe_only = True  # type: ignore[attr-defined]
+    return fn
+
+
+def hooks_editing(points: Iterable[HookPoint]) -> bool:
+    """True when any of ``points`` has a hook that may edit the activation or needs its gradient (anything
+    but :func:`observe_only` forward hooks): then the path that computes it must be the one that runs."""
+    return any(p.bwd_hooks or any(not getattr(h.fn, "observe_only", False) for h in p.fwd_hooks) for p in points)
 
 
 class HookedModule(nn.Module):
@@ -255,7 +351,7 @@ class HookedModule(nn.Module):
         if not callable(hook):
             raise TypeError(f"the hook for {name!r} must be a function fn(tensor, hook), got {type(hook).__name__}")
         for point in self._points_for(name):
-            point.add_hook(hook, dir=dir, prepend=prepend, permanent=is_permanent, level=level)
+            point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def add_perma_hook(
         self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd"
@@ -273,6 +369,16 @@ class HookedModule(nn.Module):
             if clear_contexts:
                 point.clear_context()
 
+    def reset_call_counts(self) -> None:
+        """Number every point's calls from 0 again (each run and the outermost hooks() block do it)."""
+        for point in self.hook_dict.values():
+            point.reset_calls()
+
+    def set_step(self, step: int | None) -> None:
+        """Tell every point's hooks the current step of an iterative driver (``hook.step``)."""
+        for point in self.hook_dict.values():
+            point.step = step
+
     def active_hooks(self) -> dict[str, tuple[int, int]]:
         """Name -> (forward, backward) hook counts of every point that has hooks."""
         return {n: (len(p.fwd_hooks), len(p.bwd_hooks)) for n, p in self.hook_dict.items() if p.has_hooks}
@@ -289,10 +395,13 @@ class HookedModule(nn.Module):
     ) -> Iterator[HookedModule]:
         """Attach hooks for the duration of a ``with`` block; they are removed on exit, errors included.
 
-        Only the hooks this context added are removed, so contexts nest.
+        Only the hooks this context added are removed, so contexts nest. The outermost block starts a
+        run: every point's ``call_index`` counts from 0 again.
         """
         type(self)._context_level += 1
         level = type(self)._context_level
+        if level == 1:
+            self.reset_call_counts()
         try:
             for name, fn in _hook_pairs(fwd_hooks, "fwd_hooks"):
                 self.add_hook(name, fn, dir="fwd", level=level)
@@ -332,6 +441,17 @@ class HookedModule(nn.Module):
         except StopForward:
             return None
 
+    def saes(self, *modules: Any, use_error_term: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Splice SAEs (or any hooked module with a ``hook_name``) into their hook points for a ``with`` block.
+
+        Inside the block each spliced activation is replaced by ``module(activation, use_error_term=...)``
+        and the module's own hook points join this model's (``blocks.6.hook_resid_post.hook_sae_acts_post``),
+        so ``run_with_cache``, ``hooks()`` and patching reach them. See :func:`hookscope.splice.spliced`.
+        """
+        from hookscope.splice import spliced
+
+        return spliced(self, *modules, use_error_term=use_error_term)
+
     # ---------------------------------------------------------------- caching
     def run_with_cache(
         self,
@@ -355,6 +475,9 @@ class HookedModule(nn.Module):
             incl_bwd: also run ``output.backward()`` (output must be a scalar, e.g. a loss) and
                 cache gradients under ``NAME_grad``.
             pos_slice: keep only these positions (along each activation's position axis).
+
+        A point that fired several times in the forward keeps every call: ``cache[name]`` then raises
+        and ``cache.calls(name)`` / ``cache.stack_calls(name)`` (``[call, ...]``) give them all.
         """
         from hookscope.cache import ActivationCache, make_caching_hooks
         from hookscope.memory import ensure_freed_memory_kept
@@ -376,3 +499,23 @@ class HookedModule(nn.Module):
                     )
                 out.backward()
         return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+
+    @contextlib.contextmanager
+    def record(
+        self, names_filter: NamesFilter = None, device: str | torch.device | None = None
+    ) -> Iterator[Any]:
+        """Cache ``names_filter`` over every forward run inside the ``with`` block, any loop included.
+
+        Yields an :class:`~hookscope.cache.ActivationCache` that fills as the model runs: one call per
+        forward of the model (e.g. per denoising step of a pipeline's own loop); read them with
+        ``cache.stack_calls(name)`` (``[call, ...]``) or ``cache.calls(name)``.
+        """
+        from hookscope.cache import ActivationCache, make_caching_hooks
+
+        store: dict[str, Any] = {}
+        fwd, _ = make_caching_hooks(
+            self.cache_names(names_filter), store, device=device, remove_batch_dim=False,
+            pos_slice=None, incl_bwd=False,
+        )
+        with self.hooks(fwd):
+            yield ActivationCache(store, self)

@@ -13,7 +13,11 @@ from hookscope.hooks import HookPoint, hooks_active
 
 
 def add_block_hooks(
-    block: nn.Module, resid_mid: bool = True, split_inputs: bool = True, cross_attention: bool = False
+    block: nn.Module,
+    resid_mid: bool = True,
+    split_inputs: bool = True,
+    cross_attention: bool = False,
+    mlp: bool = True,
 ) -> None:
     """Attach the block-level hook points; the split-input ones (per-head copies) and hook_mlp_in are opt-in.
 
@@ -21,6 +25,7 @@ def add_block_hooks(
     stream between them to hook). ``split_inputs=False`` for blocks without the per-head input points
     (Whisper's); :func:`attend` then always takes the plain path. ``cross_attention=True`` for
     encoder-decoder decoder blocks: the residual cross-attention reads, its output, and the stream after it.
+    ``mlp=False`` for attention-only blocks (no MLP hooks at all).
     """
     block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
     if split_inputs:
@@ -38,10 +43,11 @@ def add_block_hooks(
         block.hook_cross_attn_in = HookPoint()  # [batch, pos, d_model]  the residual cross-attention reads
         block.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
         block.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
-    # opt-in as in TransformerLens (use_hook_mlp_in): the residual the MLP's norm reads, a copy of what
-    # hook_resid_mid (sequential) or hook_resid_pre (parallel) already shows
-    block.hook_mlp_in = HookPoint(opt_in=True)  # [batch, pos, d_model]
-    block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+    if mlp:
+        # opt-in as in TransformerLens (use_hook_mlp_in): the residual the MLP's norm reads, a copy of what
+        # hook_resid_mid (sequential) or hook_resid_pre (parallel) already shows
+        block.hook_mlp_in = HookPoint(opt_in=True)  # [batch, pos, d_model]
+        block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
     block.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
 

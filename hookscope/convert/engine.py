@@ -54,6 +54,13 @@ class RuleSet:
         return RuleSet(tuple(r.inverted() for r in self.rules))
 
 
+def alias_name(name: str, aliases: Iterable[tuple[str, str]]) -> str:
+    """``name`` after every ``(regex, replacement)`` alias in turn: the name the rules are written against."""
+    for pattern, repl in aliases:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
 def aliased_keys(keys: Iterable[str], aliases: Iterable[tuple[str, str]]) -> dict[str, str]:
     """``{normalised name: source key}``: each key after every ``(regex, replacement)`` alias in turn.
 
@@ -62,9 +69,7 @@ def aliased_keys(keys: Iterable[str], aliases: Iterable[tuple[str, str]]) -> dic
     aliases = tuple(aliases)
     out: dict[str, str] = {}
     for key in keys:
-        name = key
-        for pattern, repl in aliases:
-            name = re.sub(pattern, repl, name)
+        name = alias_name(key, aliases)
         if name in out:
             raise ConversionError(f"source tensors {out[name]!r} and {key!r} both read as {name!r}: "
                                   "the checkpoint holds the same weight under two layouts")
