@@ -7,9 +7,11 @@ q/k norms (Qwen3), rotary positions, an additive position bias (T5), and the sof
 Cross-attention is a call, not a class: keys and values read another sequence, or arrive precomputed
 from :meth:`Attention.project_kv` (computed once per encoder output while decoding).
 
-Without hooks inside attention it runs ``scaled_dot_product_attention``; when any internal hook (scores,
-pattern, z, result) is active, soft-capping is on, or a float64 run must mirror a float32 softmax, it
-runs the explicit path. Both paths compute the same function.
+Without hooks on the scores or the pattern it runs ``scaled_dot_product_attention``. A hook that may
+edit them (or needs their gradient), soft-capping, or a float64 run that must mirror a float32 softmax
+makes the explicit path the one that runs; hooks that only observe (a cache) get the explicit scores and
+pattern computed beside the fused kernel, so caching never changes the output. Both paths compute the
+same function.
 """
 
 from __future__ import annotations
