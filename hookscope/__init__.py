@@ -24,6 +24,10 @@ _EXPORTS: dict[str, str] = {
     "DecoderConfig": "hookscope.models.decoder_config",
     "Decoder": "hookscope.models.decoder",
     "Bert": "hookscope.models.bert",
+    "BertConfig": "hookscope.models.bert_config",
+    "T5Config": "hookscope.models.t5_config",
+    "ViTConfig": "hookscope.models.vit_config",
+    "WhisperConfig": "hookscope.models.whisper_config",
     "T5": "hookscope.models.t5",
     "T5Encoder": "hookscope.models.t5",
     "ViT": "hookscope.models.vit",
@@ -151,12 +155,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.hooks import HookedModule, HookPoint, StopForward, at_calls, at_steps
     from hookscope.loading import load
     from hookscope.models.bert import Bert
+    from hookscope.models.bert_config import BertConfig
     from hookscope.models.decoder import Decoder
     from hookscope.models.decoder_config import DecoderConfig
     from hookscope.models.dit import DiT
     from hookscope.models.dit_config import DiTConfig
     from hookscope.models.t5 import T5, T5Encoder
+    from hookscope.models.t5_config import T5Config
     from hookscope.models.vit import ViT
+    from hookscope.models.vit_config import ViTConfig
     from hookscope.models.whisper import Whisper
+    from hookscope.models.whisper_config import WhisperConfig
     from hookscope.names import get_act_name
     from hookscope.viz.vision_plot import save_attention_overlay

@@ -25,27 +25,8 @@ from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.dit_config import DiTConfig
-from hookscope.names import DECODER_BLOCK, RESID, SCALE, register_family
 
-VEC = "batch d_model"
-_DECODER_KEPT = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
-                 "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
-                 "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
-                 "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 MODULATIONS = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")  # chunk order
-DIT_BLOCK = {
-    **{k: DECODER_BLOCK[k] for k in _DECODER_KEPT},
-    "cond.hook_time_embed": VEC, "cond.hook_class_embed": VEC, "hook_cond": VEC,
-    **{f"hook_{m}": VEC for m in MODULATIONS},
-    "hook_modulated_msa": RESID, "hook_modulated_mlp": RESID,
-}
-DIT_MODEL = {
-    "embed.hook_patch_embed": RESID, "hook_pos_embed": RESID,
-    "hook_shift_final": VEC, "hook_scale_final": VEC,
-    "ln_final.hook_scale": SCALE, "ln_final.hook_normalized": RESID, "hook_modulated_final": RESID,
-    "hook_patch_out": "batch pos patch_values", "hook_out": "batch channel height width",
-}
-register_family("dit", DIT_BLOCK, DIT_MODEL)
 
 
 def sincos_positions_2d(d_model: int, grid: int, base_grid: int) -> torch.Tensor:

@@ -70,22 +70,6 @@ def _attention(cfg: T5Config, position_bias: bool) -> Attention:
     )
 
 
-# the block-level names add_block_hooks attaches (for the name table)
-_SELF_HOOKS = (
-    "hook_resid_pre",  # [batch, pos, d_model]
-    "hook_attn_in",
-    "hook_q_input",
-    "hook_k_input",
-    "hook_v_input",  # [batch, pos, head_index, d_model] opt-in
-    "hook_attn_out",
-    "hook_resid_mid",
-    "hook_mlp_in",
-    "hook_mlp_out",
-    "hook_resid_post",  # [batch, pos, d_model]
-)
-_CROSS_HOOKS = ("hook_cross_attn_in", "hook_cross_attn_out", "hook_resid_mid_cross")  # [batch, pos, d_model]
-
-
 class EncoderBlock(nn.Module):
     """``x + attn(ln1(x))`` (bidirectional, relative position bias) then ``+ mlp(ln2(.))``."""
 
@@ -349,43 +333,3 @@ def _check_decode_inputs(
     ):
         raise ValueError(f"decoder_attention_mask has shape {tuple(decoder_attention_mask.shape)} but the "
                          f"decoder ids have shape {(batch, n_keys)} (with a cache: all positions so far)")
-
-
-def _register_names() -> None:
-    from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
-
-    norm = {"hook_scale": SCALE, "hook_normalized": RESID}
-    attn = {
-        "hook_q": HEADS,
-        "hook_k": HEADS,
-        "hook_v": HEADS,
-        "hook_attn_scores": PATTERN,
-        "hook_pattern": PATTERN,
-        "hook_z": HEADS,
-        "hook_result": "batch pos head_index d_model",
-    }
-    per_head_in = "batch pos head_index d_model"
-    block = {
-        **{n: RESID for n in _SELF_HOOKS + _CROSS_HOOKS},
-        **{n: per_head_in for n in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")},
-        **{f"{ln}.{k}": v for ln in ("ln1", "ln2", "ln3") for k, v in norm.items()},
-        **{f"{a}.{k}": v for a in ("attn", "cross_attn") for k, v in attn.items()},
-        # cross-attention keys/values run over encoder positions: not the decoder's pos axis
-        "cross_attn.hook_k": "batch key_pos head_index d_head",
-        "cross_attn.hook_v": "batch key_pos head_index d_head",
-        "attn.hook_position_bias": PATTERN,  # batch axis of size 1
-        "mlp.hook_pre": "batch pos d_mlp",
-        "mlp.hook_pre_linear": "batch pos d_mlp",
-        "mlp.hook_post": "batch pos d_mlp",
-    }
-    model = {
-        "hook_embed": RESID,
-        "hook_decoder_embed": RESID,
-        "encoder_rel_pos.hook_position_bias": PATTERN,
-        "decoder_rel_pos.hook_position_bias": PATTERN,
-        **{f"{ln}.{k}": v for ln in ("encoder_final_ln", "decoder_final_ln") for k, v in norm.items()},
-    }
-    register_family("t5", block, model)
-
-
-_register_names()

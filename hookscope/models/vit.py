@@ -26,20 +26,8 @@ from hookscope.models.input_checks import check_residual
 from hookscope.models.vit_config import ViTConfig
 from hookscope.models.vit_images import ImageSettings, default_image_settings, preprocess_images
 from hookscope.models.weight_views import StackedWeightsMixin
-from hookscope.names import DECODER_BLOCK, RESID, SCALE, register_family
 
 ReturnType = Literal["auto", "logits", "hidden", "pooled", None]
-
-_NOT_IN_VIT = ("attn.hook_rot_q", "attn.hook_rot_k", "mlp.hook_pre_linear")
-VIT_BLOCK = {k: v for k, v in DECODER_BLOCK.items() if k not in _NOT_IN_VIT}
-VIT_MODEL = {
-    "embed.hook_patch_embed": "batch pos d_model",  # pos = patches only (no class token)
-    "hook_embed": RESID, "hook_pos_embed": RESID,
-    "ln_pre.hook_scale": SCALE, "ln_pre.hook_normalized": RESID,
-    "ln_final.hook_scale": SCALE, "ln_final.hook_normalized": RESID,
-    "head.hook_out": "batch n_classes",
-}
-register_family("vit", VIT_BLOCK, VIT_MODEL)
 
 
 def interpolate_patch_positions(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
