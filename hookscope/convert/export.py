@@ -18,7 +18,7 @@ from torch import nn
 
 from hookscope.convert.bert_hf import bert_rules
 from hookscope.convert.decoder_hf import ARCHITECTURES
-from hookscope.convert.engine import ConversionError, RuleSet, convert_state_dict, expand
+from hookscope.convert.engine import ConversionError, RuleSet, alias_name, convert_state_dict, expand
 from hookscope.convert.t5_hf import t5_rules
 from hookscope.convert.vit_hf import rules_for
 from hookscope.convert.whisper_hf import hf_config_values, whisper_rules
@@ -135,7 +135,7 @@ def _fill(hf_model: nn.Module, model: nn.Module, plan: ExportPlan) -> None:
     ignore = [rf"^{re.escape(k)}$" for k in _tied_copies(state)]
     produced = [t for r in rules for t in r.targets]  # HF names after the family's aliases
     converted = convert_state_dict(state, RuleSet(tuple(rules), tuple(ignore)), 0, produced)
-    by_alias = {_alias(k, forward): k for k in hf_model.state_dict()}
+    by_alias = {alias_name(k, forward.aliases): k for k in hf_model.state_dict()}
     unknown = sorted(k for k in converted if k not in by_alias)
     if unknown:
         raise ConversionError(f"{plan.architecture} has no parameters {unknown[:8]}")
@@ -152,12 +152,6 @@ def _untie(hf_model: nn.Module) -> None:
     head, embed = hf_model.get_output_embeddings(), hf_model.get_input_embeddings()
     if head is not None and embed is not None and head.weight is embed.weight:
         head.weight = nn.Parameter(head.weight.detach().clone())
-
-
-def _alias(name: str, ruleset: RuleSet) -> str:
-    for pattern, repl in ruleset.aliases:
-        name = re.sub(pattern, repl, name)
-    return name
 
 
 def _tied_copies(state: dict[str, torch.Tensor]) -> list[str]:

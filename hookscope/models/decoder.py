@@ -25,6 +25,7 @@ from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.delegation import ExportMixin
 from hookscope.models.init import init_weights
+from hookscope.models.input_checks import batched_ids, check_device, check_integer_ids, check_residual
 from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
 from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.text import LanguageModelMixin
@@ -366,19 +367,11 @@ def _check_input(
             f"input must be token ids (a tensor), a string or a list of strings, got {type(input).__name__}"
         )
     if start_at_layer is None:
-        if input.is_floating_point() or input.is_complex():
-            raise TypeError(f"token ids must be an integer tensor, got {input.dtype} "
-                            "(a residual stream goes with start_at_layer=)")
-        if input.ndim not in (1, 2):
-            raise ValueError(f"token ids must be [batch, pos] or [pos], got shape {tuple(input.shape)}")
+        check_integer_ids("token ids", input, "an integer tensor", " (a residual stream goes with start_at_layer=)")
+        batched_ids("token ids", input)
     else:
-        if input.ndim != 3 or input.shape[-1] != embed.shape[-1]:
-            raise ValueError(f"with start_at_layer, input is the residual stream [batch, pos, {embed.shape[-1]}]; "
-                             f"got shape {tuple(input.shape)}")
-        if input.dtype != embed.dtype:
-            raise TypeError(f"the residual stream is {input.dtype} but the model is {embed.dtype}")
-    if not dispatched and input.device != embed.device:
-        raise ValueError(f"input is on {input.device} but the model is on {embed.device}; move it with .to()")
+        check_residual(input, embed)
+    check_device("input", input, embed, dispatched)
 
 
 def _check_cache_call(kv_cache: ModelKVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
