@@ -2,7 +2,10 @@
 
 A :class:`HookPoint` calls its forward hooks in order (each may observe or replace the activation) and
 registers backward hooks on the activation's gradient. A hook that breaks gets an error naming the hook
-point; a replacement of the wrong shape, dtype or device is refused. Nothing here knows any model.
+point; a replacement of the wrong shape, dtype or device is refused. A point that fires several times in
+one run tells its hooks which call this is (``hook.call_index``; ``hook.step`` under an iterative driver);
+:func:`at_calls` and :func:`at_steps` make a hook act on chosen calls or steps only. Nothing here knows
+any model.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class _Hook:
     fn: HookFn
     permanent: bool
     level: int | None
+    final: bool = False  # runs after every other hook (a module spliced in: see hookscope.splice)
 
     @property
     def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
@@ -55,6 +59,12 @@ class HookPoint(nn.Module):
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[_Hook] = []
         self.bwd_hooks: list[_Hook] = []
+        # call_index: which call of this point (0, 1, ...) the hooks are seeing, counted while hooked
+        # since the run began (run_with_hooks / run_with_cache / the outermost hooks() block);
+        # step: the current step of an iterative driver (sampler), None outside one
+        self.call_index = 0
+        self.step: int | None = None
+        self._calls = 0
 
     @property
     def has_hooks(self) -> bool:
@@ -69,19 +79,29 @@ class HookPoint(nn.Module):
         prepend: bool = False,
         *,
         permanent: bool | None = None,
+        final: bool = False,
     ) -> None:
         """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation.
 
         The arguments are TransformerLens's, in its order (``permanent`` is an alias of ``is_permanent``).
+        A ``final`` hook stays after every hook added later (splicing uses it, so the point's other
+        hooks see the model's own activation and the replacement flows downstream).
         """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        entry = _Hook(fn, is_permanent if permanent is None else permanent, level)
+        entry = _Hook(fn, is_permanent if permanent is None else permanent, level, final)
         if prepend:
             hooks.insert(0, entry)
-        else:
+        elif final:
             hooks.append(entry)
+        else:
+            hooks.insert(next((i for i, h in enumerate(hooks) if h.final), len(hooks)), entry)
+
+    def remove_hook(self, fn: HookFn) -> None:
+        """Remove every entry of one hook function (either direction, permanent or not)."""
+        self.fwd_hooks = [h for h in self.fwd_hooks if h.fn is not fn]
+        self.bwd_hooks = [h for h in self.bwd_hooks if h.fn is not fn]
 
     def remove_hooks(
         self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False,
@@ -111,12 +131,19 @@ class HookPoint(nn.Module):
             raise ValueError(f"hook point {self.name!r} is not inside a numbered block")
         return int(parts[1])
 
+    def reset_calls(self) -> None:
+        """Count calls from 0 again (done when a run begins)."""
+        self._calls = 0
+        self.call_index = 0
+
     def __call__(self, x: Any) -> Any:  # bypasses nn.Module.__call__ on the hot path
         if not (self.fwd_hooks or self.bwd_hooks):
             return x
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:
+        self.call_index = self._calls
+        self._calls += 1
         for hook in list(self.fwd_hooks):
             out = _call_hook(hook.fn, x, self, "forward")
             if out is not None:
@@ -177,11 +204,13 @@ def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> An
 def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     """Route the gradient of ``x`` through the point's backward hooks (in order)."""
     hooks = list(point.bwd_hooks)
+    call_index = point.call_index  # the backward pass reaches calls in reverse: tell hooks which one
     # A copy (not a view) so the tensor hook belongs to this use of the activation only and survives a
     # caller that then modifies it in place (a view's hook is dropped when in-place ops rebase it).
     x = x.clone()
 
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
+        point.call_index = call_index
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
             if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return
@@ -192,6 +221,33 @@ def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
 
     x.register_hook(run_bwd)
     return x
+
+
+def at_calls(fn: HookFn, calls: int | Iterable[int]) -> HookFn:
+    """``fn`` acting only on the given call(s) of its point (``hook.call_index``), e.g. patch call 1 of 3.
+
+    Negative indices are not accepted: how many calls a run will make is not known while it runs.
+    """
+    return _only_when(fn, calls, "call_index", "calls")
+
+
+def at_steps(fn: HookFn, steps: int | Iterable[int]) -> HookFn:
+    """``fn`` acting only at the given step(s) of an iterative driver (``hook.step``, set by a sampler)."""
+    return _only_when(fn, steps, "step", "steps")
+
+
+def _only_when(fn: HookFn, which: int | Iterable[int], attr: str, arg: str) -> HookFn:
+    if not callable(fn):
+        raise TypeError(f"at_{arg} takes a hook function first, got {type(fn).__name__}")
+    wanted = {which} if isinstance(which, int) else set(which)
+    if not wanted or not all(isinstance(i, int) and i >= 0 for i in wanted):
+        raise ValueError(f"{arg} must be one or more non-negative integers, got {which!r}")
+
+    def gated(tensor: Any, hook: HookPoint) -> Any:
+        return fn(tensor, hook=hook) if getattr(hook, attr) in wanted else None
+
+    gated.__qualname__ = f"at_{arg}({_hook_label(fn)}, {sorted(wanted)})"
+    return gated
 
 
 def hooks_active(points: Iterable[HookPoint]) -> bool:

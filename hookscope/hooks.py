@@ -1,10 +1,11 @@
 """Hook points and the hooked root module.
 
-A :class:`HookPoint` (defined in :mod:`hookscope.hook_point`) is an identity module placed on a named
-activation. Hooks are plain functions ``fn(tensor, hook) -> tensor | None``: returning ``None`` observes,
-returning a tensor replaces the activation downstream. :class:`HookedModule` is the mix-in every hookscope
-model (native or wrapped) uses: it names its hook points, adds and removes hooks, and runs with hooks or
-with a cache.
+A :class:`HookPoint` (defined in :mod:`hookscope.hook_point`, with :func:`at_calls` / :func:`at_steps`) is
+an identity module placed on a named activation. Hooks are plain functions ``fn(tensor, hook) -> tensor |
+None``: returning ``None`` observes, returning a tensor replaces the activation downstream.
+
+:class:`HookedModule` is the mix-in every hookscope model (native or wrapped) uses: it names its hook
+points, adds and removes hooks, and runs with hooks or with a cache.
 
 Nothing in this file knows about any model family.
 """
@@ -25,6 +26,8 @@ from hookscope.hook_point import (
     HookFn,
     HookPoint,
     StopForward,
+    at_calls,
+    at_steps,
     hooks_active,
     hooks_editing,
     observe_only,
@@ -35,8 +38,8 @@ logger = logging.getLogger(__name__)
 
 # the hook API, importable from here whichever module defines it
 __all__ = [
-    "Direction", "HookError", "HookFn", "HookPoint", "HookSpec", "HookedModule", "StopForward", "hooks_active",
-    "hooks_editing", "observe_only",
+    "Direction", "HookError", "HookFn", "HookPoint", "HookSpec", "HookedModule", "StopForward", "at_calls",
+    "at_steps", "hooks_active", "hooks_editing", "observe_only",
 ]
 
 HookSpec = Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]]
@@ -132,6 +135,16 @@ class HookedModule(nn.Module):
             if clear_contexts:
                 point.clear_context()
 
+    def reset_call_counts(self) -> None:
+        """Number every point's calls from 0 again (each run and the outermost hooks() block do it)."""
+        for point in self.hook_dict.values():
+            point.reset_calls()
+
+    def set_step(self, step: int | None) -> None:
+        """Tell every point's hooks the current step of an iterative driver (``hook.step``)."""
+        for point in self.hook_dict.values():
+            point.step = step
+
     def active_hooks(self) -> dict[str, tuple[int, int]]:
         """Name -> (forward, backward) hook counts of every point that has hooks."""
         return {n: (len(p.fwd_hooks), len(p.bwd_hooks)) for n, p in self.hook_dict.items() if p.has_hooks}
@@ -148,10 +161,13 @@ class HookedModule(nn.Module):
     ) -> Iterator[HookedModule]:
         """Attach hooks for the duration of a ``with`` block; they are removed on exit, errors included.
 
-        Only the hooks this context added are removed, so contexts nest.
+        Only the hooks this context added are removed, so contexts nest. The outermost block starts a
+        run: every point's ``call_index`` counts from 0 again.
         """
         type(self)._context_level += 1
         level = type(self)._context_level
+        if level == 1:
+            self.reset_call_counts()
         try:
             for name, fn in _hook_pairs(fwd_hooks, "fwd_hooks"):
                 self.add_hook(name, fn, dir="fwd", level=level)
@@ -191,6 +207,17 @@ class HookedModule(nn.Module):
         except StopForward:
             return None
 
+    def saes(self, *modules: Any, use_error_term: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Splice SAEs (or any hooked module with a ``hook_name``) into their hook points for a ``with`` block.
+
+        Inside the block each spliced activation is replaced by ``module(activation, use_error_term=...)``
+        and the module's own hook points join this model's (``blocks.6.hook_resid_post.hook_sae_acts_post``),
+        so ``run_with_cache``, ``hooks()`` and patching reach them. See :func:`hookscope.splice.spliced`.
+        """
+        from hookscope.splice import spliced
+
+        return spliced(self, *modules, use_error_term=use_error_term)
+
     # ---------------------------------------------------------------- caching
     def run_with_cache(
         self,
@@ -214,6 +241,9 @@ class HookedModule(nn.Module):
             incl_bwd: also run ``output.backward()`` (output must be a scalar, e.g. a loss) and
                 cache gradients under ``NAME_grad``.
             pos_slice: keep only these positions (along each activation's position axis).
+
+        A point that fired several times in the forward keeps every call: ``cache[name]`` then raises
+        and ``cache.calls(name)`` / ``cache.stack_calls(name)`` (``[call, ...]``) give them all.
         """
         from hookscope.cache import ActivationCache, make_caching_hooks
         from hookscope.memory import ensure_freed_memory_kept
@@ -235,3 +265,23 @@ class HookedModule(nn.Module):
                     )
                 out.backward()
         return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+
+    @contextlib.contextmanager
+    def record(
+        self, names_filter: NamesFilter = None, device: str | torch.device | None = None
+    ) -> Iterator[Any]:
+        """Cache ``names_filter`` over every forward run inside the ``with`` block, any loop included.
+
+        Yields an :class:`~hookscope.cache.ActivationCache` that fills as the model runs: one call per
+        forward of the model (e.g. per denoising step of a pipeline's own loop); read them with
+        ``cache.stack_calls(name)`` (``[call, ...]``) or ``cache.calls(name)``.
+        """
+        from hookscope.cache import ActivationCache, make_caching_hooks
+
+        store: dict[str, Any] = {}
+        fwd, _ = make_caching_hooks(
+            self.cache_names(names_filter), store, device=device, remove_batch_dim=False,
+            pos_slice=None, incl_bwd=False,
+        )
+        with self.hooks(fwd):
+            yield ActivationCache(store, self)

@@ -68,7 +68,8 @@ class ImagePosEmbed(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(cfg.n_positions, cfg.d_model).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(cfg.n_positions, cfg.d_model))
+        nn.init.normal_(self.weight, std=0.02)
         self.n_special = cfg.n_special
         self.image_size = cfg.image_size
 
@@ -165,10 +166,11 @@ class ViT(StackedWeightsMixin, ExportMixin, HookedModule):
         self.cfg = cfg
         d = cfg.d_model
         self.embed = PatchEmbed(cfg.n_channels, d, cfg.patch_size, cfg.patch_bias)
-        self.cls_token = nn.Parameter(torch.empty(d).normal_(std=0.02))
-        self.dist_token: nn.Parameter | None = (
-            nn.Parameter(torch.empty(d).normal_(std=0.02)) if cfg.distillation_token else None
-        )
+        self.cls_token = nn.Parameter(torch.empty(d))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.dist_token: nn.Parameter | None = nn.Parameter(torch.empty(d)) if cfg.distillation_token else None
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]  special tokens + patches, before positions
         self.pos_embed = ImagePosEmbed(cfg)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
