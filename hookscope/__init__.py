@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "hookscope.errors",
     "HookError": "hookscope.errors",
     "HookNameError": "hookscope.errors",
+    "WeightProcessingError": "hookscope.errors",
     "FactoredMatrix": "hookscope.factored_matrix",
     "all_composition_scores": "hookscope.analysis.composition",
     "generic_activation_patch": "hookscope.analysis.patching",
@@ -149,6 +150,7 @@ if TYPE_CHECKING:  # pragma: no cover
         LoadError,
         SourceNotFoundError,
         SourceTypeError,
+        WeightProcessingError,
     )
     from hookscope.factored_matrix import FactoredMatrix
     from hookscope.generation.api import generate, generate_stream

@@ -1,12 +1,11 @@
 """The hook point: an identity module on a named activation, and the rules for calling hooks on it.
 
 A :class:`HookPoint` calls its forward hooks in order (each may observe or replace the activation) and
-registers backward hooks on the activation's gradient. A point that fires several times in one run (a
-weight-tied block, a denoiser inside a sampling loop) tells its hooks which call this is through
-``hook.call_index`` (and, under an iterative driver such as a diffusion sampler, the step through
-``hook.step``); :func:`at_calls` and :func:`at_steps` make a hook act on chosen calls or steps only.
-A hook that breaks gets an error naming the hook point; a replacement of the wrong shape, dtype or device
-is refused. Nothing here knows any model.
+registers backward hooks on the activation's gradient. A hook that breaks gets an error naming the hook
+point; a replacement of the wrong shape, dtype or device is refused. A point that fires several times in
+one run tells its hooks which call this is (``hook.call_index``; ``hook.step`` under an iterative driver);
+:func:`at_calls` and :func:`at_steps` make a hook act on chosen calls or steps only. Nothing here knows
+any model.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Hook points and the hooked root module.
 
-A :class:`HookPoint` (defined in :mod:`hookscope.hook_point`) is an identity module placed on a named
-activation. Hooks are plain functions ``fn(tensor, hook) -> tensor | None``: returning ``None`` observes,
-returning a tensor replaces the activation downstream. :class:`HookedModule` is the mix-in every hookscope
-model (native or wrapped) uses: it names its hook points, adds and removes hooks, and runs with hooks or
-with a cache.
+A :class:`HookPoint` (defined in :mod:`hookscope.hook_point`, with :func:`at_calls` / :func:`at_steps`) is
+an identity module placed on a named activation. Hooks are plain functions ``fn(tensor, hook) -> tensor |
+None``: returning ``None`` observes, returning a tensor replaces the activation downstream.
+
+:class:`HookedModule` is the mix-in every hookscope model (native or wrapped) uses: it names its hook
+points, adds and removes hooks, and runs with hooks or with a cache.
 
 Nothing in this file knows about any model family.
 """

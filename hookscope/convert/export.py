@@ -29,7 +29,7 @@ from hookscope.models.vit import ViT
 from hookscope.models.whisper import Whisper
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportPlan:
     """What a family's export needs: the HF config values, the HF class and the forward rules."""
 
@@ -48,13 +48,15 @@ def _decoder_plan(model: Decoder) -> ExportPlan:
     if values.get("layer_types"):
         values["layer_types"] = values["layer_types"][: cfg.n_layers]
     rules = ARCHITECTURES[values["model_type"]].rules(cfg)
-    return ExportPlan(values, ARCHITECTURES[values["model_type"]].hf_class, lambda keys: rules, cfg.n_layers)
+    return ExportPlan(config_values=values, architecture=ARCHITECTURES[values["model_type"]].hf_class,
+                      rules=lambda keys: rules, n_layers=cfg.n_layers)
 
 
 def _bert_plan(model: Bert) -> ExportPlan:
     cfg = model.cfg
     values = {**cfg.hf_config, "num_hidden_layers": cfg.n_layers}
-    return ExportPlan(values, cfg.architecture, lambda keys: bert_rules(cfg, keys), cfg.n_layers)
+    return ExportPlan(config_values=values, architecture=cfg.architecture, rules=lambda keys: bert_rules(cfg, keys),
+                      n_layers=cfg.n_layers)
 
 
 def _t5_plan(model: T5Encoder) -> ExportPlan:
@@ -65,18 +67,21 @@ def _t5_plan(model: T5Encoder) -> ExportPlan:
     if not cfg.encoder_only:
         values["num_decoder_layers"] = cfg.n_decoder_layers
     n_layers = max(cfg.n_encoder_layers, cfg.n_decoder_layers)
-    return ExportPlan(values, cfg.architecture, lambda keys: t5_rules(cfg), n_layers)
+    return ExportPlan(config_values=values, architecture=cfg.architecture, rules=lambda keys: t5_rules(cfg),
+                      n_layers=n_layers)
 
 
 def _vit_plan(model: ViT) -> ExportPlan:
     cfg = model.cfg
     values = {**cfg.hf_config, "num_hidden_layers": cfg.n_layers}
-    return ExportPlan(values, cfg.architecture, lambda keys: rules_for(cfg), cfg.n_layers)
+    return ExportPlan(config_values=values, architecture=cfg.architecture, rules=lambda keys: rules_for(cfg),
+                      n_layers=cfg.n_layers)
 
 
 def _whisper_plan(model: Whisper) -> ExportPlan:
     values = {"model_type": "whisper", **hf_config_values(model.cfg)}
-    return ExportPlan(values, "WhisperForConditionalGeneration", lambda keys: whisper_rules(model.cfg), 0)
+    return ExportPlan(config_values=values, architecture="WhisperForConditionalGeneration",
+                      rules=lambda keys: whisper_rules(model.cfg), n_layers=0)
 
 
 PLANS: dict[type, Callable[[Any], ExportPlan]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hookscope.errors import ConfigError
 from hookscope.models.config_base import FamilyConfig
 
 
@@ -38,10 +39,10 @@ class DiTConfig(FamilyConfig):
             "n_layers", "n_heads", "d_head", "in_channels", "out_channels", "sample_size", "patch_size", "n_classes"
         )
         if self.sample_size % self.patch_size:
-            raise ValueError(f"sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
+            raise ConfigError(f"sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
         if self.d_model % 4:
             # the 2-D sin-cos table gives half the channels to each axis, each half split sin / cos
-            raise ValueError(f"d_model = n_heads * d_head = {self.d_model} must be a multiple of 4")
+            raise ConfigError(f"d_model = n_heads * d_head = {self.d_model} must be a multiple of 4")
         self._require_activation("act_fn")
 
     @property
