@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hookscope.components.attention import Attention
-from hookscope.components.block_hooks import add_block_hooks
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.masks import AttentionMask, positions_from_mask
 from hookscope.components.mlp import make_mlp
@@ -46,7 +46,7 @@ class SequentialBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = _attend(self, self.ln1(x), mask, rotary, kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
@@ -71,7 +71,9 @@ class ParallelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(_attend(self, self.ln1(x), mask, rotary, kv_cache))
+        attn_out = self.hook_attn_out(
+            attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        )
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
         # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
         return self.hook_resid_post(mlp_out + attn_out + x)
@@ -85,25 +87,6 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
         softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.attn_softmax_float32,
         rotary=cfg.positional == "rotary",
     )
-
-
-def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any) -> torch.Tensor:
-    """Attention on the normalised residual.
-
-    Only when a split-input hook is active, the normalised residual is copied per head
-    (``hook_attn_in``, then ``hook_q_input``/``hook_k_input``/``hook_v_input``: what each head's
-    projection reads), so each head's input can be patched on its own.
-    """
-    split = (block.hook_attn_in, block.hook_q_input, block.hook_k_input, block.hook_v_input)
-    if not hooks_active(split):
-        return block.attn(x, x, x, mask, rotary, block.window, kv_cache)
-    attn = block.attn
-    per_head = block.hook_attn_in(x[:, :, None, :].expand(-1, -1, attn.n_heads, -1))
-    per_kv = per_head[:, :, :: attn.n_heads // attn.n_kv_heads]  # one copy per KV head
-    q_in = block.hook_q_input(per_head)
-    k_in = block.hook_k_input(per_kv)
-    v_in = block.hook_v_input(per_kv)
-    return attn(q_in, k_in, v_in, mask, rotary, block.window, kv_cache)
 
 
 class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
