@@ -14,6 +14,7 @@ demo: $(BASE_STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m ruff check hookscope tests benchmarks examples
+	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 	$(BIN)/python -m pytest -q -x --durations=15 -m "not slow"
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import nn
 
+from hookscope.errors import HookError, HookNameError
 from hookscope.names import NamesFilter, resolve_names_filter, suggest_names
 
 logger = logging.getLogger(__name__)
@@ -26,11 +27,6 @@ logger = logging.getLogger(__name__)
 HookFn = Callable[..., Any]  # fn(tensor, hook) -> tensor | None
 HookSpec = Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]]
 Direction = Literal["fwd", "bwd"]
-
-
-class HookError(RuntimeError):
-    """A hook misbehaved: it returned something that cannot replace the activation (wrong kind, shape, dtype
-    or device). An exception a hook raises itself propagates unchanged, with a note naming the hook."""
 
 
 class StopForward(Exception):
@@ -42,6 +38,7 @@ class _Hook:
     fn: HookFn
     permanent: bool
     level: int | None
+    final: bool = False  # runs after every other hook (a module spliced in: see hookscope.splice)
 
     @property
     def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
@@ -82,19 +79,29 @@ class HookPoint(nn.Module):
         prepend: bool = False,
         *,
         permanent: bool | None = None,
+        final: bool = False,
     ) -> None:
         """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation.
 
         The arguments are TransformerLens's, in its order (``permanent`` is an alias of ``is_permanent``).
+        A ``final`` hook stays after every hook added later (splicing uses it, so the point's other
+        hooks see the model's own activation and the replacement flows downstream).
         """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        entry = _Hook(fn, is_permanent if permanent is None else permanent, level)
+        entry = _Hook(fn, is_permanent if permanent is None else permanent, level, final)
         if prepend:
             hooks.insert(0, entry)
-        else:
+        elif final:
             hooks.append(entry)
+        else:
+            hooks.insert(next((i for i, h in enumerate(hooks) if h.final), len(hooks)), entry)
+
+    def remove_hook(self, fn: HookFn) -> None:
+        """Remove every entry of one hook function (either direction, permanent or not)."""
+        self.fwd_hooks = [h for h in self.fwd_hooks if h.fn is not fn]
+        self.bwd_hooks = [h for h in self.bwd_hooks if h.fn is not fn]
 
     def remove_hooks(
         self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False,
@@ -264,7 +271,7 @@ class HookedModule(nn.Module):
     def _points_for(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
         if isinstance(name_or_filter, str):
             if name_or_filter not in self.hook_dict:
-                raise KeyError(self.unknown_name_message(name_or_filter))
+                raise HookNameError(self.unknown_name_message(name_or_filter))
             return [self.hook_dict[name_or_filter]]
         if callable(name_or_filter):
             return [p for name, p in self.hook_dict.items() if name_or_filter(name)]
@@ -373,6 +380,17 @@ class HookedModule(nn.Module):
             return self(*args, **kwargs)
         except StopForward:
             return None
+
+    def saes(self, *modules: Any, use_error_term: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Splice SAEs (or any hooked module with a ``hook_name``) into their hook points for a ``with`` block.
+
+        Inside the block each spliced activation is replaced by ``module(activation, use_error_term=...)``
+        and the module's own hook points join this model's (``blocks.6.hook_resid_post.hook_sae_acts_post``),
+        so ``run_with_cache``, ``hooks()`` and patching reach them. See :func:`hookscope.splice.spliced`.
+        """
+        from hookscope.splice import spliced
+
+        return spliced(self, *modules, use_error_term=use_error_term)
 
     # ---------------------------------------------------------------- caching
     def run_with_cache(

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from hookscope.models.lm_mixin import pad_sequences
+from hookscope.text import pad_sequences
 
 PaddingSide = Literal["left", "right"]
 

@@ -12,12 +12,13 @@ from hookscope.components.masks import AttentionMask
 from hookscope.hooks import HookPoint, hooks_active
 
 
-def add_block_hooks(block: nn.Module, resid_mid: bool = True, split_inputs: bool = True) -> None:
+def add_block_hooks(block: nn.Module, resid_mid: bool = True, split_inputs: bool = True, mlp: bool = True) -> None:
     """Attach the block-level hook points; the split-input ones (per-head copies) and hook_mlp_in are opt-in.
 
     ``resid_mid=False`` for parallel blocks (attention and MLP read the same residual: there is no
     stream between them to hook). ``split_inputs=False`` for blocks without the per-head input points
-    (Whisper's, as in HF); :func:`attend` then always takes the plain path.
+    (Whisper's, as in HF); :func:`attend` then always takes the plain path. ``mlp=False`` for
+    attention-only blocks (no MLP hooks at all).
     """
     block.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
     if split_inputs:
@@ -31,10 +32,11 @@ def add_block_hooks(block: nn.Module, resid_mid: bool = True, split_inputs: bool
     block.hook_attn_out = HookPoint()  # [batch, pos, d_model]
     if resid_mid:
         block.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-    # opt-in as in TransformerLens (use_hook_mlp_in): the residual the MLP's norm reads, a copy of what
-    # hook_resid_mid (sequential) or hook_resid_pre (parallel) already shows
-    block.hook_mlp_in = HookPoint(opt_in=True)  # [batch, pos, d_model]
-    block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+    if mlp:
+        # opt-in as in TransformerLens (use_hook_mlp_in): the residual the MLP's norm reads, a copy of what
+        # hook_resid_mid (sequential) or hook_resid_pre (parallel) already shows
+        block.hook_mlp_in = HookPoint(opt_in=True)  # [batch, pos, d_model]
+        block.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
     block.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
 

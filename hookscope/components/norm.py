@@ -118,11 +118,58 @@ class OffsetRMSNorm(RMSNorm):
         return 1.0 + self.weight.float()  # as HF Gemma: (1 + w) in float32
 
 
-NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "rmsnorm_plus_one": OffsetRMSNorm}
+class LayerNormPre(nn.Module):
+    """LayerNorm without weight or bias (TransformerLens ``LNPre``): centre, divide by the scale, nothing else.
+
+    What TransformerLens leaves after folding a LayerNorm's weight into the next layer; also a norm to
+    train with. ``d`` is accepted for a uniform constructor and unused (no parameters).
+    """
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(centred / scale)
+
+
+class RMSNormPre(nn.Module):
+    """RMSNorm without a weight (TransformerLens ``RMSPre``): ``x / sqrt(mean(x^2) + eps)``."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # half precisions normalise in float32 (as TransformerLens); float64 stays float64
+        x32 = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+        scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
+        return self.hook_normalized((x32 / scale).to(x.dtype))
+
+
+class NoNorm(nn.Identity):
+    """No normalisation (TransformerLens ``normalization_type=None``): the input passes unchanged, no hooks."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+
+
+NORMS: dict[str, type[nn.Module]] = {
+    "layernorm": LayerNorm, "rmsnorm": RMSNorm, "rmsnorm_plus_one": OffsetRMSNorm,
+    "layernorm_pre": LayerNormPre, "rmsnorm_pre": RMSNormPre, "none": NoNorm,
+}
 
 
 def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
     """Build the norm a config names; ``bias`` applies to LayerNorm only."""
     if kind == "layernorm":
         return LayerNorm(d, eps, bias=bias)
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm {kind!r}; choose one of {sorted(NORMS)}")
     return NORMS[kind](d, eps)

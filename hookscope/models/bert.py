@@ -22,6 +22,7 @@ from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.bert_config import BertConfig
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
 
@@ -149,7 +150,7 @@ class LinearHead(nn.Module):
         return self.hook_out(self.proj(pooled))
 
 
-class Bert(StackedWeightsMixin, HookedModule):
+class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked BERT / RoBERTa / MiniLM encoder, numerically identical to its Hugging Face source.
 
     Which heads exist is declared by the config (``mlm_head``, ``pooler``, ``nsp_head``, ``n_labels``);

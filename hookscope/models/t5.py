@@ -26,9 +26,11 @@ from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm
 from hookscope.components.relative_bias import RelativePositionBias
+from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
-from hookscope.models.lm_mixin import LanguageModelMixin
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.t5_config import T5Config
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", None]
 
@@ -146,7 +148,7 @@ class DecoderBlock(nn.Module):
         return kv if cross_kv is None else cross_kv.update(*kv)
 
 
-class T5Encoder(LanguageModelMixin, HookedModule):
+class T5Encoder(LanguageModelMixin, ExportMixin, HookedModule):
     """The T5 encoder alone (HF ``T5EncoderModel``): token ids in, ``[batch, pos, d_model]`` out."""
 
     def __init__(self, cfg: T5Config) -> None:
@@ -192,9 +194,9 @@ class T5Encoder(LanguageModelMixin, HookedModule):
     ) -> torch.Tensor:
         """The encoder output ``[batch, pos, d_model]`` (after its final norm): HF ``last_hidden_state``."""
         tokens, attention_mask = self._tokens(input, attention_mask)
-        return self._encode(tokens, attention_mask)
+        return self._run_encoder(tokens, attention_mask)
 
-    def _encode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _run_encoder(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         _check_device("input", tokens, self)
         if attention_mask is not None and attention_mask.device != tokens.device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but the input is on {tokens.device}")
@@ -262,7 +264,7 @@ class T5(T5Encoder):
         cross_cached = cache is not None and cache.cross[0].filled
         if encoder_output is None and input is not None:
             tokens, attention_mask = self._tokens(input, attention_mask)
-            encoder_output = self._encode(tokens, attention_mask)
+            encoder_output = self._run_encoder(tokens, attention_mask)
         elif encoder_output is None and not cross_cached:
             raise ValueError("pass the encoder input (token ids or text) or encoder_output=")
         if decoder_input_ids is None:
@@ -312,9 +314,7 @@ class T5(T5Encoder):
 
     def generate(self, input: Any, max_new_tokens: int = 20, **kwargs: Any) -> torch.Tensor:
         """Greedy or beam-search decoding; see :func:`hookscope.generation.seq2seq.generate_seq2seq`."""
-        from hookscope.generation.seq2seq import generate_seq2seq
-
-        return generate_seq2seq(self, input, max_new_tokens=max_new_tokens, **kwargs)
+        return implementation("generate_seq2seq")(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:

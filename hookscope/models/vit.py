@@ -21,6 +21,7 @@ from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.vit_config import ViTConfig
 from hookscope.models.vit_images import ImageSettings, default_image_settings, preprocess_images
 from hookscope.models.weight_views import StackedWeightsMixin
@@ -168,7 +169,7 @@ class LensDecoder(NamedTuple):
         return self.head_fn(self.final_norm(x))
 
 
-class ViT(StackedWeightsMixin, HookedModule):
+class ViT(StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked ViT / DeiT / CLIP vision encoder, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: ViTConfig, image_settings: ImageSettings | None = None) -> None:
