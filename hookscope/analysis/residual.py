@@ -196,6 +196,8 @@ def decompose_resid(
     sublayers = {"all": ("attn", "mlp"), "attn": ("attn",), "mlp": ("mlp",)}[mode]
     for i in range(layer):
         for kind in sublayers:
+            if not _has_hook(model, f"blocks.{i}.hook_{kind}_out"):
+                continue  # attention-only blocks have no MLP
             parts.append(_get(cache, f"blocks.{i}.hook_{kind}_out", "decompose_resid"))
             labels.append(f"{i}_{kind}_out")
     if mlp_input and mode != "mlp" and _has_hook(model, f"blocks.{layer}.hook_resid_mid"):
@@ -289,7 +291,8 @@ def apply_ln_to_stack(
         residual_stack = _index(residual_stack, batch_index, 1)
     norm = model.get_submodule(norm_name)
     if recompute_ln and layer == n:
-        _linear_form(norm, norm_name)
+        if not _linear_form(norm, norm_name):
+            return residual_stack  # no final norm
         out = norm.linear_part(residual_stack, norm.scale_of(residual_stack))
         return out if norm.offset is None else out + norm.offset.to(out.dtype)
     return _linear_norm(cache, model, norm_name, residual_stack, pos_slice, batch_slice)

@@ -26,6 +26,7 @@ from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
 from hookscope.models.decoder import Decoder
+from hookscope.models.init import init_weights
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +72,12 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             self.to(cfg.device)
 
     def init_weights(self) -> None:
-        """TL's initialisation: matrices (and embeddings) ~ N(0, ``initializer_range``) for ``init_mode="gpt2"``,
-        biases 0, norm weights 1. Other init modes are refused (not silently replaced)."""
+        """TL's "gpt2" initialisation (the native :func:`~hookscope.models.init.init_weights`): matrices and
+        embeddings ~ N(0, ``initializer_range``), biases 0, norm weights 1. Other init modes are refused."""
         if self.cfg.init_mode != "gpt2":
             raise NotImplementedError(f"init_mode={self.cfg.init_mode!r}: hookscope.compat implements 'gpt2'")
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.ndim >= 2:
-                    p.normal_(0.0, self.cfg.initializer_range)
-                elif name.endswith("weight"):  # norm weights
-                    p.fill_(0.0 if self.cfg.norm == "rmsnorm_plus_one" else 1.0)
-                else:
-                    p.zero_()
+        seed = self.cfg.seed if self.cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        init_weights(self, seed=seed, init_range=self.cfg.initializer_range)
 
     def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] | None = None) -> None:
         """Attach a HF tokenizer; as TL, missing EOS/PAD/BOS tokens fall back to each other."""

@@ -34,8 +34,26 @@ def test_config_has_transformerlens_defaults() -> None:
     assert HookedTransformerConfig.unwrap(cfg.to_dict()).to_dict() == cfg.to_dict()
     with pytest.raises(TypeError, match="no field"):
         HookedTransformerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
-    with pytest.raises(NotImplementedError, match="normalization_type='LNPre'"):
-        HookedTransformer(tiny_cfg(normalization_type="LNPre"))
+    with pytest.raises(NotImplementedError, match="positional_embedding_type='shortformer'"):
+        HookedTransformer(tiny_cfg(positional_embedding_type="shortformer"))
+
+
+@pytest.mark.parametrize("norm", ["LN", "LNPre", "RMS", "RMSPre", None])
+def test_from_scratch_options_build_native_models(norm: str | None) -> None:
+    """attn_only, every normalization_type and d_vocab_out are native config fields, not compat patches."""
+    model = HookedTransformer(tiny_cfg(attn_only=True, normalization_type=norm, d_vocab_out=37, n_key_value_heads=2))
+    x = random_tokens(2, 6)
+    logits, cache = model.run_with_cache(x)
+    assert logits.shape == (2, 6, 37) and "blocks.0.mlp.hook_post" not in cache
+    assert torch.equal(logits, model(x))
+    assert model.cfg.normalization_type == norm and model.cfg.attn_only
+    decomposed = cache.decompose_resid()  # attention-only: embeddings and attention outputs
+    torch.testing.assert_close(decomposed.sum(0), cache["resid_post", -1], atol=1e-5, rtol=1e-5)
+    attrs = cache.logit_attrs(decomposed, 5)  # through whatever final norm the model has
+    expect = logits[..., 5] - model.b_U[5]
+    if norm == "LN":
+        expect = expect - model.ln_final.bias @ model.W_U[:, 5]
+    torch.testing.assert_close(attrs.sum(0), expect, atol=1e-4, rtol=1e-4)
 
 
 def test_constructed_model_uses_tl_init_and_is_hooked() -> None:
