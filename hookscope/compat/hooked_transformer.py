@@ -58,6 +58,9 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         default_padding_side: Literal["left", "right"] | None = None,
     ) -> None:
         cfg = HookedTransformerConfig.unwrap(cfg)
+        if cfg.d_vocab == -1 and tokenizer is not None:  # as TL: the vocabulary size from the tokenizer
+            cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+            cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
         native = cfg.to_native()
         Decoder.__init__(self, native)
         cfg.__dict__["_native"] = native
@@ -90,6 +93,7 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         self.tokenizer = tokenizer
         if default_padding_side is not None:
             self.default_padding_side = default_padding_side
+        tokenizer.padding_side = self.default_padding_side  # as TL: the tokenizer's side is the model's default
         self.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
     # ------------------------------------------------------------------ TL switches
@@ -177,7 +181,7 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """TL's ``input_to_embed`` up to the embedding: tokenise text; a mask only when TL makes one
         (left padding, an explicit mask, or a KV cache); right-padded text runs unmasked, as in TL."""
-        side = padding_side or self.default_padding_side
+        side = padding_side or self._padding_side()
         if isinstance(input, (str, list)):
             tokens, mask = self.to_tokens(input, prepend_bos, side, return_mask=True)
         else:
@@ -223,6 +227,10 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
 
     # ------------------------------------------------------------------ weights, devices
     def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:
+        """``W_U[:, tokens]`` moved to ``[..., d_model]``; one token (an id, a string, or a tensor holding one
+        element) gives ``[d_model]``, as TL."""
+        if isinstance(tokens, torch.Tensor) and tokens.numel() == 1:
+            tokens = int(tokens.item())
         return tokens_to_residual_directions(self, tokens)
 
     @property

@@ -136,6 +136,11 @@ def test_tokenization_defaults_are_transformerlens() -> None:
     assert model.to_string(torch.tensor([5, 6])) == "w1 w2"
     assert model.to_single_token("w7") == 11 and model.to_single_str_token(11) == "w7"
     assert model.get_token_position("w2", "w1 w2 w2", mode="last") == 3
+    with pytest.raises(AssertionError, match="does not occur"):
+        model.get_token_position("w9", "w1 w2")
+    assert model.tokens_to_residual_directions(model.to_tokens("")).shape == (model.cfg.d_model,)  # one token
+    model.tokenizer.padding_side = "left"  # TL code sets the default side on the tokenizer
+    assert model.to_tokens(["w1 w2", "w4"]).tolist() == [[BOS, 5, 6], [PAD, BOS, 8]]
     tokenizer_with_bos = word_tokenizer(adds_bos=True)  # a Llama-style tokenizer: still a single BOS
     model.set_tokenizer(tokenizer_with_bos)
     assert model.to_tokens("w1").tolist() == [[BOS, 5]]
