@@ -77,7 +77,11 @@ def test_store_methods() -> None:
     assert two.has_batch_dim and two["resid_pre", 0].shape[0] == 2
     with torch.no_grad():
         _, single = model.run_with_cache(tokens[:1])
-    assert single.remove_batch_dim()["resid_pre", 0].shape == (*tokens[:1].shape[1:], model.cfg.d_model)
+    single.remove_batch_dim()  # in place, as TL
+    assert not single.has_batch_dim and single["resid_pre", 0].shape == (*tokens[:1].shape[1:], model.cfg.d_model)
+    with pytest.raises(AssertionError, match="batch size 3"):
+        cache.apply_slice_to_batch_dim(slice(None)).remove_batch_dim()
+    assert torch.equal(cache["scale", -1, "ln1"], cache[f"scale{model.cfg.n_layers - 1}ln1"])
     fresh = ActivationCache({k: v for k, v in cache.items() if not k.endswith("hook_result")}, model)
     fresh.compute_head_results()
     z, w_o = cache["z", 1], model.blocks[1].attn.W_O
