@@ -13,15 +13,15 @@ import logging
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from hookscope.analysis.neurons import accumulated_bias
 from hookscope.analysis.residual import tokens_to_residual_directions
 from hookscope.compat.activation_cache import ActivationCache
 from hookscope.compat.config import HookedTransformerConfig
+from hookscope.compat.generation import TLGenerateMixin
 from hookscope.compat.hook_points import HookedRootModule
 from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
-from hookscope.compat.pretrained import PretrainedMixin
+from hookscope.compat.pretrained import PretrainedMixin, _process
 from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
@@ -47,11 +47,12 @@ def _switch_for(name: str) -> str | None:
     return None
 
 
-class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decoder):
+class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedRootModule, Decoder):
     """TransformerLens's ``HookedTransformer``: ``HookedTransformer(cfg)`` builds a TL-initialised model;
     :meth:`from_pretrained` converts a hub model (or ``hf_model=``) through hookscope's loader."""
 
     cfg: HookedTransformerConfig  # type: ignore[assignment]
+    _native_signature = False  # True while a native caller (the generator) runs forward with Decoder's signature
 
     def __init__(
         self, cfg: HookedTransformerConfig | dict, tokenizer: Any = None, move_to_device: bool = True,
@@ -145,7 +146,7 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         """TL's forward: ``return_type`` "logits" | "loss" | "both" | None; ``loss_per_token`` gives the loss
         ``[batch, pos - 1]``; ``start_at_layer`` takes the residual stream (``tokens=`` for a loss);
         ``stop_at_layer`` returns the residual stream entering that block."""
-        if isinstance(return_type, torch.Tensor) or "kv_cache" in native_kwargs:
+        if self._native_signature or isinstance(return_type, torch.Tensor) or "kv_cache" in native_kwargs:
             # a native caller (generation, analysis) using Decoder's signature: forward(input, attention_mask, ...)
             mask = return_type if isinstance(return_type, torch.Tensor) else attention_mask
             return Decoder.forward(self, input, mask, **native_kwargs)
@@ -153,6 +154,8 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             raise NotImplementedError("shortformer positional embeddings are not a native hookscope option")
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if start_at_layer is None and isinstance(input, torch.Tensor) and input.is_floating_point():
+            input, start_at_layer = self._embeds_to_residual(input), 0  # token embeddings (TL 3 accepts them)
         if start_at_layer is None:
             tokens, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
                                                            past_kv_cache is not None)
@@ -174,6 +177,23 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             raise ValueError("return_type='loss' / 'both' with start_at_layer needs tokens=")
         loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (out, loss)
+
+    def _embeds_to_residual(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[batch, pos, d_model]`` -> the residual entering block 0 (positions added)."""
+        if embeds.ndim == 2:
+            embeds = embeds[None]
+        x = self.hook_embed(embeds)
+        if self.pos_embed is not None:
+            positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
+            x = x + self.hook_pos_embed(self.pos_embed(positions))
+        return x
+
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
+                         center_unembed: bool = True, refactor_factored_attn_matrices: bool = False) -> None:
+        """TL's in-place weight processing (the native ``process_weights``; value biases folded too)."""
+        _process(self, dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                            center_unembed=center_unembed, fold_value_biases=True,
+                            refactor_factored_attn_matrices=refactor_factored_attn_matrices))
 
     def _tokens_and_mask(
         self, input: Any, prepend_bos: bool | None, padding_side: Any, attention_mask: torch.Tensor | None,
@@ -255,46 +275,3 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             self.cfg.device = str(p.device) if p.device.type != "cpu" else "cpu"
             self.cfg.dtype = p.dtype
         return out
-
-    # ------------------------------------------------------------------ generation
-    def generate(  # type: ignore[override]
-        self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: Any = None,
-        do_sample: bool = True, top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
-        freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos: bool | None = None,
-        padding_side: Any = None, return_type: str | None = "input", verbose: bool = True, **kwargs: Any,
-    ) -> Any:
-        """TL's ``generate`` over the native one (sampling by default, as TL; ``return_type`` "input", "str",
-        "tokens"; text is tokenised with TL's BOS rule and left-padded, as generation needs)."""
-        if freq_penalty:
-            raise NotImplementedError("freq_penalty is not implemented; use repetition_penalty= (HF's penalty)")
-        if return_type not in ("input", "str", "tokens"):
-            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
-        text_in = isinstance(input, (str, list)) and (isinstance(input, str) or isinstance(input[0], str))
-        mask = None
-        if text_in:
-            tokens, mask = self.to_tokens(input, prepend_bos, "left", return_mask=True)
-        else:
-            tokens = torch.as_tensor(input, device=self.cfg.device)
-        eos = eos_token_id if stop_at_eos else []
-        if stop_at_eos and eos is None and self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            eos = self.tokenizer.eos_token_id
-        if temperature == 0.0:
-            do_sample = False
-        out = Decoder.generate(
-            self, tokens, max_new_tokens, do_sample=do_sample, top_k=top_k, top_p=top_p,
-            temperature=temperature if do_sample else 1.0, eos_token_id=eos, use_cache=use_past_kv_cache,
-            attention_mask=mask, verbose=verbose, **kwargs,
-        )
-        as_str = return_type == "str" or (return_type == "input" and text_in)
-        if not as_str:
-            return out
-        texts = [self.to_string(row if mask is None else row[m.bool()]) for row, m in _rows(out, mask)]
-        return texts[0] if isinstance(input, str) else texts
-
-
-def _rows(out: torch.Tensor, mask: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Each output row with the prompt's mask extended over the generated tokens (None: no padding)."""
-    if mask is None:
-        return [(row, None) for row in out]
-    full = F.pad(mask, (0, out.shape[1] - mask.shape[1]), value=1)
-    return list(zip(out, full, strict=True))

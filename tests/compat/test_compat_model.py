@@ -226,3 +226,22 @@ def test_stack_results_before_layer_zero_are_empty() -> None:
     torch.testing.assert_close(rest[0], cache["resid_pre", 0][:, -1])  # what block 0 reads
     assert labels == ["remainder"]
     assert cache.stack_neuron_results(layer=0).shape == (0, 2, 5, 48)
+
+
+def test_generate_from_tokens_without_tokenizer_and_from_embeddings() -> None:
+    model = HookedTransformer(tiny_cfg(attn_only=True))
+    tokens = torch.zeros((1, 5), dtype=torch.long)  # id 0 everywhere: real tokens, not padding
+    for kv in (True, False):
+        out = model.generate(tokens, max_new_tokens=3, stop_at_eos=False, use_past_kv_cache=kv,
+                             return_type="tokens", verbose=False)
+        assert out.shape == (1, 8) and torch.equal(out[:, :5], tokens)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        model.generate(tokens, max_new_tokens=1, verbose=False)  # stop_at_eos needs an EOS id
+    greedy = model.generate(tokens, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
+    embeds = model.embed(tokens)
+    from_embeds = model.generate(embeds, max_new_tokens=3, do_sample=False, stop_at_eos=False,
+                                 return_type="tokens", verbose=False)
+    assert torch.equal(from_embeds, greedy[:, 5:])  # the same continuation from the embeddings
+    out_embeds = model.generate(embeds, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
+    torch.testing.assert_close(out_embeds, model.embed(greedy))
+    torch.testing.assert_close(model(embeds), model(tokens), **FP32)  # float input = token embeddings
