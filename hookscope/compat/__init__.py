@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "SVDInterpreter": "hookscope.analysis.svd_interpreter",
 }
 _SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache",
-               "patching", "head_detector")
+               "patching", "head_detector", "utilities")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 

@@ -40,6 +40,7 @@ class TLGenerateMixin:
                                               return_type)
         text_in = isinstance(input, str) or (isinstance(input, list) and bool(input) and isinstance(input[0], str))
         mask = None
+        assert not text_in or self.tokenizer is not None, "text prompts need a tokenizer (set_tokenizer)"  # type: ignore[attr-defined]
         if text_in:
             tokens, mask = self.to_tokens(input, prepend_bos, "left", return_mask=True)  # type: ignore[attr-defined]
         else:  # token ids: every one is real (TL infers no padding from token values)
@@ -69,8 +70,10 @@ class TLGenerateMixin:
         if eos_token_id is None:
             tok = getattr(self, "tokenizer", None)
             eos_token_id = getattr(tok, "eos_token_id", None)
-            if eos_token_id is None:
-                raise ValueError("stop_at_eos needs an eos_token_id (the model has no tokenizer to read it from)")
+            # TL raises AssertionError here and TL code catches that type
+            assert eos_token_id is not None, (
+                "stop_at_eos=True needs an eos_token_id (the model has no tokenizer to read it from)"
+            )
         return (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
 
     @torch.no_grad()

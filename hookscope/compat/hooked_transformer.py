@@ -265,8 +265,10 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
     def all_head_labels(self) -> list[str]:
         return [f"L{i}H{h}" for i in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
 
+    @property
     def n_params_total(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Every parameter, embeddings, norms and biases included (``cfg.n_params`` counts TL's subset)."""
+        return int(sum(p.numel() for p in self.parameters()))
 
     def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:  # type: ignore[override]
         out = super().to(*args, **kwargs)

@@ -235,8 +235,9 @@ def test_generate_from_tokens_without_tokenizer_and_from_embeddings() -> None:
         out = model.generate(tokens, max_new_tokens=3, stop_at_eos=False, use_past_kv_cache=kv,
                              return_type="tokens", verbose=False)
         assert out.shape == (1, 8) and torch.equal(out[:, :5], tokens)
-    with pytest.raises(ValueError, match="eos_token_id"):
+    with pytest.raises(AssertionError, match="eos_token_id"):  # TL's error type, which TL code catches
         model.generate(tokens, max_new_tokens=1, verbose=False)  # stop_at_eos needs an EOS id
+    assert model.n_params_total == sum(p.numel() for p in model.parameters())
     greedy = model.generate(tokens, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
     embeds = model.embed(tokens)
     from_embeds = model.generate(embeds, max_new_tokens=3, do_sample=False, stop_at_eos=False,
