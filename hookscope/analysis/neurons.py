@@ -16,6 +16,7 @@ import torch
 from hookscope.analysis.residual import (
     PosSlice,
     Stack,
+    _embedding_parts,
     _get,
     _has_hook,
     _index,
@@ -128,7 +129,7 @@ def get_full_resid_decomposition(
                                                      pos_slice=pos_slice, return_labels=True)
         parts.append(neurons)
         labels = [*labels, *neuron_labels]
-    for name, label in (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed")):
+    for name, label in _embedding_parts(model):
         if _has_hook(model, name):
             parts.append(slice_positions(_get(cache, name, "get_full_resid_decomposition"), pos_slice)[None])
             labels.append(label)

@@ -61,6 +61,13 @@ def _refuse_post_norm(model: Any, purpose: str) -> None:
         )
 
 
+def _embedding_parts(model: Any) -> tuple[tuple[str, str], ...]:
+    """The embedding hooks that are part of the residual stream (shortformer positions are not)."""
+    if getattr(model, "pos_embed_in_residual", True):
+        return (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed"))
+    return (("hook_embed", "embed"),)
+
+
 def _get(cache: Any, name: str, purpose: str) -> torch.Tensor:
     """``cache[name]``, or an error that says how to make a cache that has it."""
     if name not in cache:
@@ -189,7 +196,7 @@ def decompose_resid(
     parts: list[torch.Tensor] = []
     labels: list[str] = []
     if incl_embeds:
-        for name, label in (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed")):
+        for name, label in _embedding_parts(model):
             if _has_hook(model, name):
                 parts.append(_get(cache, name, "decompose_resid"))
                 labels.append(label)

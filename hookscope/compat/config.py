@@ -22,7 +22,7 @@ from hookscope.models.decoder_config import DecoderConfig
 _NORMS = {"LN": "layernorm", "RMS": "rmsnorm", "LNPre": "layernorm_pre", "RMSPre": "rmsnorm_pre", None: "none"}
 _TL_NORMS = {"layernorm": "LN", "rmsnorm": "RMS", "rmsnorm_plus_one": "RMS", "layernorm_pre": "LNPre",
              "rmsnorm_pre": "RMSPre", "none": None}
-_POSITIONS = {"standard": "learned", "rotary": "rotary"}
+_POSITIONS = {"standard": "learned", "rotary": "rotary", "shortformer": "shortformer"}
 
 
 @dataclass
@@ -184,7 +184,7 @@ class HookedTransformerConfig:
             final_rms=native.final_norm == "rmsnorm" and native.norm != "rmsnorm",
             n_key_value_heads=native.n_kv_heads if native.n_kv_heads != native.n_heads else None,
             gated_mlp=native.mlp == "gated", normalization_type=norm, eps=native.norm_eps,
-            positional_embedding_type="rotary" if native.positional == "rotary" else "standard",
+            positional_embedding_type={"learned": "standard"}.get(native.positional, native.positional),
             rotary_dim=native.rotary_dim, rotary_base=native.rotary_base, parallel_attn_mlp=native.parallel_attn_mlp,
             attn_scale=(1.0 / scale) if scale else -1.0, use_qk_norm=native.qk_norm,
             use_normalization_before_and_after=native.post_norms,

@@ -21,7 +21,7 @@ from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.generation import TLGenerateMixin
 from hookscope.compat.hook_points import HookedRootModule
 from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
-from hookscope.compat.pretrained import PretrainedMixin, _process
+from hookscope.compat.pretrained import PretrainedMixin, _cached_tokenizer, _process
 from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
@@ -37,6 +37,20 @@ _SWITCHES = {
     "use_hook_mlp_in": ("hook_mlp_in",),
     "use_attn_in": ("hook_attn_in",),
 }
+
+
+def _named_tokenizer(name: str) -> Any:
+    """``cfg.tokenizer_name``'s tokenizer, as TL loads it: the local HF cache first, then the hub."""
+    tokenizer = _cached_tokenizer(name)
+    if tokenizer is not None:
+        return tokenizer
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, add_bos_token=True)
+    except (OSError, ValueError) as err:
+        logger.warning("could not load the tokenizer %r (%s); the model has none: call set_tokenizer", name, err)
+        return None
 
 
 def _switch_for(name: str) -> str | None:
@@ -69,6 +83,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         self.default_padding_side = default_padding_side or "right"
         if cfg.init_weights:
             self.init_weights()
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            tokenizer = _named_tokenizer(cfg.tokenizer_name)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer, default_padding_side)
         self.to(cfg.dtype)
@@ -150,8 +166,9 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             # a native caller (generation, analysis) using Decoder's signature: forward(input, attention_mask, ...)
             mask = return_type if isinstance(return_type, torch.Tensor) else attention_mask
             return Decoder.forward(self, input, mask, **native_kwargs)
-        if shortformer_pos_embed is not None:
-            raise NotImplementedError("shortformer positional embeddings are not a native hookscope option")
+        if shortformer_pos_embed is not None and self.cfg.positional != "shortformer":
+            raise ValueError("shortformer_pos_embed goes with positional_embedding_type='shortformer' models")
+        # a shortformer model recomputes its position embeddings from the positions (those input_to_embed gave)
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if start_at_layer is None and isinstance(input, torch.Tensor) and input.is_floating_point():
@@ -183,7 +200,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         if embeds.ndim == 2:
             embeds = embeds[None]
         x = self.hook_embed(embeds)
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and self.pos_embed_in_residual:
             positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
             x = x + self.hook_pos_embed(self.pos_embed(positions))
         return x
@@ -221,8 +238,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
     def input_to_embed(
         self, input: Any, prepend_bos: bool | None = None, padding_side: Any = None,
         attention_mask: torch.Tensor | None = None, past_kv_cache: HookedTransformerKeyValueCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor | None]:
-        """``(residual entering block 0, tokens, None, attention_mask)``, as TL (no shortformer embedding)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(residual entering block 0, tokens, shortformer position embeddings or None, attention_mask)``."""
         tokens, mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
                                              past_kv_cache is not None)
         past = 0 if past_kv_cache is None else past_kv_cache.length
@@ -232,7 +249,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             positions = positions_from_mask(mask)[:, past:]
         else:
             positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None].expand(len(tokens), -1)
-        return self.embed_tokens(tokens, positions), tokens, None, mask
+        shortformer = self.pos_embed(positions) if self.cfg.positional == "shortformer" else None
+        return self.embed_tokens(tokens, positions), tokens, shortformer, mask
 
     def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 per_token: bool = False) -> torch.Tensor:

@@ -246,3 +246,33 @@ def test_generate_from_tokens_without_tokenizer_and_from_embeddings() -> None:
     out_embeds = model.generate(embeds, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
     torch.testing.assert_close(out_embeds, model.embed(greedy))
     torch.testing.assert_close(model(embeds), model(tokens), **FP32)  # float input = token embeddings
+
+
+def test_shortformer_positions_feed_queries_and_keys_only() -> None:
+    """A native config field: positions added to what q and k read, never to the residual stream."""
+    model = HookedTransformer(tiny_cfg(positional_embedding_type="shortformer"))
+    assert model.cfg.positional == "shortformer"
+    x = random_tokens(2, 7)
+    logits, cache = model.run_with_cache(x)
+    torch.testing.assert_close(cache["resid_pre", 0], cache["hook_embed"])  # no positions in the residual
+    attn = model.blocks[0].attn
+    qk_in = cache["normalized", 0, "ln1"] + cache["hook_pos_embed"]
+    torch.testing.assert_close(cache["q", 0], (qk_in @ attn.q_proj.weight.T + attn.q_proj.bias).view(2, 7, 4, 12),
+                               **FP32)
+    torch.testing.assert_close(cache["k", 0], (qk_in @ attn.k_proj.weight.T + attn.k_proj.bias).view(2, 7, 4, 12),
+                               **FP32)
+    v_in = cache["normalized", 0, "ln1"]
+    torch.testing.assert_close(cache["v", 0], (v_in @ attn.v_proj.weight.T + attn.v_proj.bias).view(2, 7, 4, 12),
+                               **FP32)
+    torch.testing.assert_close(cache.decompose_resid().sum(0), cache["resid_post", -1], **FP32)
+    kv = HookedTransformerKeyValueCache.init_cache(model.cfg, "cpu", batch_size=2)
+    with torch.no_grad():
+        steps = torch.cat([model(x[:, :4], past_kv_cache=kv), model(x[:, 4:], past_kv_cache=kv)], 1)
+    torch.testing.assert_close(steps, logits.detach(), **FP32)
+    tok_model = HookedTransformer(tiny_cfg(positional_embedding_type="shortformer"), tokenizer=word_tokenizer(),
+                                  default_padding_side="left")
+    embed, tokens, pos, mask = tok_model.input_to_embed(["w1 w2 w3", "w4"])
+    assert pos is not None and mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    from_embed = tok_model(embed, tokens=tokens, shortformer_pos_embed=pos, attention_mask=mask, start_at_layer=0,
+                           return_type="loss")
+    torch.testing.assert_close(from_embed, tok_model(["w1 w2 w3", "w4"], return_type="loss"))
