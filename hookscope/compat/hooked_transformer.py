@@ -288,6 +288,14 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         """Every parameter, embeddings, norms and biases included (``cfg.n_params`` counts TL's subset)."""
         return int(sum(p.numel() for p in self.parameters()))
 
+    def cuda(self, device: Any = None) -> HookedTransformer:  # type: ignore[override]
+        if isinstance(device, int):
+            device = torch.device("cuda", device)
+        return self.to("cuda" if device is None else device)
+
+    def cpu(self) -> HookedTransformer:  # type: ignore[override]
+        return self.to("cpu")
+
     def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:  # type: ignore[override]
         out = super().to(*args, **kwargs)
         p = next(self.parameters(), None)
