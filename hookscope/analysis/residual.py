@@ -1,17 +1,12 @@
 """Residual-stream decomposition and direct logit attribution over an :class:`~hookscope.cache.ActivationCache`.
 
-TransformerLens's cache helpers (``accumulated_resid``, ``decompose_resid``, ``stack_head_results``,
-``apply_ln_to_stack``, ``logit_attrs``) as free functions, exact on the model's own, UNFOLDED weights:
-hookscope never folds LayerNorm weights into the next linear map (DESIGN decision 2), so the norm's weight
-(``1 + weight`` for Gemma) is applied here, in :func:`apply_ln_to_stack`.
+TransformerLens's cache helpers as free functions, with TL's semantics, exact on the model's own UNFOLDED
+weights: the norm's weight (``1 + weight`` for Gemma) is applied in :func:`apply_ln_to_stack`. The tests
+check in float64 that ``sum_c logit_attrs(c) + b_ln @ W_U + b_U`` is the model's (pre-soft-cap) logits.
 
-The proof they are right is an identity the tests check in float64: for every residual component ``c``
-(embeddings, each attention and MLP output), ``sum_c logit_attrs(apply_ln_to_stack(c)) + b_ln @ W_U + b_U``
-is the model's logits (before Gemma's final soft-cap), where ``b_ln`` is the final LayerNorm's bias.
-
-Stacks are ``[component, batch, pos, d_model]`` (``[component, pos, d_model]`` for a cache made with
-``remove_batch_dim``; the position axis is always the second to last). ``pos_slice`` follows
-TransformerLens: an int selects one position and drops the axis; a slice or a list of ints keeps it.
+Stacks are ``[component, batch, pos, d_model]`` (no batch axis after ``remove_batch_dim``; positions are
+the second to last axis). ``pos_slice`` as TL's ``Slice``: an int drops the axis, a slice, ``(start, stop)``
+tuple or index list keeps it.
 """
 
 from __future__ import annotations
