@@ -96,12 +96,13 @@ def test_store_methods() -> None:
 
 
 @pytest.mark.skipif(not hasattr(Decoder, "process_weights"), reason="needs Decoder.process_weights (issue 17)")
-def test_weight_processing_keeps_log_probs() -> None:
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox", "gemma2"])
+def test_weight_processing_keeps_log_probs(arch: str) -> None:
     """TL's from_pretrained defaults (fold_ln, centring...) through the native process_weights."""
-    hf, model = hf_and_compat("gpt2", processing=True)
+    hf, model = hf_and_compat(arch, processing=True)
     x = random_tokens(2, 7)
     with torch.no_grad():
         ref = hf(x).logits.log_softmax(-1)
         ours = model(x).log_softmax(-1)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    assert model.cfg.normalization_type == "LNPre"
+    assert model.cfg.normalization_type == ("LNPre" if arch in ("gpt2", "neox") else "RMSPre")
