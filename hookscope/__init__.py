@@ -24,6 +24,10 @@ _EXPORTS: dict[str, str] = {
     "DecoderConfig": "hookscope.models.decoder_config",
     "Decoder": "hookscope.models.decoder",
     "Bert": "hookscope.models.bert",
+    "BertConfig": "hookscope.models.bert_config",
+    "T5Config": "hookscope.models.t5_config",
+    "ViTConfig": "hookscope.models.vit_config",
+    "WhisperConfig": "hookscope.models.whisper_config",
     "T5": "hookscope.models.t5",
     "T5Encoder": "hookscope.models.t5",
     "ViT": "hookscope.models.vit",
@@ -70,6 +74,11 @@ _EXPORTS: dict[str, str] = {
     "neuron_logit_diff_attribution": "hookscope.analysis.dla",
     "SVDInterpreter": "hookscope.analysis.svd_interpreter",
     "test_prompt": "hookscope.analysis.prompt_report",
+    "DiT": "hookscope.models.dit",
+    "DiTConfig": "hookscope.models.dit_config",
+    "at_calls": "hookscope.hooks",
+    "at_steps": "hookscope.hooks",
+    "MultipleCallsError": "hookscope.cache",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -133,7 +142,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.analysis.vision import attention_rollout, class_lens
     from hookscope.audio import load_audio
     from hookscope.bridge import WrappedModel, wrap
-    from hookscope.cache import ActivationCache
+    from hookscope.cache import ActivationCache, MultipleCallsError
     from hookscope.convert.export import to_hf
     from hookscope.errors import (
         ConfigError,
@@ -147,13 +156,19 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from hookscope.factored_matrix import FactoredMatrix
     from hookscope.generation.api import generate, generate_stream
-    from hookscope.hooks import HookedModule, HookPoint, StopForward
+    from hookscope.hooks import HookedModule, HookPoint, StopForward, at_calls, at_steps
     from hookscope.loading import load
     from hookscope.models.bert import Bert
+    from hookscope.models.bert_config import BertConfig
     from hookscope.models.decoder import Decoder
     from hookscope.models.decoder_config import DecoderConfig
+    from hookscope.models.dit import DiT
+    from hookscope.models.dit_config import DiTConfig
     from hookscope.models.t5 import T5, T5Encoder
+    from hookscope.models.t5_config import T5Config
     from hookscope.models.vit import ViT
+    from hookscope.models.vit_config import ViTConfig
     from hookscope.models.whisper import Whisper
+    from hookscope.models.whisper_config import WhisperConfig
     from hookscope.names import get_act_name
     from hookscope.viz.vision_plot import save_attention_overlay

@@ -14,12 +14,16 @@ from hookscope.hooks import HookPoint
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it)."""
+    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it).
 
-    def __init__(self, d: int, eps: float, bias: bool = True) -> None:
+    ``affine=False``: no weight and no bias (``elementwise_affine=False``, as adaLN models use it).
+    """
+
+    def __init__(self, d: int, eps: float, bias: bool = True, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        self.weight: nn.Parameter | None = nn.Parameter(torch.ones(d)) if affine else None
+        bias = bias and affine
         self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(d)) if bias else None
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
@@ -35,7 +39,7 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out)
 
     def _affine(self, normed: torch.Tensor) -> torch.Tensor:
-        out = normed * self.weight
+        out = normed * self.weight if self.weight is not None else normed
         if self.bias is not None:
             out = out + self.bias
         return out

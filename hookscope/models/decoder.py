@@ -117,7 +117,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     return Attention(
         cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
         qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
-        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.attn_softmax_float32,
+        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.softmax_in_float32,
         rotary=cfg.positional == "rotary",
     )
 

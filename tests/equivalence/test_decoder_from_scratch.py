@@ -21,7 +21,7 @@ NORMS = ["layernorm", "layernorm_pre", "rmsnorm", "rmsnorm_pre", "none"]
 def _cfg(**kw) -> DecoderConfig:
     base = dict(d_model=24, n_layers=2, n_heads=3, d_head=5, d_mlp=19, d_vocab=31, d_vocab_out=17, n_ctx=16,
                 act_fn="gelu_new",
-                attn_softmax_float32=False)  # softmax in the model dtype, as the by-hand reference
+                softmax_in_float32=False)  # softmax in the model dtype, as the by-hand reference
     return DecoderConfig(**{**base, **kw})
 
 
