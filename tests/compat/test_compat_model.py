@@ -34,8 +34,8 @@ def test_config_has_transformerlens_defaults() -> None:
     assert HookedTransformerConfig.unwrap(cfg.to_dict()).to_dict() == cfg.to_dict()
     with pytest.raises(TypeError, match="no field"):
         HookedTransformerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
-    with pytest.raises(NotImplementedError, match="positional_embedding_type='shortformer'"):
-        HookedTransformer(tiny_cfg(positional_embedding_type="shortformer"))
+    with pytest.raises(NotImplementedError, match="act_fn='solu_ln'"):
+        HookedTransformer(tiny_cfg(act_fn="solu_ln"))
 
 
 @pytest.mark.parametrize("norm", ["LN", "LNPre", "RMS", "RMSPre", None])
