@@ -50,6 +50,9 @@ _EXPORTS: dict[str, str] = {
     "apply_ln_to_stack": "hookscope.analysis.residual",
     "logit_attrs": "hookscope.analysis.residual",
     "tokens_to_residual_directions": "hookscope.analysis.residual",
+    "get_full_resid_decomposition": "hookscope.analysis.neurons",
+    "stack_neuron_results": "hookscope.analysis.neurons",
+    "get_neuron_results": "hookscope.analysis.neurons",
     "HookscopeError": "hookscope.errors",
     "LoadError": "hookscope.errors",
     "SourceNotFoundError": "hookscope.errors",
@@ -123,6 +126,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from hookscope.analysis.head_detection import detect_head, induction_scores
     from hookscope.analysis.lens import LensResult, logit_lens
+    from hookscope.analysis.neurons import get_full_resid_decomposition, get_neuron_results, stack_neuron_results
     from hookscope.analysis.partial import partial_forward
     from hookscope.analysis.patching import generic_activation_patch
     from hookscope.analysis.path_patching import path_patch

@@ -48,9 +48,11 @@ class SequentialBlock(nn.Module):
         self.ln2_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
+                qk_offset: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache,
+                          qk_offset=qk_offset)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
@@ -73,11 +75,11 @@ class ParallelBlock(nn.Module):
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
         add_block_hooks(self, resid_mid=False)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
+                qk_offset: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(
-            attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
-        )
+        attn_out = self.hook_attn_out(attend(self, self.ln1(x), mask, rotary=rotary, window=self.window,
+                                             kv_cache=kv_cache, qk_offset=qk_offset))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
         # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
         return self.hook_resid_post(mlp_out + attn_out + x)
@@ -95,9 +97,11 @@ class AttnOnlyBlock(nn.Module):
         self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self, resid_mid=False, mlp=False)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
+                qk_offset: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache,
+                          qk_offset=qk_offset)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         return self.hook_resid_post(x + self.hook_attn_out(attn_out))
@@ -128,7 +132,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         self.embed = Embed(cfg.d_vocab, cfg.d_model, scale=cfg.embed_scale, padding_idx=cfg.padding_idx)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.pos_embed: PosEmbed | None = (
-            PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
+            PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional in ("learned", "shortformer") else None
         )
         if self.pos_embed is not None:  # rotary models have no position embedding to hook
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
@@ -213,9 +217,14 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         steps skip it, their ids come from the model and their positions were checked up front.
         """
         x = self.hook_embed(self.embed(tokens, validate))
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and self.cfg.positional == "learned":
             x = x + self.hook_pos_embed(self.pos_embed(positions, validate))
         return x
+
+    @property
+    def pos_embed_in_residual(self) -> bool:
+        """Whether ``hook_pos_embed`` is part of the residual stream (not for shortformer positions)."""
+        return self.cfg.positional == "learned"
 
     def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         if self.inv_freq is None:
@@ -301,8 +310,10 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=True)
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
+        shortformer = self.hook_pos_embed(self.pos_embed(position_ids, past == 0)).to(x.dtype) \
+            if self.cfg.positional == "shortformer" else None  # added to each attention's query/key inputs
         for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
-            x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i))
+            x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i), qk_offset=shortformer)
         if kv_cache is not None:
             kv_cache.advance(n_pos)
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head

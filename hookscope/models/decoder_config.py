@@ -40,7 +40,9 @@ class DecoderConfig(FamilyConfig):
     norm: NormKind = "layernorm"
     final_norm: NormKind | None = None  # None: same as norm
     norm_eps: float = 1e-5
-    positional: Literal["learned", "rotary"] = "learned"
+    # "shortformer" (TransformerLens): learned positions added to the attention's query and key inputs
+    # only, never to the residual stream
+    positional: Literal["learned", "rotary", "shortformer"] = "learned"
     rotary_dim: int | None = None  # None: the whole head
     rotary_base: float = 10000.0
     rope_scaling: RopeScaling | None = None
