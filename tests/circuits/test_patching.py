@@ -131,3 +131,13 @@ def test_unknown_activation_and_missing_cache_entries_raise_clearly() -> None:
     _, small = model.run_with_cache(corrupted, names_filter="blocks.0.hook_resid_pre")
     with pytest.raises(KeyError, match="lacks"):
         P.get_act_patch_resid_pre(model, corrupted, small, logit_diff)
+
+
+def test_logits_to_keep_gives_the_same_last_position_metric() -> None:
+    model, _, corrupted, cache, _ = setup("llama")
+    full = P.get_act_patch_resid_pre(model, corrupted, cache, logit_diff)
+    last = P.get_act_patch_resid_pre(model, corrupted, cache, logit_diff, logits_to_keep=1)
+    torch.testing.assert_close(last, full, **EXACT)
+    with pytest.raises(ValueError, match="native decoder"):
+        P.get_act_patch_resid_pre(hookscope.wrap(random_hf_model("gpt2")), corrupted, cache, logit_diff,
+                                  logits_to_keep=1)
