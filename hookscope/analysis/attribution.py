@@ -114,7 +114,7 @@ def attribution_patch(
     scores = {}
     for name, grad in zip(order, grads, strict=True):
         diff = clean_cache[name] - acts[name].detach()
-        scores[name] = (diff * grad).sum(0) if grad is not None else torch.zeros_like(diff[0])
+        scores[name] = (diff * grad).sum(0).detach() if grad is not None else torch.zeros_like(diff[0])
     return AttributionResult(scores=scores, clean_metric=clean_metric, corrupted_metric=float(value.detach()))
 
 
