@@ -95,7 +95,10 @@ def attribution_patch(
     """
     names = _names(model, activations, names_filter)
     with torch.no_grad():
-        clean_out, clean_cache = model.run_with_cache(clean_input, names_filter=names)
+        if isinstance(clean_input, dict):
+            clean_out, clean_cache = model.run_with_cache(**clean_input, names_filter=names)
+        else:
+            clean_out, clean_cache = model.run_with_cache(clean_input, names_filter=names)
         clean_metric = float(metric(output_logits(clean_out)))
     acts: dict[str, torch.Tensor] = {}
 
