@@ -82,8 +82,8 @@ def patching_sweeps(model, clean, corrupted, metric, cache, small: bool, out: Pa
     str_tokens = model.to_str_tokens(clean[:1])
     resid = P.get_act_patch_resid_pre(model, corrupted, cache, metric, logits_to_keep=1)  # [layer, pos]
     heatmap(resid, str_tokens, "layer", "resid_pre patching (1 = clean logit diff)", out / "ioi_resid_patching.png")
-    name_pos = [i for i, t in enumerate(str_tokens) if t in NAMES]
-    for pos in (*name_pos, resid.shape[1] - 1):
+    differ = (clean != corrupted).any(0).nonzero()[:, 0].tolist()  # where the two prompts differ (S2)
+    for pos in (*differ, resid.shape[1] - 1):
         best = int(resid[:, pos].argmax())
         print(f"  resid_pre at position {pos} ({str_tokens[pos]!r}): up to {resid[best, pos]:.2f} (layer {best})")
     attr = attribution_patch(model, clean, corrupted, metric, activations=("resid_pre", "z"))
