@@ -116,9 +116,12 @@ class PatchRunner:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
 
     def _resid_bytes(self, logits: torch.Tensor) -> int:
-        cfg = getattr(self.model, "cfg", None)
-        d_model, n_layers = getattr(cfg, "d_model", 1024), getattr(cfg, "n_layers", 12)
-        return 16 * logits.shape[0] * logits.shape[1] * d_model * logits.element_size() * max(1, n_layers // 4)
+        """Rough bytes one run's forward holds besides its logits: a few dozen residual-sized tensors (no
+        grad, so one block's intermediates at a time), plus the patched activation copies."""
+        d_model = getattr(getattr(self.model, "cfg", None), "d_model", 1024)
+        tokens = isinstance(self.inputs, torch.Tensor) and not self.inputs.is_floating_point()
+        n_pos = self.inputs.shape[-1] if tokens else logits.shape[1]  # logits may be cut by logits_to_keep
+        return 32 * self.b * n_pos * d_model * logits.element_size()
 
     def run(self, runs: Sequence[PatchRun]) -> list[float]:
         """Each run's metric, in order."""
