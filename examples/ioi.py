@@ -9,7 +9,8 @@ candidates), and the induction heads the detector finds on repeated random token
 page are written to --out; the findings are printed.
 
 Usage: python examples/ioi.py [--out DIR] [--prompts N] [--small]
-(--small: 2 prompts, and activation / path patching only for the heads attribution patching ranks highest)
+(--small: 2 prompts, and activation patching only for the heads attribution patching ranks highest; path
+patching always sweeps the senders attribution patching ranks highest: 32, or 8 with --small)
 """
 
 from __future__ import annotations
@@ -121,17 +122,16 @@ def circuit_heads(model, clean, corrupted, answers, metric, heads_attr, small: b
     print("negative name-mover candidates:", ", ".join(f"L{layer}H{head} ({v:+.2f})" for layer, head, v in negative))
     receivers = [(layer, head) for layer, head, _ in movers]
     last = max(layer for layer, _ in receivers)
-    senders = None
-    if small:
-        early = heads_attr.clone()
-        early[last:] = float("nan")
-        senders = [(layer, head) for layer, head, _ in top(early.abs(), 8)]
-    effect = path_patch(model, clean, corrupted, metric, receivers, "q", senders=senders, logits_to_keep=1)
-    drop = effect - 1.0  # the clean run scores 1: a negative value is what the path carries
-    print("S-inhibition candidates (path patching sender -> name movers' queries):",
-          ", ".join(f"L{layer}H{head} ({v:+.2f})" for layer, head, v in top(drop, 3, largest=False)))
-    heatmap(drop, [str(h) for h in range(drop.shape[1])], "layer", "path patching -> name movers' q",
-            out / "ioi_path_patching.png")
+    earlier = heads_attr.clone()
+    earlier[last:] = float("nan")  # only heads before the last receiver can reach it
+    senders = [(layer, head) for layer, head, _ in top(earlier.abs(), 8 if small else 32)]
+    for kind, role in (("q", "S-inhibition"), ("k", "duplicate-token / induction")):
+        effect = path_patch(model, clean, corrupted, metric, receivers, kind, senders=senders, logits_to_keep=1)
+        drop = effect - 1.0  # the clean run scores 1: a negative value is what the path carries
+        print(f"{role} candidates (path patching sender -> name movers' {kind}):",
+              ", ".join(f"L{layer}H{head} ({v:+.2f})" for layer, head, v in top(drop, 3, largest=False)))
+        heatmap(drop, [str(h) for h in range(drop.shape[1])], "layer", f"path patching -> name movers' {kind}",
+                out / f"ioi_path_patching_{kind}.png")
     layer, head, _ = movers[0]
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
     save_attention_html(out / "ioi_name_mover_attention.html", pattern, model.to_str_tokens(clean[:1]),

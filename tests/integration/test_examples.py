@@ -54,6 +54,7 @@ def test_ioi_example_finds_the_circuit_pieces(tmp_path) -> None:
     assert "name-mover candidates" in text and "S-inhibition candidates" in text and "induction heads" in text
     top_induction = float(text.split("induction heads on repeated random tokens: ")[1].split("(")[1].split(")")[0])
     assert top_induction > 0.5
-    for name in ("ioi_resid_patching.png", "ioi_head_patching.png", "ioi_path_patching.png"):
+    for name in ("ioi_resid_patching.png", "ioi_head_patching.png", "ioi_path_patching_q.png",
+                 "ioi_path_patching_k.png"):
         assert (tmp_path / name).stat().st_size > 5000
     assert "<script>" in (tmp_path / "ioi_name_mover_attention.html").read_text()
