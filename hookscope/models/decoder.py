@@ -189,8 +189,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
 
     def process_weights(
-        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
-        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True, *,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, strict: bool = False,
     ) -> Decoder:
         """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
 
@@ -198,6 +198,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
         residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
         shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        Options after ``center_unembed`` are keyword-only (TransformerLens's 4th positional argument is
+        ``refactor_factored_attn_matrices``, newer versions put ``fold_value_biases`` there).
         """
         from hookscope.models.weight_processing import process_weights
 
