@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import nn
 
+from hookscope.errors import HookError, HookNameError
 from hookscope.names import NamesFilter, resolve_names_filter, suggest_names
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ logger = logging.getLogger(__name__)
 HookFn = Callable[..., Any]  # fn(tensor, hook) -> tensor | None
 HookSpec = Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]]
 Direction = Literal["fwd", "bwd"]
-
-
-class HookError(RuntimeError):
-    """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
 
 
 class StopForward(Exception):
@@ -225,7 +222,7 @@ class HookedModule(nn.Module):
     def _points_for(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
         if isinstance(name_or_filter, str):
             if name_or_filter not in self.hook_dict:
-                raise KeyError(self.unknown_name_message(name_or_filter))
+                raise HookNameError(self.unknown_name_message(name_or_filter))
             return [self.hook_dict[name_or_filter]]
         if callable(name_or_filter):
             return [p for name, p in self.hook_dict.items() if name_or_filter(name)]

@@ -11,13 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookscope.convert.engine import ConversionError
+from hookscope.errors import LoadError
 
 logger = logging.getLogger(__name__)
-
-
-class LoadError(RuntimeError):
-    """The source could not be loaded; the message says why and what to do."""
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64,
@@ -76,14 +72,21 @@ def load(
     from hookscope.convert.sources import open_source
 
     dt, dev = resolve_dtype(dtype), resolve_device(device)
-    src = open_source(source)
+    try:
+        src = open_source(source)
+    except LoadError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LoadError(f"could not open {source!r}: {type(err).__name__}: {err}") from err
     if n_layers is not None:
         src = src.truncated(n_layers)
     try:
         model = src.build(dtype=dt, device=dev, progress=progress)
-    except ConversionError:
+    except LoadError:
         raise
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        # anything else that breaks while building (a config value the model rejects, an unreadable
+        # file) is a load failure too, so that `except LoadError` catches every one
         raise LoadError(f"could not load {src.describe()}: {type(err).__name__}: {err}") from err
     model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
     model.eval()

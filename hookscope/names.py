@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
+from hookscope.errors import HookNameError
+
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 
 RESID = "batch pos d_model"
@@ -149,6 +151,6 @@ def resolve_names_filter(
         if not isinstance(n, str):
             raise TypeError(f"names_filter entries must be strings, got {type(n).__name__}")
         if n not in valid:
-            raise KeyError(unknown(n))
+            raise HookNameError(unknown(n))
     chosen = set(wanted)
     return [n for n in valid if n in chosen]

@@ -109,7 +109,7 @@ def generate_seq2seq(
     device = next(model.parameters()).device
     tokens = tokens.to(device)
     mask = None if mask is None else mask.to(device)
-    encoder_output = model._encode(tokens, mask)  # the encoder runs once
+    encoder_output = model._run_encoder(tokens, mask)  # the encoder runs once
     start = torch.full((tokens.shape[0], 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
     if num_beams == 1:
         run = Decoding(DecoderView(model, encoder_output, mask), start, None, settings)

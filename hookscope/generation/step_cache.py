@@ -2,19 +2,21 @@
 
 With a KV cache each step computes only its new positions, so concatenating the steps along each
 activation's position axis gives exactly the positions a single forward over the whole sequence would
-compute. Attention patterns and scores also grow along key positions: earlier steps are padded on the
-right with what a full causal forward holds there (pattern 0; scores the dtype's most negative value,
-the mask HF and hookscope add).
+compute. Attention patterns and scores also grow along key positions: each step's keys are placed at
+their absolute positions (a sliding-window cache gives a step only its latest keys) and the rest is
+filled with what a full causal forward holds there (pattern 0; scores the mask's fill value).
+:func:`concat_steps` serves native generation and wrapped models' ``generate`` alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.components.masks import mask_fill_dtype
 from hookscope.names import NamesFilter, position_axis
 
 
@@ -50,28 +52,69 @@ class StepRecorder:
         self.steps.clear()
 
     def cache(self) -> ActivationCache:
-        return ActivationCache(concat_steps(self.steps), self.model)
+        return concat_steps(self.steps, self.model) if self.steps else ActivationCache({}, self.model)
 
 
-def concat_steps(steps: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Each name's per-step tensors concatenated along its position axis (patterns padded on key_pos)."""
+def concat_steps(steps: Sequence[Mapping[str, torch.Tensor]], model: Any = None) -> ActivationCache:
+    """One cache with every step's activations concatenated along their position axis.
+
+    Args:
+        steps: per-step activations (dicts or caches), the prompt's forward first.
+        model: the model that ran them; a native model's attention says which value its masked scores
+            hold (see :func:`~hookscope.components.masks.mask_fill_dtype`). Without one (or for a wrapped
+            model) masked scores hold the scores' dtype's most negative value, as HF's eager mask.
+
+    A name present only in the first step (computed once up front: an encoder, cross-attention keys)
+    keeps that step's tensor, as one forward computes it once too. Names without a position axis, or
+    missing from some later step, are left out when there are several steps (no single forward holds
+    them; the per-step caches do).
+    """
     if not steps:
-        return {}
+        raise ValueError("concat_steps needs at least one step")
+    if len(steps) == 1:
+        return ActivationCache(dict(steps[0]), model)
     merged: dict[str, torch.Tensor] = {}
     for name in steps[0]:
-        tensors = [step[name] for step in steps]
+        present = [name in step for step in steps]
+        if not any(present[1:]):
+            merged[name] = steps[0][name]
+            continue
+        tensors = [step[name] for step in steps if name in step]
         axis = position_axis(name, tensors[0].ndim)
-        if axis is None or len(tensors) == 1:
-            merged[name] = tensors[0]
+        if axis is None or not all(present):
             continue
         if name.endswith(("hook_pattern", "hook_attn_scores")):
-            width = max(t.shape[-1] for t in tensors)
-            fill = 0.0 if name.endswith("hook_pattern") else _mask_fill(tensors[0].dtype)
-            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=fill) for t in tensors]
-        merged[name] = torch.cat(tensors, dim=axis)
-    return merged
+            tensors = _align_keys(name, tensors, _score_fill(name, tensors[0].dtype, model))
+        try:
+            merged[name] = torch.cat(tensors, dim=axis)
+        except RuntimeError as err:
+            raise ValueError(
+                f"cannot concatenate '{name}' over steps along axis {axis}: shapes "
+                f"{[tuple(t.shape) for t in tensors]}; use the per-step caches instead"
+            ) from err
+    return ActivationCache(merged, model)
 
 
-def _mask_fill(dtype: torch.dtype) -> float:
-    """What masked scores hold: the min of the narrower of the scores' dtype and the softmax's (float32)."""
-    return torch.finfo(torch.float32 if torch.finfo(dtype).bits > 32 else dtype).min
+def _score_fill(name: str, dtype: torch.dtype, model: Any) -> float:
+    """What a masked score holds in a full forward: the most negative value of the mask's fill dtype."""
+    modules = getattr(model, "mod_dict", None) or {}
+    attention = modules.get(name.rsplit(".", 1)[0])
+    return torch.finfo(mask_fill_dtype(dtype, getattr(attention, "softmax_dtype", None))).min
+
+
+def _align_keys(name: str, tensors: list[torch.Tensor], score_fill: float) -> list[torch.Tensor]:
+    """Pad each step's ``[..., query_pos, key_pos]`` so key ``j`` sits at absolute position ``j``.
+
+    Self-attention keys of a step end at its last query (``end``); a step holding fewer keys than
+    ``end`` (a sliding-window cache drops the oldest) is padded on the left. Cross-attention keys are the
+    encoder's positions, the same at every step.
+    """
+    fill = 0.0 if name.endswith("hook_pattern") else score_fill
+    ends = torch.tensor([t.shape[-2] for t in tensors]).cumsum(0).tolist()
+    cross = "cross_attn." in name
+    width = max(t.shape[-1] for t in tensors) if cross else max(ends[-1], *(t.shape[-1] for t in tensors))
+    aligned = []
+    for t, end in zip(tensors, ends, strict=True):
+        left = 0 if cross else max(end - t.shape[-1], 0)
+        aligned.append(torch.nn.functional.pad(t, (left, width - left - t.shape[-1]), value=fill))
+    return aligned

@@ -13,19 +13,21 @@ import torch
 from torch import nn
 
 from hookscope.components.attention import Attention
-from hookscope.components.block_hooks import add_block_hooks
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, positions_from_mask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
-from hookscope.generation.kv_cache import KVCache
-from hookscope.hooks import HookedModule, HookPoint, hooks_active
+from hookscope.extensions import implementation
+from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.decoder_config import DecoderConfig
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.init import init_weights
 from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
-from hookscope.models.lm_mixin import LanguageModelMixin
 from hookscope.models.weight_views import StackedWeightsMixin
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", "loss", "both", None]
 
@@ -47,7 +49,7 @@ class SequentialBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = _attend(self, self.ln1(x), mask, rotary, kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
@@ -72,7 +74,9 @@ class ParallelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(_attend(self, self.ln1(x), mask, rotary, kv_cache))
+        attn_out = self.hook_attn_out(
+            attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        )
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
         # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
         return self.hook_resid_post(mlp_out + attn_out + x)
@@ -92,7 +96,7 @@ class AttnOnlyBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = _attend(self, self.ln1(x), mask, rotary, kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         return self.hook_resid_post(x + self.hook_attn_out(attn_out))
@@ -114,26 +118,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     )
 
 
-def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any) -> torch.Tensor:
-    """Attention on the normalised residual.
-
-    Only when a split-input hook is active, the normalised residual is copied per head
-    (``hook_attn_in``, then ``hook_q_input``/``hook_k_input``/``hook_v_input``: what each head's
-    projection reads), so each head's input can be patched on its own.
-    """
-    split = (block.hook_attn_in, block.hook_q_input, block.hook_k_input, block.hook_v_input)
-    if not hooks_active(split):
-        return block.attn(x, x, x, mask, rotary, block.window, kv_cache)
-    attn = block.attn
-    per_head = block.hook_attn_in(x[:, :, None, :].expand(-1, -1, attn.n_heads, -1))
-    per_kv = per_head[:, :, :: attn.n_heads // attn.n_kv_heads]  # one copy per KV head
-    q_in = block.hook_q_input(per_head)
-    k_in = block.hook_k_input(per_kv)
-    v_in = block.hook_v_input(per_kv)
-    return attn(q_in, k_in, v_in, mask, rotary, block.window, kv_cache)
-
-
-class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
+class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -191,21 +176,11 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
     def generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Greedy, sampled or beam-search continuations under the active hooks: see
         :func:`hookscope.generation.generate` for every argument."""
-        from hookscope.generation.api import generate
-
-        return generate(self, inputs, max_new_tokens, **kwargs)
+        return implementation("generate")(self, inputs, max_new_tokens, **kwargs)
 
     def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
-        from hookscope.generation.api import generate_stream
-
-        return generate_stream(self, inputs, max_new_tokens, **kwargs)
-
-    def to_hf(self) -> Any:
-        """The equivalent transformers model (conversion rules run backwards)."""
-        from hookscope.convert.decoder_build import to_hf
-
-        return to_hf(self)
+        return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ forward
     def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -235,7 +210,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         position_ids: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         prepend_bos: bool | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: ModelKVCache | None = None,
         logits_to_keep: int | None = None,
         loss_per_token: bool = False,
         input_ids: torch.Tensor | None = None,
@@ -380,7 +355,7 @@ def _check_input(
         raise ValueError(f"input is on {input.device} but the model is on {embed.device}; move it with .to()")
 
 
-def _check_cache_call(kv_cache: KVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
+def _check_cache_call(kv_cache: ModelKVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
     """Positions already in the cache; a cached forward must run every block (each stores its keys)."""
     if start_at_layer is not None or stop_at_layer is not None:
         raise ValueError("kv_cache needs a forward through every block: drop start_at_layer/stop_at_layer")

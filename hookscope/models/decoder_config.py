@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 from hookscope.components.activations import ACTIVATIONS
 from hookscope.components.rotary import RopeScaling
+from hookscope.errors import ConfigError
 
 NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_plus_one", "layernorm_pre", "rmsnorm_pre", "none"]
 
@@ -77,31 +78,33 @@ class DecoderConfig:
         sizes = ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "d_vocab_out", "n_ctx")
         for name in (*sizes, *(() if self.attn_only else ("d_mlp",))):
             if getattr(self, name) <= 0:
-                raise ValueError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
         self._check_from_scratch_fields()
         if self.n_heads % self.n_kv_heads:  # type: ignore[operator]
-            raise ValueError(
+            raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA"
             )
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
         if self.positional == "rotary" and (self.rotary_dim or 0) % 2:
-            raise ValueError(f"rotary_dim must be even, got {self.rotary_dim}")
+            raise ConfigError(f"rotary_dim must be even, got {self.rotary_dim}")
         if len(self.sliding_windows) != self.n_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers"
             )
 
     def _check_from_scratch_fields(self) -> None:
         for name in ("norm", "final_norm"):
             if getattr(self, name) not in get_args(NormKind):
-                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
         if self.attn_only and self.parallel_attn_mlp:
-            raise ValueError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
+            raise ConfigError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
         if self.attn_only and self.d_mlp:
-            raise ValueError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
+            raise ConfigError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
         if self.tie_embeddings and self.d_vocab_out != self.d_vocab:
-            raise ValueError(f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})")
+            raise ConfigError(
+                f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)

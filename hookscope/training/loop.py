@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hookscope.extensions import implementation
 from hookscope.models.lm_loss import IGNORE_INDEX
 from hookscope.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from hookscope.training.config import TrainingConfig
@@ -46,9 +47,7 @@ class TrainResult:
 
     def plot(self, path: str | Path | None = None) -> Any:
         """The loss curve with its baselines (a matplotlib figure; saved as PNG when ``path`` is given)."""
-        from hookscope.viz.training_plot import plot_loss_curve
-
-        return plot_loss_curve(self.log, self.baselines, path)
+        return implementation("plot_loss_curve")(self.log, self.baselines, path)
 
 
 def lr_factor(step: int, config: TrainingConfig) -> float:
