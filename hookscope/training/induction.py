@@ -33,6 +33,7 @@ def induction_stripe(pattern: torch.Tensor, n_tokens: int, offset: int) -> torch
     return pattern[:, :, queries, keys].mean(dim=(0, 2))
 
 
+@torch.no_grad()
 def induction_scores(model: torch.nn.Module, tokens: torch.Tensor, n_tokens: int, offset: int = 1) -> torch.Tensor:
     """``[layer, head]`` induction scores of a hooked model on repeated tokens (see :func:`induction_stripe`)."""
     if tokens.shape[1] != offset + 2 * n_tokens:
@@ -42,6 +43,7 @@ def induction_scores(model: torch.nn.Module, tokens: torch.Tensor, n_tokens: int
                         for i in range(len(model.blocks))])
 
 
+@torch.no_grad()
 def repeated_half_losses(
     model: torch.nn.Module, tokens: torch.Tensor, n_tokens: int, offset: int = 1,
 ) -> tuple[float, float]:
