@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from hookscope.components.norm import LayerNorm, OffsetRMSNorm, RMSNorm
+from hookscope.components.norm import LayerNorm, LayerNormPre, NoNorm, OffsetRMSNorm, RMSNorm, RMSNormPre
 
 PosSlice = int | slice | Sequence[int] | torch.Tensor | None
 Stack = torch.Tensor | tuple[torch.Tensor, list[str]]
@@ -275,16 +275,19 @@ def _linear_norm(
 ) -> torch.Tensor:
     """``stack [..., batch, pos, d]`` through the norm ``norm_name`` with its cached scale, bias left out."""
     norm = model.get_submodule(norm_name)
-    if isinstance(norm, LayerNorm):
+    if isinstance(norm, NoNorm):
+        return stack  # no normalisation: the identity, already linear
+    weight: torch.Tensor | float = 1.0  # the weightless norms (TransformerLens LNPre / RMSPre)
+    if isinstance(norm, (LayerNorm, LayerNormPre)):
         stack = stack - stack.mean(-1, keepdim=True)
-        weight = norm.weight
+        weight = norm.weight if isinstance(norm, LayerNorm) else 1.0
     elif isinstance(norm, OffsetRMSNorm):
         weight = 1.0 + norm.weight.float()  # as HF Gemma: (1 + w) in float32
     elif isinstance(norm, RMSNorm):
         weight = norm.weight
-    else:
+    elif not isinstance(norm, RMSNormPre):
         raise TypeError(f"{norm_name} is a {type(norm).__name__}; apply_ln_to_stack knows hookscope's LayerNorm, "
-                        "RMSNorm and OffsetRMSNorm")
+                        "RMSNorm, OffsetRMSNorm, LayerNormPre, RMSNormPre and NoNorm")
     if recompute:
         scale = (stack.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()  # [..., batch, pos, 1]
     else:
@@ -296,7 +299,7 @@ def _linear_norm(
             f"the stack {tuple(stack.shape)} does not line up with {norm_name}.hook_scale {tuple(scale.shape)}: "
             "pass the pos_slice the stack was made with"
         ) from err
-    return out * weight.to(out.dtype)
+    return out * weight.to(out.dtype) if isinstance(weight, torch.Tensor) else out
 
 
 def tokens_to_residual_directions(model: Any, tokens: Tokens) -> torch.Tensor:
