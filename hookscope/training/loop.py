@@ -237,8 +237,10 @@ def _loop(
                  "tokens_per_s": (step + 1 - start) * tokens_per_step / max(elapsed, 1e-9)}
         last = step + 1 == config.steps
         if config.eval_every and ((step + 1) % config.eval_every == 0 or last) and world.is_main:
-            entry.update(evals.run(model, config))
-            logger.info("step %d: train loss %.4f, %s", step + 1, loss, entry)
+            found = evals.run(model, config)
+            entry.update(found)
+            logger.info("step %d: train loss %.4f, %s", step + 1, loss,
+                        ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
         log.append(entry)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")
         bar.update(1)
