@@ -23,7 +23,7 @@ from torch import nn
 
 from hookscope.components.masks import AttentionMask, mask_fill_dtype
 from hookscope.components.rotary import apply_rotary
-from hookscope.hooks import HookPoint, hooks_active
+from hookscope.hooks import HookPoint, hooks_active, hooks_editing
 
 Rotary = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables [batch, pos, rotary_dim]
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [batch, key_pos, kv_head_index, d_head]
@@ -217,7 +217,7 @@ class Attention(HeadWeightViews, nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self._explicit_points = (self.hook_attn_scores, self.hook_pattern, self.hook_z, self.hook_result)
+        self._explicit_points = (self.hook_attn_scores, self.hook_pattern)
 
     # ------------------------------------------------------------------ forward
     def project_kv(self, k_in: torch.Tensor, v_in: torch.Tensor | None = None) -> KV:
@@ -272,13 +272,18 @@ class Attention(HeadWeightViews, nn.Module):
         # float64 is for verification: there reproduce HF eager's float32 softmax exactly instead of
         # SDPA's more precise float64 one (they differ by ~1e-7)
         mirror_fp32_softmax = q.dtype == torch.float64 and self.softmax_dtype == torch.float32
-        if self.softcap is not None or mirror_fp32_softmax or hooks_active(self._explicit_points):
+        # Hooks that only observe (a cache) leave the numbers as the un-hooked forward's: the fused kernel
+        # computes z and the explicit path runs beside it for them, so run_with_cache == forward exactly.
+        explicit = self._explicit_points
+        if self.softcap is not None or mirror_fp32_softmax or hooks_editing(explicit):
             z = self._explicit(q, k, v, mask, window, position_bias)
         else:
             n_rep = self.n_heads // self.n_kv_heads
             scale = 1.0 if self.prescale_query else self.scale
             z = fused_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, scale=scale, window=window,
                                 position_bias=position_bias)
+            if hooks_active(explicit):
+                self._explicit(q, k, v, mask, window, position_bias)  # for the observers only
         return self._output(self.hook_z(z))
 
     def _explicit(
@@ -310,5 +315,6 @@ class Attention(HeadWeightViews, nn.Module):
         """``[batch, pos, head_index, d_head]`` -> ``[batch, pos, d_model]``; per-head ``hook_result`` on request."""
         if self.hook_result.has_hooks:
             result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
+            if hooks_editing((self.hook_result,)):
+                return result.sum(dim=2) + self.b_O
         return self.o_proj(z.reshape(*z.shape[:2], self.n_heads * self.d_head))

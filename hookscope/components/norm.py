@@ -14,12 +14,16 @@ from hookscope.hooks import HookPoint
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it)."""
+    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it).
 
-    def __init__(self, d: int, eps: float, bias: bool = True) -> None:
+    ``affine=False``: no weight and no bias (``elementwise_affine=False``, as adaLN models use it).
+    """
+
+    def __init__(self, d: int, eps: float, bias: bool = True, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        self.weight: nn.Parameter | None = nn.Parameter(torch.ones(d)) if affine else None
+        bias = bias and affine
         self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(d)) if bias else None
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
@@ -35,10 +39,27 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out)
 
     def _affine(self, normed: torch.Tensor) -> torch.Tensor:
-        out = normed * self.weight
+        out = normed * self.weight if self.weight is not None else normed
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    # The norm as an affine map for a FIXED scale: ``norm(x) = linear_part(x, scale_of(x)) + offset``.
+    # Residual-stream analyses (hookscope.analysis.residual) apply ``linear_part`` with the cached scale
+    # of the whole stream to each component, so the components still sum; they never test the norm's type.
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The divisor this norm would use for ``x`` (what ``hook_scale`` shows): ``[..., 1]``."""
+        centred = x - x.mean(-1, keepdim=True)
+        return (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` centred, divided by ``scale`` and times the weight: linear in ``x`` (the bias is left out)."""
+        return (x - x.mean(-1, keepdim=True)) / scale * self.weight.to(x.dtype)
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        """What the norm adds after its linear part (the bias), or None."""
+        return self.bias
 
 
 class RMSNorm(nn.Module):
@@ -68,6 +89,24 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hook_normalized(self._affine(self._normalize(x), x.dtype))
 
+    # The norm as a linear map for a fixed scale (see LayerNorm.scale_of): RMSNorm does not centre.
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The divisor this norm would use for ``x`` (what ``hook_scale`` shows): ``[..., 1]``."""
+        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def effective_weight(self) -> torch.Tensor:
+        """The per-channel factor applied after dividing by the scale."""
+        return self.weight
+
+    def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` divided by ``scale`` and times the weight: linear in ``x``."""
+        return x / scale * self.effective_weight().to(x.dtype)
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        """RMSNorm adds nothing after its linear part."""
+        return None
+
 
 class OffsetRMSNorm(RMSNorm):
     """Gemma's RMSNorm: scales by ``(1 + weight)`` in float32, then casts back (HF Gemma2RMSNorm)."""
@@ -78,6 +117,9 @@ class OffsetRMSNorm(RMSNorm):
 
     def _affine(self, normed32: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return (normed32 * (1.0 + self.weight.float())).to(dtype)
+
+    def effective_weight(self) -> torch.Tensor:
+        return 1.0 + self.weight.float()  # as HF Gemma: (1 + w) in float32
 
 
 class LayerNormPre(nn.Module):
@@ -98,6 +140,18 @@ class LayerNormPre(nn.Module):
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(centred / scale)
 
+    # the affine form the residual analyses use (see LayerNorm): no weight, no offset
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        return (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean(-1, keepdim=True)) / scale
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        return None
+
 
 class RMSNormPre(nn.Module):
     """RMSNorm without a weight (TransformerLens ``RMSPre``): ``x / sqrt(mean(x^2) + eps)``."""
@@ -113,6 +167,16 @@ class RMSNormPre(nn.Module):
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
         scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
         return self.hook_normalized((x32 / scale).to(x.dtype))
+
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x / scale
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        return None
 
 
 class NoNorm(nn.Identity):

@@ -104,6 +104,11 @@ def to_hf(model: nn.Module) -> nn.Module:
             f"to_hf exports native hookscope models ({', '.join(c.__name__ for c in PLANS)}); "
             f"got {type(model).__name__} (a wrap()ped model already is a transformers model: use .model)"
         )
+    if getattr(model, "processed_weights", None):
+        raise ConversionError(
+            "this model's weights were processed (process_weights: folded/centred), so they no longer map "
+            "to the Hugging Face architecture; load the model again to export it"
+        )
     if not isinstance(model, Whisper) and not model.cfg.hf_config:
         raise ConversionError(
             f"this {type(model).__name__}'s config keeps no HF config values (cfg.hf_config); to_hf needs "

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.cache import ActivationCache, CallList, make_caching_hooks
 from hookscope.components.masks import mask_fill_dtype
 from hookscope.names import NamesFilter, position_axis
 
@@ -80,6 +80,11 @@ def concat_steps(steps: Sequence[Mapping[str, torch.Tensor]], model: Any = None)
             merged[name] = steps[0][name]
             continue
         tensors = [step[name] for step in steps if name in step]
+        if any(isinstance(t, CallList) for t in tensors):
+            raise ValueError(
+                f"'{name}' fired several times within one decoding step, so the steps cannot be joined "
+                "along positions; record it with model.record(...) and read cache.calls(name)"
+            )
         axis = position_axis(name, tensors[0].ndim)
         if axis is None or not all(present):
             continue

@@ -2,11 +2,12 @@
 
 Read top to bottom: the embedding (tokens + token types + positions, then LayerNorm), the post-LN block
 (``ln1(x + attn(x))`` then ``ln2(. + mlp(.))``), the heads, then the model. Hook names follow
-TransformerLens's ``HookedEncoder``; :func:`hookscope.names.register_family` records them below.
+TransformerLens's ``HookedEncoder`` (their table: ``hookscope.names.BERT_BLOCK`` / ``BERT_MODEL``).
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Literal
 
@@ -24,10 +25,9 @@ from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.bert_config import BertConfig
 from hookscope.models.delegation import ExportMixin
 from hookscope.models.weight_views import StackedWeightsMixin
-from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
 
-ReturnType = Literal["logits", "embeddings", "pooled", "nsp", "classification", None]
-RETURN_TYPES = ("logits", "embeddings", "pooled", "nsp", "classification", None)
+ReturnType = Literal["logits", "hidden", "pooled", "nsp", "classification", None]
+RETURN_TYPES = ("logits", "hidden", "pooled", "nsp", "classification", None)
 
 
 def padding_offset_positions(tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -217,13 +217,17 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
                 list of either (tokenised with right padding, token types and mask from the tokenizer).
             attention_mask: ``[batch, pos]``, 0 at padding (default: every token attends, as in HF).
             token_type_ids: ``[batch, pos]`` segment ids (default: all 0).
-            return_type: "logits" (masked-LM ``[batch, pos, d_vocab]``), "embeddings" (last hidden state
-                ``[batch, pos, d_model]``), "pooled" ``[batch, d_model]``, "nsp" ``[batch, 2]``,
+            return_type: "logits" (masked-LM ``[batch, pos, d_vocab]``), "hidden" (last hidden state
+                ``[batch, pos, d_model]``, as ViT's; "embeddings" is a deprecated alias), "pooled"
+                ``[batch, d_model]``, "nsp" ``[batch, 2]``,
                 "classification" ``[batch, n_labels]``, or None.
             position_ids: explicit positions ``[batch, pos]`` (default: 0.. for BERT, RoBERTa's
                 padding-offset positions computed from the token ids).
             stop_at_layer: return the residual stream entering this block instead.
         """
+        if return_type == "embeddings":
+            warnings.warn('return_type="embeddings" is now "hidden"', DeprecationWarning, stacklevel=2)
+            return_type = "hidden"
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
         if not isinstance(input, torch.Tensor):
@@ -259,7 +263,7 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
         """Apply the head ``return_type`` names to the final residual stream ``[batch, pos, d_model]``."""
         if return_type is None:
             return None
-        if return_type == "embeddings":
+        if return_type == "hidden":
             return x
         if return_type == "logits":
             mlm_head = self._require("mlm_head", "a masked-LM head", "logits")
@@ -373,44 +377,3 @@ def _check_position_ids(position_ids: torch.Tensor, tokens: torch.Tensor) -> Non
         )
     if position_ids.device != tokens.device:
         raise ValueError(f"position_ids are on {position_ids.device} but the tokens are on {tokens.device}")
-
-
-# ---------------------------------------------------------------------- hook-name table
-_NORM = {"hook_scale": SCALE, "hook_normalized": RESID}
-BERT_BLOCK: dict[str, str] = {
-    "hook_resid_pre": RESID,
-    "hook_attn_in": "batch pos head_index d_model",
-    "hook_q_input": "batch pos head_index d_model",
-    "hook_k_input": "batch pos head_index d_model",
-    "hook_v_input": "batch pos head_index d_model",
-    "attn.hook_q": HEADS,
-    "attn.hook_k": HEADS,
-    "attn.hook_v": HEADS,
-    "attn.hook_attn_scores": PATTERN,
-    "attn.hook_pattern": PATTERN,
-    "attn.hook_z": HEADS,
-    "attn.hook_result": "batch pos head_index d_model",
-    "hook_attn_out": RESID,
-    "hook_resid_mid": RESID,
-    "hook_mlp_in": RESID,
-    **{f"ln1.{k}": v for k, v in _NORM.items()},
-    "mlp.hook_pre": "batch pos d_mlp",
-    "mlp.hook_post": "batch pos d_mlp",
-    "hook_mlp_out": RESID,
-    "hook_resid_post": RESID,
-    **{f"ln2.{k}": v for k, v in _NORM.items()},
-    "hook_normalized_resid_post": RESID,
-}
-BERT_MODEL: dict[str, str] = {
-    "embed.hook_embed": RESID,
-    "embed.hook_pos_embed": RESID,
-    "embed.hook_token_type_embed": RESID,
-    **{f"embed.ln.{k}": v for k, v in _NORM.items()},
-    "hook_full_embed": RESID,
-    "mlm_head.hook_pre": RESID,
-    **{f"mlm_head.ln.{k}": v for k, v in _NORM.items()},
-    "pooler.hook_pooler_out": "batch d_model",
-    "nsp_head.hook_out": "batch 2",
-    "classifier.hook_out": "batch n_labels",
-}
-register_family("bert", BERT_BLOCK, BERT_MODEL)

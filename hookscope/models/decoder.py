@@ -21,7 +21,7 @@ from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
 from hookscope.extensions import implementation
-from hookscope.hooks import HookedModule, HookPoint
+from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.delegation import ExportMixin
 from hookscope.models.init import init_weights
@@ -114,7 +114,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     return Attention(
         cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
         qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
-        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.attn_softmax_float32,
+        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.softmax_in_float32,
         rotary=cfg.positional == "rotary",
     )
 
@@ -145,6 +145,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         else:
             self.inv_freq: torch.Tensor | None = None
         self.tokenizer: Any = None
+        self.processed_weights: list[Any] = []  # what process_weights did; empty: the source's own weights
         self.setup_hooks()
 
     @classmethod
@@ -182,6 +183,27 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
     def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
         return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
+
+    def process_weights(
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+    ) -> Decoder:
+        """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
+
+        See :mod:`hookscope.models.weight_processing` for each option and when it applies. Afterwards the
+        norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
+        residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
+        shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        """
+        from hookscope.models.weight_processing import process_weights
+
+        done = process_weights(
+            self, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            strict=strict,
+        )
+        self.processed_weights = [*self.processed_weights, done]
+        return self
 
     # ------------------------------------------------------------------ forward
     def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -305,6 +327,10 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         logits_to_keep: int | None = None, per_token: bool = False,
     ) -> Any:
         if return_type is None:
+            # as TransformerLens: the final norm still runs (its hooks fire and are cached), only the
+            # unembedding is skipped; without hooks on it there is nothing to observe, so skip it too
+            if hooks_active((self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+                self.ln_final(x)
             return None
         normalized = self.ln_final(x)
         if logits_to_keep is not None:

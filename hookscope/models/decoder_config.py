@@ -55,7 +55,7 @@ class DecoderConfig:
     post_norms: bool = False  # Gemma 2: norms after attention and MLP as well as before
     embed_scale: float | None = None
     attn_scale: float | None = None  # None: d_head ** -0.5
-    attn_softmax_float32: bool = True  # False: softmax in the activation dtype (HF GPT-2 eager)
+    softmax_in_float32: bool = True  # False: softmax in the activation dtype (HF GPT-2 eager)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     sliding_windows: tuple[int | None, ...] = ()  # per layer; () means no sliding windows

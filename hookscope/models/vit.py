@@ -25,20 +25,8 @@ from hookscope.models.delegation import ExportMixin
 from hookscope.models.vit_config import ViTConfig
 from hookscope.models.vit_images import ImageSettings, default_image_settings, preprocess_images
 from hookscope.models.weight_views import StackedWeightsMixin
-from hookscope.names import DECODER_BLOCK, RESID, SCALE, register_family
 
 ReturnType = Literal["auto", "logits", "hidden", "pooled", None]
-
-_NOT_IN_VIT = ("attn.hook_rot_q", "attn.hook_rot_k", "mlp.hook_pre_linear")
-VIT_BLOCK = {k: v for k, v in DECODER_BLOCK.items() if k not in _NOT_IN_VIT}
-VIT_MODEL = {
-    "embed.hook_patch_embed": "batch pos d_model",  # pos = patches only (no class token)
-    "hook_embed": RESID, "hook_pos_embed": RESID,
-    "ln_pre.hook_scale": SCALE, "ln_pre.hook_normalized": RESID,
-    "ln_final.hook_scale": SCALE, "ln_final.hook_normalized": RESID,
-    "head.hook_out": "batch n_classes",
-}
-register_family("vit", VIT_BLOCK, VIT_MODEL)
 
 
 def interpolate_patch_positions(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -80,7 +68,8 @@ class ImagePosEmbed(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(cfg.n_positions, cfg.d_model).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(cfg.n_positions, cfg.d_model))
+        nn.init.normal_(self.weight, std=0.02)
         self.n_special = cfg.n_special
         self.image_size = cfg.image_size
 
@@ -177,10 +166,11 @@ class ViT(StackedWeightsMixin, ExportMixin, HookedModule):
         self.cfg = cfg
         d = cfg.d_model
         self.embed = PatchEmbed(cfg.n_channels, d, cfg.patch_size, cfg.patch_bias)
-        self.cls_token = nn.Parameter(torch.empty(d).normal_(std=0.02))
-        self.dist_token: nn.Parameter | None = (
-            nn.Parameter(torch.empty(d).normal_(std=0.02)) if cfg.distillation_token else None
-        )
+        self.cls_token = nn.Parameter(torch.empty(d))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.dist_token: nn.Parameter | None = nn.Parameter(torch.empty(d)) if cfg.distillation_token else None
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]  special tokens + patches, before positions
         self.pos_embed = ImagePosEmbed(cfg)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]

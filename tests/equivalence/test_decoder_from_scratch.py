@@ -21,7 +21,7 @@ NORMS = ["layernorm", "layernorm_pre", "rmsnorm", "rmsnorm_pre", "none"]
 def _cfg(**kw) -> DecoderConfig:
     base = dict(d_model=24, n_layers=2, n_heads=3, d_head=5, d_mlp=19, d_vocab=31, d_vocab_out=17, n_ctx=16,
                 act_fn="gelu_new",
-                attn_softmax_float32=False)  # softmax in the model dtype, as the by-hand reference
+                softmax_in_float32=False)  # softmax in the model dtype, as the by-hand reference
     return DecoderConfig(**{**base, **kw})
 
 
@@ -200,7 +200,7 @@ def test_apply_ln_to_stack_knows_the_weightless_norms(final: str) -> None:
     resid = cache["blocks.1.hook_resid_post"]
     parts = torch.stack([cache["blocks.0.hook_resid_pre"], cache["blocks.0.hook_attn_out"],
                          cache["blocks.1.hook_attn_out"]])  # they sum to resid
-    through = cache.apply_ln_to_stack(parts).sum(0)
+    through = hookscope.apply_ln_to_stack(cache, parts).sum(0)
     want = cache["ln_final.hook_normalized"] if final != "none" else resid
     if final == "layernorm":
         want = want - model.ln_final.bias  # the bias belongs to no component

@@ -61,3 +61,11 @@ def test_repeated_half_losses_split_the_positions_by_hand() -> None:
     assert second == pytest.approx(nll[:, 1 + N:].mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="positions"):
         induction_scores(model, tokens[:, :-1], N)
+
+
+def test_agrees_with_the_analysis_head_detector() -> None:
+    from hookscope.analysis.head_detection import induction_scores as detector_scores
+
+    model = _model()
+    tokens = repeated_random_tokens(N, batch=3, vocab=40, bos=0, seed=5)
+    torch.testing.assert_close(induction_scores(model, tokens, N), detector_scores(model, tokens, N)["induction"])

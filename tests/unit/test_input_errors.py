@@ -121,8 +121,8 @@ def test_whisper_features_tokens_and_outputs(whisper) -> None:
         whisper(feats, tokens[:1].expand(3, -1))
     with pytest.raises(ValueError, match="return_type must be 'logits', 'loss', 'both' or None, got 'probs'"):
         whisper(feats, tokens, return_type="probs")  # was silently treated as 'both'
-    with pytest.raises(ValueError, match=r"encoder_out must be \[batch, n_audio_ctx, 48\]"):
-        whisper(None, tokens, encoder_out=torch.randn(2, 13, 5))
+    with pytest.raises(ValueError, match=r"encoder_output must be \[batch, n_audio_ctx, 48\]"):
+        whisper(None, tokens, encoder_output=torch.randn(2, 13, 5))
     with pytest.raises(TypeError, match=r"prompt must be a list of integer token ids, got \[1\.5\]"):
         whisper.generate(feats, max_new_tokens=2, prompt=[1.5])  # was truncated to 1 silently
 
