@@ -70,7 +70,10 @@ def main() -> None:
                         n_ctx=n_ctx, attn_only=True, positional=args.positional)
     model = Decoder.from_config(cfg, seed=0)
     n_rep = 20
-    probe_tokens = repeated_random_tokens(n_rep, batch=16, vocab=vocab - 1, bos=bos, seed=1)
+    counts = torch.bincount(rows.flatten(), minlength=vocab)
+    counts[bos] = 0
+    pool = (counts >= 200).nonzero().flatten()  # tokens the data uses often enough to have learnt them
+    probe_tokens = repeated_random_tokens(n_rep, batch=16, vocab=vocab, bos=bos, seed=1, pool=pool)
 
     def probe(m: torch.nn.Module) -> dict[str, float]:
         first, second = repeated_half_losses(m, probe_tokens, n_rep)

@@ -14,10 +14,16 @@ from hookscope.models.lm_loss import causal_lm_loss
 
 def repeated_random_tokens(
     n_tokens: int, batch: int, vocab: int, seed: int = 0, bos: int | None = None, low: int = 0,
+    pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[batch, 1 + 2 n]`` rows ``[bos, r, r]`` (no BOS when ``bos`` is None) with ``r`` uniform in [low, vocab)."""
+    """``[batch, 1 + 2 n]`` rows ``[bos, r, r]`` (no BOS when ``bos`` is None) with ``r`` uniform in [low, vocab),
+    or uniform over the ids in ``pool`` (e.g. the tokens the training data actually uses: a token never seen
+    in training has an untrained embedding, so no head could recognise it)."""
     gen = torch.Generator().manual_seed(seed)
-    half = torch.randint(low, vocab, (batch, n_tokens), generator=gen)
+    if pool is not None:
+        half = pool[torch.randint(0, len(pool), (batch, n_tokens), generator=gen)]
+    else:
+        half = torch.randint(low, vocab, (batch, n_tokens), generator=gen)
     rows = torch.cat([half, half], dim=1)
     if bos is not None:
         rows = torch.cat([torch.full((batch, 1), bos), rows], dim=1)

@@ -4,6 +4,7 @@ seconds), and the quick training run crosses the documented induction thresholds
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_wikipedia_rows_and_probes_feed_the_training_log() -> None:
 @pytest.mark.slow
 def test_quick_run_grows_an_induction_head(tmp_path) -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
-                         text=True, timeout=3000, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         text=True, timeout=3000, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "induction head: yes" in out.stdout, out.stdout[-3000:]
     assert (tmp_path / "loss_curve.png").exists() and (tmp_path / "log.json").exists()
