@@ -80,6 +80,11 @@ _EXPORTS: dict[str, str] = {
     "at_calls": "hookscope.hooks",
     "at_steps": "hookscope.hooks",
     "MultipleCallsError": "hookscope.cache",
+    "TrainingConfig": "hookscope.training",
+    "train": "hookscope.training",
+    "tokenize_and_concatenate": "hookscope.training",
+    "ByteLevelBPE": "hookscope.tokenizers",
+    "WordPiece": "hookscope.tokenizers",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -173,4 +178,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.models.whisper import Whisper
     from hookscope.models.whisper_config import WhisperConfig
     from hookscope.names import get_act_name
+    from hookscope.tokenizers import ByteLevelBPE, WordPiece
+    from hookscope.training import TrainingConfig, tokenize_and_concatenate, train
     from hookscope.viz.vision_plot import save_attention_overlay

@@ -27,6 +27,7 @@ from hookscope.models.delegation import ExportMixin
 from hookscope.models.init import init_weights
 from hookscope.models.input_checks import batched_ids, check_device, check_integer_ids, check_residual
 from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
+from hookscope.models.scoring import ScoringMixin
 from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.text import LanguageModelMixin
 
@@ -123,7 +124,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     )
 
 
-class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule):
+class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: DecoderConfig) -> None:

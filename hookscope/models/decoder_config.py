@@ -95,10 +95,10 @@ class DecoderConfig(FamilyConfig):
     def _check_from_scratch_fields(self) -> None:
         for name in ("norm", "final_norm"):
             if getattr(self, name) not in get_args(NormKind):
-                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
         if self.attn_only and self.parallel_attn_mlp:
-            raise ValueError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
+            raise ConfigError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
         if self.attn_only and self.d_mlp:
-            raise ValueError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
+            raise ConfigError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
         if self.tie_embeddings and self.d_vocab_out != self.d_vocab:
-            raise ValueError(f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})")
+            raise ConfigError(f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})")
