@@ -159,6 +159,12 @@ class Attention(HeadWeightViews, nn.Module):
         self.hook_result = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
         self._explicit_points = (self.hook_attn_scores, self.hook_pattern, self.hook_z, self.hook_result)
 
+    def masked_score(self, dtype: torch.dtype) -> float:
+        """What ``hook_attn_scores`` holds at a masked key: the minimum of the narrower of the scores'
+        dtype and the softmax's (the mask :meth:`_explicit` adds)."""
+        narrowest = self.softmax_dtype if self.softmax_dtype is not None else dtype
+        return torch.finfo(narrowest if torch.finfo(narrowest).bits < torch.finfo(dtype).bits else dtype).min
+
     # ------------------------------------------------------------------ forward
     def project_qkv(
         self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor

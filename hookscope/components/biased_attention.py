@@ -44,6 +44,10 @@ class BiasedAttention(Attention):
         self.hook_position_bias: HookPoint | None = HookPoint() if position_bias else None
         # [1, head_index, query_pos, key_pos]
 
+    def masked_score(self, dtype: torch.dtype) -> float:
+        """What ``hook_attn_scores`` holds at a masked key (its mask adds the dtype's minimum)."""
+        return torch.finfo(dtype).min
+
     def project_kv(
         self, kv_in: torch.Tensor, v_in: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,6 +93,10 @@ class WhisperAttention(HeadWeightViews, nn.Module):
         """Keys and values ``[batch, key_pos, head_index, d_head]`` of ``x`` (hooked)."""
         return self.hook_k(self._heads(self.k_proj(x))), self.hook_v(self._heads(self.v_proj(x)))
 
+    def masked_score(self, dtype: torch.dtype) -> float:
+        """What ``hook_attn_scores`` holds at a masked key (its mask adds the dtype's minimum)."""
+        return torch.finfo(dtype).min
+
     def forward(
         self,
         x: torch.Tensor,
