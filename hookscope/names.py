@@ -78,6 +78,8 @@ def position_axis(name: str, ndim: int) -> int | None:
             if key in parts:
                 return parts.index(key)
         return None
+    if name.endswith(("hook_pattern", "hook_attn_scores")) and ndim == 4:
+        return 2  # [batch, head_index, query_pos, key_pos] under any prefix (e.g. a wrapped cross_attn)
     # Unknown (e.g. wrapped-module) names: assume [batch, pos, ...] when there are >= 3 axes.
     return 1 if ndim >= 3 else None
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.cache import ActivationCache, CallList, make_caching_hooks
 from hookscope.names import position_axis
 
 if TYPE_CHECKING:
@@ -66,17 +66,23 @@ def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> Activat
     on the right of ``key_pos`` with 0 (pattern: those keys did not exist yet) or ``-inf`` (scores).
     A sliding-window cache (Mistral, Gemma 2) gives a step only its most recent keys: those are placed
     at their absolute positions, padded on the left too.
-    Names without a position axis, or present in only some steps, are left out.
+    A name recorded in step 0 only (an encoder-decoder's encoder, run once before decoding) is kept as
+    recorded. A name without a position axis, or recorded in some later steps but not all, keeps one call
+    per step where it fired (``cache.calls(name)``; ``cache[name]`` then raises): nothing is dropped.
     """
     if not steps:
         raise ValueError("concat_steps needs at least one step")
     merged: dict[str, torch.Tensor] = {}
-    for name in steps[0]:
-        if not all(name in step for step in steps):
+    names = list(dict.fromkeys(name for step in steps for name in step))
+    for name in names:
+        present = [step for step in steps if name in step]
+        if len(present) == 1 and present[0] is steps[0]:
+            merged[name] = steps[0]._store[name]  # computed once up front: already complete
             continue
-        tensors = [_one_call(step, name) for step in steps]
+        tensors = [_one_call(step, name) for step in present]
         axis = position_axis(name, tensors[0].ndim)
-        if axis is None:
+        if axis is None or len(present) != len(steps):
+            merged[name] = CallList(tensors)
             continue
         if name.endswith(("hook_pattern", "hook_attn_scores")):
             tensors = _align_keys(name, tensors)
