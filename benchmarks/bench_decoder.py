@@ -121,9 +121,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal activations (SmolLM2) would time CPU arithmetic, not the model
     import hookscope
+    import hookscope.memory
 
     # run_with_cache applies this on its first call; apply it up front so HF is timed under the same malloc
-    hookscope.keep_freed_memory()
+    hookscope.memory.keep_freed_memory()
     repeats = 3 if args.quick else 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     hf = gpt2_small()

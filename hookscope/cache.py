@@ -6,12 +6,17 @@ functions over ``(model, cache)``.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from hookscope.hooks import observe_only
 from hookscope.names import get_act_name, position_axis, suggest_names
+
+logger = logging.getLogger(__name__)
 
 
 class CallList(list):
@@ -42,10 +47,20 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     # ------------------------------------------------------------------ mapping
     def _key(self, key: str | tuple) -> str:
         if isinstance(key, tuple):
+            if len(key) > 1 and isinstance(key[1], int) and key[1] < 0:  # cache["resid_post", -1]: last block
+                key = (key[0], self._n_layers() + key[1], *key[2:])
             return get_act_name(*key)
         if isinstance(key, str):
             return get_act_name(key) if key not in self._store else key
         raise TypeError(f"cache keys are names or (name, layer[, layer_type]) tuples, got {key!r}")
+
+    def _n_layers(self) -> int:
+        """Blocks of the model (read from its hook names, else from the cached names): for negative layers."""
+        names = getattr(self.model, "hook_dict", None) or self._store
+        layers = [int(m.group(1)) for n in names if (m := re.match(r"blocks\.(\d+)\.", n))]
+        if not layers:
+            raise KeyError("a negative layer index needs 'blocks.{i}.' names, and this cache has none")
+        return max(layers) + 1
 
     def __getitem__(self, key: str | tuple) -> torch.Tensor:  # type: ignore[override]
         name = self._key(key)
@@ -141,7 +156,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return ActivationCache(dropped, self.model, has_batch_dim=False)
 
     def stack_activation(self, name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
-        """Stack ``name`` over layers 0..layer-1 (all layers by default) -> ``[layer, ...]``."""
+        """Stack ``name`` over layers 0..layer-1 (all layers for None / -1) -> ``[layer, ...]``."""
+        if layer is not None and layer < -1:
+            layer = self._n_layers() + 1 + layer
         layers = []
         i = 0
         while get_act_name(name, i, sublayer_type) in self._store:
@@ -149,43 +166,60 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             i += 1
         if not layers:
             raise KeyError(f"no layer of {get_act_name(name, 0, sublayer_type)!r} is in this cache")
-        if layer != -1:
+        if layer is not None and layer != -1:
             layers = layers[:layer]
         return torch.stack(layers)
 
 
-    # ------------------------------------------------------------------ TransformerLens analysis helpers
-    # Thin delegations so TransformerLens code (``cache.decompose_resid(...)``) runs unchanged; the
-    # analysis itself lives in hookscope.analysis.residual as free functions over the cache.
-    def accumulated_resid(self, *args: Any, **kwargs: Any) -> Any:
-        """See :func:`hookscope.analysis.residual.accumulated_resid`."""
-        from hookscope.analysis.residual import accumulated_resid
+    # ------------------------------------------------------------------ TransformerLens store methods
+    @property
+    def cache_dict(self) -> dict[str, torch.Tensor]:
+        """The underlying ``name -> tensor`` dict (TransformerLens's attribute)."""
+        return self._store
 
-        return accumulated_resid(self, *args, **kwargs)
+    def apply_slice_to_batch_dim(self, batch_slice: Any) -> ActivationCache:
+        """A new cache with the batch axis indexed (an int drops it), as TransformerLens's method."""
+        index = _as_axis_index(batch_slice)
+        if not self.has_batch_dim and batch_slice is not None:
+            raise ValueError("apply_slice_to_batch_dim: this cache has no batch axis (remove_batch_dim was applied)")
+        if isinstance(index, torch.Tensor):
+            store = {k: v.index_select(0, index.to(v.device)) for k, v in self._store.items()}
+        else:
+            store = {k: v[index] for k, v in self._store.items()}
+        return type(self)(store, self.model, has_batch_dim=self.has_batch_dim and not isinstance(index, int))
 
-    def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
-        """See :func:`hookscope.analysis.residual.decompose_resid`."""
-        from hookscope.analysis.residual import decompose_resid
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """``torch.set_grad_enabled(mode)``: GLOBAL state, as in TransformerLens (logged, since it is global)."""
+        logger.warning("toggle_autodiff changed torch's global state: autodiff is now %s", mode)
+        torch.set_grad_enabled(mode)
 
-        return decompose_resid(self, *args, **kwargs)
+    def __getattr__(self, name: str) -> Any:
+        if name in _ANALYSIS_METHODS:
+            raise AttributeError(
+                f"hookscope's ActivationCache stores activations only; call hookscope.{name}(cache, ...) "
+                f"(or use hookscope.compat, whose ActivationCache has TransformerLens's .{name}())"
+            )
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
-    def stack_head_results(self, *args: Any, **kwargs: Any) -> Any:
-        """See :func:`hookscope.analysis.residual.stack_head_results`."""
-        from hookscope.analysis.residual import stack_head_results
 
-        return stack_head_results(self, *args, **kwargs)
+_ANALYSIS_METHODS = frozenset({
+    "accumulated_resid", "decompose_resid", "stack_head_results", "apply_ln_to_stack", "logit_attrs",
+    "get_full_resid_decomposition", "stack_neuron_results", "get_neuron_results", "compute_head_results",
+})
 
-    def apply_ln_to_stack(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """See :func:`hookscope.analysis.residual.apply_ln_to_stack`."""
-        from hookscope.analysis.residual import apply_ln_to_stack
 
-        return apply_ln_to_stack(self, *args, **kwargs)
-
-    def logit_attrs(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """See :func:`hookscope.analysis.residual.logit_attrs`."""
-        from hookscope.analysis.residual import logit_attrs
-
-        return logit_attrs(self, *args, **kwargs)
+def _as_axis_index(index: Any) -> Any:
+    """An index for one axis, as TransformerLens's ``Slice``: None, an int, a slice, ``(start, stop[, step])``,
+    or a list / array / tensor of indices (a ``Slice`` object is unwrapped)."""
+    if hasattr(index, "mode") and hasattr(index, "slice"):
+        index = index.slice
+    if index is None:
+        return slice(None)
+    if isinstance(index, (int, slice)):
+        return index
+    if isinstance(index, tuple):
+        return slice(*index)
+    return torch.as_tensor(index, dtype=torch.long).reshape(-1)
 
 
 def make_caching_hooks(
@@ -245,7 +279,7 @@ def make_caching_hooks(
 
         return cache_hook
 
-    fwd = [(n, save("")) for n in names]
+    fwd = [(n, observe_only(save(""))) for n in names]
     bwd = [(n, save("_grad")) for n in names] if incl_bwd else []
     return fwd, bwd
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import nn
 
+from hookscope.errors import HookError, HookNameError
 from hookscope.names import NamesFilter, resolve_names_filter, suggest_names
 
 logger = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ logger = logging.getLogger(__name__)
 HookFn = Callable[..., Any]  # fn(tensor, hook) -> tensor | None
 HookSpec = Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]]
 Direction = Literal["fwd", "bwd"]
-
-
-class HookError(RuntimeError):
-    """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
 
 
 class StopForward(Exception):
@@ -46,6 +43,15 @@ class _Hook:
     fn: HookFn
     permanent: bool
     level: int | None
+    final: bool = False  # runs after every other hook (a module spliced in: see hookscope.splice)
+
+    @property
+    def is_permanent(self) -> bool:  # TransformerLens's LensHandle spelling
+        return self.permanent
+
+    @property
+    def context_level(self) -> int | None:
+        return self.level
 
 
 class HookPoint(nn.Module):
@@ -79,19 +85,34 @@ class HookPoint(nn.Module):
         self,
         fn: HookFn,
         dir: Direction = "fwd",
-        prepend: bool = False,
-        permanent: bool = False,
+        is_permanent: bool = False,
         level: int | None = None,
+        prepend: bool = False,
+        *,
+        permanent: bool | None = None,
+        final: bool = False,
     ) -> None:
-        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation."""
+        """Attach ``fn(tensor, hook)``; ``dir="bwd"`` sees the gradient of this activation.
+
+        The arguments are TransformerLens's, in its order (``permanent`` is an alias of ``is_permanent``).
+        A ``final`` hook stays after every hook added later (splicing uses it, so the point's other
+        hooks see the model's own activation and the replacement flows downstream).
+        """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        entry = _Hook(fn, permanent, level)
+        entry = _Hook(fn, is_permanent if permanent is None else permanent, level, final)
         if prepend:
             hooks.insert(0, entry)
-        else:
+        elif final:
             hooks.append(entry)
+        else:
+            hooks.insert(next((i for i, h in enumerate(hooks) if h.final), len(hooks)), entry)
+
+    def remove_hook(self, fn: HookFn) -> None:
+        """Remove every entry of one hook function (either direction, permanent or not)."""
+        self.fwd_hooks = [h for h in self.fwd_hooks if h.fn is not fn]
+        self.bwd_hooks = [h for h in self.bwd_hooks if h.fn is not fn]
 
     def remove_hooks(
         self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False,
@@ -113,6 +134,13 @@ class HookPoint(nn.Module):
 
     def clear_context(self) -> None:
         self.ctx.clear()
+
+    def layer(self) -> int:
+        """The block index in this point's name (``blocks.3.attn.hook_z`` -> 3), as TransformerLens."""
+        parts = (self.name or "").split(".")
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ValueError(f"hook point {self.name!r} is not inside a numbered block")
+        return int(parts[1])
 
     def reset_calls(self) -> None:
         """Count calls from 0 again (done when a run begins)."""
@@ -144,14 +172,17 @@ def _hook_label(fn: HookFn) -> str:
 
 
 def _call_hook(fn: HookFn, x: Any, point: HookPoint, phase: str) -> Any:
+    """Run one hook. Its own exception reaches the caller with its own type (``except ValueError`` keeps
+    working), with a note naming the hook and the hook point."""
     try:
         return fn(x, hook=point)
     except (StopForward, HookError):
         raise
     except Exception as err:
-        raise HookError(
-            f"{phase} hook {_hook_label(fn)} on '{point.name}' raised {type(err).__name__}: {err}"
-        ) from err
+        note = f"raised in {phase} hook {_hook_label(fn)} on '{point.name}'"
+        if hasattr(err, "add_note") and note not in getattr(err, "__notes__", ()):
+            err.add_note(note)  # Python 3.11+
+        raise
 
 
 def _checked_replacement(new: Any, old: Any, name: str | None, fn: HookFn) -> Any:
@@ -193,6 +224,8 @@ def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
         point.call_index = call_index
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
+            if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return
+                out = out[0]
             if out is not None:
                 grad = _checked_replacement(out, grad, point.name, hook.fn)
         return grad
@@ -244,6 +277,19 @@ def hooks_active(points: Iterable[HookPoint]) -> bool:
     return any(p.fwd_hooks or p.bwd_hooks for p in points)
 
 
+def observe_only(fn: HookFn) -> HookFn:
+    """Mark ``fn`` as a hook that never returns a replacement (e.g. a cache's): observing is then free to
+    run beside the fused kernels, and the numbers stay those of the un-hooked forward."""
+    fn.observe_only = True  # type: ignore[attr-defined]
+    return fn
+
+
+def hooks_editing(points: Iterable[HookPoint]) -> bool:
+    """True when any of ``points`` has a hook that may edit the activation or needs its gradient (anything
+    but :func:`observe_only` forward hooks): then the path that computes it must be the one that runs."""
+    return any(p.bwd_hooks or any(not getattr(h.fn, "observe_only", False) for h in p.fwd_hooks) for p in points)
+
+
 class HookedModule(nn.Module):
     """The root of every hooked model: names its hook points and runs with hooks or caches.
 
@@ -272,7 +318,7 @@ class HookedModule(nn.Module):
     def _points_for(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
         if isinstance(name_or_filter, str):
             if name_or_filter not in self.hook_dict:
-                raise KeyError(self.unknown_name_message(name_or_filter))
+                raise HookNameError(self.unknown_name_message(name_or_filter))
             return [self.hook_dict[name_or_filter]]
         if callable(name_or_filter):
             return [p for name, p in self.hook_dict.items() if name_or_filter(name)]
@@ -305,7 +351,7 @@ class HookedModule(nn.Module):
         if not callable(hook):
             raise TypeError(f"the hook for {name!r} must be a function fn(tensor, hook), got {type(hook).__name__}")
         for point in self._points_for(name):
-            point.add_hook(hook, dir=dir, prepend=prepend, permanent=is_permanent, level=level)
+            point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def add_perma_hook(
         self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd"
@@ -394,6 +440,17 @@ class HookedModule(nn.Module):
             return self(*args, **kwargs)
         except StopForward:
             return None
+
+    def saes(self, *modules: Any, use_error_term: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Splice SAEs (or any hooked module with a ``hook_name``) into their hook points for a ``with`` block.
+
+        Inside the block each spliced activation is replaced by ``module(activation, use_error_term=...)``
+        and the module's own hook points join this model's (``blocks.6.hook_resid_post.hook_sae_acts_post``),
+        so ``run_with_cache``, ``hooks()`` and patching reach them. See :func:`hookscope.splice.spliced`.
+        """
+        from hookscope.splice import spliced
+
+        return spliced(self, *modules, use_error_term=use_error_term)
 
     # ---------------------------------------------------------------- caching
     def run_with_cache(

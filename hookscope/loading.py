@@ -11,13 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookscope.convert.engine import ConversionError
+from hookscope.errors import LoadError
 
 logger = logging.getLogger(__name__)
-
-
-class LoadError(RuntimeError):
-    """The source could not be loaded; the message says why and what to do."""
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64,
@@ -68,7 +64,8 @@ def load(
         dtype: parameter dtype (default float32).
         device: where the weights go (default CPU).
         n_layers: keep only the first ``n_layers`` blocks (the rest are never materialised).
-        tokenizer: a tokenizer to attach (default: the source's own, when it has one).
+        tokenizer: a tokenizer to attach (default: the source's own, when it has one; ``False``: none,
+            which skips reading the tokenizer files).
         device_map: spread the model over devices with accelerate's dispatcher: ``"auto"`` (fill the
             GPUs in order, then CPU; bounded by ``max_memory``) or ``{module name: device}``. Blocks are
             never split. Needs ``pip install accelerate``.
@@ -76,16 +73,26 @@ def load(
     from hookscope.convert.sources import open_source
 
     dt, dev = resolve_dtype(dtype), resolve_device(device)
-    src = open_source(source)
+    try:
+        src = open_source(source)
+    except LoadError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LoadError(f"could not open {source!r}: {type(err).__name__}: {err}") from err
     if n_layers is not None:
         src = src.truncated(n_layers)
     try:
         model = src.build(dtype=dt, device=dev, progress=progress)
-    except ConversionError:
+    except LoadError:
         raise
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        # anything else that breaks while building (a config value the model rejects, an unreadable
+        # file) is a load failure too, so that `except LoadError` catches every one
         raise LoadError(f"could not load {src.describe()}: {type(err).__name__}: {err}") from err
-    model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
+    if tokenizer is False:
+        model.tokenizer = None
+    else:
+        model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
     model.eval()
     if device_map is not None:
         model = dispatch(model, device_map, max_memory)

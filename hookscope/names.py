@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
+from hookscope.errors import HookNameError
+
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 
 RESID = "batch pos d_model"
@@ -72,7 +74,7 @@ def shape_of(name: str) -> str | None:
 def position_axis(name: str, ndim: int) -> int | None:
     """Axis that indexes positions (query positions for patterns), or None if it has none."""
     axes = shape_of(name)
-    if axes is not None:
+    if axes is not None and len(axes.split()) == ndim:  # another family's name of another rank: not this one
         parts = axes.split()
         for key in ("pos", "query_pos"):
             if key in parts:
@@ -86,7 +88,9 @@ def position_axis(name: str, ndim: int) -> int | None:
 
 # ----------------------------------------------------------------- TransformerLens get_act_name
 _ATTN_NAMES = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_scores"}
-_MLP_NAMES = {"pre", "pre_linear", "post"}
+_MLP_NAMES = {"pre", "pre_linear", "post", "mid"}
+_ACT_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
+                "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
 _LAYER_TYPE_ALIASES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
 
 
@@ -97,12 +101,17 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     ``get_act_name("pattern", 0) == "blocks.0.attn.hook_pattern"``,
     ``get_act_name("scale", 2, "ln1") == "blocks.2.ln1.hook_scale"``,
     ``get_act_name("normalized", None, "ln_final") == "ln_final.hook_normalized"``.
-    A full name (containing ``hook_``) is returned unchanged.
+    Compact names as TransformerLens: ``"resid_pre5" == ("resid_pre", 5)``, ``"scale2ln1" == ("scale", 2,
+    "ln1")``, ``"pattern3"``; aliases ``attn`` (pattern), ``attn_logits``, ``key``/``query``/``value``,
+    ``mlp_pre``/``mlp_post``; ``"scale"`` / ``"normalized"`` without a layer are ``ln_final``'s.
+    A full name (containing ``hook_`` or a dot) is returned unchanged.
     """
-    if "hook_" in name or "." in name:
+    if ("hook_" in name or "." in name) and layer is None and layer_type is None:
         return name
-    if name == "attn":
-        name = "pattern"
+    compact = re.fullmatch(r"([a-z_]+?)(\d+)([a-z]\w*)?", name) if layer is None else None
+    if compact is not None:
+        name, layer, layer_type = compact.group(1), int(compact.group(2)), compact.group(3) or layer_type
+    name = _ACT_ALIASES.get(name, name)
     if layer_type is None:
         if name in _ATTN_NAMES:
             layer_type = "attn"
@@ -117,6 +126,8 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     if layer_type:
         parts.append(layer_type)
     parts.append(f"hook_{name}")
+    if layer is None and not layer_type and name in ("scale", "normalized"):
+        parts.insert(0, "ln_final")
     return ".".join(parts)
 
 
@@ -151,6 +162,6 @@ def resolve_names_filter(
         if not isinstance(n, str):
             raise TypeError(f"names_filter entries must be strings, got {type(n).__name__}")
         if n not in valid:
-            raise KeyError(unknown(n))
+            raise HookNameError(unknown(n))
     chosen = set(wanted)
     return [n for n in valid if n in chosen]

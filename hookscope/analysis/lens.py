@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hookscope.analysis.partial import partial_forward
+from hookscope.extensions import implementation
 
 Metric = Literal["probs", "logits", "logprobs", "kl", "rank"]
 METRICS = ("probs", "logits", "logprobs", "kl", "rank")
@@ -59,15 +60,11 @@ class LensResult:
 
     def plot(self, **kwargs: Any) -> Any:
         """A matplotlib figure: layers x positions, top token in each cell, colour = the metric."""
-        from hookscope.viz.lens_plot import plot_lens
-
-        return plot_lens(self, **kwargs)
+        return implementation("plot_lens")(self, **kwargs)
 
     def to_html(self, path: str | None = None) -> str:
         """One self-contained HTML page (no network) with the top-k on hover; written to ``path`` if given."""
-        from hookscope.viz.lens_plot import lens_html
-
-        return lens_html(self, path)
+        return implementation("lens_html")(self, path)
 
     def to_dataframe(self) -> Any:
         """A long-format pandas DataFrame (one row per layer, position and rank k)."""
@@ -88,9 +85,7 @@ class LensResult:
 
     def table(self, position: int = -1) -> str:
         """A plain-text table of the top token per layer at one position (default: the last)."""
-        from hookscope.viz.lens_plot import lens_table
-
-        return lens_table(self, position)
+        return implementation("lens_table")(self, position)
 
 
 def residual_names(model: Any, include_subblocks: bool) -> list[tuple[str, str]]:

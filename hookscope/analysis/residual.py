@@ -22,8 +22,6 @@ from typing import Any, Literal
 
 import torch
 
-from hookscope.components.norm import LayerNorm, OffsetRMSNorm, RMSNorm
-
 PosSlice = int | slice | Sequence[int] | torch.Tensor | None
 Stack = torch.Tensor | tuple[torch.Tensor, list[str]]
 Tokens = int | str | Sequence[int] | torch.Tensor
@@ -53,6 +51,16 @@ def _has_hook(model: Any, name: str) -> bool:
     return name in model.hook_dict
 
 
+def _refuse_post_norm(model: Any, purpose: str) -> None:
+    """Post-LN models (BERT) normalise the residual between blocks: it is no sum of sub-layer outputs."""
+    if _has_hook(model, "blocks.0.hook_normalized_resid_post"):
+        raise ValueError(
+            f"{purpose}: {type(model).__name__} normalises its residual stream after every block (post-LN, as "
+            "BERT), so the stream is not a sum of the sub-layers' outputs and no decomposition of it is exact; "
+            "use accumulated_resid, or the cached hook_attn_out / hook_mlp_out of a single block"
+        )
+
+
 def _get(cache: Any, name: str, purpose: str) -> torch.Tensor:
     """``cache[name]``, or an error that says how to make a cache that has it."""
     if name not in cache:
@@ -64,8 +72,14 @@ def _get(cache: Any, name: str, purpose: str) -> torch.Tensor:
 
 
 def _pos_index(pos_slice: PosSlice) -> Any:
+    """An index for one axis, as TransformerLens's ``Slice``: an int, a slice, ``(start, stop[, step])`` as a
+    tuple, or a list / array / tensor of indices (a ``Slice`` object is unwrapped)."""
+    if hasattr(pos_slice, "mode") and hasattr(pos_slice, "slice"):  # a TransformerLens-style Slice
+        pos_slice = pos_slice.slice
     if pos_slice is None or isinstance(pos_slice, (int, slice)):
         return slice(None) if pos_slice is None else pos_slice
+    if isinstance(pos_slice, tuple):
+        return slice(*pos_slice)
     return torch.as_tensor(list(pos_slice) if not isinstance(pos_slice, torch.Tensor) else pos_slice,
                            dtype=torch.long)
 
@@ -82,10 +96,13 @@ def slice_positions(t: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torc
 
 
 def _layer(model: Any, layer: int | None, name: str) -> int:
-    """``layer`` resolved to ``0..n_layers`` (``None`` and ``-1`` mean ``n_layers``: the unembedding's input)."""
+    """``layer`` resolved to ``0..n_layers`` (``None`` and ``-1`` mean ``n_layers``: the unembedding's input;
+    other negative values count back from it as Python indices do, ``-2`` is the last block's input)."""
     n = _n_layers(model)
     if layer is None or layer == -1:
         return n
+    if -n - 1 <= layer < -1:
+        return n + 1 + layer
     if not 0 <= layer <= n:
         raise ValueError(f"{name}: layer must be in 0..{n} (or None / -1 for all layers), got {layer}")
     return layer
@@ -103,13 +120,12 @@ def _resid_at(cache: Any, model: Any, layer: int, mlp_input: bool, purpose: str)
 
 def _finish(
     cache: Any, parts: list[torch.Tensor], labels: list[str], layer: int, mlp_input: bool,
-    apply_ln: bool, pos_slice: PosSlice, return_labels: bool,
+    apply_ln: bool, pos_slice: PosSlice, return_labels: bool, recompute_ln: bool = False,
 ) -> Stack:
     """Slice positions, stack ``[component, batch, pos, d_model]``, optionally apply the reading norm."""
     stack = torch.stack([slice_positions(p, pos_slice) for p in parts])
     if apply_ln:
-        n = _n_layers(_model(cache))
-        stack = apply_ln_to_stack(cache, stack, None if layer == n else layer, mlp_input, pos_slice)
+        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice, recompute_ln=recompute_ln)
     return (stack, labels) if return_labels else stack
 
 
@@ -124,9 +140,10 @@ def accumulated_resid(
     that ``layer`` reads), with ``incl_mid`` also ``hook_resid_mid`` of each block before ``layer`` where
     the block has one (parallel attention + MLP blocks have none), with ``mlp_input`` also the
     ``hook_resid_mid`` of ``layer`` itself (what its MLP reads). ``layer=None`` (or -1, or ``n_layers``)
-    ends with the final ``hook_resid_post`` ("final_post"). ``apply_ln`` passes the stack through
-    :func:`apply_ln_to_stack` for the norm that reads ``layer``, so with the default ``layer`` and
-    ``@ W_U + b_U`` each row is a logit-lens row.
+    ends with the final ``hook_resid_post`` ("final_post"). ``apply_ln`` normalises the stack for the
+    norm that reads ``layer``: for the final norm each row through the WHOLE norm with its own scale
+    (as TransformerLens: ``model.unembed(row)`` is then that row's logit lens), for a block's norm
+    linearly with the cached scale (:func:`apply_ln_to_stack`).
     """
     model = _model(cache)
     n = _n_layers(model)
@@ -144,7 +161,7 @@ def accumulated_resid(
         if ((incl_mid and i < layer) or (mlp_input and i == layer)) and _has_hook(model, mid):
             parts.append(_get(cache, mid, "accumulated_resid(incl_mid=True)"))
             labels.append(f"{i}_mid")
-    return _finish(cache, parts, labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
+    return _finish(cache, parts, labels, layer, mlp_input, apply_ln, pos_slice, return_labels, layer == n)
 
 
 def decompose_resid(
@@ -164,6 +181,7 @@ def decompose_resid(
     if mode not in ("all", "attn", "mlp"):
         raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
     model = _model(cache)
+    _refuse_post_norm(model, "decompose_resid")
     n = _n_layers(model)
     layer = _layer(model, layer, "decompose_resid")
     if mlp_input and layer == n:
@@ -214,11 +232,12 @@ def stack_head_results(
         resid = slice_positions(_resid_at(cache, model, layer, False, "stack_head_results")[0], pos_slice)
         parts.append(resid - sum(parts) if parts else resid)
         labels.append("remainder")
-    if not parts:
-        raise ValueError("stack_head_results: layer=0 has no heads before it")
+    if not parts:  # layer 0: no heads before it, an empty stack as TransformerLens
+        embed = slice_positions(_resid_at(cache, model, 0, False, "stack_head_results")[0], pos_slice)
+        return (embed.new_zeros((0, *embed.shape)), labels) if return_labels else embed.new_zeros((0, *embed.shape))
     stack = torch.stack(parts)
     if apply_ln:
-        stack = apply_ln_to_stack(cache, stack, None if layer == _n_layers(model) else layer, False, pos_slice)
+        stack = apply_ln_to_stack(cache, stack, layer, False, pos_slice)
     return (stack, labels) if return_labels else stack
 
 
@@ -240,63 +259,77 @@ def _head_results(cache: Any, model: Any, layer: int, pos_slice: PosSlice) -> to
 # ---------------------------------------------------------------------------------------------- norms, logits
 def apply_ln_to_stack(
     cache: Any, residual_stack: torch.Tensor, layer: int | None = None, mlp_input: bool = False,
-    pos_slice: PosSlice = None, recompute_ln: bool = False,
+    pos_slice: PosSlice = None, batch_slice: PosSlice = None, has_batch_dim: bool = True,
+    recompute_ln: bool = False,
 ) -> torch.Tensor:
     """What the norm reading this residual stream does to each component, linearly: ``[..., batch, pos, d_model]``.
 
-    The norm is ``ln_final`` when ``layer`` is None (or ``n_layers``), else ``blocks.{layer}.ln1``
-    (``ln2`` with ``mlp_input``). Each component is centred over ``d_model`` (LayerNorm only: centring
-    is linear, RMSNorm does not centre), divided by the norm's CACHED ``hook_scale`` (that of the full
-    residual, so the map is linear and the components still sum), and multiplied by the norm's weight
-    (``1 + weight`` for Gemma's norms). The bias belongs to no component and is not added: the
-    components sum to the norm's output minus its bias.
+    The norm is ``ln_final`` when ``layer`` is None, -1 or ``n_layers``, else ``blocks.{layer}.ln1``
+    (``ln2`` with ``mlp_input``). Each component goes through the norm's ``linear_part`` with the norm's
+    CACHED ``hook_scale`` (that of the full residual, so the map is linear and the components still sum):
+    centred over ``d_model`` (LayerNorm only), divided by the scale, times the norm's weight (``1 + weight``
+    for Gemma). The bias belongs to no component and is not added.
 
     Difference from TransformerLens: TL folds the norm weight into the next matrix (``W_U``, ``W_Q``...)
     when it loads a model, so its version only centres and divides. hookscope keeps HF's unfolded weights,
-    so the weight is applied here and ``logit_attrs`` uses the model's ``W_U`` as it is.
+    so the weight is applied here (after weight processing the weight is 1 and both agree).
 
-    ``pos_slice``: the positions the stack holds (it is applied to the cached scale, not to the stack).
-    ``recompute_ln``: divide each component by its OWN scale instead (not linear: the rows no longer sum;
-    a stack of whole residual streams, e.g. :func:`accumulated_resid`, then decodes as the logit lens does).
+    ``pos_slice``: the positions the stack already holds (applied to the cached scale only).
+    ``batch_slice``: applied to the stack's batch axis (axis 1, when ``has_batch_dim``) and to the scale.
+    ``recompute_ln`` (final norm only, as TL): each component through the whole final norm with its OWN
+    scale, bias included: not linear, the rows no longer sum, but each row of a stack of residual streams
+    (:func:`accumulated_resid`) is then what the unembedding reads: the logit lens.
     """
     model = _model(cache)
     n = _n_layers(model)
-    if layer is None or layer == n:
-        norm_name = "ln_final"
-    elif 0 <= layer < n:
-        norm_name = f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
-    else:
-        raise ValueError(f"apply_ln_to_stack: layer must be in 0..{n} or None (the final norm), got {layer}")
-    return _linear_norm(cache, model, norm_name, residual_stack, pos_slice, recompute_ln)
+    layer = _layer(model, layer, "apply_ln_to_stack")
+    norm_name = "ln_final" if layer == n else f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+    batch_index = _pos_index(batch_slice)
+    if has_batch_dim and batch_slice is not None and cache.has_batch_dim:
+        residual_stack = _index(residual_stack, batch_index, 1)
+    norm = model.get_submodule(norm_name)
+    if recompute_ln and layer == n:
+        _linear_form(norm, norm_name)
+        out = norm.linear_part(residual_stack, norm.scale_of(residual_stack))
+        return out if norm.offset is None else out + norm.offset.to(out.dtype)
+    return _linear_norm(cache, model, norm_name, residual_stack, pos_slice, batch_slice)
+
+
+def _index(t: torch.Tensor, index: Any, dim: int) -> torch.Tensor:
+    dim = dim % t.ndim
+    if isinstance(index, torch.Tensor):
+        return t.index_select(dim, index.to(t.device) % t.shape[dim])
+    return t[(slice(None),) * dim + (index,)]
+
+
+def _linear_form(norm: Any, norm_name: str) -> bool:
+    """True when ``norm`` describes itself as a fixed-scale linear map; False for an identity (no norm)."""
+    if hasattr(norm, "linear_part") and hasattr(norm, "scale_of"):
+        return True
+    if isinstance(norm, torch.nn.Identity):
+        return False
+    raise TypeError(f"{norm_name} is a {type(norm).__name__}, which does not describe its linear action "
+                    "(scale_of / linear_part): the residual helpers need hookscope's own norms")
 
 
 def _linear_norm(
-    cache: Any, model: Any, norm_name: str, stack: torch.Tensor, pos_slice: PosSlice, recompute: bool = False
+    cache: Any, model: Any, norm_name: str, stack: torch.Tensor, pos_slice: PosSlice, batch_slice: PosSlice = None,
 ) -> torch.Tensor:
     """``stack [..., batch, pos, d]`` through the norm ``norm_name`` with its cached scale, bias left out."""
     norm = model.get_submodule(norm_name)
-    if isinstance(norm, LayerNorm):
-        stack = stack - stack.mean(-1, keepdim=True)
-        weight = norm.weight
-    elif isinstance(norm, OffsetRMSNorm):
-        weight = 1.0 + norm.weight.float()  # as HF Gemma: (1 + w) in float32
-    elif isinstance(norm, RMSNorm):
-        weight = norm.weight
-    else:
-        raise TypeError(f"{norm_name} is a {type(norm).__name__}; apply_ln_to_stack knows hookscope's LayerNorm, "
-                        "RMSNorm and OffsetRMSNorm")
-    if recompute:
-        scale = (stack.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()  # [..., batch, pos, 1]
-    else:
-        scale = slice_positions(_get(cache, f"{norm_name}.hook_scale", "apply_ln_to_stack"), pos_slice)
-    try:
-        out = stack / scale  # [..., batch, pos, d] / [batch, pos, 1]
-    except RuntimeError as err:
+    if not _linear_form(norm, norm_name):
+        return stack
+    scale = slice_positions(_get(cache, f"{norm_name}.hook_scale", "apply_ln_to_stack"), pos_slice)
+    if batch_slice is not None and cache.has_batch_dim:
+        scale = _index(scale, _pos_index(batch_slice), 0)
+    if scale.ndim > stack.ndim or any(
+        a not in (b, 1) for a, b in zip(scale.shape[::-1][1:], stack.shape[::-1][1:], strict=False)
+    ):
         raise ValueError(
             f"the stack {tuple(stack.shape)} does not line up with {norm_name}.hook_scale {tuple(scale.shape)}: "
-            "pass the pos_slice the stack was made with"
-        ) from err
-    return out * weight.to(out.dtype)
+            "pass the pos_slice (and batch_slice) the stack was made with"
+        )
+    return norm.linear_part(stack, scale.to(stack.dtype))
 
 
 def tokens_to_residual_directions(model: Any, tokens: Tokens) -> torch.Tensor:
@@ -317,29 +350,40 @@ def tokens_to_residual_directions(model: Any, tokens: Tokens) -> torch.Tensor:
 
 def logit_attrs(
     cache: Any, residual_stack: torch.Tensor, tokens: Tokens, incorrect_tokens: Tokens | None = None,
-    pos_slice: PosSlice = None,
+    pos_slice: PosSlice = None, batch_slice: PosSlice = None, has_batch_dim: bool = True,
 ) -> torch.Tensor:
     """Each component's direct contribution to the logit of ``tokens`` (minus ``incorrect_tokens``).
 
-    ``residual_stack @ W_U[:, tokens]``, with the model's unfolded ``W_U`` (apply the norm first with
-    :func:`apply_ln_to_stack`; ``b_U`` and the norm's bias belong to no component and are left out;
-    Gemma 2's final soft-cap is not linear: these are pre-cap logits).
+    As TransformerLens: the final norm is applied INSIDE (:func:`apply_ln_to_stack` with the cached
+    ``ln_final.hook_scale``), so pass the raw stack (``decompose_resid()``, ``stack_head_results()``...),
+    then ``@ W_U[:, tokens]``. Summed over components, plus the final norm's bias ``@ W_U`` and ``b_U``,
+    this is the logits (before Gemma 2's final soft-cap, which is not linear).
 
-    ``tokens``: one id (every position scored on it: ``[component, batch, pos]``); ``[batch]`` ids,
-    one per sequence, scored at the last position (or at ``pos_slice``): ``[component, batch]``; or
-    ``[batch, pos]`` ids, one per position. ``pos_slice`` is applied to the stack's position axis first.
+    ``pos_slice`` / ``batch_slice``: how the stack was already sliced (``decompose_resid(pos_slice=-1)``):
+    they select the matching cached scales; ``batch_slice`` is also applied to the stack, as TL does.
+    ``tokens``: one id or string (``[component, batch, pos]``), ``[batch]`` ids, one per sequence
+    (``[component, batch]``: on a stack that still has its position axis, scored at the last position),
+    or ``[batch, pos]`` ids, one per position.
     """
     model = _model(cache)
-    stack = slice_positions(residual_stack, pos_slice)
+    stack = apply_ln_to_stack(cache, residual_stack, None, False, pos_slice, batch_slice, has_batch_dim)
     directions = tokens_to_residual_directions(model, tokens)  # [*tokens, d_model]
     if incorrect_tokens is not None:
         wrong = tokens_to_residual_directions(model, incorrect_tokens)
         if wrong.shape != directions.shape:
-            raise ValueError(f"incorrect_tokens {tuple(wrong.shape[:-1])} must match tokens "
-                             f"{tuple(directions.shape[:-1])}")
+            raise ValueError(f"tokens and incorrect_tokens must have the same shape: incorrect_tokens "
+                             f"{tuple(wrong.shape[:-1])}, tokens {tuple(directions.shape[:-1])}")
         directions = directions - wrong
-    if directions.ndim == 2 and cache.has_batch_dim and stack.ndim == 4:
+    batched = has_batch_dim and cache.has_batch_dim
+    has_pos_axis = not isinstance(_pos_index(pos_slice), int)
+    if directions.ndim == 2 and batched and has_pos_axis and stack.ndim == 4:
         stack = stack[..., -1, :]  # [component, batch, d_model]: one token per sequence, at the last position
+    token_axes, stack_axes = tuple(directions.shape[:-1]), tuple(stack.shape[1:-1])  # [component, *axes, d]
+    if token_axes and stack_axes[len(stack_axes) - len(token_axes):] != token_axes:
+        raise ValueError(
+            f"tokens {tuple(directions.shape[:-1])} do not line up with the residual stack {tuple(stack.shape)}: "
+            "give one id, [batch] ids (last position) or [batch, pos] ids"
+        )
     try:
         return (stack * directions.to(stack.dtype)).sum(-1)
     except RuntimeError as err:

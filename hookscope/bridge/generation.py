@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hookscope.cache import ActivationCache, CallList, make_caching_hooks
-from hookscope.names import position_axis
+from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.generation.step_cache import concat_steps
+
+__all__ = ["concat_steps", "generate_with_caches"]
 
 if TYPE_CHECKING:
     from hookscope.bridge.wrapper import WrappedModel
@@ -57,67 +59,3 @@ def generate_with_caches(
     finally:
         handle.remove()
     return out, [ActivationCache(step, model) for step in store.steps]
-
-
-def concat_steps(steps: Sequence[ActivationCache], model: Any = None) -> ActivationCache:
-    """One cache with every step's activations concatenated along their position axis.
-
-    Attention patterns and scores grow along key positions from step to step; earlier steps are padded
-    on the right of ``key_pos`` with 0 (pattern: those keys did not exist yet) or ``-inf`` (scores).
-    A sliding-window cache (Mistral, Gemma 2) gives a step only its most recent keys: those are placed
-    at their absolute positions, padded on the left too.
-    A name recorded in step 0 only (an encoder-decoder's encoder, run once before decoding) is kept as
-    recorded. A name without a position axis, or recorded in some later steps but not all, keeps one call
-    per step where it fired (``cache.calls(name)``; ``cache[name]`` then raises): nothing is dropped.
-    """
-    if not steps:
-        raise ValueError("concat_steps needs at least one step")
-    merged: dict[str, torch.Tensor] = {}
-    names = list(dict.fromkeys(name for step in steps for name in step))
-    for name in names:
-        present = [step for step in steps if name in step]
-        if len(present) == 1 and present[0] is steps[0]:
-            merged[name] = steps[0]._store[name]  # computed once up front: already complete
-            continue
-        tensors = [_one_call(step, name) for step in present]
-        axis = position_axis(name, tensors[0].ndim)
-        if axis is None or len(present) != len(steps):
-            merged[name] = CallList(tensors)
-            continue
-        if name.endswith(("hook_pattern", "hook_attn_scores")):
-            tensors = _align_keys(name, tensors)
-        try:
-            merged[name] = torch.cat(tensors, dim=axis)
-        except RuntimeError as err:
-            raise ValueError(
-                f"cannot concatenate '{name}' over steps along axis {axis}: shapes "
-                f"{[tuple(t.shape) for t in tensors]}; use the per-step caches instead"
-            ) from err
-    return ActivationCache(merged, model)
-
-
-def _one_call(step: ActivationCache, name: str) -> torch.Tensor:
-    if step.n_calls(name) != 1:
-        raise ValueError(
-            f"'{name}' fired {step.n_calls(name)} times within one step, so steps cannot be joined along "
-            "positions; use the per-step caches (concat=False) and cache.calls(name)"
-        )
-    return step[name]
-
-
-def _align_keys(name: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Pad each step's ``[..., query_pos, key_pos]`` so key ``j`` sits at absolute position ``j``.
-
-    Self-attention keys of a step end at its last query (``end``); a step holding fewer keys than
-    ``end`` (a sliding-window cache drops the oldest) is padded on the left. Cross-attention keys are the
-    encoder's positions, the same at every step.
-    """
-    fill = 0.0 if name.endswith("hook_pattern") else float("-inf")
-    ends = torch.tensor([t.shape[-2] for t in tensors]).cumsum(0).tolist()
-    cross = "cross_attn." in name
-    width = max(t.shape[-1] for t in tensors) if cross else max(ends[-1], *(t.shape[-1] for t in tensors))
-    aligned = []
-    for t, end in zip(tensors, ends, strict=True):
-        left = 0 if cross else max(end - t.shape[-1], 0)
-        aligned.append(torch.nn.functional.pad(t, (left, width - left - t.shape[-1]), value=fill))
-    return aligned

@@ -40,16 +40,25 @@ class BridgePoint(HookPoint):
         self,
         fn: HookFn,
         dir: Direction = "fwd",
-        prepend: bool = False,
-        permanent: bool = False,
+        is_permanent: bool = False,
         level: int | None = None,
+        prepend: bool = False,
+        *,
+        permanent: bool | None = None,
+        final: bool = False,
     ) -> None:
         if self.readonly_reason is not None and dir == "bwd":
             raise HookError(
                 f"'{self.name}' is observe-only on a wrapped model ({self.readonly_reason}); "
                 "its gradient would be partial, so backward hooks are refused"
             )
-        super().add_hook(fn, dir=dir, prepend=prepend, permanent=permanent, level=level)
+        super().add_hook(
+            fn, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, permanent=permanent, final=final
+        )
+        self._notify()
+
+    def remove_hook(self, fn: HookFn) -> None:
+        super().remove_hook(fn)
         self._notify()
 
     def remove_hooks(self, *args: Any, **kwargs: Any) -> None:

@@ -1,8 +1,15 @@
-"""Multi-head attention (MHA / GQA / MQA) with every TransformerLens hook point.
+"""Multi-head attention (MHA / GQA / MQA; self or cross) with every TransformerLens hook point.
+
+One class serves every family. What differs between them is a constructor argument, never a test of
+the architecture: GQA head counts, biases (``k_bias=False`` for Whisper), the score scale and whether it
+multiplies the query before the dot product (Whisper) or the scores, Gemma 2's soft-capping, per-head
+q/k norms (Qwen3), rotary positions, an additive position bias (T5), and the softmax dtype.
+Cross-attention is a call, not a class: keys and values read another sequence, or arrive precomputed
+from :meth:`Attention.project_kv` (computed once per encoder output while decoding).
 
 Without hooks inside attention it runs ``scaled_dot_product_attention``; when any internal hook (scores,
-pattern, z, result, split inputs) is active, or soft-capping is on, it runs the explicit path. Both
-paths compute the same function.
+pattern, z, result) is active, soft-capping is on, or a float64 run must mirror a float32 softmax, it
+runs the explicit path. Both paths compute the same function.
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hookscope.components.masks import AttentionMask
+from hookscope.components.masks import AttentionMask, mask_fill_dtype
 from hookscope.components.rotary import apply_rotary
-from hookscope.hooks import HookPoint, hooks_active
+from hookscope.hooks import HookPoint, hooks_active, hooks_editing
+
+Rotary = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables [batch, pos, rotary_dim]
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [batch, key_pos, kv_head_index, d_head]
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -29,6 +39,43 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """Gemma 2's ``tanh(x / cap) * cap``."""
     return torch.tanh(x / cap) * cap
+
+
+def project_heads(x: torch.Tensor, linear: nn.Linear, n_heads: int, d_head: int) -> torch.Tensor:
+    """``[batch, pos, head_index, d_head]`` from ``[batch, pos, d_model]``, or from per-head inputs
+    ``[batch, pos, head_index, d_model]`` (split-input hooks: each head reads its own copy)."""
+    if x.ndim == 4:
+        weight = einops.rearrange(linear.weight, "(h e) m -> h m e", h=n_heads)  # [head, d_model, d_head]
+        y = torch.einsum("bphm,hme->bphe", x, weight)
+        return y if linear.bias is None else y + linear.bias.view(n_heads, d_head)
+    return linear(x).view(*x.shape[:2], n_heads, d_head)
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask,
+    *,
+    scale: float,
+    window: int | None = None,
+    position_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` over ``[batch, pos, head_index, d_head]`` q and (repeated) k, v.
+
+    ``position_bias [1, head_index, query_pos, key_pos]`` joins the additive mask. Returns z
+    ``[batch, query_pos, head_index, d_head]``.
+    """
+    attn_mask, is_causal = mask.for_sdpa(window, q.dtype)
+    if position_bias is not None:
+        if is_causal:
+            attn_mask, is_causal = mask.bias(window, q.dtype), False
+        attn_mask = position_bias if attn_mask is None else position_bias + attn_mask
+    z = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+    )
+    return z.transpose(1, 2)
 
 
 class HeadWeightViews:
@@ -107,16 +154,23 @@ class HeadWeightViews:
 
 
 class Attention(HeadWeightViews, nn.Module):
-    """Self-attention over ``[batch, pos, d_model]`` with optional rotary and per-head q/k norms.
+    """``softmax(q k^T * scale [+ position_bias] + mask) v`` then the output projection.
 
     Args:
-        qk_norm: a factory ``d_head -> nn.Module`` for per-head q/k norms (Qwen3), or None.
-        scale: multiplier on ``q . k`` (``d_head ** -0.5`` by default).
+        qkv_bias: the q, k and v projections have biases.
+        out_bias: the output projection has a bias.
+        k_bias: the key projection's bias when it differs from ``qkv_bias`` (Whisper has none).
+        scale: multiplier on ``q . k`` (``d_head ** -0.5`` by default; T5 folds it into its weights: 1).
+        prescale_query: multiply the query by ``scale`` before the dot product (after ``hook_q``)
+            instead of the scores (HF Whisper's order; it changes the rounding).
         softcap: Gemma 2 attention-logit soft-capping, or None.
+        qk_norm: a factory ``d_head -> nn.Module`` for per-head q/k norms (Qwen3), or None.
         softmax_in_float32: compute the pattern in float32 whatever the input dtype (HF Llama-style
-            eager attention); False computes it in the input dtype (HF BERT's eager attention).
+            eager attention); False computes it in the input dtype (HF BERT, T5, Whisper).
         rotary: the model applies rotary positions (the forward gets ``rotary=``): only then are there
             ``hook_rot_q`` / ``hook_rot_k`` points.
+        position_bias: the forward gets an additive ``position_bias=`` (T5 self-attention): only then is
+            there ``hook_position_bias`` (``[1, head_index, query_pos, key_pos]``).
     """
 
     def __init__(
@@ -128,76 +182,82 @@ class Attention(HeadWeightViews, nn.Module):
         *,
         qkv_bias: bool,
         out_bias: bool,
+        k_bias: bool | None = None,
         scale: float | None = None,
+        prescale_query: bool = False,
         softcap: float | None = None,
         qk_norm: Callable[[int], nn.Module] | None = None,
         softmax_in_float32: bool = True,
         rotary: bool = False,
+        position_bias: bool = False,
     ) -> None:
         super().__init__()
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv_heads, d_head
         self.scale = d_head**-0.5 if scale is None else scale
+        self.prescale_query = prescale_query
         self.softcap = softcap
         self.softmax_dtype: torch.dtype | None = torch.float32 if softmax_in_float32 else None
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=qkv_bias)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias if k_bias is None else k_bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * d_head, d_model, bias=out_bias)
         self.q_norm: nn.Module | None = qk_norm(d_head) if qk_norm else None
         self.k_norm: nn.Module | None = qk_norm(d_head) if qk_norm else None
         self.hook_q = HookPoint()  # [batch, pos, head_index, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, kv_head_index, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, kv_head_index, d_head]
+        self.hook_k = HookPoint()  # [batch, key_pos, kv_head_index, d_head]
+        self.hook_v = HookPoint()  # [batch, key_pos, kv_head_index, d_head]
         if rotary:  # only models with rotary positions have these points: none that can never fire
             self.hook_rot_q = HookPoint()  # [batch, pos, head_index, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, kv_head_index, d_head]
+        if position_bias:
+            self.hook_position_bias = HookPoint()  # [1, head_index, query_pos, key_pos]
         self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint(opt_in=True)  # [batch, pos, head_index, d_model]
-        self._explicit_points = (self.hook_attn_scores, self.hook_pattern, self.hook_z, self.hook_result)
-
-    def masked_score(self, dtype: torch.dtype) -> float:
-        """What ``hook_attn_scores`` holds at a masked key: the minimum of the narrower of the scores'
-        dtype and the softmax's (the mask :meth:`_explicit` adds)."""
-        narrowest = self.softmax_dtype if self.softmax_dtype is not None else dtype
-        return torch.finfo(narrowest if torch.finfo(narrowest).bits < torch.finfo(dtype).bits else dtype).min
+        self._explicit_points = (self.hook_attn_scores, self.hook_pattern)
 
     # ------------------------------------------------------------------ forward
-    def project_qkv(
-        self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v ``[batch, pos, head, d_head]`` from ``[batch, pos, d_model]`` inputs, or from per-head
-        inputs ``[batch, pos, head, d_model]`` (split-input hooks)."""
-        if q_in.ndim == 4:
-            q = torch.einsum("bphm,hme->bphe", q_in, self.W_Q) + self.b_Q
-            k = torch.einsum("bphm,hme->bphe", k_in, self._W_K) + self._b_K
-            v = torch.einsum("bphm,hme->bphe", v_in, self._W_V) + self._b_V
-            return q, k, v
-        b, p = q_in.shape[:2]
-        q = self.q_proj(q_in).view(b, p, self.n_heads, self.d_head)
-        k = self.k_proj(k_in).view(b, p, self.n_kv_heads, self.d_head)
-        v = self.v_proj(v_in).view(b, p, self.n_kv_heads, self.d_head)
-        return q, k, v
+    def project_kv(self, k_in: torch.Tensor, v_in: torch.Tensor | None = None) -> KV:
+        """Keys and values ``[batch, key_pos, kv_head_index, d_head]`` (hooked) of what they read.
+
+        ``k_in`` is ``[batch, key_pos, d_model]`` (or per KV head); ``v_in`` only when the values read
+        something else (split-input hooks). Cross-attention calls this once per encoder output and
+        passes the pair to :meth:`forward` at every decoding step.
+        """
+        k = project_heads(k_in, self.k_proj, self.n_kv_heads, self.d_head)
+        v = project_heads(k_in if v_in is None else v_in, self.v_proj, self.n_kv_heads, self.d_head)
+        return self.hook_k(k), self.hook_v(v)
 
     def forward(
         self,
         q_in: torch.Tensor,
-        k_in: torch.Tensor,
-        v_in: torch.Tensor,
+        kv_in: torch.Tensor | KV,
         mask: AttentionMask,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        v_in: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
         window: int | None = None,
         kv_cache: object | None = None,
+        position_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attention output ``[batch, pos, d_model]``.
+        """Attention output ``[batch, query_pos, d_model]``.
 
-        ``kv_cache`` (generation) must have ``update(k, v) -> (k_all, v_all)`` over ``[batch, pos, kv_head, d_head]``.
+        Args:
+            q_in: what the queries read, ``[batch, query_pos, d_model]`` (or per head, split inputs).
+            kv_in: what keys and values read (``q_in`` itself for self-attention, the encoder output for
+                cross-attention), or a precomputed ``(k, v)`` from :meth:`project_kv`.
+            mask: which keys each query sees.
+            v_in: what the values read when it is not ``kv_in`` (per-KV-head split inputs).
+            rotary: cos/sin tables for rotary positions. window: sliding-window width, or None.
+            kv_cache: with ``update(k, v) -> (k_all, v_all)`` over ``[batch, pos, kv_head, d_head]``
+                (generation): earlier positions' keys and values.
+            position_bias: ``[1, head_index, query_pos, key_pos]`` added to the scores before the mask.
         """
-        q, k, v = self.project_qkv(q_in, k_in, v_in)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q = self.hook_q(project_heads(q_in, self.q_proj, self.n_heads, self.d_head))
+        k, v = kv_in if isinstance(kv_in, tuple) else self.project_kv(kv_in, v_in)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
@@ -205,43 +265,56 @@ class Attention(HeadWeightViews, nn.Module):
             k = self.hook_rot_k(apply_rotary(k, *rotary))
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # type: ignore[attr-defined]
+        if position_bias is not None:
+            position_bias = self.hook_position_bias(position_bias)
+        if self.prescale_query:
+            q = q * self.scale
         # float64 is for verification: there reproduce HF eager's float32 softmax exactly instead of
         # SDPA's more precise float64 one (they differ by ~1e-7)
         mirror_fp32_softmax = q.dtype == torch.float64 and self.softmax_dtype == torch.float32
-        if self.softcap is not None or mirror_fp32_softmax or hooks_active(self._explicit_points):
-            z = self._explicit(q, k, v, mask, window)
+        # Hooks that only observe (a cache) leave the numbers as the un-hooked forward's: the fused kernel
+        # computes z and the explicit path runs beside it for them, so run_with_cache == forward exactly.
+        explicit = self._explicit_points
+        if self.softcap is not None or mirror_fp32_softmax or hooks_editing(explicit):
+            z = self._explicit(q, k, v, mask, window, position_bias)
         else:
-            z = self._fused(q, k, v, mask, window)
-        z = self.hook_z(z)
-        if self.hook_result.has_hooks:
-            result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
-        return self.o_proj(z.reshape(*z.shape[:2], self.n_heads * self.d_head))
+            n_rep = self.n_heads // self.n_kv_heads
+            scale = 1.0 if self.prescale_query else self.scale
+            z = fused_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, scale=scale, window=window,
+                                position_bias=position_bias)
+            if hooks_active(explicit):
+                self._explicit(q, k, v, mask, window, position_bias)  # for the observers only
+        return self._output(self.hook_z(z))
 
     def _explicit(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, window: int | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: AttentionMask,
+        window: int | None,
+        position_bias: torch.Tensor | None,
     ) -> torch.Tensor:
         n_rep = self.n_heads // self.n_kv_heads
         # [batch, head, pos, d_head], multiplied as HF's eager attention does (same rounding in float32)
         q, k, v = q.transpose(1, 2), repeat_kv(k, n_rep).transpose(1, 2), repeat_kv(v, n_rep).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [batch, head, query_pos, key_pos]
+        scores = torch.matmul(q, k.transpose(2, 3))  # [batch, head, query_pos, key_pos]
+        if not self.prescale_query:
+            scores = scores * self.scale
         if self.softcap is not None:
             scores = soft_cap(scores, self.softcap)
-        narrowest = self.softmax_dtype if self.softmax_dtype is not None else scores.dtype
-        fill = narrowest if torch.finfo(narrowest).bits < torch.finfo(scores.dtype).bits else None
+        if position_bias is not None:
+            scores = scores + position_bias
+        fill = mask_fill_dtype(scores.dtype, self.softmax_dtype)
         scores = self.hook_attn_scores(scores + mask.bias(window, scores.dtype, fill))
         pattern = F.softmax(scores, dim=-1, dtype=self.softmax_dtype).to(q.dtype)
         pattern = self.hook_pattern(pattern)
         return torch.matmul(pattern, v).transpose(1, 2)  # [batch, pos, head, d_head]
 
-    def _fused(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, window: int | None
-    ) -> torch.Tensor:
-        n_rep = self.n_heads // self.n_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        attn_mask, is_causal = mask.for_sdpa(window, q.dtype)
-        z = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
-        )
-        return z.transpose(1, 2)  # [batch, pos, head, d_head]
+    def _output(self, z: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos, head_index, d_head]`` -> ``[batch, pos, d_model]``; per-head ``hook_result`` on request."""
+        if self.hook_result.has_hooks:
+            result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
+            if hooks_editing((self.hook_result,)):
+                return result.sum(dim=2) + self.b_O
+        return self.o_proj(z.reshape(*z.shape[:2], self.n_heads * self.d_head))

@@ -18,6 +18,14 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 1)
 
 
+def mask_fill_dtype(scores_dtype: torch.dtype, softmax_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype whose most negative value fills masked scores: the softmax's when it is narrower than the
+    scores' (a float64 run with a float32 softmax), so a fully masked row stays finite there (no NaN)."""
+    if softmax_dtype is not None and torch.finfo(softmax_dtype).bits < torch.finfo(scores_dtype).bits:
+        return softmax_dtype
+    return scores_dtype
+
+
 class AttentionMask:
     """Visibility of keys ``[batch, key_pos]`` from queries at absolute indices ``query_index [query_pos]``.
 

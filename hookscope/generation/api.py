@@ -76,9 +76,10 @@ def generate(
             along positions, equal to one ``run_with_cache`` over the final sequence.
         return_beams: with beam search, return a :class:`BeamSearchOutput` holding every beam and its score.
         verbose: show a progress bar.
-        compile: run the decode steps after the prompt through ``torch.compile`` (greedy and sampling with
-            the KV cache; the first call compiles, which takes a while). Steps run eagerly anyway while a
-            hook is attached or ``return_cache`` records them.
+        compile: run the decode steps after the prompt through ``torch.compile`` (greedy, sampling and
+            beams with the KV cache; the first call compiles, which takes a while, once per model and shape bucket:
+            later calls reuse it). A step runs eagerly while a hook is attached (checked every step) or
+            ``return_cache`` records the steps. On CUDA the compiled steps replay CUDA graphs.
 
     Hooks attached with ``model.hooks(...)`` fire on every forward: the prompt once, then each new
     position (activations ``[batch, 1, ...]`` per step with the cache).
@@ -99,7 +100,8 @@ def generate(
     check_context(model, tokens.shape[1], max_new_tokens)
     with torch.no_grad():
         if num_beams > 1:
-            beams = beam_search(model, tokens, mask, s, all_beams=return_beams, trim_logits=True)
+            step = compiled_step(model) if compile and s.use_cache else None
+            beams = beam_search(model, tokens, mask, s, all_beams=return_beams, trim_logits=True, step=step)
             if return_beams:
                 return beams
             return _format(model, beams.sequences[:, 0], inputs, return_type, mask, None)
@@ -118,14 +120,16 @@ def generate_stream(
 ) -> Iterator[torch.Tensor]:
     """An iterator over each step's new tokens ``[batch]``, produced as they are chosen (greedy or sampling).
 
-    Takes ``generate``'s sampling and stopping arguments (not beams or caches). Rows that finished yield
-    the pad id. Stop iterating at any time; nothing is left running.
+    Takes ``generate``'s sampling and stopping arguments and ``compile`` (not beams or caches). Rows that
+    finished yield the pad id. Stop iterating at any time; nothing is left running. Hooks attached between
+    two tokens fire from the next step on.
     """
     for bad in ("num_beams", "return_cache", "return_beams", "return_type"):
         if bad in kwargs and kwargs[bad] not in (1, False, "tokens"):
             raise ValueError(f"generate_stream does not take {bad}={kwargs[bad]!r}; use generate() for that")
         kwargs.pop(bad, None)
     kwargs.pop("verbose", None)
+    compile = bool(kwargs.pop("compile", False))
     defaults: dict[str, Any] = dict(
         do_sample=False, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
         num_beams=1, length_penalty=1.0, early_stopping=False, eos_token_id=None, stop_strings=None,
@@ -139,7 +143,8 @@ def generate_stream(
     if attention_mask is None and isinstance(inputs, torch.Tensor):
         mask = infer_padding_mask(model, tokens, kwargs.get("pad_token_id"), s.eos_token_ids)
     check_context(model, tokens.shape[1], max_new_tokens)
-    return iter(Decoding(model, tokens, mask, s, trim_logits=True))  # arguments checked now, not at next()
+    step = compiled_step(model) if compile and s.use_cache else None
+    return iter(Decoding(model, tokens, mask, s, trim_logits=True, step=step))  # arguments checked now
 
 
 def _check_outputs(

@@ -124,14 +124,14 @@ def generate_seq2seq(
     if num_beams == 1:
         recorder = step_recorder(model, return_cache)
         with recorder or contextlib.nullcontext():
-            encoder_output = model._encode(tokens, mask)  # the encoder runs once
+            encoder_output = model._run_encoder(tokens, mask)  # the encoder runs once
             if recorder is not None:
                 recorder.pin()
             run = Decoding(DecoderView(model, encoder_output, mask), start, None, settings, recorder)
             for _ in run:
                 pass
         return (run.sequences, recorder.cache()) if recorder is not None else run.sequences
-    encoder_output = model._encode(tokens, mask)  # the encoder runs once
+    encoder_output = model._run_encoder(tokens, mask)  # the encoder runs once
     encoder_output = encoder_output.repeat_interleave(num_beams, dim=0)
     mask = None if mask is None else mask.repeat_interleave(num_beams, dim=0)
     # HF fills unfinished tails of shorter beams with `pad_token_id or eos_token_id[0]`: a pad id of 0

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 
 from hookscope.generation.processors import Processing
-from hookscope.models.lm_mixin import pad_sequences
+from hookscope.text import pad_sequences
 
 EarlyStopping = Literal[True, False, "never"]
 

@@ -15,13 +15,14 @@ from torch import nn
 
 from hookscope.components.activations import get_activation
 from hookscope.components.attention import Attention
-from hookscope.components.block_hooks import add_block_hooks
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
-from hookscope.hooks import HookedModule, HookPoint, hooks_active
+from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.bert_config import BertConfig
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
 
@@ -102,24 +103,13 @@ class EncoderBlock(nn.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
         add_block_hooks(self)
         self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]
-        self._split_points = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self._attend(x, mask)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(attend(self, x, mask)))
         x = self.ln1(self.hook_mlp_in(x))
         x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(x)))
         return self.hook_normalized_resid_post(self.ln2(x))
-
-    def _attend(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
-        """Attention over the residual; per-head input copies only when a split-input hook asks for them."""
-        if not hooks_active(self._split_points):
-            return self.attn(x, x, x, mask)
-        per_head = self.hook_attn_in(x[:, :, None, :].expand(-1, -1, self.attn.n_heads, -1))
-        q_in = self.hook_q_input(per_head)
-        k_in = self.hook_k_input(per_head)
-        v_in = self.hook_v_input(per_head)
-        return self.attn(q_in, k_in, v_in, mask)
 
 
 class MLMHead(nn.Module):
@@ -160,7 +150,7 @@ class LinearHead(nn.Module):
         return self.hook_out(self.proj(pooled))
 
 
-class Bert(StackedWeightsMixin, HookedModule):
+class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked BERT / RoBERTa / MiniLM encoder, numerically identical to its Hugging Face source.
 
     Which heads exist is declared by the config (``mlm_head``, ``pooler``, ``nsp_head``, ``n_labels``);

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from hookscope.components.activations import ACTIVATIONS
+from hookscope.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,22 +61,22 @@ class BertConfig:
             "n_token_types",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("act_fn", "mlm_act"):
             if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of {sorted(ACTIVATIONS)}"
                 )
         if self.positions not in ("absolute", "padding_offset"):
-            raise ValueError(f"positions must be 'absolute' or 'padding_offset', got {self.positions!r}")
+            raise ConfigError(f"positions must be 'absolute' or 'padding_offset', got {self.positions!r}")
         if (self.nsp_head or self.n_labels is not None) and not self.pooler:
-            raise ValueError(
+            raise ConfigError(
                 "the next-sentence and classification heads read the pooled output: set pooler=True"
             )
         if self.n_labels is not None and self.n_labels <= 0:
-            raise ValueError(f"n_labels must be positive, got {self.n_labels}")
+            raise ConfigError(f"n_labels must be positive, got {self.n_labels}")
         if self.max_tokens <= 0:
-            raise ValueError(f"n_ctx ({self.n_ctx}) leaves no positions after the padding offset")
+            raise ConfigError(f"n_ctx ({self.n_ctx}) leaves no positions after the padding offset")
 
     @property
     def max_tokens(self) -> int:

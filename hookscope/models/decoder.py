@@ -1,7 +1,7 @@
 """Decoder-only language models: GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2.
 
-Read top to bottom: two block topologies (sequential and parallel attention + MLP), then the model.
-Every difference between these families is a :class:`DecoderConfig` field.
+Read top to bottom: three block topologies (sequential and parallel attention + MLP, attention only), then
+the model. Every difference between these families is a :class:`DecoderConfig` field.
 """
 
 from __future__ import annotations
@@ -10,21 +10,24 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hookscope.components.attention import Attention
-from hookscope.components.block_hooks import add_block_hooks
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, positions_from_mask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
-from hookscope.generation.kv_cache import KVCache
+from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
-from hookscope.models.lm_mixin import LanguageModelMixin
+from hookscope.models.delegation import ExportMixin
+from hookscope.models.init import init_weights
+from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
 from hookscope.models.weight_views import StackedWeightsMixin
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", "loss", "both", None]
 
@@ -46,7 +49,7 @@ class SequentialBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = _attend(self, self.ln1(x), mask, rotary, kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
@@ -71,10 +74,38 @@ class ParallelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(_attend(self, self.ln1(x), mask, rotary, kv_cache))
+        attn_out = self.hook_attn_out(
+            attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        )
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
         # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
         return self.hook_resid_post(mlp_out + attn_out + x)
+
+
+class AttnOnlyBlock(nn.Module):
+    """``x + attn(ln1(x))``: no MLP (TransformerLens ``attn_only``; the toy models of induction-head work)."""
+
+    def __init__(self, cfg: DecoderConfig, layer: int) -> None:
+        super().__init__()
+        norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.window = cfg.sliding_windows[layer]
+        self.ln1 = norm()
+        self.attn = _make_attention(cfg)
+        self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
+        add_block_hooks(self, resid_mid=False, mlp=False)
+
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        if self.ln1_post is not None:
+            attn_out = self.ln1_post(attn_out)
+        return self.hook_resid_post(x + self.hook_attn_out(attn_out))
+
+
+def _block_class(cfg: DecoderConfig) -> type[nn.Module]:
+    if cfg.attn_only:
+        return AttnOnlyBlock
+    return ParallelBlock if cfg.parallel_attn_mlp else SequentialBlock
 
 
 def _make_attention(cfg: DecoderConfig) -> Attention:
@@ -87,26 +118,7 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     )
 
 
-def _attend(block: Any, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any) -> torch.Tensor:
-    """Attention on the normalised residual.
-
-    Only when a split-input hook is active, the normalised residual is copied per head
-    (``hook_attn_in``, then ``hook_q_input``/``hook_k_input``/``hook_v_input``: what each head's
-    projection reads), so each head's input can be patched on its own.
-    """
-    split = (block.hook_attn_in, block.hook_q_input, block.hook_k_input, block.hook_v_input)
-    if not hooks_active(split):
-        return block.attn(x, x, x, mask, rotary, block.window, kv_cache)
-    attn = block.attn
-    per_head = block.hook_attn_in(x[:, :, None, :].expand(-1, -1, attn.n_heads, -1))
-    per_kv = per_head[:, :, :: attn.n_heads // attn.n_kv_heads]  # one copy per KV head
-    q_in = block.hook_q_input(per_head)
-    k_in = block.hook_k_input(per_kv)
-    v_in = block.hook_v_input(per_kv)
-    return attn(q_in, k_in, v_in, mask, rotary, block.window, kv_cache)
-
-
-class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
+class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -119,10 +131,11 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         )
         if self.pos_embed is not None:  # rotary models have no position embedding to hook
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        block_cls = ParallelBlock if cfg.parallel_attn_mlp else SequentialBlock
+        block_cls = _block_class(cfg)
         self.blocks = nn.ModuleList(block_cls(cfg, i) for i in range(cfg.n_layers))
-        self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.unembed = Unembed(cfg.d_model, cfg.d_vocab, bias=cfg.unembed_bias, softcap=cfg.final_softcap)
+        self.ln_final = make_norm(cfg.final_norm or cfg.norm, cfg.d_model, cfg.norm_eps)
+        d_vocab_out = cfg.d_vocab_out or cfg.d_vocab
+        self.unembed = Unembed(cfg.d_model, d_vocab_out, bias=cfg.unembed_bias, softcap=cfg.final_softcap)
         if cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
         if cfg.positional == "rotary":
@@ -131,7 +144,15 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         else:
             self.inv_freq: torch.Tensor | None = None
         self.tokenizer: Any = None
+        self.processed_weights: list[Any] = []  # what process_weights did; empty: the source's own weights
         self.setup_hooks()
+
+    @classmethod
+    def from_config(cls, cfg: DecoderConfig, seed: int = 0, init_range: float = 0.02) -> Decoder:
+        """A freshly initialised model to train from scratch: see :func:`hookscope.models.init.init_weights`."""
+        if not isinstance(cfg, DecoderConfig):
+            raise TypeError(f"from_config needs a DecoderConfig, got {type(cfg).__name__}")
+        return init_weights(cls(cfg), seed=seed, init_range=init_range)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ TransformerLens weight views
     @property
@@ -156,21 +177,32 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
     def generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Greedy, sampled or beam-search continuations under the active hooks: see
         :func:`hookscope.generation.generate` for every argument."""
-        from hookscope.generation.api import generate
-
-        return generate(self, inputs, max_new_tokens, **kwargs)
+        return implementation("generate")(self, inputs, max_new_tokens, **kwargs)
 
     def generate_stream(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
         """Yield each step's new tokens: see :func:`hookscope.generation.generate_stream`."""
-        from hookscope.generation.api import generate_stream
+        return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
 
-        return generate_stream(self, inputs, max_new_tokens, **kwargs)
+    def process_weights(
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+    ) -> Decoder:
+        """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
 
-    def to_hf(self) -> Any:
-        """The equivalent transformers model (conversion rules run backwards)."""
-        from hookscope.convert.decoder_build import to_hf
+        See :mod:`hookscope.models.weight_processing` for each option and when it applies. Afterwards the
+        norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
+        residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
+        shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        """
+        from hookscope.models.weight_processing import process_weights
 
-        return to_hf(self)
+        done = process_weights(
+            self, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            strict=strict,
+        )
+        self.processed_weights = [*self.processed_weights, done]
+        return self
 
     # ------------------------------------------------------------------ forward
     def embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -191,7 +223,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
 
     def forward(
         self,
-        input: torch.Tensor | str | list[str],
+        input: torch.Tensor | str | list[str] | None = None,
         attention_mask: torch.Tensor | None = None,
         return_type: ReturnType = "logits",
         *,
@@ -200,8 +232,12 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
         position_ids: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         prepend_bos: bool | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: ModelKVCache | None = None,
         logits_to_keep: int | None = None,
+        loss_per_token: bool = False,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool = False,
     ) -> Any:
         """Run the model.
 
@@ -218,7 +254,20 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
                 (generation): ``input`` is then only the new tokens, ``attention_mask`` covers past + new.
             logits_to_keep: unembed only the last this many positions (generation's prefill needs one;
                 ``ln_final`` hooks still see every position).
+            loss_per_token: the loss of every prediction ``[batch, pos - 1]`` (0 at padding) instead of
+                the mean (TransformerLens's flag; with "loss"/"both" or ``labels``).
+            input_ids: the token ids under Hugging Face's name (instead of ``input``).
+            labels: ``[batch, pos]`` ids to score (``-100`` ignored), shifted inside as HF does: returns an
+                :class:`~hookscope.models.lm_loss.LMOutput` with ``.loss`` and ``.logits``, so HF's
+                ``Trainer`` and HF-style training loops drive this model unchanged.
+            return_dict: return an ``LMOutput`` (``.logits``; ``.loss`` None without labels).
         """
+        input = _resolve_input(input, input_ids)
+        if labels is not None or return_dict:
+            if any(v is not None for v in (start_at_layer, stop_at_layer, kv_cache, logits_to_keep, tokens)):
+                raise ValueError("labels= / return_dict= go with a full forward on token ids: drop start_at_layer, "
+                                 "stop_at_layer, kv_cache, logits_to_keep and tokens")
+            return self._forward_output(input, attention_mask, labels, loss_per_token, position_ids)
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
         _check_input(input, start_at_layer, return_type, self.embed.weight, dispatched=hasattr(self, "hf_device_map"))
@@ -257,13 +306,30 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             kv_cache.advance(n_pos)
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head
             return x
-        return self._head(x, tokens, attention_mask, return_type, logits_to_keep)
+        return self._head(x, tokens, attention_mask, return_type, logits_to_keep, loss_per_token)
+
+    def _forward_output(
+        self, input: Any, attention_mask: torch.Tensor | None, labels: torch.Tensor | None, per_token: bool,
+        position_ids: torch.Tensor | None,
+    ) -> LMOutput:
+        """HF-style call: logits, and the loss on ``labels`` when given."""
+        logits = self.forward(input, attention_mask, position_ids=position_ids)
+        if labels is None:
+            return LMOutput(loss=None, logits=logits)
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            raise TypeError("labels must be an integer tensor of token ids [batch, pos] (-100 = ignored)")
+        labels = labels[None] if labels.ndim == 1 else labels
+        return LMOutput(loss=causal_lm_loss(logits, labels.to(logits.device), per_token), logits=logits)
 
     def _head(
         self, x: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, return_type: ReturnType,
-        logits_to_keep: int | None = None,
+        logits_to_keep: int | None = None, per_token: bool = False,
     ) -> Any:
         if return_type is None:
+            # as TransformerLens: the final norm still runs (its hooks fire and are cached), only the
+            # unembedding is skipped; without hooks on it there is nothing to observe, so skip it too
+            if hooks_active((self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+                self.ln_final(x)
             return None
         normalized = self.ln_final(x)
         if logits_to_keep is not None:
@@ -275,8 +341,18 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, HookedModule):
             return logits
         if tokens is None:
             raise ValueError("return_type='loss' needs the token ids: pass tokens=...")
-        loss = next_token_loss(logits, tokens, mask)
+        loss = next_token_loss(logits, tokens, mask, per_token)
         return loss if return_type == "loss" else (logits, loss)
+
+
+def _resolve_input(input: Any, input_ids: torch.Tensor | None) -> Any:
+    if input_ids is not None:
+        if input is not None:
+            raise TypeError("pass the tokens once: either input or input_ids, not both")
+        return input_ids
+    if input is None:
+        raise TypeError("forward needs its input: token ids, a string or a list of strings (or input_ids=)")
+    return input
 
 
 def _check_input(
@@ -305,21 +381,8 @@ def _check_input(
         raise ValueError(f"input is on {input.device} but the model is on {embed.device}; move it with .to()")
 
 
-def _check_cache_call(kv_cache: KVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
+def _check_cache_call(kv_cache: ModelKVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
     """Positions already in the cache; a cached forward must run every block (each stores its keys)."""
     if start_at_layer is not None or stop_at_layer is not None:
         raise ValueError("kv_cache needs a forward through every block: drop start_at_layer/stop_at_layer")
     return kv_cache.length
-
-
-def next_token_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean cross-entropy of predicting token ``t+1`` from position ``t``, padding excluded.
-
-    Computed as HF's causal-LM loss is (float32 logits, labels shifted with an ignored last position),
-    so gradients match HF's to float64 precision.
-    """
-    labels = tokens if attention_mask is None else tokens.masked_fill(attention_mask == 0, -100)
-    labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # [batch, pos]: the next token, -100 = ignored
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from hookscope.components.activations import ACTIVATIONS
 from hookscope.components.rotary import RopeScaling
+from hookscope.errors import ConfigError
+
+NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_plus_one", "layernorm_pre", "rmsnorm_pre", "none"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,26 +17,36 @@ class DecoderConfig:
     """Shape and numerics of a decoder LM (GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2...).
 
     Variations inside the topology are fields here; the block topology (sequential or parallel
-    attention + MLP) is ``parallel_attn_mlp``, which picks a different block class.
+    attention + MLP, or attention only) is ``parallel_attn_mlp`` / ``attn_only``, which pick a different
+    block class.
+
+    From-scratch fields (TransformerLens parity): ``attn_only`` blocks have no MLP (``d_mlp`` may stay 0);
+    ``norm`` is the blocks' normalisation and ``final_norm`` the one before the unembedding (None: the same
+    as ``norm``), each one of LayerNorm, RMSNorm, Gemma's RMSNorm, their weightless "_pre" forms
+    (TransformerLens ``LNPre`` / ``RMSPre``) or "none"; ``d_vocab_out`` (None: ``d_vocab``) sizes the
+    unembedding, e.g. a model that reads tokens and predicts labels.
     """
 
     d_model: int
     n_layers: int
     n_heads: int
     d_head: int
-    d_mlp: int
+    d_mlp: int = 0  # 0 only for attention-only models
     d_vocab: int
     n_ctx: int
     n_kv_heads: int | None = None  # None: same as n_heads (MHA)
     act_fn: str = "gelu_new"
     mlp: Literal["plain", "gated"] = "plain"
-    norm: Literal["layernorm", "rmsnorm", "rmsnorm_plus_one"] = "layernorm"
+    norm: NormKind = "layernorm"
+    final_norm: NormKind | None = None  # None: same as norm
     norm_eps: float = 1e-5
     positional: Literal["learned", "rotary"] = "learned"
     rotary_dim: int | None = None  # None: the whole head
     rotary_base: float = 10000.0
     rope_scaling: RopeScaling | None = None
     parallel_attn_mlp: bool = False
+    attn_only: bool = False  # blocks with attention and no MLP
+    d_vocab_out: int | None = None  # None: d_vocab
     qkv_bias: bool = False
     attn_out_bias: bool = False
     mlp_bias: bool = False
@@ -58,21 +71,38 @@ class DecoderConfig:
             object.__setattr__(self, "rotary_dim", self.d_head)
         if not self.sliding_windows:
             object.__setattr__(self, "sliding_windows", (None,) * self.n_layers)
-        for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
+        if self.final_norm is None:
+            object.__setattr__(self, "final_norm", self.norm)
+        if self.d_vocab_out is None:
+            object.__setattr__(self, "d_vocab_out", self.d_vocab)
+        sizes = ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "d_vocab_out", "n_ctx")
+        for name in (*sizes, *(() if self.attn_only else ("d_mlp",))):
             if getattr(self, name) <= 0:
-                raise ValueError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+        self._check_from_scratch_fields()
         if self.n_heads % self.n_kv_heads:  # type: ignore[operator]
-            raise ValueError(
+            raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA"
             )
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
         if self.positional == "rotary" and (self.rotary_dim or 0) % 2:
-            raise ValueError(f"rotary_dim must be even, got {self.rotary_dim}")
+            raise ConfigError(f"rotary_dim must be even, got {self.rotary_dim}")
         if len(self.sliding_windows) != self.n_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers"
             )
+
+    def _check_from_scratch_fields(self) -> None:
+        for name in ("norm", "final_norm"):
+            if getattr(self, name) not in get_args(NormKind):
+                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
+        if self.attn_only and self.parallel_attn_mlp:
+            raise ValueError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
+        if self.attn_only and self.d_mlp:
+            raise ValueError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
+        if self.tie_embeddings and self.d_vocab_out != self.d_vocab:
+            raise ValueError(f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -114,7 +114,7 @@ class DiTBlock(nn.Module):
         mod = {m: getattr(self, f"hook_{m}")(v) for m, v in zip(MODULATIONS, self.adaln(cond), strict=True)}
         resid = self.hook_resid_pre(resid)
         h = self.hook_modulated_msa(modulate(self.ln1(resid), mod["shift_msa"], mod["scale_msa"]))
-        attn_out = self.hook_attn_out(mod["gate_msa"][:, None] * self.attn(h, h, h, mask))
+        attn_out = self.hook_attn_out(mod["gate_msa"][:, None] * self.attn(h, h, mask))
         resid = self.hook_resid_mid(attn_out + resid)
         h = self.hook_modulated_mlp(modulate(self.ln2(resid), mod["shift_mlp"], mod["scale_mlp"]))
         mlp_out = self.hook_mlp_out(mod["gate_mlp"][:, None] * self.mlp(h))

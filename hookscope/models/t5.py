@@ -19,15 +19,18 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hookscope.components.biased_attention import BiasedAttention
+from hookscope.components.attention import Attention
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, Unembed
 from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm
 from hookscope.components.relative_bias import RelativePositionBias
-from hookscope.hooks import HookedModule, HookPoint, hooks_active
-from hookscope.models.lm_mixin import LanguageModelMixin
+from hookscope.extensions import implementation
+from hookscope.hooks import HookedModule, HookPoint
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.t5_config import T5Config
+from hookscope.text import LanguageModelMixin
 
 ReturnType = Literal["logits", None]
 
@@ -50,19 +53,16 @@ class T5Norm(RMSNorm):
         return self.hook_normalized(self.weight * normed)
 
 
-def _attention(cfg: T5Config, position_bias: bool) -> BiasedAttention:
-    # T5 folds the usual 1/sqrt(d_head) into its initialisation: scores are not scaled.
-    return BiasedAttention(cfg.d_model, cfg.n_heads, cfg.d_head, scale=1.0, position_bias=position_bias)
+def _attention(cfg: T5Config, position_bias: bool) -> Attention:
+    # T5 folds the usual 1/sqrt(d_head) into its initialisation: scores are not scaled; HF T5's eager
+    # attention takes the softmax in the scores' dtype.
+    return Attention(
+        cfg.d_model, cfg.n_heads, cfg.n_heads, cfg.d_head, qkv_bias=False, out_bias=False, scale=1.0,
+        softmax_in_float32=False, position_bias=position_bias,
+    )
 
 
-_OPT_IN = frozenset({"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"})
-
-
-def _add_hooks(block: nn.Module, names: tuple[str, ...]) -> None:
-    for name in names:
-        setattr(block, name, HookPoint(opt_in=name in _OPT_IN))
-
-
+# the block-level names (add_block_hooks attaches them; the cross ones are the decoder block's own)
 _SELF_HOOKS = (
     "hook_resid_pre",  # [batch, pos, d_model]
     "hook_attn_in",
@@ -78,18 +78,6 @@ _SELF_HOOKS = (
 _CROSS_HOOKS = ("hook_cross_attn_in", "hook_cross_attn_out", "hook_resid_mid_cross")  # [batch, pos, d_model]
 
 
-def _self_attend(
-    block: Any, x: torch.Tensor, mask: AttentionMask, bias: torch.Tensor, kv_cache: Any
-) -> torch.Tensor:
-    """Self-attention on the normalised residual; per-head copies only when a split-input hook is active."""
-    split = (block.hook_attn_in, block.hook_q_input, block.hook_k_input, block.hook_v_input)
-    if not hooks_active(split):
-        return block.attn(x, x, mask, bias, kv_cache)
-    per_head = block.hook_attn_in(x[:, :, None, :].expand(-1, -1, block.attn.n_heads, -1))
-    kv = block.attn.project_kv(block.hook_k_input(per_head), block.hook_v_input(per_head))
-    return block.attn(block.hook_q_input(per_head), kv, mask, bias, kv_cache)
-
-
 class EncoderBlock(nn.Module):
     """``x + attn(ln1(x))`` (bidirectional, relative position bias) then ``+ mlp(ln2(.))``."""
 
@@ -99,12 +87,12 @@ class EncoderBlock(nn.Module):
         self.attn = _attention(cfg, position_bias=True)
         self.ln2 = T5Norm(cfg.d_model, cfg.norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=False)
-        _add_hooks(self, _SELF_HOOKS)
+        add_block_hooks(self)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, position_bias: torch.Tensor) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         x = self.hook_resid_mid(
-            x + self.hook_attn_out(_self_attend(self, self.ln1(x), mask, position_bias, None))
+            x + self.hook_attn_out(attend(self, self.ln1(x), mask, position_bias=position_bias))
         )
         mlp_out = self.mlp(self.ln2(self.hook_mlp_in(x)))
         return self.hook_resid_post(x + self.hook_mlp_out(mlp_out))
@@ -121,7 +109,10 @@ class DecoderBlock(nn.Module):
         self.cross_attn = _attention(cfg, position_bias=False)
         self.ln3 = T5Norm(cfg.d_model, cfg.norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=False)
-        _add_hooks(self, _SELF_HOOKS + _CROSS_HOOKS)
+        add_block_hooks(self)
+        self.hook_cross_attn_in = HookPoint()  # [batch, pos, d_model]  the residual cross-attention reads
+        self.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
 
     def forward(
         self,
@@ -137,7 +128,7 @@ class DecoderBlock(nn.Module):
         x = self.hook_resid_pre(x)
         self_kv, cross_kv = layer_cache if layer_cache is not None else (None, None)
         x = self.hook_resid_mid(
-            x + self.hook_attn_out(_self_attend(self, self.ln1(x), mask, position_bias, self_kv))
+            x + self.hook_attn_out(attend(self, self.ln1(x), mask, position_bias=position_bias, kv_cache=self_kv))
         )
         cross_in = self.ln2(self.hook_cross_attn_in(x))
         cross_out = self.cross_attn(cross_in, self._cross_kv(encoder_out, cross_kv), cross_mask)
@@ -157,7 +148,7 @@ class DecoderBlock(nn.Module):
         return kv if cross_kv is None else cross_kv.update(*kv)
 
 
-class T5Encoder(LanguageModelMixin, HookedModule):
+class T5Encoder(LanguageModelMixin, ExportMixin, HookedModule):
     """The T5 encoder alone (HF ``T5EncoderModel``): token ids in, ``[batch, pos, d_model]`` out."""
 
     def __init__(self, cfg: T5Config) -> None:
@@ -203,9 +194,9 @@ class T5Encoder(LanguageModelMixin, HookedModule):
     ) -> torch.Tensor:
         """The encoder output ``[batch, pos, d_model]`` (after its final norm): HF ``last_hidden_state``."""
         tokens, attention_mask = self._tokens(input, attention_mask)
-        return self._encode(tokens, attention_mask)
+        return self._run_encoder(tokens, attention_mask)
 
-    def _encode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _run_encoder(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         _check_device("input", tokens, self)
         if attention_mask is not None and attention_mask.device != tokens.device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but the input is on {tokens.device}")
@@ -273,7 +264,7 @@ class T5(T5Encoder):
         cross_cached = cache is not None and cache.cross[0].filled
         if encoder_output is None and input is not None:
             tokens, attention_mask = self._tokens(input, attention_mask)
-            encoder_output = self._encode(tokens, attention_mask)
+            encoder_output = self._run_encoder(tokens, attention_mask)
         elif encoder_output is None and not cross_cached:
             raise ValueError("pass the encoder input (token ids or text) or encoder_output=")
         if decoder_input_ids is None:
@@ -323,9 +314,7 @@ class T5(T5Encoder):
 
     def generate(self, input: Any, max_new_tokens: int = 20, **kwargs: Any) -> torch.Tensor:
         """Greedy or beam-search decoding; see :func:`hookscope.generation.seq2seq.generate_seq2seq`."""
-        from hookscope.generation.seq2seq import generate_seq2seq
-
-        return generate_seq2seq(self, input, max_new_tokens=max_new_tokens, **kwargs)
+        return implementation("generate_seq2seq")(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:

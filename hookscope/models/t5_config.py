@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from hookscope.components.activations import ACTIVATIONS
+from hookscope.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,20 +50,20 @@ class T5Config:
             "relative_buckets",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
         if self.encoder_only and self.n_decoder_layers:
-            raise ValueError("an encoder-only T5Config has no decoder: set n_decoder_layers=0")
+            raise ConfigError("an encoder-only T5Config has no decoder: set n_decoder_layers=0")
         if not self.encoder_only and self.n_decoder_layers <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"T5Config.n_decoder_layers must be positive for an encoder-decoder, got "
                 f"{self.n_decoder_layers} "
                 "(pass encoder_only=True for the encoder alone)"
             )
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
         if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 2:
             # the logarithmic buckets start at relative_buckets // 2 (decoder) and must end further out
-            raise ValueError(
+            raise ConfigError(
                 f"relative_buckets ({self.relative_buckets}) must be >= 4 and relative_max_distance "
                 f"({self.relative_max_distance}) larger than half of it"
             )

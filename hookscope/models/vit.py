@@ -16,11 +16,12 @@ from torch import nn
 
 from hookscope.components.activations import get_activation
 from hookscope.components.attention import Attention
-from hookscope.components.block_hooks import add_block_hooks
+from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.masks import AttentionMask
 from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
-from hookscope.hooks import HookedModule, HookPoint, hooks_active
+from hookscope.hooks import HookedModule, HookPoint
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.vit_config import ViTConfig
 from hookscope.models.vit_images import ImageSettings, default_image_settings, preprocess_images
 from hookscope.models.weight_views import StackedWeightsMixin
@@ -79,7 +80,8 @@ class ImagePosEmbed(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(cfg.n_positions, cfg.d_model).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(cfg.n_positions, cfg.d_model))
+        nn.init.normal_(self.weight, std=0.02)
         self.n_special = cfg.n_special
         self.image_size = cfg.image_size
 
@@ -113,20 +115,11 @@ class ViTBlock(nn.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=True)
         add_block_hooks(self)
-        self._split_points = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self._attend(self.ln1(x), mask)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(attend(self, self.ln1(x), mask)))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x)))))
-
-    def _attend(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
-        """Attention on the normalised residual; per-head input copies only when a split-input hook asks."""
-        if not hooks_active(self._split_points):
-            return self.attn(x, x, x, mask)
-        per_head = self.hook_attn_in(x[:, :, None, :].expand(-1, -1, self.attn.n_heads, -1))
-        q_in, k_in = self.hook_q_input(per_head), self.hook_k_input(per_head)
-        return self.attn(q_in, k_in, self.hook_v_input(per_head), mask)
 
 
 class ClassHead(nn.Module):
@@ -177,7 +170,7 @@ class LensDecoder(NamedTuple):
         return self.head_fn(self.final_norm(x))
 
 
-class ViT(StackedWeightsMixin, HookedModule):
+class ViT(StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked ViT / DeiT / CLIP vision encoder, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: ViTConfig, image_settings: ImageSettings | None = None) -> None:
@@ -185,10 +178,11 @@ class ViT(StackedWeightsMixin, HookedModule):
         self.cfg = cfg
         d = cfg.d_model
         self.embed = PatchEmbed(cfg.n_channels, d, cfg.patch_size, cfg.patch_bias)
-        self.cls_token = nn.Parameter(torch.empty(d).normal_(std=0.02))
-        self.dist_token: nn.Parameter | None = (
-            nn.Parameter(torch.empty(d).normal_(std=0.02)) if cfg.distillation_token else None
-        )
+        self.cls_token = nn.Parameter(torch.empty(d))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.dist_token: nn.Parameter | None = nn.Parameter(torch.empty(d)) if cfg.distillation_token else None
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]  special tokens + patches, before positions
         self.pos_embed = ImagePosEmbed(cfg)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from hookscope.components.activations import ACTIVATIONS
+from hookscope.errors import ConfigError
 
 # What sits on top of the final norm:
 #   "none"       ViTModel / DeiTModel / CLIPVisionModel: no head (the output is the last hidden state)
@@ -50,15 +51,15 @@ class ViTConfig:
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "patch_size", "n_channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ViTConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"ViTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if min(self.image_size) < self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+            raise ConfigError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; supported: {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown act_fn {self.act_fn!r}; supported: {sorted(ACTIVATIONS)}")
         if self.head != "none" and self.n_classes < 1:
-            raise ValueError(f"head={self.head!r} needs n_classes >= 1, got {self.n_classes}")
+            raise ConfigError(f"head={self.head!r} needs n_classes >= 1, got {self.n_classes}")
         if self.head == "teacher" and not self.distillation_token:
-            raise ValueError("head='teacher' reads the distillation token: set distillation_token=True")
+            raise ConfigError("head='teacher' reads the distillation token: set distillation_token=True")
 
     @property
     def n_special(self) -> int:

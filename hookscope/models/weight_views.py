@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from hookscope.factored_matrix import FactoredMatrix
+
 
 class StackedWeightsMixin:
     """``W_Q [layer, head_index, d_model, d_head]``, ``W_O``, ``W_in``, ... as views of each block's weights."""
@@ -67,3 +69,17 @@ class StackedWeightsMixin:
     @property
     def b_out(self) -> torch.Tensor:  # [layer, d_model]
         return self._stack(lambda b: b.mlp.b_out)
+
+    @property
+    def QK(self) -> FactoredMatrix:  # [layer, head_index, d_model, d_model]
+        """Each head's bilinear attention form ``W_Q W_K^T`` (query-side residual x key-side residual).
+
+        GQA/MQA: each query head pairs with the key head it reads. Biases, scaling and rotary positions are
+        not part of it (with rotary positions the real score also depends on the relative position).
+        """
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:  # [layer, head_index, d_model, d_model]
+        """Each head's output-value map ``W_V W_O``: what an attended residual vector writes (row vector convention)."""
+        return FactoredMatrix(self.W_V, self.W_O)

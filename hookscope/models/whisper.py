@@ -19,7 +19,9 @@ from hookscope import names
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.masks import AttentionMask
 from hookscope.components.norm import LayerNorm
+from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
+from hookscope.models.delegation import ExportMixin
 from hookscope.models.whisper_config import WhisperConfig
 from hookscope.models.whisper_layers import AudioEmbed, DecoderBlock, EncoderBlock
 
@@ -63,7 +65,7 @@ ReturnType = Literal["logits", "loss", "both", None]
 CrossKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: ([batch, key_pos, head, d_head],) * 2
 
 
-class Whisper(HookedModule):
+class Whisper(ExportMixin, HookedModule):
     """A hooked Whisper model: ``model(features, decoder_input_ids)`` returns logits like HF's."""
 
     def __init__(self, cfg: WhisperConfig) -> None:
@@ -103,12 +105,6 @@ class Whisper(HookedModule):
     @property
     def W_U(self) -> torch.Tensor:  # [d_model, d_vocab]
         return self.unembed.W_U
-
-    def to_hf(self) -> Any:
-        """The equivalent transformers ``WhisperForConditionalGeneration`` (the rules run backwards)."""
-        from hookscope.convert.whisper_build import to_hf
-
-        return to_hf(self)
 
     # ------------------------------------------------------------------ forward
     def encode(self, features: torch.Tensor) -> torch.Tensor:
@@ -220,9 +216,7 @@ class Whisper(HookedModule):
         ``return_cache`` (True or a names filter) also returns the activations of every step, equal to a
         teacher-forced ``run_with_cache`` over the result. See :func:`hookscope.generation.whisper_decode.generate`.
         """
-        from hookscope.generation.whisper_decode import generate
-
-        return generate(
+        return implementation("whisper_generate")(
             self,
             input_features,
             [self.cfg.decoder_start_token_id] if prompt is None else prompt,
@@ -254,9 +248,7 @@ class Whisper(HookedModule):
         or a names filter, greedy only) returns ``(text, cache)`` with every step's activations, one row
         per 30-s window.
         """
-        from hookscope.generation.whisper_decode import transcribe
-
-        return transcribe(
+        return implementation("whisper_transcribe")(
             self,
             audio,
             sample_rate=sample_rate,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from hookscope.components.activations import ACTIVATIONS
+from hookscope.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,14 +53,14 @@ class WhisperConfig:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"WhisperConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"WhisperConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("n_encoder_heads", "n_decoder_heads"):
             if self.d_model % getattr(self, name):
-                raise ValueError(
+                raise ConfigError(
                     f"d_model ({self.d_model}) must be a multiple of {name} ({getattr(self, name)})"
                 )
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
         object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
         object.__setattr__(self, "begin_suppress_tokens", tuple(int(t) for t in self.begin_suppress_tokens))
 

@@ -50,7 +50,7 @@ def final_head(model, resid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def direct_logits(model, cache, tokens_ids: list[int]) -> torch.Tensor:
     """Summed direct logit attributions + final-norm bias and b_U, for each id: ``[batch, pos, len(ids)]``."""
-    stack = R.apply_ln_to_stack(cache, R.decompose_resid(cache))
+    stack = R.decompose_resid(cache)  # logit_attrs applies the final norm itself, as TransformerLens
     bias = model.ln_final.bias if getattr(model.ln_final, "bias", None) is not None else 0.0
     cols = []
     for t in tokens_ids:
@@ -130,7 +130,7 @@ def test_direct_logit_attribution_is_the_logits_rmsnorm(arch: str) -> None:
 
 def test_logit_attrs_token_forms() -> None:
     model, tokens, logits, cache = run("gpt2")
-    stack = R.apply_ln_to_stack(cache, R.decompose_resid(cache))
+    stack = R.decompose_resid(cache)
     const = model.ln_final.bias @ model.W_U + model.b_U  # [d_vocab]
     answer, wrong = torch.tensor([5, 17, 99]), torch.tensor([3, 4, 50])
     per_seq = R.logit_attrs(cache, stack, answer, wrong)  # [component, batch] at the last position
@@ -140,7 +140,7 @@ def test_logit_attrs_token_forms() -> None:
     per_pos = R.logit_attrs(cache, stack, tokens)  # [component, batch, pos]: the input ids themselves
     expect = logits.gather(-1, tokens[..., None])[..., 0] - const[tokens]
     torch.testing.assert_close(per_pos.sum(0), expect, **EXACT)
-    torch.testing.assert_close(R.logit_attrs(cache, stack, [5, 17, 99], pos_slice=2).sum(0),
+    torch.testing.assert_close(R.logit_attrs(cache, stack[:, :, 2], [5, 17, 99], pos_slice=2).sum(0),
                                logits[rows, 2, answer] - const[answer], **EXACT)
     torch.testing.assert_close(R.tokens_to_residual_directions(model, 7), model.W_U[:, 7])
     assert R.tokens_to_residual_directions(model, answer).shape == (3, model.cfg.d_model)
@@ -154,17 +154,11 @@ def test_accumulated_resid_matches_logit_lens(arch: str) -> None:
     stack, labels = R.accumulated_resid(cache, apply_ln=True, return_labels=True)
     n = model.cfg.n_layers
     assert labels == [f"{i}_pre" for i in range(n)] + ["final_post"]
-    bias = model.ln_final.bias if getattr(model.ln_final, "bias", None) is not None else 0.0
-    decoded = (stack + bias) @ model.unembed.weight.T + model.b_U  # [row, 1, pos, d_vocab]
+    decoded = stack @ model.unembed.weight.T + model.b_U  # [row, 1, pos, d_vocab]: each row normalised by itself
     lens = hookscope.logit_lens(model, tokens[:1], top_k=4)
     assert lens.row_labels == ["embed", *map(str, range(n))]
-    top = decoded[-1, 0].float().topk(4, -1)  # the last row: cached scale = that row's own scale
-    assert torch.equal(top.indices, lens.top_ids[-1])
-    torch.testing.assert_close(top.values, lens.top_logits[-1], **FP32_NORM)
     torch.testing.assert_close(decoded[-1], logits, **(EXACT if arch == "gpt2" else FP32_NORM))
-    # every row, each normalised by its own scale (recompute_ln), is a logit-lens row
-    own = R.apply_ln_to_stack(cache, R.accumulated_resid(cache), recompute_ln=True)
-    rows = ((own + bias) @ model.unembed.weight.T + model.b_U)[:, 0].float().topk(4, -1)  # [row, pos, k]
+    rows = decoded[:, 0].float().topk(4, -1)  # [row, pos, k]: every row is a logit-lens row
     assert torch.equal(rows.indices, lens.top_ids)
     torch.testing.assert_close(rows.values, lens.top_logits, **FP32_NORM)
 
@@ -193,21 +187,18 @@ def test_pos_slice_and_sliced_caches() -> None:
         _, single = model.run_with_cache(tokens[:1], remove_batch_dim=True)
     torch.testing.assert_close(R.decompose_resid(sliced, apply_ln=True), full[:, :, -1:], **EXACT)
     torch.testing.assert_close(R.stack_head_results(sliced), R.stack_head_results(cache)[:, :, -1:], **EXACT)
-    nobatch = R.apply_ln_to_stack(single, R.decompose_resid(single))  # [component, pos, d_model]
-    torch.testing.assert_close(nobatch, full[:, 0], **EXACT)
-    torch.testing.assert_close(R.logit_attrs(single, nobatch, tokens[0]), R.logit_attrs(cache, full, tokens)[:, 0],
+    nobatch = R.decompose_resid(single)  # [component, pos, d_model]
+    torch.testing.assert_close(R.apply_ln_to_stack(single, nobatch), full[:, 0], **EXACT)
+    raw = R.decompose_resid(cache)
+    torch.testing.assert_close(R.logit_attrs(single, nobatch, tokens[0]), R.logit_attrs(cache, raw, tokens)[:, 0],
                                **EXACT)
 
 
-def test_cache_methods_and_exports_delegate() -> None:
+def test_native_cache_is_a_store_pointing_to_the_functions() -> None:
     _, _, _, cache = run("llama")
-    stack, labels = cache.decompose_resid(layer=2, return_labels=True)
-    ref, ref_labels = hookscope.decompose_resid(cache, 2, return_labels=True)
-    assert labels == ref_labels and torch.equal(stack, ref)
-    assert torch.equal(cache.accumulated_resid(), hookscope.accumulated_resid(cache))
-    assert torch.equal(cache.stack_head_results(layer=1), hookscope.stack_head_results(cache, 1))
-    assert torch.equal(cache.apply_ln_to_stack(stack, 2), hookscope.apply_ln_to_stack(cache, stack, 2))
-    assert torch.equal(cache.logit_attrs(stack, 3), hookscope.logit_attrs(cache, stack, 3))
+    with pytest.raises(AttributeError, match=r"hookscope\.decompose_resid\(cache"):
+        cache.decompose_resid()
+    assert torch.equal(R.stack_head_results(cache, 1), hookscope.stack_head_results(cache, layer=1))
 
 
 def test_errors_say_what_to_do() -> None:
@@ -217,7 +208,7 @@ def test_errors_say_what_to_do() -> None:
     with pytest.raises(KeyError, match=r"needs 'hook_embed'.*names_filter including 'hook_embed'"):
         R.decompose_resid(thin)
     with pytest.raises(KeyError, match=r"ln_final\.hook_scale"):
-        R.accumulated_resid(thin, apply_ln=True)
+        R.apply_ln_to_stack(thin, R.accumulated_resid(thin))
     with pytest.raises(KeyError, match=r"attn\.hook_z"):
         R.stack_head_results(thin)
     orphan = hookscope.ActivationCache(dict(cache))
@@ -230,9 +221,11 @@ def test_errors_say_what_to_do() -> None:
     stack = R.decompose_resid(cache)
     with pytest.raises(ValueError, match="pass the pos_slice"):
         R.apply_ln_to_stack(cache, stack[:, :, :2], pos_slice=[0, 1, 2])
+    with pytest.raises(ValueError, match="pass the pos_slice"):
+        R.logit_attrs(cache, stack[:, :, -1], 3)  # sliced stack, pos_slice not given
     with pytest.raises(ValueError, match="do not line up"):
         R.logit_attrs(cache, stack, torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="incorrect_tokens"):
+    with pytest.raises(ValueError, match="same shape"):
         R.logit_attrs(cache, stack, 1, [2, 3])
     with pytest.raises(ValueError, match="mode must be"):
         R.decompose_resid(cache, mode="heads")

@@ -113,9 +113,11 @@ def test_raising_hook_names_the_hook_and_leaves_nothing(model: Tiny, x: torch.Te
     def broken(t: torch.Tensor, hook: HookPoint) -> None:
         raise ValueError("boom")
 
-    with pytest.raises(HookError, match=r"broken.*'blocks\.2\.hook_post'.*boom"):
+    with pytest.raises(ValueError, match="boom") as info:  # the hook's own type, not a wrapper
         with model.hooks([("blocks.2.hook_post", broken)], bwd_hooks=[("hook_out", lambda g, hook: None)]):
             model(x)
+    assert not isinstance(info.value, HookError)
+    assert any("broken" in note and "'blocks.2.hook_post'" in note for note in info.value.__notes__)
     assert not model.active_hooks()
 
 
@@ -186,7 +188,7 @@ def test_remove_batch_dim_device_and_pos_slice(model: Tiny) -> None:
     _, moved = model.run_with_cache(x, device="meta")
     assert moved["hook_out"].device.type == "meta"
     assert full.remove_batch_dim()["hook_out"].shape == (5, 6)
-    with pytest.raises(HookError, match="batch size 1"):
+    with pytest.raises(ValueError, match="batch size 1"):
         model.run_with_cache(torch.randn(2, 5, 6), remove_batch_dim=True)
 
 

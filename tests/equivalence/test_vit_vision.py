@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import hookscope
-from hookscope.analysis.vision import attention_rollout, class_attention, class_lens, save_attention_overlay
+from hookscope.analysis.vision import attention_rollout, class_attention, class_lens
 from hookscope.models.vit_images import settings_from_preprocessor
+from hookscope.viz.vision_plot import save_attention_overlay
 from tests.equivalence.vit_cases import hf_reference, make_hf, pixels_for
 from tests.helpers import TOLERANCES, first_divergence
 

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-import hookscope
 from hookscope import memory
 
 glibc_only = pytest.mark.skipif(memory._glibc() is None, reason="malloc tuning applies to Linux glibc only")
@@ -28,21 +27,21 @@ def _allocate_like_a_cache() -> None:
 
 @glibc_only
 def test_freed_cache_memory_is_reused_without_page_faults():
-    assert hookscope.keep_freed_memory()
+    assert memory.keep_freed_memory()
     for _ in range(3):  # the first rounds fault pages in (and settle malloc's free lists)
         _allocate_like_a_cache()
     pages = 48 * 768 * 1024 * 4 // resource.getpagesize()
     later_round = _faults_of(_allocate_like_a_cache)
     assert later_round < pages // 10, f"{later_round} page faults for {pages} pages of reused memory"
-    assert hookscope.release_freed_memory() in (True, False)  # returns whether anything was released
+    assert memory.release_freed_memory() in (True, False)  # returns whether anything was released
 
 
 def test_opt_out_and_bad_bound(monkeypatch):
     monkeypatch.setenv("HOOKSCOPE_KEEP_FREED_MEMORY", "0")
-    assert hookscope.keep_freed_memory() is False
+    assert memory.keep_freed_memory() is False
     monkeypatch.delenv("HOOKSCOPE_KEEP_FREED_MEMORY")
     with pytest.raises(ValueError, match="max_bytes"):
-        hookscope.keep_freed_memory(-1)
+        memory.keep_freed_memory(-1)
 
 
 def test_non_linux_is_left_alone(monkeypatch):

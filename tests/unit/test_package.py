@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import hookscope
 
@@ -28,3 +31,20 @@ def test_every_public_name_resolves() -> None:
 def test_cli_version() -> None:
     out = subprocess.run([sys.executable, "-m", "hookscope.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and hookscope.__version__ in out.stdout
+
+
+def test_layering_contracts_hold() -> None:
+    """The import-linter contracts of pyproject.toml (models never import convert/generation, ...)."""
+    pytest.importorskip("importlinter")
+    exe = Path(sys.executable).with_name("lint-imports")
+    if not exe.exists():
+        pytest.skip("lint-imports is not installed next to this Python")
+    out = subprocess.run([str(exe), "--no-cache"], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_process_switches_stay_out_of_the_top_level() -> None:
+    assert not hasattr(hookscope, "keep_freed_memory") and not hasattr(hookscope, "release_freed_memory")
+    from hookscope.memory import keep_freed_memory, release_freed_memory
+
+    assert callable(keep_freed_memory) and callable(release_freed_memory)

@@ -1,4 +1,4 @@
-"""Tokenizer helpers shared by language models: text in, tokens out, and back.
+"""Text <-> token ids, shared by the language models and generation: text in, tokens out, and back.
 
 BOS follows the model's own HF tokenizer (``add_special_tokens``) unless ``prepend_bos`` says otherwise,
 and is never added twice.
@@ -36,14 +36,14 @@ class LanguageModelMixin:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not isinstance(t, str) for t in texts):
             raise ValueError("to_tokens needs a string or a non-empty list of strings")
-        ids = [self._encode(t, prepend_bos) for t in texts]
+        ids = [self._text_to_ids(t, prepend_bos) for t in texts]
         if any(len(i) == 0 for i in ids):
             raise ValueError("cannot run an empty prompt: it has no tokens (pass prepend_bos=True to add BOS)")
         tokens, mask = pad_sequences(ids, self._pad_id(), padding_side)
         tokens, mask = tokens.to(self._device()), mask.to(self._device())
         return (tokens, mask) if return_mask else tokens
 
-    def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
+    def _text_to_ids(self, text: str, prepend_bos: bool | None) -> list[int]:
         tok = self.tokenizer
         ids: list[int] = tok(text, add_special_tokens=prepend_bos is not False)["input_ids"]
         bos = tok.bos_token_id
@@ -86,7 +86,7 @@ class LanguageModelMixin:
         """Each token as its own string (for labelling plots and tables)."""
         tok = self._require_tokenizer()
         if isinstance(input, str):
-            ids = self._encode(input, prepend_bos)
+            ids = self._text_to_ids(input, prepend_bos)
         else:
             t = torch.as_tensor(input)
             if t.ndim == 2:

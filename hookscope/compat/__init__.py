@@ -1,0 +1,51 @@
+"""TransformerLens's public layout over hookscope: replace ``transformer_lens`` by ``hookscope.compat`` in imports.
+
+``HookedTransformer`` is a native :class:`~hookscope.models.decoder.Decoder` with TransformerLens's
+signatures, defaults (BOS prepended, right padding, weight processing in ``from_pretrained``) and
+``ActivationCache`` methods; nothing here is a second model implementation. See the docs page
+"Coming from TransformerLens" for the name table and every deliberate difference.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "HookedTransformer": "hookscope.compat.hooked_transformer",
+    "HookedTransformerConfig": "hookscope.compat.config",
+    "ActivationCache": "hookscope.compat.activation_cache",
+    "HookedRootModule": "hookscope.compat.hook_points",
+    "HookPoint": "hookscope.compat.hook_points",
+    "HookedTransformerKeyValueCache": "hookscope.compat.past_key_value_caching",
+    "HookedEncoder": "hookscope.compat.encoders",
+    "HookedEncoderDecoder": "hookscope.compat.encoders",
+}
+_SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache")
+
+__all__ = [*_EXPORTS, *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"hookscope.compat.{name}")
+        globals()[name] = module
+        return module
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hookscope.compat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hookscope.compat.activation_cache import ActivationCache
+    from hookscope.compat.config import HookedTransformerConfig
+    from hookscope.compat.encoders import HookedEncoder, HookedEncoderDecoder
+    from hookscope.compat.hook_points import HookedRootModule, HookPoint
+    from hookscope.compat.hooked_transformer import HookedTransformer
+    from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache

@@ -1,0 +1,217 @@
+"""``HookedTransformerConfig``: TransformerLens's config, translated to and from the native :class:`DecoderConfig`.
+
+The TL config is what TL code reads (``model.cfg.n_layers``, ``cfg.normalization_type``, ``cfg.device``...);
+the native config is what the engine runs. Attributes TL does not have (``cfg.norm``, ``cfg.positional``...)
+are read from the native config the TL config was made for, so native code keeps working on a compat model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pprint
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hookscope.components.activations import ACTIVATIONS
+from hookscope.models.decoder_config import DecoderConfig
+
+_NORMS = {"LN": "layernorm", "RMS": "rmsnorm"}
+_POSITIONS = {"standard": "learned", "rotary": "rotary"}
+
+
+@dataclass
+class HookedTransformerConfig:
+    """TransformerLens's ``HookedTransformerConfig`` fields and defaults (mutable, as in TL).
+
+    ``n_heads`` defaults to ``d_model // d_head``, ``d_mlp`` to ``4 * d_model``, ``d_vocab_out`` to
+    ``d_vocab``, ``initializer_range`` to ``0.8 / sqrt(d_model)`` (``init_mode="gpt2"``), ``attn_scale`` to
+    ``sqrt(d_head)`` (a divisor, as TL), ``device`` to CUDA when available; ``n_params`` counts the attention
+    and MLP weights as TL does.
+    """
+
+    d_model: int
+    d_head: int
+    n_layers: int
+    n_ctx: int
+    n_heads: int = -1
+    d_mlp: int | None = None
+    d_vocab: int = -1
+    device: str | None = None
+    use_attn_result: bool = False
+    use_split_qkv_input: bool = False
+    default_prepend_bos: bool = True
+    positional_embedding_type: str = "standard"
+    n_key_value_heads: int | None = None
+    attn_only: bool = False
+    gated_mlp: bool = False
+    eps: float = 1e-5
+    act_fn: str | None = "relu"
+    normalization_type: str | None = "LN"
+    final_rms: bool = False
+    dtype: torch.dtype = torch.float32
+    model_name: str = "custom"
+    use_attn_scale: bool = True
+    attn_scale: float = -1.0
+    use_hook_mlp_in: bool = False
+    use_attn_in: bool = False
+    use_qk_norm: bool = False
+    use_local_attn: bool = False
+    original_architecture: str | None = None
+    tokenizer_name: str | None = None
+    window_size: int | None = None
+    attn_types: list | None = None
+    init_mode: str = "gpt2"
+    n_devices: int = 1
+    attention_dir: str = "causal"
+    seed: int | None = None
+    initializer_range: float = -1.0
+    init_weights: bool = True
+    d_vocab_out: int = -1
+    parallel_attn_mlp: bool = False
+    rotary_dim: int | None = None
+    n_params: int | None = None
+    use_hook_tokens: bool = False
+    tokenizer_prepends_bos: bool | None = None
+    rotary_base: float = 10000
+    trust_remote_code: bool = False
+    tie_word_embeddings: bool = False
+    use_normalization_before_and_after: bool = False
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.n_heads == -1:
+            if self.d_model % self.d_head:
+                raise ValueError(f"d_model ({self.d_model}) must be divisible by d_head ({self.d_head})")
+            self.n_heads = self.d_model // self.d_head
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+            random.seed(self.seed)
+        if not self.attn_only and self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn={self.act_fn!r} is not one the native engine runs: {sorted(ACTIVATIONS)}")
+        if self.initializer_range < 0:
+            self.initializer_range = 0.8 / math.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
+        if self.d_vocab_out == -1:
+            self.d_vocab_out = self.d_vocab
+        if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
+            self.rotary_dim = self.d_head
+        self.n_params = self.n_layers * self.d_model * self.d_head * self.n_heads * 4
+        if not self.attn_only:
+            self.n_params += self.n_layers * self.d_model * self.d_mlp * (2 + int(self.gated_mlp))
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.use_attn_scale and self.attn_scale == -1.0:
+            self.attn_scale = math.sqrt(self.d_head)
+        if self.default_prepend_bos not in (True, False):
+            raise ValueError(f"default_prepend_bos must be True or False, got {self.default_prepend_bos!r}")
+
+    def __getattr__(self, name: str) -> Any:
+        native = self.__dict__.get("_native")
+        if native is not None and not name.startswith("_") and hasattr(native, name):
+            return getattr(native, name)
+        raise AttributeError(f"HookedTransformerConfig has no attribute {name!r}")
+
+    @classmethod
+    def unwrap(cls, config: dict | HookedTransformerConfig) -> HookedTransformerConfig:
+        """A config from a dict (or the config itself), as TL's ``unwrap``."""
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if isinstance(config, cls):
+            return config
+        raise TypeError(f"expected a HookedTransformerConfig or a dict, got {type(config).__name__}")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any]) -> HookedTransformerConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config_dict) - names)
+        if unknown:
+            raise TypeError(f"HookedTransformerConfig has no field(s) {unknown} (hookscope.compat supports: "
+                            f"{sorted(names)})")
+        return cls(**config_dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __repr__(self) -> str:
+        return "HookedTransformerConfig:\n" + pprint.pformat(self.to_dict())
+
+    def is_layer_norm_activation(self) -> bool:
+        return self.act_fn is not None and self.act_fn.endswith("_ln")
+
+    # ------------------------------------------------------------------ native translation
+    def to_native(self) -> DecoderConfig:
+        """The :class:`DecoderConfig` that runs this model; a clear error for what the engine cannot express."""
+        _refuse_unsupported(self)
+        windows: tuple[int | None, ...] = ()
+        if self.use_local_attn:
+            types = self.attn_types or ()
+            windows = tuple(self.window_size if t == "local" else None for t in types)
+        return DecoderConfig(
+            d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_head=self.d_head,
+            d_mlp=self.d_mlp or 1, d_vocab=self.d_vocab, n_ctx=self.n_ctx, n_kv_heads=self.n_key_value_heads,
+            act_fn=self.act_fn or "relu", mlp="gated" if self.gated_mlp else "plain",
+            norm=_NORMS[self.normalization_type or ""], norm_eps=self.eps,  # type: ignore[arg-type]
+            positional=_POSITIONS[self.positional_embedding_type],  # type: ignore[arg-type]
+            rotary_dim=self.rotary_dim, rotary_base=float(self.rotary_base),
+            parallel_attn_mlp=self.parallel_attn_mlp, qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+            unembed_bias=True, qk_norm=self.use_qk_norm, post_norms=self.use_normalization_before_and_after,
+            attn_scale=(1.0 / self.attn_scale) if self.use_attn_scale else 1.0,
+            attn_softcap=self.attn_scores_soft_cap if self.attn_scores_soft_cap > 0 else None,
+            final_softcap=self.output_logits_soft_cap if self.output_logits_soft_cap > 0 else None,
+            sliding_windows=windows, tie_embeddings=self.tie_word_embeddings,
+            architecture=self.original_architecture or "GPT2LMHeadModel",
+        )
+
+    @classmethod
+    def from_native(cls, native: DecoderConfig, **overrides: Any) -> HookedTransformerConfig:
+        """The TL view of a native config (what ``from_pretrained`` reports as ``model.cfg``)."""
+        norm = {"layernorm": "LN", "rmsnorm": "RMS", "rmsnorm_plus_one": "RMS"}.get(native.norm, native.norm)
+        scale = native.attn_scale
+        fields: dict[str, Any] = dict(
+            d_model=native.d_model, d_head=native.d_head, n_layers=native.n_layers, n_ctx=native.n_ctx,
+            n_heads=native.n_heads, d_mlp=native.d_mlp, d_vocab=native.d_vocab, act_fn=native.act_fn,
+            n_key_value_heads=native.n_kv_heads if native.n_kv_heads != native.n_heads else None,
+            gated_mlp=native.mlp == "gated", normalization_type=norm, eps=native.norm_eps,
+            positional_embedding_type="rotary" if native.positional == "rotary" else "standard",
+            rotary_dim=native.rotary_dim, rotary_base=native.rotary_base, parallel_attn_mlp=native.parallel_attn_mlp,
+            attn_scale=(1.0 / scale) if scale else -1.0, use_qk_norm=native.qk_norm,
+            use_normalization_before_and_after=native.post_norms,
+            attn_scores_soft_cap=native.attn_softcap or -1.0, output_logits_soft_cap=native.final_softcap or -1.0,
+            original_architecture=native.architecture, tie_word_embeddings=native.tie_embeddings,
+            use_local_attn=any(w is not None for w in native.sliding_windows),
+            window_size=next((w for w in native.sliding_windows if w is not None), None),
+            attn_types=["local" if w is not None else "global" for w in native.sliding_windows],
+        )
+        fields.update(overrides)
+        cfg = cls(**fields)
+        cfg.__dict__["_native"] = native
+        return cfg
+
+
+def _refuse_unsupported(cfg: HookedTransformerConfig) -> None:
+    """What TL can express and the native decoder cannot (yet) is refused by name, never approximated."""
+    problems = []
+    if cfg.attn_only:
+        problems.append("attn_only=True (attention-only blocks)")
+    if cfg.normalization_type not in _NORMS:
+        problems.append(f"normalization_type={cfg.normalization_type!r} (native: 'LN', 'RMS')")
+    if cfg.positional_embedding_type not in _POSITIONS:
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (native: standard, rotary)")
+    if cfg.d_vocab_out != cfg.d_vocab:
+        problems.append(f"d_vocab_out={cfg.d_vocab_out} != d_vocab={cfg.d_vocab}")
+    if cfg.attention_dir != "causal":
+        problems.append(f"attention_dir={cfg.attention_dir!r} (HookedTransformer is causal; see HookedEncoder)")
+    if cfg.final_rms:
+        problems.append("final_rms=True")
+    if cfg.d_vocab <= 0:
+        problems.append("d_vocab must be set (a tokenizer-derived d_vocab needs from_pretrained)")
+    if problems:
+        raise NotImplementedError(
+            "hookscope's native decoder cannot run this HookedTransformerConfig: " + "; ".join(problems)
+        )

@@ -1,0 +1,115 @@
+"""``HookedEncoder`` (BERT) and ``HookedEncoderDecoder`` (T5) with TransformerLens's signatures.
+
+Both adopt a native model loaded by ``hookscope.load`` (``hf_model=`` in memory: nothing downloaded) and
+translate TL's arguments (``one_zero_attention_mask``, ``return_type="predictions"``, ``decoder_input``).
+Building one from a ``HookedTransformerConfig`` is refused: TL configs describe decoders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hookscope.compat.activation_cache import ActivationCache
+from hookscope.compat.hook_points import HookedRootModule
+from hookscope.loading import load
+from hookscope.models.bert import Bert
+from hookscope.models.t5 import T5
+
+
+def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
+    if not isinstance(native, expected):
+        raise ValueError(f"{what} runs {expected.__name__} models; this source loads as {type(native).__name__}")
+    model = cls.__new__(cls)
+    model.__dict__.update(native.__dict__)  # adopt the native modules and parameters (no copy)
+    return model
+
+
+def _dtype(dtype: Any) -> Any:
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+class _CompatCacheMixin:
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False,
+                       **kwargs: Any) -> tuple[Any, Any]:
+        out, cache = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)  # type: ignore[misc]
+        if not return_cache_object:
+            return out, dict(cache.cache_dict)
+        return out, ActivationCache(cache.cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+
+class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
+    """TL's ``HookedEncoder`` over the native :class:`~hookscope.models.bert.Bert`."""
+
+    def __init__(self, cfg: Any, tokenizer: Any = None, move_to_device: bool = True, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "HookedEncoder(cfg) from a HookedTransformerConfig is not supported; use HookedEncoder.from_pretrained"
+            "(name, hf_model=...) or hookscope.Bert(BertConfig(...))"
+        )
+
+    @classmethod
+    def from_pretrained(cls, model_name: str, checkpoint_index: int | None = None, checkpoint_value: int | None = None,
+                        hf_model: Any = None, device: str | None = None, tokenizer: Any = None,
+                        move_to_device: bool = True, dtype: Any = torch.float32, **kwargs: Any) -> HookedEncoder:
+        if checkpoint_index is not None or checkpoint_value is not None:
+            raise NotImplementedError("training checkpoints are not supported")
+        native = load(hf_model if hf_model is not None else model_name, dtype=_dtype(dtype), device=device,
+                      tokenizer=tokenizer)
+        return _adopt(cls, native, Bert, "HookedEncoder")
+
+    def to_tokens(self, input: str | list[str], move_to_device: bool = True,
+                  truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens, token_type_ids, attention_mask)``, right-padded, as TL."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        enc = self.tokenizer(input, return_tensors="pt", padding=True, truncation=truncate,
+                             max_length=self.cfg.n_ctx if truncate else None)
+        device = next(self.parameters()).device if move_to_device else "cpu"
+        types = enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))
+        return enc["input_ids"].to(device), types.to(device), enc["attention_mask"].to(device)
+
+    def forward(  # type: ignore[override]
+        self, input: Any, return_type: str | None = "logits", token_type_ids: torch.Tensor | None = None,
+        one_zero_attention_mask: torch.Tensor | None = None, **native_kwargs: Any,
+    ) -> Any:
+        """Masked-LM logits ``[batch, pos, d_vocab]``; "predictions": the top token of each position as text."""
+        if return_type not in ("logits", "predictions", None):
+            raise ValueError(f"return_type must be 'logits', 'predictions' or None, got {return_type!r}")
+        if isinstance(input, (str, list)):
+            input, token_type_ids, one_zero_attention_mask = self.to_tokens(input)
+        logits = Bert.forward(self, input, one_zero_attention_mask, token_type_ids,
+                              "logits" if return_type else None, **native_kwargs)
+        if return_type != "predictions":
+            return logits
+        top = logits.argmax(-1)
+        texts = [self.tokenizer.decode(row) for row in top]
+        return texts[0] if len(texts) == 1 else texts
+
+    def encoder_output(self, tokens: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                       one_zero_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden state ``[batch, pos, d_model]``."""
+        return Bert.forward(self, tokens, one_zero_attention_mask, token_type_ids, "embeddings")
+
+
+class HookedEncoderDecoder(_CompatCacheMixin, HookedRootModule, T5):
+    """TL's ``HookedEncoderDecoder`` over the native :class:`~hookscope.models.t5.T5`."""
+
+    def __init__(self, cfg: Any, tokenizer: Any = None, move_to_device: bool = True, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "HookedEncoderDecoder(cfg) is not supported; use HookedEncoderDecoder.from_pretrained(name, hf_model=...)"
+        )
+
+    @classmethod
+    def from_pretrained(cls, model_name: str, hf_model: Any = None, device: str | None = None, tokenizer: Any = None,
+                        move_to_device: bool = True, dtype: Any = torch.float32, **kwargs: Any) -> HookedEncoderDecoder:
+        native = load(hf_model if hf_model is not None else model_name, dtype=_dtype(dtype), device=device,
+                      tokenizer=tokenizer)
+        return _adopt(cls, native, T5, "HookedEncoderDecoder")
+
+    def forward(  # type: ignore[override]
+        self, input: Any, decoder_input: torch.Tensor | None = None, return_type: str | None = "logits",
+        one_zero_attention_mask: torch.Tensor | None = None, **native_kwargs: Any,
+    ) -> Any:
+        """Logits ``[batch, dec_pos, d_vocab]`` of the decoder on ``decoder_input`` (TL's argument names)."""
+        return T5.forward(self, input, decoder_input, one_zero_attention_mask, None, return_type, **native_kwargs)

@@ -1,0 +1,297 @@
+"""``HookedTransformer``: TransformerLens's model class over hookscope's native :class:`Decoder`.
+
+It IS a native decoder (a subclass: same modules, hook points and kernels), with TransformerLens's
+signatures and defaults on top: ``forward(input, return_type, loss_per_token, prepend_bos, padding_side,
+start_at_layer, tokens, shortformer_pos_embed, attention_mask, stop_at_layer, past_kv_cache)``, BOS
+prepended and right padding when tokenizing, ``run_with_cache`` returning TL's ActivationCache, and
+``model.cfg`` a :class:`HookedTransformerConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from hookscope.analysis.neurons import accumulated_bias
+from hookscope.analysis.residual import tokens_to_residual_directions
+from hookscope.compat.activation_cache import ActivationCache
+from hookscope.compat.config import HookedTransformerConfig
+from hookscope.compat.hook_points import HookedRootModule
+from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
+from hookscope.compat.pretrained import PretrainedMixin
+from hookscope.compat.tokens import TLTokensMixin
+from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
+from hookscope.components.masks import positions_from_mask
+from hookscope.models.decoder import Decoder
+
+logger = logging.getLogger(__name__)
+
+# opt-in hook points TL caches when the matching cfg switch is on
+_SWITCHES = {
+    "use_attn_result": ("attn.hook_result",),
+    "use_split_qkv_input": ("hook_q_input", "hook_k_input", "hook_v_input"),
+    "use_hook_mlp_in": ("hook_mlp_in",),
+    "use_attn_in": ("hook_attn_in",),
+}
+
+
+def _switch_for(name: str) -> str | None:
+    """The cfg switch an opt-in hook name needs, or None."""
+    for flag, suffixes in _SWITCHES.items():
+        if name.endswith(suffixes):
+            return flag
+    return None
+
+
+class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decoder):
+    """TransformerLens's ``HookedTransformer``: ``HookedTransformer(cfg)`` builds a TL-initialised model;
+    :meth:`from_pretrained` converts a hub model (or ``hf_model=``) through hookscope's loader."""
+
+    cfg: HookedTransformerConfig  # type: ignore[assignment]
+
+    def __init__(
+        self, cfg: HookedTransformerConfig | dict, tokenizer: Any = None, move_to_device: bool = True,
+        default_padding_side: Literal["left", "right"] | None = None,
+    ) -> None:
+        cfg = HookedTransformerConfig.unwrap(cfg)
+        native = cfg.to_native()
+        Decoder.__init__(self, native)
+        cfg.__dict__["_native"] = native
+        self.cfg = cfg
+        self.default_padding_side = default_padding_side or "right"
+        if cfg.init_weights:
+            self.init_weights()
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer, default_padding_side)
+        self.to(cfg.dtype)
+        if move_to_device:
+            self.to(cfg.device)
+
+    def init_weights(self) -> None:
+        """TL's initialisation: matrices (and embeddings) ~ N(0, ``initializer_range``) for ``init_mode="gpt2"``,
+        biases 0, norm weights 1. Other init modes are refused (not silently replaced)."""
+        if self.cfg.init_mode != "gpt2":
+            raise NotImplementedError(f"init_mode={self.cfg.init_mode!r}: hookscope.compat implements 'gpt2'")
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.ndim >= 2:
+                    p.normal_(0.0, self.cfg.initializer_range)
+                elif name.endswith("weight"):  # norm weights
+                    p.fill_(0.0 if self.cfg.norm == "rmsnorm_plus_one" else 1.0)
+                else:
+                    p.zero_()
+
+    def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] | None = None) -> None:
+        """Attach a HF tokenizer; as TL, missing EOS/PAD/BOS tokens fall back to each other."""
+        if default_padding_side not in ("left", "right", None):
+            raise ValueError(f"padding_side must be 'left', 'right' or None, got {default_padding_side!r}")
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.bos_token is None and tokenizer.eos_token is not None:
+            tokenizer.bos_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        if default_padding_side is not None:
+            self.default_padding_side = default_padding_side
+        self.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+
+    # ------------------------------------------------------------------ TL switches
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        self.cfg.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        self.cfg.use_attn_in = use_attn_in
+
+    def add_hook(self, name: Any, hook: Any, dir: Any = "fwd", is_permanent: bool = False,  # type: ignore[override]
+                 level: int | None = None, prepend: bool = False) -> None:
+        """As TL: hooking an opt-in point whose switch is off (``hook_result`` without ``use_attn_result``...)
+        is refused with an AssertionError naming the switch; a filter skips those points."""
+        if isinstance(name, str):
+            flag = _switch_for(name)
+            assert flag is None or getattr(self.cfg, flag), (
+                f"{name} fires only with cfg.{flag} = True: call model.set_{flag}(True) first"
+            )
+        else:
+            filt = name
+            name = lambda n: filt(n) and (_switch_for(n) is None or getattr(self.cfg, _switch_for(n)))  # noqa: E731
+        super().add_hook(name, hook, dir, is_permanent, level, prepend)
+
+    def cache_names(self, names_filter: Any) -> list[str]:
+        """As the native method, plus the opt-in points TL's switches (``set_use_attn_result``...) turn on."""
+        names = super().cache_names(names_filter)
+        if names_filter is None:
+            suffixes = tuple(s for flag, group in _SWITCHES.items() if getattr(self.cfg, flag) for s in group)
+            if suffixes:
+                chosen = set(names) | {n for n in self.hook_dict if n.endswith(suffixes)}
+                names = [n for n in self.hook_dict if n in chosen]
+        return names
+
+    # ------------------------------------------------------------------ forward
+    def forward(  # type: ignore[override]
+        self, input: Any, return_type: str | None = "logits", loss_per_token: bool = False,
+        prepend_bos: bool | None = None, padding_side: Literal["left", "right"] | None = None,
+        start_at_layer: int | None = None, tokens: torch.Tensor | None = None,
+        shortformer_pos_embed: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+        stop_at_layer: int | None = None, past_kv_cache: HookedTransformerKeyValueCache | None = None,
+        **native_kwargs: Any,
+    ) -> Any:
+        """TL's forward: ``return_type`` "logits" | "loss" | "both" | None; ``loss_per_token`` gives the loss
+        ``[batch, pos - 1]``; ``start_at_layer`` takes the residual stream (``tokens=`` for a loss);
+        ``stop_at_layer`` returns the residual stream entering that block."""
+        if isinstance(return_type, torch.Tensor) or "kv_cache" in native_kwargs:
+            # a native caller (generation, analysis) using Decoder's signature: forward(input, attention_mask, ...)
+            mask = return_type if isinstance(return_type, torch.Tensor) else attention_mask
+            return Decoder.forward(self, input, mask, **native_kwargs)
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("shortformer positional embeddings are not a native hookscope option")
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if start_at_layer is None:
+            tokens, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
+                                                           past_kv_cache is not None)
+            input = tokens
+        kv = None
+        if past_kv_cache is not None:
+            attention_mask = past_kv_cache.append_attention_mask(attention_mask)
+            kv = past_kv_cache.native_for(self, input.shape[0], input.shape[1])
+        native_return = "logits" if return_type in ("loss", "both") else return_type
+        out = Decoder.forward(
+            self, input, attention_mask, native_return, start_at_layer=start_at_layer,
+            stop_at_layer=stop_at_layer, tokens=tokens, kv_cache=kv, **native_kwargs,
+        )
+        if past_kv_cache is not None:
+            past_kv_cache.after_forward(kv)
+        if stop_at_layer is not None or return_type in ("logits", None):
+            return out
+        if tokens is None:
+            raise ValueError("return_type='loss' / 'both' with start_at_layer needs tokens=")
+        loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (out, loss)
+
+    def _tokens_and_mask(
+        self, input: Any, prepend_bos: bool | None, padding_side: Any, attention_mask: torch.Tensor | None,
+        with_cache: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """TL's ``input_to_embed`` up to the embedding: tokenise text; a mask only when TL makes one
+        (left padding, an explicit mask, or a KV cache); right-padded text runs unmasked, as in TL."""
+        side = padding_side or self.default_padding_side
+        if isinstance(input, (str, list)):
+            tokens, mask = self.to_tokens(input, prepend_bos, side, return_mask=True)
+        else:
+            tokens, mask = input, None
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if attention_mask is not None:
+            return tokens, attention_mask[None] if attention_mask.ndim == 1 else attention_mask
+        if side == "left" or with_cache:
+            if mask is None and self.tokenizer is None:
+                mask = torch.ones_like(tokens)  # no tokenizer, no pad id: every token is real
+            elif mask is None:
+                mask = get_attention_mask(self.tokenizer, tokens, self._bos_default(prepend_bos), side)
+            return tokens, mask
+        return tokens, None
+
+    def input_to_embed(
+        self, input: Any, prepend_bos: bool | None = None, padding_side: Any = None,
+        attention_mask: torch.Tensor | None = None, past_kv_cache: HookedTransformerKeyValueCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor | None]:
+        """``(residual entering block 0, tokens, None, attention_mask)``, as TL (no shortformer embedding)."""
+        tokens, mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
+                                             past_kv_cache is not None)
+        past = 0 if past_kv_cache is None else past_kv_cache.length
+        if past_kv_cache is not None:
+            mask = torch.cat([past_kv_cache.previous_attention_mask.to(mask), mask], -1) if past else mask
+        if mask is not None:
+            positions = positions_from_mask(mask)[:, past:]
+        else:
+            positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None].expand(len(tokens), -1)
+        return self.embed_tokens(tokens, positions), tokens, None, mask
+
+    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                per_token: bool = False) -> torch.Tensor:
+        return lm_cross_entropy_loss(logits, tokens.to(logits.device), attention_mask, per_token)
+
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False,
+                       **kwargs: Any) -> tuple[Any, Any]:
+        out, cache = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if not return_cache_object:
+            return out, dict(cache.cache_dict)
+        return out, ActivationCache(cache.cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    # ------------------------------------------------------------------ weights, devices
+    def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:
+        return tokens_to_residual_directions(self, tokens)
+
+    @property
+    def W_E_pos(self) -> torch.Tensor:
+        """``cat(W_E, W_pos)``: ``[d_vocab + n_ctx, d_model]``."""
+        return torch.cat([self.W_E, self.W_pos], 0)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
+        """Sum of the attention (and MLP) output biases written before ``layer`` (``mlp_input``: and its b_O)."""
+        return accumulated_bias(self, layer, mlp_input, include_mlp_biases)
+
+    def all_head_labels(self) -> list[str]:
+        return [f"L{i}H{h}" for i in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
+
+    def n_params_total(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:  # type: ignore[override]
+        out = super().to(*args, **kwargs)
+        p = next(self.parameters(), None)
+        if p is not None:
+            self.cfg.device = str(p.device) if p.device.type != "cpu" else "cpu"
+            self.cfg.dtype = p.dtype
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def generate(  # type: ignore[override]
+        self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: Any = None,
+        do_sample: bool = True, top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
+        freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos: bool | None = None,
+        padding_side: Any = None, return_type: str | None = "input", verbose: bool = True, **kwargs: Any,
+    ) -> Any:
+        """TL's ``generate`` over the native one (sampling by default, as TL; ``return_type`` "input", "str",
+        "tokens"; text is tokenised with TL's BOS rule and left-padded, as generation needs)."""
+        if freq_penalty:
+            raise NotImplementedError("freq_penalty is not implemented; use repetition_penalty= (HF's penalty)")
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        text_in = isinstance(input, (str, list)) and (isinstance(input, str) or isinstance(input[0], str))
+        mask = None
+        if text_in:
+            tokens, mask = self.to_tokens(input, prepend_bos, "left", return_mask=True)
+        else:
+            tokens = torch.as_tensor(input, device=self.cfg.device)
+        eos = eos_token_id if stop_at_eos else []
+        if stop_at_eos and eos is None and self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            eos = self.tokenizer.eos_token_id
+        if temperature == 0.0:
+            do_sample = False
+        out = Decoder.generate(
+            self, tokens, max_new_tokens, do_sample=do_sample, top_k=top_k, top_p=top_p,
+            temperature=temperature if do_sample else 1.0, eos_token_id=eos, use_cache=use_past_kv_cache,
+            attention_mask=mask, verbose=verbose, **kwargs,
+        )
+        as_str = return_type == "str" or (return_type == "input" and text_in)
+        if not as_str:
+            return out
+        texts = [self.to_string(row if mask is None else row[m.bool()]) for row, m in _rows(out, mask)]
+        return texts[0] if isinstance(input, str) else texts
+
+
+def _rows(out: torch.Tensor, mask: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each output row with the prompt's mask extended over the generated tokens (None: no padding)."""
+    if mask is None:
+        return [(row, None) for row in out]
+    full = F.pad(mask, (0, out.shape[1] - mask.shape[1]), value=1)
+    return list(zip(out, full, strict=True))

@@ -1,0 +1,81 @@
+"""``transformer_lens.past_key_value_caching``: TL's growing KV cache over hookscope's native one.
+
+TL code passes one ``HookedTransformerKeyValueCache`` to successive forwards (``past_kv_cache=``); the
+native :class:`~hookscope.generation.kv_cache.KVCache` is preallocated, so this object holds one and
+regrows it (copying what is stored) when a forward would overflow it. ``freeze()`` makes forwards read
+the cache without appending to it, as TL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hookscope.generation.kv_cache import KVCache
+
+__all__ = ["HookedTransformerKeyValueCache"]
+
+
+class HookedTransformerKeyValueCache:
+    """Keys and values of every layer for the positions seen so far, plus their attention mask."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, d_head: int, batch_size: int, device: Any, dtype: Any) -> None:
+        self.n_layers, self.n_kv_heads, self.d_head = n_layers, n_kv_heads, d_head
+        self.batch_size, self.device, self.dtype = batch_size, device, dtype
+        self.native: KVCache | None = None
+        self.previous_attention_mask = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+        self.frozen = False
+        self._length_before = 0
+
+    @classmethod
+    def init_cache(cls, cfg: Any, device: Any = None, batch_size: int = 1) -> HookedTransformerKeyValueCache:
+        """An empty cache for a model with config ``cfg`` (TL's constructor)."""
+        kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        return cls(cfg.n_layers, kv_heads, cfg.d_head, batch_size, device or cfg.device, cfg.dtype)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.native is None else self.native.length
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+
+    def append_attention_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mask over past + new positions; remembered for the next forward unless frozen."""
+        attention_mask = attention_mask.to(self.previous_attention_mask.device)
+        full = torch.cat([self.previous_attention_mask, attention_mask], -1)
+        if not self.frozen:
+            self.previous_attention_mask = full
+        return full
+
+    def native_for(self, model: Any, batch: int, n_new: int) -> KVCache:
+        """The native cache to run ``n_new`` more positions with (regrown when it would overflow)."""
+        if batch != self.batch_size:
+            raise ValueError(f"this KV cache holds batch {self.batch_size}, the input has batch {batch}")
+        need = self.length + n_new
+        if self.native is None or need > self.native.max_len:
+            grown = KVCache(self.n_layers, batch, max(need, 2 * (self.native.max_len if self.native else 16)),
+                            self.n_kv_heads, self.d_head, dtype=self.dtype, device=self.device)
+            if self.native is not None:
+                n = self.native.length
+                grown.keys[..., :n, :] = self.native.keys[..., :n, :]
+                grown.values[..., :n, :] = self.native.values[..., :n, :]
+                grown.length = n
+            self.native = grown
+        self._length_before = self.native.length
+        return self.native
+
+    def after_forward(self, native: KVCache | None) -> None:
+        """Frozen: forget what the forward just appended."""
+        if self.frozen and native is not None:
+            native.length = self._length_before
+
+    def __getitem__(self, layer: int) -> Any:
+        if self.native is None:
+            raise IndexError("the KV cache is empty")
+        n = self.native.length
+        return self.native.keys[layer, :, :, :n].transpose(1, 2), self.native.values[layer, :, :, :n].transpose(1, 2)

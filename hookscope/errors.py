@@ -1,0 +1,57 @@
+"""Every error hookscope raises on purpose, in one hierarchy.
+
+``except hookscope.HookscopeError`` catches them all; ``except hookscope.LoadError`` catches every failure
+of :func:`hookscope.load` (a missing source, an unsupported architecture, weights that do not convert, a
+bad dtype or device). Each class also derives from the built-in exception callers used to catch before
+(``ValueError``, ``FileNotFoundError``, ``TypeError``, ``RuntimeError``), so existing ``except`` clauses keep
+working. This module imports nothing: every layer may raise these.
+"""
+
+from __future__ import annotations
+
+
+class HookscopeError(Exception):
+    """Base class of every error hookscope raises on purpose."""
+
+
+class LoadError(HookscopeError, ValueError):
+    """A source could not be loaded; the message says why and what to do."""
+
+
+class SourceNotFoundError(LoadError, FileNotFoundError):
+    """The name, path or hub id given to ``load()`` leads to no model (or misses a file it needs)."""
+
+
+class SourceTypeError(LoadError, TypeError):
+    """``load()`` was given something that is not a name, a path or a transformers model."""
+
+
+class ConversionError(LoadError):
+    """Weights or config could not be converted exactly; the message lists what is wrong."""
+
+
+class ConfigError(HookscopeError, ValueError):
+    """A model config holds a value the model cannot be built with."""
+
+
+class HookError(HookscopeError, RuntimeError):
+    """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
+
+
+class HookNameError(HookscopeError, KeyError):
+    """A hook name (or names filter entry) matches no hook point; the message lists the closest names."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+__all__ = [
+    "ConfigError",
+    "ConversionError",
+    "HookError",
+    "HookNameError",
+    "HookscopeError",
+    "LoadError",
+    "SourceNotFoundError",
+    "SourceTypeError",
+]

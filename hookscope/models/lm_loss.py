@@ -1,0 +1,68 @@
+"""Language-model losses and the HF-style output object the decoder returns when given ``labels=``.
+
+The loss is computed as Hugging Face's causal-LM loss is (float32 logits, labels shifted left with an
+ignored last position, ``-100`` ignored), so a native model trained by an HF ``Trainer`` or a user's HF loop
+sees the same loss and gradients as the HF model it mirrors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class LMOutput(dict):
+    """``loss`` and ``logits`` readable as attributes and as keys (like ``transformers.ModelOutput``).
+
+    HF's ``Trainer`` reads ``outputs["loss"]``; users read ``outputs.loss``. ``loss`` is None without labels.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"LMOutput has no field {name!r}; it has {sorted(self)}") from None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in self.values() if v is not None)
+
+
+def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]`` labels -> the label each position predicts (the next one; the last is ignored)."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, per_token: bool = False
+) -> torch.Tensor:
+    """Next-token cross-entropy of ``logits [batch, pos, d_vocab]`` against ``labels [batch, pos]``.
+
+    Args:
+        logits: the model's logits at every position.
+        labels: the input ids (or a copy with ``-100`` where no loss is wanted); position ``t`` is scored
+            on ``labels[t + 1]``, as HF's ``ForCausalLMLoss``.
+        per_token: return the loss of every prediction ``[batch, pos - 1]`` (0 where ignored) instead of
+            the mean over the predictions that count.
+    """
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)}; the logits need {tuple(logits.shape[:2])}")
+    target = shifted_labels(labels)  # [batch, pos]
+    if per_token:
+        losses = F.cross_entropy(
+            logits.float().transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none"
+        )  # [batch, pos]
+        return losses[:, :-1]
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def next_token_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    per_token: bool = False,
+) -> torch.Tensor:
+    """Mean (or ``per_token``) cross-entropy of predicting token ``t+1`` from position ``t``, padding excluded."""
+    labels = tokens if attention_mask is None else tokens.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return causal_lm_loss(logits, labels, per_token)

@@ -1,0 +1,212 @@
+"""The sparse autoencoder: ReLU ("standard"), TopK, BatchTopK and JumpReLU, with hook points inside.
+
+Encode: ``pre = (x * s - b_dec) @ W_enc + b_enc`` (``s`` the activation-norm scale, ``b_dec`` subtracted
+only when ``apply_b_dec_to_input``), ``acts = f(pre)``; decode: ``x_hat = (acts @ W_dec + b_dec) / s``.
+The hook points are named as in SAELens (``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post``,
+``hook_sae_recons``, ``hook_sae_error``, ``hook_sae_output``), so that, spliced into a model at
+``blocks.6.hook_resid_post``, the latents are cached as ``blocks.6.hook_resid_post.hook_sae_acts_post``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hookscope.hooks import HookedModule, HookPoint, hooks_active
+from hookscope.sae.config import SAEConfig
+from hookscope.sae.jumprelu import jumprelu
+
+
+def _dtype(name: str) -> torch.dtype:
+    value = getattr(torch, name.replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} in the SAE config (use e.g. 'float32')")
+    return value
+
+
+class SAE(HookedModule):
+    """A sparse autoencoder over one activation of width ``cfg.d_in``.
+
+    ``sae(x)`` returns the reconstruction (``use_error_term=True``: the input exactly, while the latents
+    still run through the hook points, so ablating or patching a latent changes the output by exactly
+    its decoded contribution). Inputs may have any leading axes; an input whose last two axes multiply
+    to ``d_in`` (``hook_z``'s ``[..., head_index, d_head]``) is flattened over them and restored.
+    """
+
+    def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None, seed: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = _dtype(cfg.dtype)
+        kw = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))  # [d_in, d_sae]
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))  # [d_sae, d_in]
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((cfg.d_sae,), 1e-3, **kw))
+        elif cfg.architecture == "batchtopk":  # estimated while training (see hookscope.sae.train)
+            self.register_buffer("threshold", torch.zeros(cfg.d_sae, **kw))
+        self.register_buffer("norm_scaling_factor", torch.ones((), **kw))
+        self.hook_sae_input = HookPoint()
+        self.hook_sae_acts_pre = HookPoint()
+        self.hook_sae_acts_post = HookPoint()
+        self.hook_sae_recons = HookPoint()
+        self.hook_sae_error = HookPoint()
+        self.hook_sae_output = HookPoint()
+        self.reset_parameters(seed)
+        self.setup_hooks()
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Decoder rows drawn at random with norm 0.1, encoder initialised as the decoder's transpose."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=gen, dtype=torch.float64)
+        w = 0.1 * w / w.norm(dim=-1, keepdim=True)
+        with torch.no_grad():
+            self.W_dec.copy_(w.to(self.W_dec.dtype))
+            self.W_enc.copy_(w.T.to(self.W_enc.dtype))
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    @property
+    def hook_name(self) -> str | None:
+        """Where the SAE reads (and, spliced, writes): ``cfg.hook_name``."""
+        return self.cfg.hook_name
+
+    # ------------------------------------------------------------------ the computation
+    def _flatten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"an SAE takes a tensor [..., {self.cfg.d_in}], got {type(x).__name__}")
+        if x.shape[-1] == self.cfg.d_in:
+            return x, x.shape
+        if x.ndim >= 2 and x.shape[-1] * x.shape[-2] == self.cfg.d_in:
+            return x.flatten(-2), x.shape
+        raise ValueError(
+            f"this SAE reads activations of width d_in={self.cfg.d_in}; got shape {tuple(x.shape)} "
+            f"(hook {self.cfg.hook_name!r})"
+        )
+
+    def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``[..., d_sae]`` of an input ``[..., d_in]`` (runs the input and pre hooks)."""
+        x = self.hook_sae_input(x.to(self.W_enc.dtype))
+        x = x * self.norm_scaling_factor
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return self.hook_sae_acts_pre(x @ self.W_enc + self.b_enc)
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """The architecture's sparsifying function of the pre-activations."""
+        arch = self.cfg.architecture
+        if arch == "standard":
+            return torch.relu(pre)
+        if arch == "topk" or (arch == "batchtopk" and self.training):
+            return _topk(pre, self.cfg.k, per_batch=arch == "batchtopk")  # type: ignore[arg-type]
+        if arch == "jumprelu" and self.training:
+            return jumprelu(pre, self.threshold)
+        return pre * (pre > self.threshold)  # jumprelu, and batchtopk at inference
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations ``[..., d_sae]`` of ``x`` ``[..., d_in]``."""
+        x, _ = self._flatten(x)
+        return self.hook_sae_acts_post(self.activation(self.encode_pre(x)))
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """The reconstruction ``[..., d_in]`` of latent activations ``[..., d_sae]``."""
+        recons = self.hook_sae_recons(acts @ self.W_dec + self.b_dec)
+        return recons / self.norm_scaling_factor
+
+    def forward(self, x: torch.Tensor, use_error_term: bool = False) -> torch.Tensor:
+        """The reconstruction of ``x`` (same shape and dtype), or ``x`` itself plus edits with the error term."""
+        flat, shape = self._flatten(x)
+        recons = self.decode(self.encode(flat))
+        if use_error_term:
+            inner = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
+            with torch.no_grad():
+                # the same computation without hooks; equal bit for bit when no hook edited anything
+                clean = self._plain_recons(flat) if hooks_active(inner) else recons.detach()
+            x_in = flat.detach().to(recons.dtype)
+            err_clean = x_in - clean
+            err = self.hook_sae_error(err_clean)
+            # == recons + err, written so that unedited latents and error give back x exactly
+            recons = x_in + (recons - clean) + (err - err_clean)
+        out = self.hook_sae_output(recons)
+        return out.reshape(shape).to(x.dtype)
+
+    def _plain_recons(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.W_enc.dtype) * self.norm_scaling_factor
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        acts = self.activation(x @ self.W_enc + self.b_enc)
+        return (acts @ self.W_dec + self.b_dec) / self.norm_scaling_factor
+
+    # ------------------------------------------------------------------ weights
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Rescale so every decoder row has unit norm, keeping the function (and L0) the same.
+
+        Latent ``i`` is multiplied by ``|W_dec[i]|`` and its decoder row divided by it; the encoder column,
+        encoder bias and threshold scale with it.
+        """
+        norms = self.W_dec.norm(dim=-1).clamp_min(1e-12)  # [d_sae]
+        self.W_dec.div_(norms[:, None])
+        self.W_enc.mul_(norms)
+        self.b_enc.mul_(norms)
+        if hasattr(self, "threshold"):
+            self.threshold.mul_(norms)
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self) -> None:
+        """Fold the input scale into the weights so the SAE reads raw activations (scale becomes 1)."""
+        s = self.norm_scaling_factor
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+        self.norm_scaling_factor.fill_(1.0)
+        self.cfg = replace(self.cfg, normalize_activations="none")
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out the part of ``W_dec``'s gradient along each row (keeps unit rows unit to first order)."""
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * unit)
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> Path:
+        """Write SAELens's format: ``cfg.json`` + ``sae_weights.safetensors`` (see :mod:`hookscope.sae.saelens`)."""
+        from hookscope.sae.saelens import save_sae
+
+        return save_sae(self, folder)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: torch.device | str | None = None, dtype: str | None = None) -> SAE:
+        """Read an SAE folder in SAELens's format (ours, or one SAELens wrote)."""
+        from hookscope.sae.saelens import load_sae
+
+        return load_sae(folder, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.k is not None else ""
+        return f"{c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook_name!r}"
+
+
+def _topk(pre: torch.Tensor, k: int, per_batch: bool) -> torch.Tensor:
+    """Keep the k largest pre-activations per input (``per_batch``: ``k * rows`` over the whole batch), then ReLU."""
+    if per_batch:
+        flat = pre.reshape(-1)
+        n = min(k * math.prod(pre.shape[:-1]), flat.numel())
+        values, idx = flat.topk(n, sorted=False)
+        return torch.zeros_like(flat).scatter(0, idx, torch.relu(values)).reshape(pre.shape)
+    values, idx = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
+

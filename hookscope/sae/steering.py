@@ -1,0 +1,92 @@
+"""Steering: add a direction to one activation while the model runs (generation, transcription, classification).
+
+Directions come from contrastive inputs (the difference of mean activations, :func:`mean_difference`) or from
+an SAE latent's decoder row (:func:`feature_direction`). :func:`steered` keeps the hook on for a ``with``
+block, so any call inside (``model.generate``, ``model.transcribe``, ``model(images)``) is steered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from hookscope.hooks import HookedModule
+from hookscope.sae.sae import SAE
+from hookscope.sae.store import RunFn, activations_at
+
+
+@torch.no_grad()
+def mean_activation(
+    model: HookedModule, hook_name: str, inputs: Sequence[Any], run: RunFn | None = None,
+    skip_first_positions: int = 0,
+) -> torch.Tensor:
+    """The mean over inputs of each input's mean activation over positions ``[d]`` (each input run alone)."""
+    if len(inputs) == 0:
+        raise ValueError("mean_activation needs at least one input")
+    means = [
+        activations_at(model, hook_name, x, run, skip_first_positions=skip_first_positions).double().mean(0)
+        for x in inputs
+    ]
+    return torch.stack(means).mean(0)
+
+
+def mean_difference(
+    model: HookedModule, hook_name: str, positive: Sequence[Any], negative: Sequence[Any],
+    run: RunFn | None = None, skip_first_positions: int = 0,
+) -> torch.Tensor:
+    """A steering vector ``[d]``: mean activation over ``positive`` inputs minus over ``negative`` ones.
+
+    Each input (a prompt, an audio's features, an image...) is run on its own and averaged over its
+    positions first, so inputs of different lengths weigh the same. Not normalised: its norm is the
+    size of the difference in the model's own units.
+    """
+    pos = mean_activation(model, hook_name, positive, run, skip_first_positions)
+    neg = mean_activation(model, hook_name, negative, run, skip_first_positions)
+    return (pos - neg).float()
+
+
+def feature_direction(sae: SAE, index: int, unit: bool = True) -> torch.Tensor:
+    """SAE latent ``index``'s decoder row ``[d_in]`` (unit norm by default): what the latent writes."""
+    if not 0 <= index < sae.cfg.d_sae:
+        raise IndexError(f"latent {index} out of range for an SAE with d_sae={sae.cfg.d_sae}")
+    row = sae.W_dec[index].detach()
+    return row / row.norm().clamp_min(1e-12) if unit else row.clone()
+
+
+def steering_hook(
+    direction: torch.Tensor, strength: float = 1.0, positions: slice | Sequence[int] | None = None,
+) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """A forward hook adding ``strength * direction`` to the activation (at ``positions`` of axis 1 if given).
+
+    The direction may be flat ``[n_heads * d_head]`` for a ``hook_z``-shaped activation.
+    """
+    vec = direction.detach()
+
+    def steer(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        d = (strength * vec).to(device=x.device, dtype=x.dtype)
+        if d.shape[-1] != x.shape[-1]:
+            d = d.reshape(x.shape[-2:])
+        if d.shape[-1] != x.shape[-1]:
+            raise ValueError(f"a steering direction of shape {tuple(vec.shape)} does not fit {tuple(x.shape)}")
+        if positions is None:
+            return x + d
+        out = x.clone()
+        out[:, positions] += d
+        return out
+
+    return steer
+
+
+@contextlib.contextmanager
+def steered(
+    model: HookedModule, hook_name: str, direction: torch.Tensor, strength: float = 1.0,
+    positions: slice | Sequence[int] | None = None,
+) -> Iterator[HookedModule]:
+    """Steer ``model`` at ``hook_name`` for the duration of a ``with`` block (generation included)."""
+    if hook_name not in model.hook_dict:
+        raise KeyError(model.unknown_name_message(hook_name))
+    with model.hooks(fwd_hooks=[(hook_name, steering_hook(direction, strength, positions))]):
+        yield model

@@ -1,0 +1,330 @@
+"""Training an SAE on activations harvested from a hooked model (or on a tensor of activations).
+
+Adam with a linear learning-rate warmup and a linear decay over the last ``lr_decay_steps``, an L1 (or L0)
+coefficient warmup, dead-latent handling (the auxiliary-k loss for TopK/BatchTopK, resampling for the
+others), a progress bar with MSE / L0 / explained variance / dead fraction, checkpoints in SAELens's
+format, a seed, and DistributedDataParallel when ``torch.distributed`` is initialised (``torchrun``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from hookscope.hooks import HookedModule
+from hookscope.sae.config import Architecture, Normalization, SAEConfig
+from hookscope.sae.losses import LossWeights, batch_metrics, sae_loss
+from hookscope.sae.sae import SAE
+from hookscope.sae.store import ActivationStore, activations_at, pack_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAETrainingConfig:
+    """Everything that decides an SAE training run (with the seed, the same data gives the same SAE).
+
+    Attributes:
+        architecture / d_sae / k: the SAE (see :class:`~hookscope.sae.config.SAEConfig`).
+        training_tokens: activation rows to train on (steps = training_tokens // batch_size).
+        batch_size: rows per step.
+        context_size: tokens per packed row when the data is a list of strings.
+        lr / lr_warmup_steps / lr_decay_steps / lr_end: Adam's learning rate, warmed up linearly from 0,
+            decayed linearly to ``lr_end`` over the last ``lr_decay_steps``.
+        l1_coefficient / l1_warmup_steps: standard SAEs (the L1 is weighted by decoder-row norms).
+        l0_coefficient: JumpReLU's sparsity penalty (warmed up like the L1).
+        aux_k_coefficient / aux_k: TopK / BatchTopK dead-latent revival (``aux_k`` default ``d_in // 2``).
+        dead_feature_window: steps a latent may stay silent before it counts as dead.
+        resample_every: standard / JumpReLU: re-initialise dead latents every this many steps (0: never).
+        normalize_activations: "expected_average_only_in" scales inputs to mean norm sqrt(d_in).
+        harvest_batch_size: model inputs per forward when harvesting; buffer_size: the mixing buffer.
+        checkpoint_every / checkpoint_dir: save the SAE (SAELens's format) every this many steps.
+        dtype / device: of the SAE and its training.
+    """
+
+    architecture: Architecture = "topk"
+    d_sae: int = 1024
+    k: int | None = 32
+    training_tokens: int = 1_000_000
+    batch_size: int = 4096
+    context_size: int = 128
+    lr: float = 4e-4
+    lr_warmup_steps: int = 0
+    lr_decay_steps: int = 0
+    lr_end: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    l1_coefficient: float = 5.0
+    l1_warmup_steps: int = 0
+    l0_coefficient: float = 1e-3
+    aux_k_coefficient: float = 1 / 32
+    aux_k: int | None = None
+    dead_feature_window: int = 200
+    resample_every: int = 0
+    normalize_activations: Normalization = "expected_average_only_in"
+    apply_b_dec_to_input: bool = True
+    harvest_batch_size: int = 8
+    skip_first_positions: int = 0
+    buffer_size: int = 65536
+    seed: int = 0
+    log_every: int = 10
+    progress: bool = True
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("training_tokens", "batch_size", "d_sae", "context_size", "harvest_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SAETrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.training_tokens < self.batch_size:
+            raise ValueError(f"training_tokens={self.training_tokens} is less than one batch of {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ValueError("checkpoint_every needs a checkpoint_dir")
+
+    @property
+    def total_steps(self) -> int:
+        return self.training_tokens // self.batch_size
+
+    def sae_config(self, d_in: int, hook_name: str | None, model_name: str | None = None) -> SAEConfig:
+        return SAEConfig(
+            d_in=d_in, d_sae=self.d_sae, architecture=self.architecture,
+            k=self.k if self.architecture in ("topk", "batchtopk") else None,
+            apply_b_dec_to_input=self.apply_b_dec_to_input, normalize_activations=self.normalize_activations,
+            dtype=self.dtype, hook_name=hook_name, model_name=model_name,
+            metadata={**self.metadata, "training": _jsonable(asdict(self))},
+        )
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k != "metadata"}
+
+
+class _Harvester:
+    """Re-iterable stream of activation chunks, one forward per batch of inputs (this rank's share)."""
+
+    def __init__(self, model: HookedModule, hook_name: str, batches: list[Any], skip: int, rank: int, world: int):
+        self.model, self.hook_name, self.batches, self.skip = model, hook_name, batches, skip
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.batches[self.rank :: self.world]:
+            yield activations_at(self.model, self.hook_name, batch, skip_first_positions=self.skip).float()
+
+
+def _source(model: HookedModule | None, hook_name: str | None, data: Any, cfg: SAETrainingConfig) -> Any:
+    rank, world = _dist()
+    if model is None:
+        if isinstance(data, torch.Tensor):
+            if data.ndim != 2:
+                raise ValueError(f"activations to train on must be [rows, d_in], got shape {tuple(data.shape)}")
+            return data.float().chunk(world)[rank]
+        return data
+    if hook_name is None:
+        raise ValueError("train_sae needs the hook_name to harvest from")
+    if isinstance(data, (list, tuple)) and data and all(isinstance(t, str) for t in data):
+        data = pack_text(model, data, cfg.context_size)
+    batches = list(data.split(cfg.harvest_batch_size)) if isinstance(data, torch.Tensor) else list(data)
+    if not batches:
+        raise ValueError("train_sae got no data")
+    return _Harvester(model, hook_name, batches, cfg.skip_first_positions, rank, world)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def train_sae(
+    model: HookedModule | None, hook_name: str | None, data: Any, config: SAETrainingConfig,
+) -> SAE:
+    """Train an SAE on the activations of ``model`` at ``hook_name`` over ``data``.
+
+    Args:
+        model: any hooked model, or None when ``data`` already holds activations ``[rows, d_in]``
+            (or is an iterable of such chunks, e.g. an :class:`ActivationStore`'s source).
+        hook_name: the hook to read (also recorded in the SAE's config for splicing).
+        data: token ids ``[n, pos]`` / strings (packed to ``context_size``) / a list of model-input batches
+            / a tensor of activations.
+        config: a :class:`SAETrainingConfig`.
+
+    Returns:
+        the trained SAE in eval mode, reading raw activations (the activation scale folded into the
+        weights) with unit-norm decoder rows; ``sae.history`` holds
+        the logged metrics (one dict per ``log_every`` steps).
+    """
+    cfg = config
+    torch.manual_seed(cfg.seed)
+    rank, world = _dist()
+    store = iter(ActivationStore(_source(model, hook_name, data, cfg), cfg.batch_size, cfg.buffer_size,
+                                 seed=cfg.seed + rank))
+    first = next(store).to(cfg.device)
+    model_name = getattr(getattr(model, "cfg", None), "model_name", None) if model is not None else None
+    sae = SAE(cfg.sae_config(first.shape[-1], hook_name, model_name), device=cfg.device, seed=cfg.seed).train()
+    _initialise(sae, first, cfg)
+    trainer = _Trainer(sae, cfg, world)
+    bar = tqdm(range(cfg.total_steps), disable=not cfg.progress or rank != 0, desc="train SAE")
+    batch = first
+    for step_i in bar:
+        if step_i:
+            batch = next(store, None)
+            if batch is None:
+                logger.warning("the activation stream ended after %d of %d steps", step_i, cfg.total_steps)
+                break
+            batch = batch.to(cfg.device)
+        metrics = trainer.step(batch.to(sae.W_enc.dtype) * sae.norm_scaling_factor, step_i)
+        if metrics is not None:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "step"})
+    sae.history = trainer.history
+    sae.eval()
+    sae.fold_activation_norm_scaling_factor()
+    sae.fold_W_dec_norm()  # unit decoder rows; for TopK all rows shared one norm, so the top k are unchanged
+    return sae
+
+
+@torch.no_grad()
+def _initialise(sae: SAE, first: torch.Tensor, cfg: SAETrainingConfig) -> None:
+    """Activation scale from the first batch (mean norm -> sqrt(d_in)); decoder bias = the scaled mean."""
+    x = first.to(sae.W_enc.dtype)
+    if cfg.normalize_activations == "expected_average_only_in":
+        sae.norm_scaling_factor.fill_(math.sqrt(x.shape[-1]) / float(x.norm(dim=-1).mean().clamp_min(1e-12)))
+    sae.b_dec.copy_((x * sae.norm_scaling_factor).mean(0))
+    if cfg.architecture in ("topk", "batchtopk", "jumprelu"):
+        sae.set_decoder_norm_to_unit_norm()
+        sae.W_enc.copy_(sae.W_dec.T)
+
+
+class _Trainer:
+    def __init__(self, sae: SAE, cfg: SAETrainingConfig, world: int) -> None:
+        self.sae, self.cfg, self.world = sae, cfg, world
+        self.module: torch.nn.Module = sae
+        if world > 1:
+            self.module = torch.nn.parallel.DistributedDataParallel(_LossModule(sae))
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=sae.W_enc.device)
+        self.history: list[dict[str, float]] = []
+        self.unit_decoder = cfg.architecture != "standard"
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if c.lr_warmup_steps and step < c.lr_warmup_steps:
+            return c.lr * (step + 1) / c.lr_warmup_steps
+        decay_start = c.total_steps - c.lr_decay_steps
+        if c.lr_decay_steps and step >= decay_start:
+            frac = (step - decay_start + 1) / c.lr_decay_steps
+            return c.lr + (c.lr_end - c.lr) * frac
+        return c.lr
+
+    def weights(self, step: int) -> LossWeights:
+        c = self.cfg
+        warm = min(1.0, (step + 1) / c.l1_warmup_steps) if c.l1_warmup_steps else 1.0
+        arch = c.architecture
+        return LossWeights(
+            l1=c.l1_coefficient * warm if arch == "standard" else 0.0,
+            l0=c.l0_coefficient * warm if arch == "jumprelu" else 0.0,
+            aux_k=c.aux_k_coefficient if arch in ("topk", "batchtopk") else 0.0,
+            aux_k_size=c.aux_k or self.sae.cfg.d_in // 2,
+        )
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, float] | None:
+        sae, c = self.sae, self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(step)
+        dead = self.since_fired >= c.dead_feature_window
+        loss, parts = self.module(x, self.weights(step), dead) if self.world > 1 else sae_loss(
+            sae, x, self.weights(step), dead)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.unit_decoder:
+            sae.remove_gradient_parallel_to_decoder_directions()
+        self.opt.step()
+        with torch.no_grad():
+            if self.unit_decoder:
+                sae.set_decoder_norm_to_unit_norm()
+            if c.architecture == "jumprelu":
+                sae.threshold.clamp_(min=1e-6)
+            fired = (parts["acts"] != 0).any(0)
+            if self.world > 1:
+                torch.distributed.all_reduce(fired, op=torch.distributed.ReduceOp.MAX)
+            self.since_fired = torch.where(fired, 0, self.since_fired + 1)
+            if c.architecture == "batchtopk":
+                _update_threshold(sae, parts["acts"], self.world)
+        if c.resample_every and c.architecture in ("standard", "jumprelu") and (step + 1) % c.resample_every == 0:
+            self._resample(x, parts["recons"])
+        if step % c.log_every and step != c.total_steps - 1:
+            return None
+        metrics = {"step": float(step), "loss": float(loss.detach()),
+                   **batch_metrics(x, parts["recons"], parts["acts"]),
+                   "dead_fraction": float(dead.float().mean()), "lr": self.lr_at(step)}
+        self.history.append(metrics)
+        if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and _dist()[0] == 0:
+            self.checkpoint(step + 1)
+        return metrics
+
+    @torch.no_grad()
+    def _resample(self, x: torch.Tensor, recons: torch.Tensor) -> None:
+        """Dead latents get the directions of badly reconstructed inputs (Bricken et al., 2023, simplified)."""
+        sae = self.sae
+        dead = torch.nonzero(self.since_fired >= self.cfg.dead_feature_window).flatten()
+        if not len(dead):
+            return
+        loss = (x - recons).pow(2).sum(-1)
+        gen = torch.Generator().manual_seed(self.cfg.seed + int(self.since_fired.sum()))
+        pick = torch.multinomial(loss.cpu() + 1e-12, len(dead), replacement=True, generator=gen).to(x.device)
+        dirs = x[pick] - sae.b_dec
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        alive = self.since_fired < self.cfg.dead_feature_window
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        sae.W_dec[dead] = dirs * (1.0 if self.unit_decoder else 0.1)
+        sae.W_enc[:, dead] = dirs.T * enc_norm * 0.2
+        sae.b_enc[dead] = 0.0
+        for p in (sae.W_dec, sae.W_enc, sae.b_enc):
+            state = self.opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    (state[key][dead] if p is not sae.W_enc else state[key][:, dead]).zero_()
+        self.since_fired[dead] = 0
+
+    def checkpoint(self, step: int) -> Path:
+        folder = Path(str(self.cfg.checkpoint_dir)) / f"step_{step:07d}"
+        copy = SAE(self.sae.cfg, device="cpu")
+        copy.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()})
+        copy.save(folder)
+        torch.save({"step": step, "optimizer": self.opt.state_dict()}, folder / "trainer_state.pt")
+        return folder
+
+
+def _update_threshold(sae: SAE, acts: torch.Tensor, world: int) -> None:
+    """BatchTopK's inference threshold: a running mean of the smallest positive latent of each batch."""
+    positive = acts[acts > 0]
+    if not len(positive):
+        return
+    smallest = positive.min().reshape(1)
+    if world > 1:
+        torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+    current = sae.threshold[0]
+    new = smallest[0] if float(current) == 0 else 0.99 * current + 0.01 * smallest[0]
+    sae.threshold.fill_(float(new))
+
+
+class _LossModule(torch.nn.Module):
+    """The loss as a module's forward, so DistributedDataParallel can average its gradients."""
+
+    def __init__(self, sae: SAE) -> None:
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x: torch.Tensor, weights: LossWeights, dead: torch.Tensor) -> Any:
+        return sae_loss(self.sae, x, weights, dead)
+

@@ -1,0 +1,108 @@
+"""The small tokenizer surface hookscope's models, generation and training use, shared by its tokenizers.
+
+It is a subset of Hugging Face's tokenizer API (``__call__`` returning ``{"input_ids": ...}``, ``encode``,
+``decode``, ``batch_decode`` and the special-token ids), so a hookscope tokenizer plugs in wherever a
+transformers tokenizer does: ``load(..., tokenizer=...)``, ``model.tokenizer = ...``, generation, training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class TokenizerBase:
+    """Vocabulary bookkeeping and the HF-compatible calls; subclasses implement ``_encode_text`` and
+    ``_decode_tokens`` (and may wrap the ids in special tokens in ``_with_special``)."""
+
+    def __init__(self, vocab: dict[str, int], special_tokens: dict[str, str | None]) -> None:
+        self.vocab = vocab
+        self.id_to_token = {i: t for t, i in vocab.items()}
+        for role, token in special_tokens.items():  # bos_token, eos_token, unk_token, pad_token, ...
+            if token is not None and token not in vocab:
+                raise ValueError(f"{role} {token!r} is not in the vocabulary")
+            setattr(self, role, token)
+        self.special_ids = {vocab[t] for t in special_tokens.values() if t is not None}
+
+    bos_token: str | None = None
+    eos_token: str | None = None
+    unk_token: str | None = None
+    pad_token: str | None = None
+    cls_token: str | None = None
+    sep_token: str | None = None
+    mask_token: str | None = None
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.vocab[token]
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id(self.unk_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self._id(self.mask_token)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _encode_text(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode_tokens(self, tokens: list[str]) -> str:
+        raise NotImplementedError
+
+    def _with_special(self, ids: list[int]) -> list[int]:
+        return ids
+
+    # ------------------------------------------------------------------ public API
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (with the tokenizer's special tokens around them unless told not to)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a string, got {type(text).__name__}")
+        ids = self._encode_text(text)
+        return self._with_special(ids) if add_special_tokens else ids
+
+    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **kwargs: Any) -> dict:
+        """HF-style: ``{"input_ids": ids}`` for a string, a list of id lists for a list of strings."""
+        if kwargs:
+            raise TypeError(f"hookscope tokenizers take only add_special_tokens=; got {sorted(kwargs)}")
+        if isinstance(text, str):
+            return {"input_ids": self.encode(text, add_special_tokens)}
+        return {"input_ids": [self.encode(t, add_special_tokens) for t in text]}
+
+    def decode(self, ids: Sequence[int] | Any, skip_special_tokens: bool = False) -> str:
+        """The text of ``ids`` (a list or a 1-D tensor)."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        unknown = [i for i in ids if i not in self.id_to_token]
+        if unknown:
+            raise ValueError(f"ids {unknown[:5]} are outside the vocabulary of {len(self.vocab)}")
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.special_ids]
+        return self._decode_tokens([self.id_to_token[i] for i in ids])
+
+    def batch_decode(self, rows: Any, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(r, skip_special_tokens) for r in rows]
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.id_to_token[int(i)] for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int | None]:
+        return [self.vocab.get(t, self.unk_token_id) for t in tokens]

@@ -1,0 +1,83 @@
+"""Checkpoints that resume a run exactly: model, AdamW state, LR schedule, RNG state and the log.
+
+Tensors go to safetensors files (no pickle); everything else to a small JSON file. A checkpoint lives in
+``<out_dir>/checkpoints/step_<n>/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+
+def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``out_dir`` (one with its ``state.json``), or None."""
+    root = Path(out_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step_*") if (p / "state.json").exists()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, log: list,
+) -> None:
+    """Write a checkpoint; ``state.json`` is written last, so a half-written one is never picked up."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(path / "model.safetensors"))  # handles tied (shared) parameters
+    tensors, meta = _optimizer_tensors(optimizer)
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file({**{f"optim.{k}": v for k, v in tensors.items()}, **{f"rng.{k}": v for k, v in rng.items()}},
+              str(path / "state.safetensors"))
+    info = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), "log": log}
+    tmp = path / "state.json.tmp"
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path / "state.json")
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[int, list]:
+    """Restore a checkpoint in place; returns (step reached, log so far)."""
+    info = json.loads((path / "state.json").read_text())
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    tensors = load_file(str(path / "state.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            index, name = key[len("optim."):].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in info["optimizer"]["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": info["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(info["scheduler"])
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    return int(info["step"]), list(info["log"])

@@ -1,0 +1,163 @@
+"""Attribution patching: exact on a model linear in its activations, a finite-difference derivative on a real
+decoder; path patching against two hand-written hook runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hookscope
+from hookscope.analysis import patching as P
+from hookscope.analysis.attribution import attribution_patch, correlation
+from hookscope.analysis.path_patching import path_patch
+from hookscope.hooks import HookedModule, HookPoint
+from tests.circuits.fp64 import pure_float64
+from tests.equivalence.decoder_configs import random_hf_model, random_tokens
+
+EXACT = dict(atol=1e-10, rtol=1e-10)
+
+
+class ToyAttention(nn.Module):
+    """Heads that mix positions with a FIXED causal matrix: the output is linear in v and z."""
+
+    def __init__(self, d: int, heads: int, d_head: int, pos: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.heads, self.d_head = heads, d_head
+        self.W_V = nn.Parameter(torch.randn(d, heads * d_head, generator=gen, dtype=torch.float64))
+        self.W_O = nn.Parameter(torch.randn(heads * d_head, d, generator=gen, dtype=torch.float64))
+        self.register_buffer("mix", torch.rand(heads, pos, pos, generator=gen, dtype=torch.float64).tril())
+        self.hook_v, self.hook_z = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, _ = x.shape
+        v = self.hook_v((x @ self.W_V).view(b, p, self.heads, self.d_head))
+        z = self.hook_z(torch.einsum("hqk,bkhe->bqhe", self.mix[:, :p, :p], v))
+        return z.reshape(b, p, -1) @ self.W_O
+
+
+class ToyBlock(nn.Module):
+    def __init__(self, d: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.attn = ToyAttention(d, 2, 3, 8, gen)
+        self.W_mlp = nn.Parameter(torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5)
+        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            setattr(self, name, HookPoint())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        return self.hook_resid_post(x + self.hook_mlp_out(x @ self.W_mlp))
+
+
+class LinearToy(HookedModule):
+    """Embedding, two linear blocks and an unembedding: every hooked activation enters the logits linearly."""
+
+    def __init__(self, vocab: int = 11, d: int = 6) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.embed = nn.Parameter(torch.randn(vocab, d, generator=gen, dtype=torch.float64))
+        self.blocks = nn.ModuleList(ToyBlock(d, gen) for _ in range(2))
+        self.unembed = nn.Parameter(torch.randn(d, vocab, generator=gen, dtype=torch.float64))
+        self.setup_hooks()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed[tokens]
+        for block in self.blocks:
+            x = block(x)
+        return x @ self.unembed
+
+
+def linear_metric(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, -1, 3].mean() - 0.5 * logits[:, -2, 4].mean()
+
+
+def test_attribution_equals_activation_patching_on_a_linear_model() -> None:
+    model = LinearToy()
+    gen = torch.Generator().manual_seed(3)
+    clean, corrupted = torch.randint(0, 11, (3, 5), generator=gen), torch.randint(0, 11, (3, 5), generator=gen)
+    _, cache = model.run_with_cache(clean)
+    attr = attribution_patch(model, clean, corrupted, linear_metric, activations=("resid_pre", "attn_out", "z", "v"))
+    base = attr.corrupted_metric
+    torch.testing.assert_close(attr.grid("resid_pre"), P.get_act_patch_resid_pre(model, corrupted, cache,
+                                                                                  linear_metric) - base, **EXACT)
+    torch.testing.assert_close(attr.grid("attn_out"), P.get_act_patch_attn_out(model, corrupted, cache,
+                                                                                linear_metric) - base, **EXACT)
+    torch.testing.assert_close(attr.grid("z"), P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache,
+                                                                                     linear_metric) - base, **EXACT)
+    torch.testing.assert_close(attr.grid("v", all_pos=True), P.get_act_patch_attn_head_v_all_pos(
+        model, corrupted, cache, linear_metric) - base, **EXACT)
+    assert attr.grid("resid_pre").abs().max() > 0.1
+
+
+def test_attribution_is_the_directional_derivative_on_a_real_decoder() -> None:
+    model = pure_float64(hookscope.load(random_hf_model("llama", torch.float64), dtype=torch.float64))
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, -1, 5] - logits[:, -1, 7]).mean()
+
+    attr = attribution_patch(model, clean, corrupted, metric)
+    _, cache = model.run_with_cache(clean, names_filter=["blocks.1.hook_resid_mid", "blocks.2.attn.hook_z"])
+    for name, where, got in [("blocks.1.hook_resid_mid", (slice(None), 2), attr.grid("resid_mid")[1, 2]),
+                             ("blocks.2.attn.hook_z", (slice(None), 4, 3), attr.grid("z")[2, 4, 3])]:
+        def nudge(eps: float, name=name, where=where) -> float:
+            def hook(act, hook):
+                act = act.clone()
+                act[where] += eps * (cache[name][where] - act[where])
+                return act
+            with torch.no_grad():
+                return float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])))
+        eps = 1e-5
+        torch.testing.assert_close(float(got), (nudge(eps) - nudge(-eps)) / (2 * eps), atol=1e-7, rtol=1e-6)
+    act = P.get_act_patch_resid_pre(model, corrupted, model.run_with_cache(clean)[1], metric)
+    assert -1.0 <= correlation(attr.grid("resid_pre"), act - attr.corrupted_metric) <= 1.0
+
+
+def test_path_patching_equals_two_hand_written_runs() -> None:
+    model = hookscope.load(random_hf_model("llama", torch.float64), dtype=torch.float64)  # GQA: 2 query heads/kv
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, -1, 5] - logits[:, -1, 7]).mean()
+
+    receivers = [(2, 0), (2, 3)]
+    got = path_patch(model, clean, corrupted, metric, receivers, ("q", "v"), batch_size=4)
+    clean_logits, clean_cache = model.run_with_cache(clean)
+    _, corr_cache = model.run_with_cache(corrupted)
+    torch.testing.assert_close(got[2:], torch.full_like(got[2:], float(metric(clean_logits.detach()))), **EXACT)
+
+    sender = (1, 2)
+    recorded = {}
+
+    def freeze(act, hook):
+        layer = int(hook.name.split(".")[1])
+        new = clean_cache[hook.name].clone()
+        if layer == sender[0]:
+            new[:, :, sender[1]] = corr_cache[hook.name][:, :, sender[1]]
+        return new
+
+    def record(act, hook):
+        recorded[hook.name] = act.clone()
+
+    with torch.no_grad():
+        model.run_with_hooks(clean, fwd_hooks=[(lambda n: n.endswith("hook_z"), freeze),
+                                               ("blocks.2.attn.hook_q", record), ("blocks.2.attn.hook_v", record)])
+
+    def patch_q(act, hook):
+        act = act.clone()
+        act[:, :, [0, 3]] = recorded[hook.name][:, :, [0, 3]]
+        return act
+
+    def patch_v(act, hook):
+        act = act.clone()
+        act[:, :, [0, 1]] = recorded[hook.name][:, :, [0, 1]]  # kv heads of query heads 0 and 3
+        return act
+
+    with torch.no_grad():
+        want = metric(model.run_with_hooks(clean, fwd_hooks=[("blocks.2.attn.hook_q", patch_q),
+                                                             ("blocks.2.attn.hook_v", patch_v)]))
+    torch.testing.assert_close(got[sender], want, **EXACT)
+    assert abs(float(got[sender]) - float(metric(clean_logits.detach()))) > 1e-6
+    with pytest.raises(ValueError, match="receiver_input"):
+        path_patch(model, clean, corrupted, metric, receivers, "x")  # type: ignore[arg-type]

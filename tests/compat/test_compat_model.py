@@ -1,0 +1,205 @@
+"""hookscope.compat.HookedTransformer: TransformerLens's construction, signatures, defaults and numbers.
+
+References are independent: the HF model's logits, ``F.cross_entropy``, a by-hand argmax decoding loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hookscope.compat import HookedTransformer, HookedTransformerConfig, HookedTransformerKeyValueCache
+from hookscope.compat.pretrained import get_official_model_name
+from tests.compat.helpers import BOS, PAD, hf_and_compat, word_tokenizer
+from tests.equivalence.decoder_configs import random_tokens
+
+FP32 = dict(atol=1e-5, rtol=1e-5)
+
+
+def tiny_cfg(**overrides) -> HookedTransformerConfig:
+    base = dict(n_layers=2, d_model=48, d_head=12, n_ctx=32, d_vocab=101, act_fn="gelu_new", seed=0)
+    return HookedTransformerConfig(**{**base, **overrides})
+
+
+def test_config_has_transformerlens_defaults() -> None:
+    cfg = tiny_cfg()
+    assert (cfg.n_heads, cfg.d_mlp, cfg.d_vocab_out) == (4, 192, 101)
+    assert cfg.initializer_range == pytest.approx(0.8 / math.sqrt(48))
+    assert cfg.attn_scale == pytest.approx(math.sqrt(12))  # a divisor, as TL
+    assert cfg.n_params == 2 * (48 * 12 * 4 * 4) + 2 * (48 * 192 * 2)
+    assert cfg.default_prepend_bos is True and cfg.normalization_type == "LN" and cfg.device == "cpu"
+    assert HookedTransformerConfig.unwrap(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(TypeError, match="no field"):
+        HookedTransformerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(NotImplementedError, match="normalization_type='LNPre'"):
+        HookedTransformer(tiny_cfg(normalization_type="LNPre"))
+
+
+def test_constructed_model_uses_tl_init_and_is_hooked() -> None:
+    model = HookedTransformer(tiny_cfg())
+    w_q = model.blocks[0].attn.q_proj.weight
+    assert abs(w_q.std().item() - model.cfg.initializer_range) < 0.01
+    assert torch.count_nonzero(model.blocks[0].attn.q_proj.bias) == 0
+    assert torch.equal(model.blocks[1].ln2.weight, torch.ones(48))
+    assert model.cfg.n_layers == 2 and model.cfg.norm == "layernorm"  # TL fields, native ones read through
+    x = random_tokens(3, 9)
+    logits = model(x)
+    cached, cache = model.run_with_cache(x)
+    assert torch.allclose(logits, cached)  # torch.allclose defaults: observing changes nothing
+    assert cache["resid_post", -1].shape == (3, 9, 48)
+
+
+def test_forward_return_types_and_loss_per_token() -> None:
+    model = HookedTransformer(tiny_cfg())
+    x = random_tokens(2, 8)
+    logits = model(x)
+    per_token = model(x, return_type="loss", loss_per_token=True)
+    by_hand = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(2, 7)
+    torch.testing.assert_close(per_token, by_hand, **FP32)
+    torch.testing.assert_close(model(x, return_type="loss"), by_hand.mean(), **FP32)
+    both_logits, both_loss = model(x, return_type="both")
+    assert torch.equal(both_logits, logits) and torch.allclose(both_loss, by_hand.mean())
+    assert model(x, return_type=None) is None
+    mid = model(x, stop_at_layer=1)
+    torch.testing.assert_close(model(mid, start_at_layer=1), logits, **FP32)
+    torch.testing.assert_close(model(mid, start_at_layer=1, tokens=x, return_type="loss"), by_hand.mean(), **FP32)
+    with pytest.raises(ValueError, match="return_type"):
+        model(x, return_type="probs")
+
+
+def test_opt_in_switches_cache_the_extra_points() -> None:
+    model = HookedTransformer(tiny_cfg())
+    x = random_tokens(2, 6)
+    _, plain = model.run_with_cache(x)
+    assert "blocks.0.attn.hook_result" not in plain
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    _, cache = model.run_with_cache(x)
+    heads = cache["blocks.0.attn.hook_result"]  # [batch, pos, head_index, d_model]
+    torch.testing.assert_close(heads.sum(2) + model.blocks[0].attn.b_O, cache["blocks.0.hook_attn_out"], **FP32)
+    assert "blocks.1.hook_mlp_in" in cache
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox", "gemma2"])
+def test_from_pretrained_no_processing_equals_hf(arch: str) -> None:
+    hf, model = hf_and_compat(arch)
+    x = random_tokens(2, 7)
+    with torch.no_grad():
+        ref = hf(x).logits
+        ours, _ = model.run_with_cache(x)
+    torch.testing.assert_close(ours, ref, **FP32)
+    assert torch.allclose(model(x), ours)
+    assert isinstance(model, HookedTransformer) and model.cfg.n_layers == hf.config.num_hidden_layers
+    assert model.cfg.normalization_type == ("LN" if arch in ("gpt2", "neox") else "RMS")
+    assert model.cfg.positional_embedding_type == ("standard" if arch == "gpt2" else "rotary")
+    assert model.W_E.shape == (model.cfg.d_vocab, model.cfg.d_model)
+
+
+def test_official_names_and_aliases() -> None:
+    assert get_official_model_name("gpt2-small") == "gpt2"
+    assert get_official_model_name("pythia-70m") == "EleutherAI/pythia-70m"
+    assert get_official_model_name("llama-3.2-1b") == "meta-llama/Llama-3.2-1B"
+    with pytest.raises(ValueError, match="did you mean"):
+        get_official_model_name("gpt2-smal")
+
+
+def test_tokenization_defaults_are_transformerlens() -> None:
+    _, model = hf_and_compat("llama")
+    toks = model.to_tokens(["w1 w2 w3", "w4"])  # BOS prepended, right padding
+    assert toks.tolist() == [[BOS, 5, 6, 7], [BOS, 8, PAD, PAD]]
+    assert model.to_tokens("w1", prepend_bos=False).tolist() == [[5]]
+    assert model.to_tokens(["w1 w2", "w4"], padding_side="left").tolist() == [[BOS, 5, 6], [PAD, BOS, 8]]
+    assert model.to_str_tokens("w1 w2") == ["<s>", "w1", "w2"]
+    assert model.to_str_tokens(torch.tensor([[5, 6]])) == ["w1", "w2"]
+    assert model.to_str_tokens(["w1", "w2 w3"]) == [["<s>", "w1"], ["<s>", "w2", "w3"]]
+    assert model.to_string(torch.tensor([5, 6])) == "w1 w2"
+    assert model.to_single_token("w7") == 11 and model.to_single_str_token(11) == "w7"
+    assert model.get_token_position("w2", "w1 w2 w2", mode="last") == 3
+    tokenizer_with_bos = word_tokenizer(adds_bos=True)  # a Llama-style tokenizer: still a single BOS
+    model.set_tokenizer(tokenizer_with_bos)
+    assert model.to_tokens("w1").tolist() == [[BOS, 5]]
+
+
+def test_left_padded_text_equals_each_prompt_alone() -> None:
+    _, model = hf_and_compat("llama")
+    prompts = ["w1 w2 w3 w4", "w5 w6"]
+    with torch.no_grad():
+        batched = model(prompts, padding_side="left")
+        alone = model(prompts[1])
+    torch.testing.assert_close(batched[1, -3:], alone[0], **FP32)
+
+
+def test_kv_cache_forward_equals_full_forward() -> None:
+    _, model = hf_and_compat("gpt2")
+    x = random_tokens(2, 9)
+    with torch.no_grad():
+        full = model(x)
+        cache = HookedTransformerKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=2)
+        first = model(x[:, :5], past_kv_cache=cache)
+        rest = [model(x[:, i:i + 1], past_kv_cache=cache) for i in range(5, 9)]
+    torch.testing.assert_close(torch.cat([first, *rest], 1), full, **FP32)
+    cache.freeze()
+    with torch.no_grad():
+        again = model(x[:, 8:9], past_kv_cache=cache)  # frozen: reads the cache, appends nothing
+    assert cache.length == 9 and again.shape == (2, 1, model.cfg.d_vocab)
+
+
+def test_generate_greedy_matches_an_argmax_loop() -> None:
+    _, model = hf_and_compat("llama")
+    prompt = model.to_tokens("w1 w2 w3")
+    out = model.generate(prompt, max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(4):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
+    text = model.generate("w1 w2 w3", max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
+    assert isinstance(text, str) and text == model.to_string(seq[0])
+    with pytest.raises(NotImplementedError, match="freq_penalty"):
+        model.generate("w1", max_new_tokens=1, freq_penalty=1.0, verbose=False)
+
+
+def test_weight_views() -> None:
+    model = HookedTransformer(tiny_cfg())
+    assert model.W_E_pos.shape == (101 + 32, 48)
+    assert model.W_Q.shape == (2, 4, 48, 12) and model.W_U.shape == (48, 101)
+    torch.testing.assert_close(model.tokens_to_residual_directions(torch.tensor([3, 4])), model.W_U[:, [3, 4]].T)
+    assert model.all_head_labels()[:2] == ["L0H0", "L0H1"]
+
+
+def test_hook_conventions_of_transformerlens() -> None:
+    model = HookedTransformer(tiny_cfg())
+    x = random_tokens(1, 5)
+    with pytest.raises(AssertionError, match="set_use_attn_result"):
+        model.add_hook("blocks.0.attn.hook_result", lambda t, hook: None)
+    model.set_use_attn_result(True)
+    model.add_hook("blocks.0.attn.hook_result", lambda t, hook: None)
+    model.reset_hooks()
+    seen = []
+
+    def grad_as_tuple(grad: torch.Tensor, hook) -> tuple:
+        seen.append(hook.name)
+        return (2 * grad,)  # TL accepts a 1-tuple from a backward hook
+
+    with model.hooks(bwd_hooks=[("blocks.0.hook_resid_post", grad_as_tuple)]):
+        model(x).sum().backward()
+    assert seen == ["blocks.0.hook_resid_post"]
+    entry = model.hook_dict["hook_embed"]
+    entry.add_hook(lambda t, hook: None, dir="fwd", is_permanent=True, level=5)
+    assert entry.fwd_hooks[0].is_permanent and entry.fwd_hooks[0].context_level == 5
+    model.remove_all_hook_fns(including_permanent=True)
+    assert model.active_hooks() == {}
+
+
+def test_stack_results_before_layer_zero_are_empty() -> None:
+    model = HookedTransformer(tiny_cfg())
+    _, cache = model.run_with_cache(random_tokens(2, 5))
+    heads, labels = cache.stack_head_results(layer=0, pos_slice=-1, return_labels=True)
+    assert heads.shape == (0, 2, 48) and labels == []
+    rest, labels = cache.stack_head_results(layer=0, pos_slice=-1, incl_remainder=True, return_labels=True)
+    torch.testing.assert_close(rest[0], cache["resid_pre", 0][:, -1])  # what block 0 reads
+    assert labels == ["remainder"]
+    assert cache.stack_neuron_results(layer=0).shape == (0, 2, 5, 48)

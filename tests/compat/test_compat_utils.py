@@ -1,0 +1,119 @@
+"""compat.utils, compat.hook_points and the encoders: TransformerLens's helpers against independent results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hookscope.compat import HookedEncoder, HookedEncoderDecoder, HookedRootModule, HookPoint, utils
+from tests.compat.helpers import BOS, PAD, word_tokenizer
+from tests.equivalence import bert_configs
+from tests.equivalence.t5_cases import random_hf_t5
+
+FP32 = dict(atol=1e-5, rtol=1e-5)
+
+
+def test_get_act_name_compact_and_aliases() -> None:
+    assert utils.get_act_name("scale2ln1") == "blocks.2.ln1.hook_scale"
+    assert utils.get_act_name("resid_pre5") == "blocks.5.hook_resid_pre"
+    assert utils.get_act_name("pattern", 3) == utils.get_act_name("attn", 3) == "blocks.3.attn.hook_pattern"
+    assert utils.get_act_name("k", 1) == "blocks.1.attn.hook_k"
+    assert utils.get_act_name("post", 0) == "blocks.0.mlp.hook_post"
+    assert utils.get_act_name("scale") == "ln_final.hook_scale"
+    assert utils.get_act_name("normalized", 1, "ln2") == "blocks.1.ln2.hook_normalized"
+    assert utils.get_act_name("blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
+
+
+def test_slice_semantics() -> None:
+    t = torch.arange(24).view(2, 12)
+    assert utils.Slice(3).apply(t, 1).tolist() == [3, 15]  # an int drops the axis
+    assert torch.equal(utils.Slice((2, 5)).apply(t, 1), t[:, 2:5])  # a tuple is slice(*tuple)
+    assert torch.equal(utils.Slice([0, 7]).apply(t, 1), t[:, [0, 7]])
+    assert torch.equal(utils.Slice(None).apply(t, 1), t)
+    assert utils.Slice((1, 8, 3)).indices(12).tolist() == [1, 4, 7]
+    assert utils.Slice.unwrap(2).mode == "array"
+    with pytest.raises(ValueError, match="invalid slice"):
+        utils.Slice("a")
+
+
+def test_losses_and_small_helpers() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits, tokens = torch.randn(2, 5, 11, generator=gen), torch.randint(0, 11, (2, 5), generator=gen)
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 11), tokens[:, 1:].reshape(-1), reduction="none").view(2, 4)
+    torch.testing.assert_close(utils.lm_cross_entropy_loss(logits, tokens, per_token=True), ref, **FP32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    masked = utils.lm_cross_entropy_loss(logits, tokens, mask)
+    torch.testing.assert_close(masked, torch.cat([ref[0, :2], ref[1]]).mean(), **FP32)
+    assert utils.lm_accuracy(logits, tokens, per_token=True).shape == (2, 4)
+    assert isinstance(utils.to_numpy(torch.ones(2)), np.ndarray)
+    assert utils.remove_batch_dim(torch.ones(1, 3)).shape == (3,)
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(utils.gelu_new(x), F.gelu(x, approximate="tanh"), **FP32)
+    torch.testing.assert_close(utils.solu(x), x * x.softmax(-1), **FP32)
+
+
+def test_get_attention_mask_left_and_right() -> None:
+    tok = word_tokenizer()
+    right = torch.tensor([[BOS, 5, 6], [BOS, 7, PAD]])
+    assert utils.get_attention_mask(tok, right, True, "right").tolist() == [[1, 1, 1], [1, 1, 0]]
+    left = torch.tensor([[BOS, 5, 6], [PAD, BOS, 7]])
+    assert utils.get_attention_mask(tok, left, True, "left").tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+class _Tiny(HookedRootModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.hook_in, self.hook_out = HookPoint(), HookPoint()
+        self.setup()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_out(self.lin(self.hook_in(x)))
+
+
+def test_hooked_root_module_spellings() -> None:
+    model = _Tiny()
+    assert set(model.hook_dict) == {"hook_in", "hook_out"} and model.hook_dict["hook_in"].name == "hook_in"
+    seen: list[str] = []
+    model.add_hook("hook_in", lambda t, hook: seen.append(hook.name), is_permanent=True)
+    model.reset_hooks()
+    model(torch.ones(1, 3))
+    assert seen == ["hook_in"]  # permanent hooks survive reset_hooks
+    model.remove_all_hook_fns(including_permanent=True)
+    store: dict = {}
+    model.cache_all(store)
+    out = model(torch.ones(1, 3))
+    assert torch.equal(store["hook_out"], out) and set(store) == {"hook_in", "hook_out"}
+    model.reset_hooks()
+    doubled = model.run_with_hooks(torch.ones(1, 3), fwd_hooks=[("hook_out", lambda t, hook: 2 * t)])
+    torch.testing.assert_close(doubled, 2 * out)
+    with pytest.raises(ValueError, match="numbered block"):
+        model.hook_dict["hook_in"].layer()
+
+
+def test_hooked_encoder_equals_hf() -> None:
+    hf = bert_configs.random_hf_model("BertForMaskedLM")
+    model = HookedEncoder.from_pretrained("bert-base-cased", hf_model=hf)
+    tokens, mask, types = bert_configs.inputs(0)
+    with torch.no_grad():
+        ref = hf(input_ids=tokens, attention_mask=mask, token_type_ids=types).logits
+        ours, cache = model.run_with_cache(tokens, token_type_ids=types, one_zero_attention_mask=mask)
+    torch.testing.assert_close(ours, ref, **FP32)
+    assert cache["resid_pre", 0].shape == (*tokens.shape, 48)
+    with pytest.raises(NotImplementedError, match="from_pretrained"):
+        HookedEncoder({"d_model": 4})
+
+
+def test_hooked_encoder_decoder_equals_hf() -> None:
+    hf = random_hf_t5("v1.1")
+    model = HookedEncoderDecoder.from_pretrained("t5-small", hf_model=hf)
+    gen = torch.Generator().manual_seed(0)
+    enc = torch.randint(2, 50, (2, 6), generator=gen)
+    dec = torch.randint(2, 50, (2, 4), generator=gen)
+    with torch.no_grad():
+        ref = hf(input_ids=enc, decoder_input_ids=dec).logits
+        ours = model(enc, decoder_input=dec)
+    torch.testing.assert_close(ours, ref, **FP32)
