@@ -122,7 +122,7 @@ DIT_BLOCK: dict[str, str] = {
 DIT_MODEL: dict[str, str] = {
     "embed.hook_patch_embed": RESID, "hook_pos_embed": RESID, "hook_shift_final": _VEC, "hook_scale_final": _VEC,
     **_norm("ln_final"), "hook_modulated_final": RESID, "hook_patch_out": "batch pos patch_values",
-    "hook_out": "batch channel height width",
+    "hook_image_out": "batch channel height width",
 }
 
 # family -> (per-block templates, model-level names); the order is the look-up order of shape_of
@@ -167,6 +167,8 @@ def position_axis(name: str, ndim: int) -> int | None:
             if key in parts:
                 return parts.index(key)
         return None
+    if name.endswith(("hook_pattern", "hook_attn_scores")) and ndim == 4:
+        return 2  # [batch, head_index, query_pos, key_pos] under any prefix (e.g. a wrapped cross_attn)
     # Unknown (e.g. wrapped-module) names: assume [batch, pos, ...] when there are >= 3 axes.
     return 1 if ndim >= 3 else None
 

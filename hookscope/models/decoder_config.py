@@ -101,4 +101,6 @@ class DecoderConfig(FamilyConfig):
         if self.attn_only and self.d_mlp:
             raise ConfigError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
         if self.tie_embeddings and self.d_vocab_out != self.d_vocab:
-            raise ConfigError(f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})")
+            raise ConfigError(
+                f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})"
+            )

@@ -176,13 +176,15 @@ class Whisper(ExportMixin, HookedModule):
         early_stopping: bool | Literal["never"] = False,
         use_cache: bool = True,
         eos_token_id: int | list[int] | None = None,
-    ) -> torch.Tensor:
+        return_cache: Any = False,
+    ) -> Any:
         """Decoder tokens ``[batch, prompt + new]`` for log-mel ``input_features [batch, n_mels, frames]``.
 
         Greedy or beam search through the shared generation loops, with the checkpoint's
         ``suppress_tokens``/``begin_suppress_tokens``; ``prompt`` defaults to the decoder start token, as
-        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS. See
-        :func:`hookscope.generation.whisper_decode.generate`.
+        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS;
+        ``return_cache`` (True or a names filter) also returns the activations of every step, equal to a
+        teacher-forced ``run_with_cache`` over the result. See :func:`hookscope.generation.whisper_decode.generate`.
         """
         return implementation("whisper_generate")(
             self,
@@ -194,6 +196,7 @@ class Whisper(ExportMixin, HookedModule):
             early_stopping=early_stopping,
             use_cache=use_cache,
             eos_token_id=eos_token_id,
+            return_cache=return_cache,
         )
 
     # ------------------------------------------------------------------ speech to text
@@ -205,12 +208,15 @@ class Whisper(ExportMixin, HookedModule):
         num_beams: int = 1,
         max_new_tokens: int | None = None,
         prompt: list[int] | None = None,
-    ) -> str:
+        return_cache: Any = False,
+    ) -> Any:
         """Text of a speech recording (a file path, or a waveform array with its ``sample_rate``).
 
         Audio longer than 30 s is cut into consecutive 30-s windows, each decoded on its own (no
         timestamp-guided seeking), all windows decoded as one batch. Decoding is greedy (``num_beams=1``)
-        or beam search, through the shared generation loops (see :meth:`generate`).
+        or beam search, through the shared generation loops (see :meth:`generate`). ``return_cache`` (True
+        or a names filter, greedy only) returns ``(text, cache)`` with every step's activations, one row
+        per 30-s window.
         """
         return implementation("whisper_transcribe")(
             self,
@@ -219,6 +225,7 @@ class Whisper(ExportMixin, HookedModule):
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
             prompt=prompt,
+            return_cache=return_cache,
         )
 
 
