@@ -219,7 +219,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
     def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         if self.inv_freq is None:
             return None
-        return rotary_cos_sin(self.inv_freq, positions, dtype)
+        cos, sin = rotary_cos_sin(self.inv_freq, positions, dtype)
+        return cos[:, :, None], sin[:, :, None]  # [batch, pos, 1, rotary_dim]: one table for every head
 
     def forward(
         self,
@@ -297,7 +298,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
             )
         elif position_ids.ndim == 1:
             position_ids = position_ids[None].expand(batch, -1)
-        mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=True)
+        # one new query at the end sees every earlier key: no causal mask to build (a decode step)
+        mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=n_pos > 1)
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
         for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
