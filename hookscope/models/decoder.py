@@ -17,6 +17,7 @@ from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, positions_from_mask
+from hookscope.components.meta import materialize_parameters, parameters_on_meta
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
@@ -152,7 +153,9 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         """A freshly initialised model to train from scratch: see :func:`hookscope.models.init.init_weights`."""
         if not isinstance(cfg, DecoderConfig):
             raise TypeError(f"from_config needs a DecoderConfig, got {type(cfg).__name__}")
-        return init_weights(cls(cfg), seed=seed, init_range=init_range)  # type: ignore[return-value]
+        with parameters_on_meta():  # the constructors' own initialisation would be thrown away: skip it
+            model = cls(cfg)
+        return init_weights(materialize_parameters(model), seed=seed, init_range=init_range)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ TransformerLens weight views
     @property
