@@ -63,10 +63,12 @@ def fused_attention(
     window: int | None = None,
     position_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``scaled_dot_product_attention`` over ``[batch, pos, head_index, d_head]`` q and (repeated) k, v.
+    """``scaled_dot_product_attention`` over ``[batch, pos, head_index, d_head]`` q and k, v.
 
-    ``position_bias [1, head_index, query_pos, key_pos]`` joins the additive mask. Returns z
-    ``[batch, query_pos, head_index, d_head]``.
+    k and v may have fewer (KV) heads than q (GQA/MQA): the kernel shares them across query heads
+    (``enable_gqa``) instead of copying the cache to every query head each step; the result is bitwise
+    that of repeating them. ``position_bias [1, head_index, query_pos, key_pos]`` joins the additive mask.
+    Returns z ``[batch, query_pos, head_index, d_head]``.
     """
     attn_mask, is_causal = mask.for_sdpa(window, q.dtype)
     if position_bias is not None:
@@ -75,7 +77,7 @@ def fused_attention(
         attn_mask = position_bias if attn_mask is None else position_bias + attn_mask
     z = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+        attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[2] != q.shape[2],
     )
     return z.transpose(1, 2)
 
@@ -277,10 +279,8 @@ class Attention(HeadWeightViews, nn.Module):
         if self.softcap is not None or mirror_fp32_softmax or hooks_editing(explicit):
             z = self._explicit(q, k, v, mask, window, position_bias)
         else:
-            n_rep = self.n_heads // self.n_kv_heads
             scale = 1.0 if self.prescale_query else self.scale
-            z = fused_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, scale=scale, window=window,
-                                position_bias=position_bias)
+            z = fused_attention(q, k, v, mask, scale=scale, window=window, position_bias=position_bias)
             if hooks_active(explicit):
                 self._explicit(q, k, v, mask, window, position_bias)  # for the observers only
         return self._output(self.hook_z(z))

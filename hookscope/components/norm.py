@@ -74,12 +74,14 @@ class RMSNorm(nn.Module):
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.to(torch.float32)
+        if not self.hook_scale.has_hooks:
+            # one kernel computing HF's x * rsqrt(mean(x^2) + eps) bit for bit (tested), not five ops
+            return F.rms_norm(x32, x32.shape[-1:], eps=self.eps)
         variance = x32.pow(2).mean(-1, keepdim=True)
-        if self.hook_scale.has_hooks:
-            scale = torch.sqrt(variance + self.eps)
-            hooked = self.hook_scale(scale)
-            if hooked is not scale:  # edited by a hook: normalise with the edited scale
-                return x32 / hooked
+        scale = torch.sqrt(variance + self.eps)
+        hooked = self.hook_scale(scale)
+        if hooked is not scale:  # edited by a hook: normalise with the edited scale
+            return x32 / hooked
         # HF multiplies by rsqrt; dividing by sqrt would differ in the last bit
         return x32 * torch.rsqrt(variance + self.eps)
 

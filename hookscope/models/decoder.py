@@ -17,6 +17,7 @@ from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, positions_from_mask
+from hookscope.components.meta import materialize_parameters, parameters_on_meta
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
@@ -158,7 +159,9 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         """A freshly initialised model to train from scratch: see :func:`hookscope.models.init.init_weights`."""
         if not isinstance(cfg, DecoderConfig):
             raise TypeError(f"from_config needs a DecoderConfig, got {type(cfg).__name__}")
-        return init_weights(cls(cfg), seed=seed, init_range=init_range)  # type: ignore[return-value]
+        with parameters_on_meta():  # the constructors' own initialisation would be thrown away: skip it
+            model = cls(cfg)
+        return init_weights(materialize_parameters(model), seed=seed, init_range=init_range)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ TransformerLens weight views
     @property
@@ -232,7 +235,8 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
     def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         if self.inv_freq is None:
             return None
-        return rotary_cos_sin(self.inv_freq, positions, dtype)
+        cos, sin = rotary_cos_sin(self.inv_freq, positions, dtype)
+        return cos[:, :, None], sin[:, :, None]  # [batch, pos, 1, rotary_dim]: one table for every head
 
     def forward(
         self,
@@ -310,7 +314,8 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
             )
         elif position_ids.ndim == 1:
             position_ids = position_ids[None].expand(batch, -1)
-        mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=True)
+        # one new query at the end sees every earlier key: no causal mask to build (a decode step)
+        mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=n_pos > 1)
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
         shortformer = self.hook_pos_embed(self.pos_embed(position_ids, past == 0)).to(x.dtype) \
