@@ -20,6 +20,8 @@ import hookscope
 from hookscope.sae import SAETrainingConfig, evaluate_sae, harvest, mean_difference, pack_text, steered, train_sae
 from hookscope.sae.evaluate import reconstruction_metrics
 from hookscope.sae.steering import feature_direction
+from hookscope.viz.feature_view import feature_page
+from hookscope.viz.sae_views import text_cards
 
 
 def wikipedia_paragraphs() -> list[str]:
@@ -85,6 +87,11 @@ def main() -> None:
         latents = sae.encode(acts)
     for j in latents.gt(0).float().mean(0).argsort(descending=True)[100:103].tolist():
         print(f"latent {j}:", " | ".join(top_contexts(model, train_tokens, latents, j)))
+
+    some = latents.gt(0).float().mean(0).argsort(descending=True)[100:108].tolist()
+    feature_page(text_cards(model, sae, train_tokens[:32], some), title=f"SmolLM2 {hook} SAE",
+                 path=out / "features.html")
+    print(f"feature views: {out / 'features.html'}")
 
     prompt = "My favourite thing to do on a weekend is"
     print("plain:   ", model.generate(prompt, 20, return_type="str"))
