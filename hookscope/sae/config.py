@@ -10,10 +10,13 @@ from typing import Any, Literal
 
 Architecture = Literal["standard", "topk", "batchtopk", "jumprelu"]
 ARCHITECTURES: tuple[str, ...] = ("standard", "topk", "batchtopk", "jumprelu")
-# "none": activations as they come; "expected_average_only_in": one scalar (fitted on data while training)
-# scales inputs so their mean norm is sqrt(d_in), outputs are scaled back (``norm_scaling_factor``).
-Normalization = Literal["none", "expected_average_only_in"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "expected_average_only_in")
+# As SAELens defines them. "none": activations as they come; "expected_average_only_in": one scalar
+# (``norm_scaling_factor``, fitted on data while training so the mean input norm is sqrt(d_in)) multiplies
+# inputs and divides outputs; "constant_norm_rescale": each input is scaled to norm sqrt(d_in) and its
+# reconstruction scaled back; "layer_norm": each input is centred and divided by (std + 1e-5) (unbiased std),
+# its reconstruction multiplied by std and the mean added back.
+Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 
 
 @dataclass(frozen=True, kw_only=True)

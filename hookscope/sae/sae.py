@@ -51,6 +51,7 @@ class SAE(HookedModule):
         elif cfg.architecture == "batchtopk":  # estimated while training (see hookscope.sae.train)
             self.register_buffer("threshold", torch.zeros(cfg.d_sae, **kw))
         self.register_buffer("norm_scaling_factor", torch.ones((), **kw))
+        self._norm_state: torch.Tensor | tuple | None = None  # per-input statistics from the last encode
         self.hook_sae_input = HookPoint()
         self.hook_sae_acts_pre = HookPoint()
         self.hook_sae_acts_post = HookPoint()
@@ -92,7 +93,7 @@ class SAE(HookedModule):
     def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``[..., d_sae]`` of an input ``[..., d_in]`` (runs the input and pre hooks)."""
         x = self.hook_sae_input(x.to(self.W_enc.dtype))
-        x = x * self.norm_scaling_factor
+        x, self._norm_state = self.normalize_input(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return self.hook_sae_acts_pre(x @ self.W_enc + self.b_enc)
@@ -106,7 +107,8 @@ class SAE(HookedModule):
             return _topk(pre, self.cfg.k, per_batch=arch == "batchtopk")  # type: ignore[arg-type]
         if arch == "jumprelu" and self.training:
             return jumprelu(pre, self.threshold)
-        return pre * (pre > self.threshold)  # jumprelu, and batchtopk at inference
+        # jumprelu, and batchtopk at inference (SAELens: ReLU, then the threshold mask)
+        return torch.relu(pre) * (pre > self.threshold)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` of ``x`` ``[..., d_in]``."""
@@ -116,7 +118,41 @@ class SAE(HookedModule):
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         """The reconstruction ``[..., d_in]`` of latent activations ``[..., d_sae]``."""
         recons = self.hook_sae_recons(acts @ self.W_dec + self.b_dec)
-        return recons / self.norm_scaling_factor
+        return self.denormalize_output(recons, self._norm_state)
+
+    # ------------------------------------------------------------------ activation normalisation
+    def normalize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | tuple | None]:
+        """``x`` as the encoder sees it (``cfg.normalize_activations``), and what undoing it needs.
+
+        Definitions follow SAELens: "layer_norm" centres each row and divides by ``std + 1e-5`` (unbiased
+        std); "constant_norm_rescale" scales each row to norm ``sqrt(d_in)``; "expected_average_only_in"
+        and "none" multiply by the scalar ``norm_scaling_factor`` (1 for "none").
+        """
+        mode = self.cfg.normalize_activations
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            return x / (std + 1e-5), (mu, std)
+        if mode == "constant_norm_rescale":
+            coeff = math.sqrt(self.cfg.d_in) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, coeff
+        return x * self.norm_scaling_factor, None
+
+    def denormalize_output(self, y: torch.Tensor, state: torch.Tensor | tuple | None) -> torch.Tensor:
+        """Undo :meth:`normalize_input` on a reconstruction, given the ``state`` it returned for the input."""
+        mode = self.cfg.normalize_activations
+        if mode in ("layer_norm", "constant_norm_rescale"):
+            if state is None:
+                raise ValueError(
+                    f"normalize_activations={mode!r} decodes with the statistics of the input it encoded: "
+                    "call encode() on the inputs before decode(), or use sae(x)"
+                )
+            if mode == "layer_norm":
+                mu, std = state
+                return y * std + mu
+            return y / state
+        return y / self.norm_scaling_factor
 
     def forward(self, x: torch.Tensor, use_error_term: bool = False) -> torch.Tensor:
         """The reconstruction of ``x`` (same shape and dtype), or ``x`` itself plus edits with the error term."""
@@ -136,11 +172,11 @@ class SAE(HookedModule):
         return out.reshape(shape).to(x.dtype)
 
     def _plain_recons(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.W_enc.dtype) * self.norm_scaling_factor
+        x, state = self.normalize_input(x.to(self.W_enc.dtype))
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         acts = self.activation(x @ self.W_enc + self.b_enc)
-        return (acts @ self.W_dec + self.b_dec) / self.norm_scaling_factor
+        return self.denormalize_output(acts @ self.W_dec + self.b_dec, state)
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
@@ -159,7 +195,12 @@ class SAE(HookedModule):
 
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self) -> None:
-        """Fold the input scale into the weights so the SAE reads raw activations (scale becomes 1)."""
+        """Fold the input scale into the weights so the SAE reads raw activations (scale becomes 1).
+
+        Only the scalar "expected_average_only_in" scale folds; per-input normalisations stay as they are.
+        """
+        if self.cfg.normalize_activations not in ("none", "expected_average_only_in"):
+            return
         s = self.norm_scaling_factor
         self.W_enc.mul_(s)
         self.W_dec.div_(s)
@@ -190,12 +231,16 @@ class SAE(HookedModule):
     @classmethod
     def load(
         cls, folder: str | Path, device: torch.device | str | None = None, dtype: str | None = None,
-        subfolder: str | None = None,
+        subfolder: str | None = None, norm_scaling_factor: float | None = None,
     ) -> SAE:
-        """Read an SAE folder in SAELens's format (ours, or one SAELens wrote; a hub repo id + ``subfolder``)."""
+        """Read an SAE folder in SAELens's format (ours, or one SAELens wrote; a hub repo id + ``subfolder``).
+
+        ``norm_scaling_factor``: the "expected_average_only_in" input scale when the folder does not carry it.
+        """
         from hookscope.sae.saelens import load_sae
 
-        return load_sae(folder, device=device, dtype=dtype, subfolder=subfolder)
+        return load_sae(folder, device=device, dtype=dtype, subfolder=subfolder,
+                        norm_scaling_factor=norm_scaling_factor)
 
     def extra_repr(self) -> str:
         c = self.cfg

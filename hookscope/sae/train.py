@@ -183,7 +183,7 @@ def train_sae(
                 logger.warning("the activation stream ended after %d of %d steps", step_i, cfg.total_steps)
                 break
             batch = batch.to(cfg.device)
-        metrics = trainer.step(batch.to(sae.W_enc.dtype) * sae.norm_scaling_factor, step_i)
+        metrics = trainer.step(sae.normalize_input(batch.to(sae.W_enc.dtype))[0], step_i)
         if metrics is not None:
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "step"})
     sae.history = trainer.history
@@ -199,7 +199,7 @@ def _initialise(sae: SAE, first: torch.Tensor, cfg: SAETrainingConfig) -> None:
     x = first.to(sae.W_enc.dtype)
     if cfg.normalize_activations == "expected_average_only_in":
         sae.norm_scaling_factor.fill_(math.sqrt(x.shape[-1]) / float(x.norm(dim=-1).mean().clamp_min(1e-12)))
-    sae.b_dec.copy_((x * sae.norm_scaling_factor).mean(0))
+    sae.b_dec.copy_(sae.normalize_input(x)[0].mean(0))
     if cfg.architecture in ("topk", "batchtopk", "jumprelu"):
         sae.set_decoder_norm_to_unit_norm()
         sae.W_enc.copy_(sae.W_dec.T)

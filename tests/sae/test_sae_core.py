@@ -167,6 +167,45 @@ def test_bad_configs_raise_clear_errors() -> None:
         SAE(SAEConfig(d_in=4, d_sae=8, dtype="float99"))
 
 
-def test_unsupported_activation_normalisation_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown normalize_activations 'layer_norm'"):
-        SAEConfig(d_in=4, d_sae=8, normalize_activations="layer_norm")  # type: ignore[arg-type]
+def test_unknown_activation_normalisation_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown normalize_activations 'batch_norm'"):
+        SAEConfig(d_in=4, d_sae=8, normalize_activations="batch_norm")  # type: ignore[arg-type]
+
+
+def _sae64(norm: str) -> SAE:
+    sae = SAE(SAEConfig(d_in=11, d_sae=23, normalize_activations=norm, dtype="float64"), seed=2)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(23, generator=gen, dtype=torch.float64) * 0.1)
+        sae.b_dec.copy_(torch.randn(11, generator=gen, dtype=torch.float64) * 0.1)
+    return sae.eval()
+
+
+def test_layer_norm_normalisation_matches_saelens_definition() -> None:
+    sae = _sae64("layer_norm")
+    x = torch.randn(3, 5, 11, dtype=torch.float64) * 4 + 2
+    # SAELens: centre, divide by (unbiased std + 1e-5); reconstruction * std + mean
+    mu = x.mean(-1, keepdim=True)
+    std = (x - mu).pow(2).sum(-1, keepdim=True).div(10).sqrt()
+    xn = (x - mu) / (std + 1e-5)
+    acts = torch.relu((xn - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    expected = (acts @ sae.W_dec + sae.b_dec) * std + mu
+    torch.testing.assert_close(sae.encode(x), acts, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(sae(x), expected, atol=1e-12, rtol=1e-12)
+    assert torch.equal(sae(x, use_error_term=True), x)
+
+
+def test_constant_norm_rescale_matches_saelens_definition() -> None:
+    sae = _sae64("constant_norm_rescale")
+    x = torch.randn(7, 11, dtype=torch.float64) * 3
+    coeff = 11**0.5 / x.norm(dim=-1, keepdim=True)
+    acts = torch.relu((x * coeff - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    torch.testing.assert_close(sae(x), (acts @ sae.W_dec + sae.b_dec) / coeff, atol=1e-12, rtol=1e-12)
+    # scaling an input scales its reconstruction: the SAE sees the same normalised row
+    torch.testing.assert_close(sae(5 * x), 5 * sae(x), atol=1e-12, rtol=1e-12)
+
+
+def test_decoding_a_per_input_normalisation_without_its_input_says_why() -> None:
+    sae = _sae64("layer_norm")
+    with pytest.raises(ValueError, match="call encode"):
+        sae.decode(torch.zeros(2, 23, dtype=torch.float64))

@@ -154,3 +154,149 @@ def test_unsupported_or_broken_folders_raise_clear_errors(tmp_path) -> None:
         load_sae(tmp_path)
     with pytest.raises(FileNotFoundError, match="no SAE folder"):
         load_sae(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SAELens 6 exactness: folders written by hand exactly as SAELens 6.x writes them, and SAELens's inference
+# computation re-derived here from its definitions (SAE.process_sae_in, each architecture's encode / decode).
+_SAELENS_FIELDS = {  # the dataclass fields SAELens 6's inference configs accept (besides "architecture")
+    "standard": {"d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+                 "reshape_activations", "metadata"},
+    "jumprelu": {"d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+                 "reshape_activations", "metadata"},
+}
+_SAELENS_FIELDS["topk"] = _SAELENS_FIELDS["standard"] | {"k", "rescale_acts_by_decoder_norm"}
+_SAELENS_TENSORS = {"standard": {"W_enc", "b_enc", "W_dec", "b_dec"}, "topk": {"W_enc", "b_enc", "W_dec", "b_dec"},
+                    "jumprelu": {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}}
+_DTYPES = ("float32", "float64", "float16", "bfloat16", "torch.float32", "torch.float64", "torch.float16",
+           "torch.bfloat16")
+
+
+def _saelens_forward(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
+    """SAELens 6's inference forward (no error term), written from its definitions."""
+    arch, norm = cfg["architecture"], cfg.get("normalize_activations", "none")
+    if norm == "layer_norm":
+        mu = x.mean(-1, keepdim=True)
+        std = (x - mu).std(-1, keepdim=True)
+        sae_in = (x - mu) / (std + 1e-5)
+    elif norm == "constant_norm_rescale":
+        coeff = cfg["d_in"] ** 0.5 / x.norm(dim=-1, keepdim=True)
+        sae_in = x * coeff
+    else:  # "none", and "expected_average_only_in" (identity inside SAELens's SAE)
+        sae_in = x
+    pre = (sae_in - w["b_dec"] * cfg["apply_b_dec_to_input"]) @ w["W_enc"] + w["b_enc"]
+    dec_norm = w["W_dec"].norm(dim=-1)
+    if arch == "topk":
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            pre = pre * dec_norm
+        vals, idx = pre.topk(cfg["k"], dim=-1, sorted=False)
+        acts = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            acts = acts / dec_norm
+    elif arch == "jumprelu":
+        acts = pre.relu() * (pre > w["threshold"])
+    else:
+        acts = pre.relu()
+    out = acts @ w["W_dec"] + w["b_dec"]
+    if norm == "layer_norm":
+        out = out * std + mu
+    elif norm == "constant_norm_rescale":
+        out = out / coeff
+    return out
+
+
+def _write_saelens_folder(folder, arch: str, norm: str = "none", **extra) -> tuple[dict, dict]:
+    gen = torch.Generator().manual_seed(11)
+    d_in, d_sae = 10, 24
+    w = {"W_enc": torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64) * 0.4,
+         "b_enc": torch.randn(d_sae, generator=gen, dtype=torch.float64) * 0.2,
+         "W_dec": torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64) * 0.4,
+         "b_dec": torch.randn(d_in, generator=gen, dtype=torch.float64) * 0.2}
+    if arch == "jumprelu":  # some thresholds negative: SAELens applies ReLU before the threshold mask
+        w["threshold"] = torch.rand(d_sae, generator=gen, dtype=torch.float64) * 0.6 - 0.2
+    cfg = {"d_in": d_in, "d_sae": d_sae, "dtype": "float64", "device": "cuda", "apply_b_dec_to_input": True,
+           "normalize_activations": norm, "reshape_activations": "none",
+           "metadata": {"sae_lens_version": "6.18.0", "sae_lens_training_version": "6.18.0",
+                        "model_name": "gpt2", "hook_name": "blocks.3.hook_resid_post", "hook_head_index": None,
+                        "context_size": 128, "prepend_bos": True, "seqpos_slice": [None],
+                        "model_from_pretrained_kwargs": {}},
+           "architecture": arch, **extra}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(w, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return cfg, w
+
+
+@pytest.mark.parametrize("arch,norm,extra", [
+    ("standard", "none", {}), ("standard", "layer_norm", {}), ("standard", "constant_norm_rescale", {}),
+    ("topk", "none", {"k": 5, "rescale_acts_by_decoder_norm": False}),
+    ("topk", "none", {"k": 5, "rescale_acts_by_decoder_norm": True}),
+    ("jumprelu", "none", {}), ("jumprelu", "layer_norm", {}),
+])
+def test_folders_written_as_saelens_6_writes_them_load_and_compute_the_same(tmp_path, arch, norm, extra) -> None:
+    cfg, w = _write_saelens_folder(tmp_path, arch, norm, **extra)
+    sae = load_sae(tmp_path)
+    assert sae.hook_name == "blocks.3.hook_resid_post" and sae.cfg.model_name == "gpt2"
+    assert sae.cfg.normalize_activations == norm and sae.cfg.metadata["context_size"] == 128
+    x = torch.randn(4, 6, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 + 0.5
+    torch.testing.assert_close(sae(x), _saelens_forward(cfg, w, x), atol=1e-10, rtol=1e-10)
+
+
+def test_expected_average_only_in_reads_saelens_activation_scaler(tmp_path, caplog) -> None:
+    cfg, w = _write_saelens_folder(tmp_path, "standard", "expected_average_only_in")
+    x = torch.randn(5, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with caplog.at_level("WARNING"):  # no scale known: SAELens's own disk load applies none, and we say so
+        torch.testing.assert_close(load_sae(tmp_path)(x), _saelens_forward(cfg, w, x), atol=1e-10, rtol=1e-10)
+    assert "no scaling factor is known" in caplog.text
+    (tmp_path / "activation_scaler.json").write_text(json.dumps({"scaling_factor": 0.37}))
+    sae = load_sae(tmp_path)
+    # SAELens's ActivationScaler: scale the input, run the SAE, unscale the output
+    torch.testing.assert_close(sae(x), _saelens_forward(cfg, w, x * 0.37) / 0.37, atol=1e-10, rtol=1e-10)
+    given = load_sae(tmp_path, norm_scaling_factor=2.0)
+    torch.testing.assert_close(given(x), _saelens_forward(cfg, w, x * 2.0) / 2.0, atol=1e-10, rtol=1e-10)
+
+
+def test_a_saelens_batchtopk_checkpoint_loads_as_its_jumprelu(tmp_path) -> None:
+    cfg, w = _write_saelens_folder(tmp_path, "batchtopk", k=4.0, rescale_acts_by_decoder_norm=True)
+    threshold = torch.tensor(0.3, dtype=torch.float64)  # BatchTopKTrainingSAE's scalar buffer
+    save_file({**w, "topk_threshold": threshold}, str(tmp_path / "sae_weights.safetensors"))
+    sae = load_sae(tmp_path)
+    x = torch.randn(6, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    # what SAELens saves for inference: decoder norms folded, a JumpReLU with threshold = topk_threshold
+    n = w["W_dec"].norm(dim=-1)
+    folded = {"W_enc": w["W_enc"] * n, "b_enc": w["b_enc"] * n, "W_dec": w["W_dec"] / n[:, None],
+              "b_dec": w["b_dec"], "threshold": torch.full((24,), 0.3, dtype=torch.float64)}
+    expected = _saelens_forward({**cfg, "architecture": "jumprelu"}, folded, x)
+    torch.testing.assert_close(sae(x), expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("arch,k,norm,hook", [
+    ("standard", None, "none", HOOK), ("topk", 6, "none", HOOK), ("jumprelu", None, "layer_norm", HOOK),
+    ("batchtopk", 3, "none", HOOK), ("standard", None, "constant_norm_rescale", "blocks.0.attn.hook_z"),
+])
+def test_our_folder_satisfies_every_field_saelens_6_reads(tmp_path, arch, k, norm, hook) -> None:
+    sae = SAE(SAEConfig(d_in=19, d_sae=37, architecture=arch, k=k, hook_name=hook, dtype="float64",
+                        normalize_activations=norm, model_name="m"), seed=0).eval()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        if hasattr(sae, "threshold"):
+            sae.threshold.uniform_(0, 0.05)
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    written = cfg["architecture"]
+    assert written in _SAELENS_FIELDS  # an architecture SAELens's inference registry knows
+    # SAELens takes a missing or < 6 sae_lens_version as a pre-6 config and rebuilds the metadata from top-level keys
+    assert int(cfg["metadata"]["sae_lens_version"].split(".")[0]) >= 6
+    assert {"hook_name", "model_name"} <= set(cfg["metadata"]) and cfg["metadata"]["hook_name"] == hook
+    assert _SAELENS_FIELDS[written] <= set(cfg) and cfg["dtype"] in _DTYPES
+    assert isinstance(cfg["d_in"], int) and isinstance(cfg["d_sae"], int)
+    assert cfg["normalize_activations"] in ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+    assert cfg["reshape_activations"] == ("hook_z" if hook.endswith("hook_z") else "none")
+    if written == "topk":
+        assert isinstance(cfg["k"], int) and cfg["rescale_acts_by_decoder_norm"] is False
+    tensors = load_file(tmp_path / "sae_weights.safetensors")
+    assert set(tensors) == _SAELENS_TENSORS[written]  # SAELens's load_state_dict is strict
+    assert all(t.dtype == torch.float64 for t in tensors.values())
+    x = torch.randn(5, 19, dtype=torch.float64)
+    reference = _saelens_forward(cfg, {n: t for n, t in tensors.items()}, x)
+    torch.testing.assert_close(reference, sae(x), atol=1e-10, rtol=1e-10)
