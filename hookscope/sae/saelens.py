@@ -59,6 +59,8 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     metadata = {"sae_lens_version": FORMAT_VERSION, "hook_head_index": None, "trained_with": "hookscope",
                 "trained_architecture": c.architecture, **c.metadata,
                 "hook_name": c.hook_name, "model_name": c.model_name}
+    if _is_pre_6(metadata):  # a version carried over from an old folder would make SAELens misread this one
+        metadata["sae_lens_version"] = FORMAT_VERSION
     cfg: dict[str, Any] = {
         "architecture": architecture,
         "d_in": c.d_in,

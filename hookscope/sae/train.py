@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hookscope.hooks import HookedModule
+from hookscope.sae.checkpoint import checkpoint_folder, latest_checkpoint, load_trainer_state, save_trainer_state
 from hookscope.sae.config import Architecture, Normalization, SAEConfig
 from hookscope.sae.losses import LossWeights, batch_metrics, sae_loss
 from hookscope.sae.sae import SAE
@@ -45,7 +46,10 @@ class SAETrainingConfig:
         resample_every: standard / JumpReLU: re-initialise dead latents every this many steps (0: never).
         normalize_activations: "expected_average_only_in" scales inputs to mean norm sqrt(d_in).
         harvest_batch_size: model inputs per forward when harvesting; buffer_size: the mixing buffer.
-        checkpoint_every / checkpoint_dir: save the SAE (SAELens's format) every this many steps.
+        checkpoint_every / checkpoint_dir: save the SAE (SAELens's format) and the trainer's state every this
+            many steps (see :mod:`hookscope.sae.checkpoint`).
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` when there is one; the continued
+            run is bit-exact with an uninterrupted one (same optimizer state, RNG, stream position).
         dtype / device: of the SAE and its training.
     """
 
@@ -77,6 +81,7 @@ class SAETrainingConfig:
     progress: bool = True
     checkpoint_every: int = 0
     checkpoint_dir: str | None = None
+    resume: bool = True
     dtype: str = "float32"
     device: str = "cpu"
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -174,7 +179,11 @@ def train_sae(
     sae = SAE(cfg.sae_config(first.shape[-1], hook_name, model_name), device=cfg.device, seed=cfg.seed).train()
     _initialise(sae, first, cfg)
     trainer = _Trainer(sae, cfg, world)
-    bar = tqdm(range(cfg.total_steps), disable=not cfg.progress or rank != 0, desc="train SAE")
+    start = trainer.resume()
+    for _ in range(start - 1):  # replay the seeded stream up to where the checkpoint left it
+        if next(store, None) is None:
+            raise ValueError(f"the activation stream ended before the checkpoint's step {start}")
+    bar = tqdm(range(start, cfg.total_steps), disable=not cfg.progress or rank != 0, desc="train SAE")
     batch = first
     for step_i in bar:
         if step_i:
@@ -262,14 +271,14 @@ class _Trainer:
                 _update_threshold(sae, parts["acts"], self.world)
         if c.resample_every and c.architecture in ("standard", "jumprelu") and (step + 1) % c.resample_every == 0:
             self._resample(x, parts["recons"])
+        metrics = None
+        if step % c.log_every == 0 or step == c.total_steps - 1:
+            metrics = {"step": float(step), "loss": float(loss.detach()),
+                       **batch_metrics(x, parts["recons"], parts["acts"]),
+                       "dead_fraction": float(dead.float().mean()), "lr": self.lr_at(step)}
+            self.history.append(metrics)
         if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and _dist()[0] == 0:
-            self.checkpoint(step + 1)
-        if step % c.log_every and step != c.total_steps - 1:
-            return None
-        metrics = {"step": float(step), "loss": float(loss.detach()),
-                   **batch_metrics(x, parts["recons"], parts["acts"]),
-                   "dead_fraction": float(dead.float().mean()), "lr": self.lr_at(step)}
-        self.history.append(metrics)
+            self.checkpoint(step + 1)  # after the step's log entry, so a resumed run's log is complete
         return metrics
 
     @torch.no_grad()
@@ -297,12 +306,22 @@ class _Trainer:
         self.since_fired[dead] = 0
 
     def checkpoint(self, step: int) -> Path:
-        folder = Path(str(self.cfg.checkpoint_dir)) / f"step_{step:07d}"
-        copy = SAE(self.sae.cfg, device="cpu")
-        copy.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()})
-        copy.save(folder)
-        torch.save({"step": step, "optimizer": self.opt.state_dict()}, folder / "trainer_state.pt")
+        folder = checkpoint_folder(str(self.cfg.checkpoint_dir), step)
+        save_trainer_state(folder, self.sae, self.opt, self.since_fired, step, self.history, _jsonable(
+            asdict(self.cfg)))
         return folder
+
+    def resume(self) -> int:
+        """Load the newest checkpoint when the config asks for it; returns the step to continue from."""
+        path = latest_checkpoint(self.cfg.checkpoint_dir) if self.cfg.resume else None
+        if path is None:
+            return 0
+        step, self.since_fired, self.history = load_trainer_state(
+            path, self.sae, self.opt, _jsonable(asdict(self.cfg)))
+        if step > self.cfg.total_steps:
+            raise ValueError(f"checkpoint {path} is at step {step}, past this run's {self.cfg.total_steps} steps")
+        logger.info("resumed SAE training from %s at step %d", path, step)
+        return step
 
 
 def _update_threshold(sae: SAE, acts: torch.Tensor, world: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -178,8 +180,58 @@ def test_checkpoints_are_loadable_saelens_folders(tmp_path) -> None:
     assert folders == ["step_0000003", "step_0000006"]
     loaded = SAE.load(tmp_path / "step_0000006")
     assert loaded.cfg.architecture == "jumprelu" and loaded.hook_name == "blocks.0.hook_resid_post"
-    state = torch.load(tmp_path / "step_0000006" / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 6
+    state = json.loads((tmp_path / "step_0000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and [e["step"] for e in state["history"]] == [0, 3, 5]
+
+
+def _assert_same_sae(a: SAE, b: SAE) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("arch,extra", [
+    ("standard", {"resample_every": 4}), ("topk", {}), ("batchtopk", {}), ("jumprelu", {"resample_every": 4}),
+])
+def test_resuming_from_a_checkpoint_continues_bit_exactly(tmp_path, arch: str, extra: dict) -> None:
+    gen = torch.Generator().manual_seed(4)
+    acts = torch.randn(300, 12, generator=gen) @ torch.randn(12, 12, generator=gen)
+    # a small mixing buffer, warmups, a decay and dead latents: every piece of trainer state matters
+    common = dict(training_tokens=32 * 9, batch_size=32, buffer_size=64, log_every=1, dead_feature_window=2,
+                  lr_warmup_steps=2, lr_decay_steps=4, l1_warmup_steps=5, **extra)
+    straight = train_sae(None, None, acts, _config(arch, **common))
+    cfg = _config(arch, checkpoint_every=3, checkpoint_dir=str(tmp_path), **common)
+    train_sae(None, None, acts, cfg)
+    for step in ("step_0000006", "step_0000009"):  # as if the run had died after step 3
+        shutil.rmtree(tmp_path / step)
+    resumed = train_sae(None, None, acts, cfg)
+    assert resumed.history == straight.history  # steps 0-2 from the checkpoint's log, 3-8 recomputed
+    _assert_same_sae(resumed, straight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000003", "step_0000006", "step_0000009"]
+
+
+def test_resuming_a_harvesting_run_replays_the_stream_to_the_checkpoint(text_model, tmp_path) -> None:
+    tokens = random_tokens(16, 9)
+    common = dict(training_tokens=24 * 6, batch_size=24, buffer_size=48, harvest_batch_size=4, log_every=1)
+    straight = train_sae(text_model, "blocks.1.hook_resid_post", tokens, _config("topk", **common))
+    cfg = _config("topk", checkpoint_every=2, checkpoint_dir=str(tmp_path), **common)
+    train_sae(text_model, "blocks.1.hook_resid_post", tokens, cfg)
+    shutil.rmtree(tmp_path / "step_0000006")
+    resumed = train_sae(text_model, "blocks.1.hook_resid_post", tokens, cfg)
+    assert resumed.history == straight.history
+    _assert_same_sae(resumed, straight)
+
+
+def test_resuming_with_other_settings_or_resume_off(tmp_path) -> None:
+    acts = torch.randn(128, 12, generator=torch.Generator().manual_seed(0))
+    cfg = _config("topk", training_tokens=64 * 4, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+    first = train_sae(None, None, acts, cfg)
+    with pytest.raises(ValueError, match=r"other settings \(\['lr'\]\)"):
+        train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
+                                            checkpoint_dir=str(tmp_path), lr=1e-3))
+    # resume=False trains from scratch (and gives the same SAE: same seed, same data)
+    again = train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
+                                                checkpoint_dir=str(tmp_path), resume=False))
+    _assert_same_sae(first, again)
 
 
 def test_resampling_revives_dead_latents_of_a_standard_sae() -> None:
