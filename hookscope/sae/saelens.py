@@ -150,6 +150,11 @@ def read_config(folder: Path, dtype: str | None = None) -> SAEConfig:
     if arch == "topk" and k is None:
         raise ValueError(f"{path}: a topk SAE needs the field 'k'")
     meta = dict(raw.get("metadata") or {})
+    if meta.get("hook_head_index", raw.get("hook_head_index")) is not None:
+        raise ValueError(
+            f"{path}: this SAE reads a single attention head (hook_head_index="
+            f"{meta.get('hook_head_index', raw.get('hook_head_index'))}), which hookscope does not splice or load"
+        )
     return SAEConfig(
         d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]), architecture=arch,
         k=max(1, round(float(k))) if arch in ("topk", "batchtopk") and k is not None else None,

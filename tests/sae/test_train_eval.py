@@ -242,3 +242,15 @@ def test_resampling_revives_dead_latents_of_a_standard_sae() -> None:
     dead = train_sae(None, None, acts, _config("standard", **common))
     revived = train_sae(None, None, acts, _config("standard", resample_every=20, **common))
     assert revived.history[-1]["dead_fraction"] < dead.history[-1]["dead_fraction"]
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "constant_norm_rescale"])
+def test_training_with_a_per_input_normalisation_keeps_it_at_inference(tmp_path, norm: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    acts = (torch.randn(512, 12, generator=gen) @ torch.randn(12, 12, generator=gen)) * 5 + 3
+    sae = train_sae(None, None, acts, _config("topk", normalize_activations=norm, training_tokens=64 * 60))
+    assert sae.cfg.normalize_activations == norm and float(sae.norm_scaling_factor) == 1.0
+    assert _mse_fell(sae)
+    sae.save(tmp_path)
+    assert json.loads((tmp_path / "cfg.json").read_text())["normalize_activations"] == norm
+    torch.testing.assert_close(SAE.load(tmp_path)(acts), sae(acts))
