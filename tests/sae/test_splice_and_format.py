@@ -310,3 +310,18 @@ def test_our_folder_satisfies_every_field_saelens_6_reads(tmp_path, arch, k, nor
     x = torch.randn(5, 19, dtype=torch.float64)
     reference = _saelens_forward(cfg, {n: t for n, t in tensors.items()}, x)
     torch.testing.assert_close(reference, sae(x), atol=1e-10, rtol=1e-10)
+
+
+def test_a_pre_6_topk_folder_with_hook_point_and_bool_normalisation_loads(tmp_path) -> None:
+    _, w = _write_saelens_folder(tmp_path, "standard")
+    (tmp_path / "cfg.json").write_text(json.dumps({  # as SAELens 3-5 wrote it: no metadata, no version
+        "d_in": 10, "d_sae": 24, "dtype": "torch.float64", "device": "cpu", "model_name": "gpt2",
+        "hook_point": "blocks.2.hook_resid_pre", "hook_point_layer": 2, "activation_fn_str": "topk",
+        "activation_fn": "topk", "activation_fn_kwargs": {"k": 3}, "normalize_activations": False,
+        "apply_b_dec_to_input": False, "context_size": 64, "prepend_bos": True}))
+    sae = load_sae(tmp_path)
+    assert sae.cfg.architecture == "topk" and sae.cfg.k == 3 and sae.cfg.normalize_activations == "none"
+    assert sae.hook_name == "blocks.2.hook_resid_pre" and sae.cfg.metadata["context_size"] == 64
+    x = torch.randn(4, 10, dtype=torch.float64)
+    cfg = {"architecture": "topk", "k": 3, "apply_b_dec_to_input": False, "d_in": 10}
+    torch.testing.assert_close(sae(x), _saelens_forward(cfg, w, x), atol=1e-10, rtol=1e-10)
