@@ -1,4 +1,5 @@
-"""Harvesting under torchrun with 2 CPU processes equals harvesting in one; DDP SAE training keeps replicas equal."""
+"""Harvesting under torchrun with 2 CPU processes equals harvesting in one; DDP SAE training keeps replicas equal
+and resumes from a checkpoint exactly."""
 
 from __future__ import annotations
 
@@ -30,3 +31,4 @@ def test_two_process_harvest_equals_one_process(tmp_path) -> None:
     single = harvest(model, "blocks.1.hook_resid_post", random_tokens(7, 6), batch_size=2, progress=False)
     assert torch.equal(got["acts"], single)
     assert got["replicas_equal"]
+    assert got["resume_exact"]  # rank 0's resumed run equals its uninterrupted one
