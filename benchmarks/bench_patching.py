@@ -7,6 +7,7 @@ every head and position in forward-equivalents (goal <= 3).
 
 Usage: python benchmarks/bench_patching.py [--baseline-runs N] [--repeats N] [--sweep-repeats N]
 (``--baseline-runs``: how many one-at-a-time forwards to time; the total is scaled to all 600. 0 = all.)
+Times are CPU seconds of the process on one thread, so other load on the machine does not skew the ratios.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ TEXT = ("When Mary and John went to the store after a long day at work, John gav
 
 
 def _timed(fn) -> float:
+    """CPU seconds of this process (one thread): robust to other load on a shared machine, unlike wall time."""
     torch.set_flush_denormal(True)
-    start = time.perf_counter()
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> None:
@@ -76,10 +78,10 @@ def main() -> None:
     loop = _timed(lambda: [one(layer, pos) for layer, pos in sample]) * total / len(sample)
     print(f"residual patching sweep, {n_layers} layers x {n_pos} positions = {total} patched runs (SmolLM2-135M, "
           f"CPU, 1 thread)")
-    print(f"  hookscope batched:             {sweep:7.2f} s")
-    print(f"  one-at-a-time hooked forwards: {loop:7.2f} s  ({len(sample)} timed, scaled to {total})")
+    print(f"  hookscope batched:             {sweep:7.2f} CPU s")
+    print(f"  one-at-a-time hooked forwards: {loop:7.2f} CPU s  ({len(sample)} timed, scaled to {total})")
     print(f"  ratio batched / one-at-a-time: {sweep / loop:7.3f}  (goal <= 0.3)")
-    print(f"  batched, logits_to_keep=1:     {sweep_last:7.2f} s  (ratio {sweep_last / loop:.3f}; the metric reads the "
+    print(f"  batched, logits_to_keep=1:     {sweep_last:7.2f} CPU s  (ratio {sweep_last / loop:.3f}; the metric reads the "
           "last position only)")
     _transformer_lens(corrupted, clean, metric)
 
@@ -96,7 +98,7 @@ def main() -> None:
         forwards.append(_timed(plain))
         attrs.append(_timed(attribution))
     forward, attr = statistics.median(forwards), statistics.median(attrs)
-    print(f"attribution patching, every head x position (z) and resid_pre: {attr:.3f} s = "
+    print(f"attribution patching, every head x position (z) and resid_pre: {attr:.3f} CPU s = "
           f"{attr / forward:.2f} forward-equivalents (plain no-grad forward {forward * 1000:.0f} ms; goal <= 3)")
 
 
@@ -110,7 +112,7 @@ def _transformer_lens(corrupted: torch.Tensor, clean: torch.Tensor, metric) -> N
     tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M", device="cpu")
     _, cache = tl.run_with_cache(clean)
     seconds = _timed(lambda: patching.get_act_patch_resid_pre(tl, corrupted, cache, metric))
-    print(f"  TransformerLens get_act_patch_resid_pre: {seconds:7.2f} s")
+    print(f"  TransformerLens get_act_patch_resid_pre: {seconds:7.2f} CPU s")
 
 
 if __name__ == "__main__":
