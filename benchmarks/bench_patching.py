@@ -81,8 +81,8 @@ def main() -> None:
     print(f"  hookscope batched:             {sweep:7.2f} CPU s")
     print(f"  one-at-a-time hooked forwards: {loop:7.2f} CPU s  ({len(sample)} timed, scaled to {total})")
     print(f"  ratio batched / one-at-a-time: {sweep / loop:7.3f}  (goal <= 0.3)")
-    print(f"  batched, logits_to_keep=1:     {sweep_last:7.2f} CPU s  (ratio {sweep_last / loop:.3f}; the metric reads the "
-          "last position only)")
+    print(f"  batched, logits_to_keep=1:     {sweep_last:7.2f} CPU s  (ratio {sweep_last / loop:.3f}; the metric "
+          "reads the last position only)")
     _transformer_lens(corrupted, clean, metric)
 
     def plain() -> None:
