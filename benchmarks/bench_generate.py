@@ -1,108 +1,185 @@
-"""Greedy generation speed: hookscope ``model.generate`` vs HF ``generate`` on the same weights, one run.
+"""Greedy generation speed against HF ``generate`` and against this machine's memory-bandwidth floor.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_generate.py [--smollm2] [--device cuda] [--dtype bfloat16]``.
-GPT-2-small-shaped random weights (12 layers, d_model 768, vocab 50257) or, with ``--smollm2``, the packaged
-SmolLM2-135M (HF side: ``model.to_hf()``, the same weights). Both decode ``--new`` tokens greedily with no
-EOS (every run produces exactly that many tokens) from a ``--prompt``-token prompt, with a KV cache; HF
-uses its default attention (sdpa). Reported: new tokens per second (median of interleaved repeats, so drift
-hits all alike), the ratio to HF, and the cost of caching every block's residual stream at every step
-(``return_cache=...hook_resid_post``). The outputs are checked equal to HF's (fp32 only: bf16 rounding may
-flip near-ties).
+Run: ``python benchmarks/bench_generate.py [--models llama16m,gpt2,smollm2] [--compile] [--json] [--quick]``.
+Models: ``llama16m`` (random Llama: 6 layers, width 384, 6 heads / 2 KV heads, SwiGLU 1024, vocab 8192,
+untied: per-step overhead matters), ``gpt2`` (GPT-2 small shape, random), ``smollm2`` (the packaged
+SmolLM2-135M; HF side ``model.to_hf()``), ``narrow`` (12-layer width-64 GPT-2). Both sides decode ``--new``
+tokens greedily with no EOS from a ``--prompt``-token prompt with a KV cache; HF uses sdpa attention.
+Reported per batch: tokens/s (median of interleaved repeats), the ratio to HF, the fraction of the floor, and
+the cost of caching every ``hook_resid_post`` each step. With ``--compile``, ``generate(compile=True)`` too
+(its one-off compile time is printed). Outputs are checked equal to HF's (fp32).
+
+The floor: a decode step must read every weight matrix once (the embedding table only by row) plus the KV
+cache. The script measures, in the same process and thread setting, the bandwidth of a matrix-vector
+product over a matrix of that many bytes (so cache effects match the model's working set), and the floor is
+``batch * bandwidth / bytes per step`` tokens/s. On a CUDA device it also times CUDA-graph decoding; on a
+machine without one it prints ``skipped: no CUDA device``.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import torch
 import transformers
+from report import Table, emit, machine
 from timing import median_seconds
 
 import hookscope
 
+LABELS = {
+    "llama16m": "Llama 16M (6 x 384, GQA 6/2, vocab 8192)",
+    "gpt2": "GPT-2 small shape (random)",
+    "smollm2": "SmolLM2-135M (packaged)",
+    "narrow": "GPT-2 12 x 64, vocab 2048",
+}
 
-def _models(kind: str, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+
+def llama16m() -> transformers.PreTrainedModel:
+    """The overhead-bound model of issue 21: 15.7 M parameters, fp32."""
+    cfg = transformers.LlamaConfig(
+        hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+        num_key_value_heads=2, vocab_size=8192, tie_word_embeddings=False, max_position_embeddings=2048,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _models(kind: str, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
     if kind == "smollm2":
         model = hookscope.load("smollm2-135m", progress=False)
         hf = model.to_hf()
-        label = "SmolLM2-135M (packaged)"
-    elif kind == "narrow":  # per-step overhead dominates: 12 layers of width 64
-        torch.manual_seed(0)
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_head=4, vocab_size=2048))
-        model = hookscope.load(hf, progress=False)
-        label = "GPT-2 12 layers, width 64, vocab 2048 (random; per-step overhead)"
     else:
-        torch.manual_seed(0)
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())  # GPT-2 small shape, random weights
+        if kind == "llama16m":
+            hf = llama16m()
+        elif kind == "narrow":
+            hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_head=4, vocab_size=2048))
+        else:
+            hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())
         model = hookscope.load(hf, progress=False)
-        label = "GPT-2 small shape (random)"
-    hf = hf.to(device=device, dtype=dtype).eval()
-    model = model.to(device=device, dtype=dtype).eval()
-    return hf, model, label
+    return hf.to(device=device, dtype=dtype).eval(), model.to(device=device, dtype=dtype).eval()
 
 
-def _median_tok_s(fns: dict[str, Callable[[], object]], n_tokens: int, repeats: int, device: str) -> dict:
-    return {name: n_tokens / t for name, t in median_seconds(fns, repeats, device).items()}
+def bytes_per_step(model: torch.nn.Module, batch: int, mean_len: float) -> float:
+    """Bytes a decode step must read: every weight once (embedding rows only) plus the KV cache so far."""
+    cfg = model.cfg
+    params = {id(p): p for p in model.parameters()}
+    looked_up = [model.embed.weight] + ([model.pos_embed.weight] if model.pos_embed is not None else [])
+    read = sum(p.numel() * p.element_size() for p in params.values())
+    read -= sum(w.numel() * w.element_size() for w in looked_up if w is not model.unembed.weight)
+    kv = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.d_head * mean_len * model.embed.weight.element_size()
+    return read + kv
+
+
+def bandwidth(
+    n_bytes: float, dtype: torch.dtype, device: str, repeats: int = 30, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Bytes/s of a matrix-vector product over an ``n_bytes`` matrix (best of ``repeats``: achievable)."""
+    cols = 1024
+    rows = max(int(n_bytes / (cols * torch.finfo(dtype).bits / 8)), 1)
+    matrix = torch.randn(rows, cols, dtype=dtype, device=device)
+    vector = torch.randn(cols, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = clock()
+        matrix @ vector
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, clock() - start)
+    return matrix.numel() * matrix.element_size() / best
+
+
+def bench_batch(hf: torch.nn.Module, model: torch.nn.Module, batch: int, args: argparse.Namespace) -> dict:
+    gen = torch.Generator().manual_seed(batch)
+    tokens = torch.randint(100, 1000, (batch, args.prompt), generator=gen).to(args.device)
+    mask = torch.ones_like(tokens)
+    resid = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
+
+    def run_hf() -> torch.Tensor:
+        with torch.no_grad():
+            return hf.generate(tokens, attention_mask=mask, max_new_tokens=args.new, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+
+    fns: dict[str, Callable[[], object]] = {
+        "hf": run_hf,
+        "eager": lambda: model.generate(tokens, args.new, eos_token_id=[]),
+        "cached": lambda: model.generate(tokens, args.new, eos_token_id=[], return_cache=resid),
+    }
+    result: dict = {"equal": True}
+    if args.dtype == "float32":
+        result["equal"] = torch.equal(run_hf(), fns["eager"]())
+    if args.compile:
+        compiled = lambda: model.generate(tokens, args.new, eos_token_id=[], compile=True)  # noqa: E731
+        start = time.perf_counter()
+        out = compiled()  # the compile, outside the timing
+        result["compile_s"] = time.perf_counter() - start
+        result["equal"] &= torch.equal(out, fns["eager"]())
+        fns["compiled"] = compiled
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    seconds = median_seconds(fns, args.repeats, args.device, clock=clock)
+    result["tok_s"] = {name: batch * args.new / s for name, s in seconds.items()}
+    floor_bytes = bytes_per_step(model, batch, args.prompt + args.new / 2)
+    bytes_per_s = bandwidth(floor_bytes, model.embed.weight.dtype, args.device, clock=clock)
+    result["floor_tok_s"] = batch * bytes_per_s / floor_bytes
+    return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--smollm2", action="store_true")
-    parser.add_argument("--narrow", action="store_true", help="a width-64 GPT-2: time per-step overhead")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="llama16m,gpt2,smollm2", help=f"comma-separated: {', '.join(LABELS)}")
+    parser.add_argument("--smollm2", action="store_true", help="only SmolLM2 (older spelling)")
+    parser.add_argument("--narrow", action="store_true", help="only the width-64 GPT-2 (older spelling)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also time generate(compile=True)")
+    parser.add_argument("--quick", action="store_true", help="llama16m only, batch 1, 3 repeats, with --compile")
+    parser.add_argument("--json", action="store_true", help="also print the table for run_all.py")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with this process's CPU time, not wall time (a shared machine; 1 thread)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kinds = ["smollm2"] if args.smollm2 else ["narrow"] if args.narrow else args.models.split(",")
+    if args.quick:
+        kinds, args.batches, args.repeats, args.compile = ["llama16m"], "1", 3, True
     dtype = getattr(torch, args.dtype)
-    hf, model, label = _models("smollm2" if args.smollm2 else "narrow" if args.narrow else "gpt2", dtype, args.device)
-    resid = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
-    threads = f"{torch.get_num_threads()} threads" if args.device == "cpu" else args.device
-    print(f"{label}, {args.dtype}, {threads}, prompt {args.prompt} + {args.new} new tokens, greedy")
-    print("| batch | HF tok/s | hookscope tok/s | ratio | + resid cache tok/s | resid cache cost |")
-    print("|---|---|---|---|---|---|")
-    for batch in (int(b) for b in args.batches.split(",")):
-        gen = torch.Generator().manual_seed(batch)
-        tokens = torch.randint(100, 1000, (batch, args.prompt), generator=gen).to(args.device)
-        mask = torch.ones_like(tokens)
-
-        def run_hf() -> torch.Tensor:
-            with torch.no_grad():
-                return hf.generate(tokens, attention_mask=mask, max_new_tokens=args.new, do_sample=False,
-                                   eos_token_id=None, pad_token_id=0)
-
-        def run_ours() -> torch.Tensor:
-            return model.generate(tokens, args.new, eos_token_id=[])
-
-        def run_cached() -> object:
-            return model.generate(tokens, args.new, eos_token_id=[], return_cache=resid)
-
-        def run_compiled() -> torch.Tensor:
-            return model.generate(tokens, args.new, eos_token_id=[], compile=True)
-
-        if dtype == torch.float32:
-            same = torch.equal(run_hf(), run_ours())
-            if not same:
-                print(f"WARNING: batch {batch}: hookscope's tokens differ from HF's")
-        n_new = batch * args.new
-        fns = {"hf": run_hf, "ours": run_ours, "cached": run_cached}
-        if args.compile:
-            if not torch.equal(run_compiled(), run_ours()):  # also compiles, outside the timing
-                print(f"WARNING: batch {batch}: compiled decoding gave other tokens")
-            fns["compiled"] = run_compiled
-        tps = _median_tok_s(fns, n_new, args.repeats, args.device)
-        compiled = ""
-        if args.compile:
-            compiled = f" compile=True: {tps['compiled']:.1f} tok/s, {tps['compiled'] / tps['hf']:.2f}x |"
-        print(f"| {batch} | {tps['hf']:.1f} | {tps['ours']:.1f} | {tps['ours'] / tps['hf']:.2f}x | "
-              f"{tps['cached']:.1f} | {tps['ours'] / tps['cached'] - 1:+.0%} |{compiled}")
+    clock_name = "CPU time" if args.cpu_time else "wall time"
+    print(f"greedy, prompt {args.prompt} + {args.new} new tokens, {args.dtype}, {clock_name}; {machine()}")
+    columns = ["model", "batch", "HF tok/s", "hookscope tok/s", "/ HF", "of floor", "floor tok/s",
+               "+ resid cache"] + (["compile=True tok/s", "/ HF", "of floor", "compile wall s"] if args.compile else [])
+    print(" | ".join(columns))
+    rows = []
+    for kind in kinds:
+        hf, model = _models(kind, dtype, args.device)
+        for batch in (int(b) for b in args.batches.split(",")):
+            r = bench_batch(hf, model, batch, args)
+            tps, floor = r["tok_s"], r["floor_tok_s"]
+            row = [LABELS[kind], str(batch), f"{tps['hf']:.1f}", f"{tps['eager']:.1f}",
+                   f"{tps['eager'] / tps['hf']:.2f}x", f"{tps['eager'] / floor:.2f}", f"{floor:.1f}",
+                   f"{tps['eager'] / tps['cached'] - 1:+.0%} time"]
+            if args.compile:
+                row += [f"{tps['compiled']:.1f}", f"{tps['compiled'] / tps['hf']:.2f}x",
+                        f"{tps['compiled'] / floor:.2f}", f"{r['compile_s']:.1f}"]
+            print(" | ".join(row) + ("" if r["equal"] else "  WARNING: tokens differ from HF's"))
+            rows.append(row)
+    if not args.device.startswith("cuda"):
+        print("CUDA graphs: skipped: no CUDA device" if not torch.cuda.is_available()
+              else "CUDA graphs: run with --device cuda")
+    if args.json:
+        flags = (" --compile" if args.compile else "") + (" --cpu-time" if args.cpu_time else "")
+        caption = (f"`python benchmarks/bench_generate.py{flags}`: greedy, "
+                   f"prompt {args.prompt} + {args.new} new tokens, {args.dtype}, median of {args.repeats} "
+                   f"interleaved runs, {clock_name}; floor = batch x bandwidth / bytes read per step; {machine()}")
+        emit([Table("generate", caption, columns, rows)])
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def load(
         dtype: parameter dtype (default float32).
         device: where the weights go (default CPU).
         n_layers: keep only the first ``n_layers`` blocks (the rest are never materialised).
-        tokenizer: a tokenizer to attach (default: the source's own, when it has one).
+        tokenizer: a tokenizer to attach (default: the source's own, when it has one; ``False``: none,
+            which skips reading the tokenizer files).
         device_map: spread the model over devices with accelerate's dispatcher: ``"auto"`` (fill the
             GPUs in order, then CPU; bounded by ``max_memory``) or ``{module name: device}``. Blocks are
             never split. Needs ``pip install accelerate``.
@@ -88,7 +89,10 @@ def load(
         # anything else that breaks while building (a config value the model rejects, an unreadable
         # file) is a load failure too, so that `except LoadError` catches every one
         raise LoadError(f"could not load {src.describe()}: {type(err).__name__}: {err}") from err
-    model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
+    if tokenizer is False:
+        model.tokenizer = None
+    else:
+        model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
     model.eval()
     if device_map is not None:
         model = dispatch(model, device_map, max_memory)

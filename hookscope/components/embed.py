@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hookscope.components.attention import soft_cap
+from hookscope.components.views import bias_or_zeros
 
 
 class Embed(nn.Module):
@@ -19,7 +20,8 @@ class Embed(nn.Module):
         self, d_vocab: int, d_model: int, scale: float | None = None, padding_idx: int | None = None
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(d_vocab, d_model).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(d_vocab, d_model))
+        nn.init.normal_(self.weight, std=0.02)
         self.scale = scale
         self.padding_idx = padding_idx
 
@@ -51,7 +53,8 @@ class PosEmbed(nn.Module):
 
     def __init__(self, n_ctx: int, d_model: int, padding_idx: int | None = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_ctx, d_model).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(n_ctx, d_model))
+        nn.init.normal_(self.weight, std=0.02)
         self.padding_idx = padding_idx
 
     @property
@@ -70,7 +73,8 @@ class Unembed(nn.Module):
 
     def __init__(self, d_model: int, d_vocab: int, bias: bool = False, softcap: float | None = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(d_vocab, d_model).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(d_vocab, d_model))
+        nn.init.normal_(self.weight, std=0.02)
         self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(d_vocab)) if bias else None
         self.softcap = softcap
 
@@ -80,7 +84,7 @@ class Unembed(nn.Module):
 
     @property
     def b_U(self) -> torch.Tensor:  # [d_vocab]
-        return self.bias if self.bias is not None else torch.zeros_like(self.weight[:, 0])
+        return bias_or_zeros(self.bias, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = nn.functional.linear(x, self.weight, self.bias)  # [batch, pos, d_vocab]

@@ -60,7 +60,8 @@ class RelativePositionBias(nn.Module):
     def __init__(self, num_buckets: int, n_heads: int, max_distance: int, bidirectional: bool) -> None:
         super().__init__()
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
-        self.weight = nn.Parameter(torch.empty(num_buckets, n_heads).normal_(std=0.02))
+        self.weight = nn.Parameter(torch.empty(num_buckets, n_heads))
+        nn.init.normal_(self.weight, std=0.02)
         self.hook_position_bias = HookPoint()  # [1, head_index, query_pos, key_pos]
 
     def forward(self, query_len: int, key_len: int, offset: int = 0) -> torch.Tensor:

@@ -6,31 +6,16 @@ is placed into its slot as it comes out of the conversion engine.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from hookscope.components.meta import parameters_on_meta
 from hookscope.convert.engine import ConversionError, RuleSet, convert_tensors
 
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Inside this context, new parameters live on the meta device; buffers are created normally."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+__all__ = ["build_model", "parameters_on_meta", "retie"]
 
 
 def _set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -35,6 +35,7 @@ def generate(
     top_p: float | None = None,
     min_p: float | None = None,
     repetition_penalty: float | None = None,
+    freq_penalty: float = 0.0,
     num_beams: int = 1,
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
@@ -61,6 +62,8 @@ def generate(
         do_sample: sample from the processed distribution instead of taking the most likely token.
         temperature, top_k, top_p, min_p: sampling filters (HF semantics, applied in HF's order).
         repetition_penalty: HF's CTRL penalty on tokens already in the sequence (prompt included).
+        freq_penalty: TransformerLens's: subtract ``freq_penalty`` x (count of the token in the sequence so
+            far, prompt included) from each logit (after the temperature when sampling; greedy too).
         num_beams, length_penalty, early_stopping: beam search (HF semantics: score = sum of log-probs /
             generated_len ** length_penalty; ``early_stopping`` True, False or "never").
         eos_token_id: one id or several; a row stops at any of them. Default, as HF ``generate``: the
@@ -76,9 +79,10 @@ def generate(
             along positions, equal to one ``run_with_cache`` over the final sequence.
         return_beams: with beam search, return a :class:`BeamSearchOutput` holding every beam and its score.
         verbose: show a progress bar.
-        compile: run the decode steps after the prompt through ``torch.compile`` (greedy and sampling with
-            the KV cache; the first call compiles, which takes a while). Steps run eagerly anyway while a
-            hook is attached or ``return_cache`` records them.
+        compile: run the decode steps after the prompt through ``torch.compile`` (greedy, sampling and
+            beams with the KV cache; the first call compiles, which takes a while, once per model and shape bucket:
+            later calls reuse it). A step runs eagerly while a hook is attached (checked every step) or
+            ``return_cache`` records the steps. On CUDA the compiled steps replay CUDA graphs.
 
     Hooks attached with ``model.hooks(...)`` fire on every forward: the prompt once, then each new
     position (activations ``[batch, 1, ...]`` per step with the cache).
@@ -91,6 +95,7 @@ def generate(
         min_p=min_p, repetition_penalty=repetition_penalty, num_beams=num_beams,
         length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
         stop_strings=stop_strings, seed=seed, use_cache=use_cache, pad_token_id=pad_token_id,
+        freq_penalty=freq_penalty,
     )
     _check_outputs(model, return_type, return_cache, return_beams, num_beams)
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
@@ -99,7 +104,8 @@ def generate(
     check_context(model, tokens.shape[1], max_new_tokens)
     with torch.no_grad():
         if num_beams > 1:
-            beams = beam_search(model, tokens, mask, s, all_beams=return_beams, trim_logits=True)
+            step = compiled_step(model) if compile and s.use_cache else None
+            beams = beam_search(model, tokens, mask, s, all_beams=return_beams, trim_logits=True, step=step)
             if return_beams:
                 return beams
             return _format(model, beams.sequences[:, 0], inputs, return_type, mask, None)
@@ -118,18 +124,20 @@ def generate_stream(
 ) -> Iterator[torch.Tensor]:
     """An iterator over each step's new tokens ``[batch]``, produced as they are chosen (greedy or sampling).
 
-    Takes ``generate``'s sampling and stopping arguments (not beams or caches). Rows that finished yield
-    the pad id. Stop iterating at any time; nothing is left running.
+    Takes ``generate``'s sampling and stopping arguments and ``compile`` (not beams or caches). Rows that
+    finished yield the pad id. Stop iterating at any time; nothing is left running. Hooks attached between
+    two tokens fire from the next step on.
     """
     for bad in ("num_beams", "return_cache", "return_beams", "return_type"):
         if bad in kwargs and kwargs[bad] not in (1, False, "tokens"):
             raise ValueError(f"generate_stream does not take {bad}={kwargs[bad]!r}; use generate() for that")
         kwargs.pop(bad, None)
     kwargs.pop("verbose", None)
+    compile = bool(kwargs.pop("compile", False))
     defaults: dict[str, Any] = dict(
         do_sample=False, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
         num_beams=1, length_penalty=1.0, early_stopping=False, eos_token_id=None, stop_strings=None,
-        seed=None, use_cache=True, pad_token_id=None,
+        seed=None, use_cache=True, pad_token_id=None, freq_penalty=0.0,
     )
     unknown = set(kwargs) - set(defaults)
     if unknown:
@@ -139,7 +147,8 @@ def generate_stream(
     if attention_mask is None and isinstance(inputs, torch.Tensor):
         mask = infer_padding_mask(model, tokens, kwargs.get("pad_token_id"), s.eos_token_ids)
     check_context(model, tokens.shape[1], max_new_tokens)
-    return iter(Decoding(model, tokens, mask, s, trim_logits=True))  # arguments checked now, not at next()
+    step = compiled_step(model) if compile and s.use_cache else None
+    return iter(Decoding(model, tokens, mask, s, trim_logits=True, step=step))  # arguments checked now
 
 
 def _check_outputs(

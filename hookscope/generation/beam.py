@@ -61,11 +61,12 @@ class _Beams:
 
 def beam_search(
     model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, s: GenerationSettings, *, all_beams: bool,
-    trim_logits: bool = False,
+    trim_logits: bool = False, step: Any = None,
 ) -> BeamSearchOutput:
     """Beam search from left-padded prompts ``tokens [batch, prompt_pos]``.
 
     ``trim_logits``: the model's forward takes ``logits_to_keep=1`` (see :class:`~.decode.Decoding`).
+    ``step``: a compiled decode step for the cached steps after the prompt (as in ``Decoding``), or None.
 
     Returns all ``num_beams`` finished beams per row when ``all_beams``, else only the best
     (``[batch, 1, pos]``), cropped like HF to the longest returned sequence.
@@ -101,6 +102,8 @@ def beam_search(
         m = None if flat_mask is None else flat_mask[:, :cur]
         if cache is None:
             logits = model(flat, m, **extra)[:, -1]
+        elif step is not None and cache.length > 0:
+            logits = step(flat[:, cache.length :], m, cache)[:, -1]
         else:
             logits = model(flat[:, cache.length :], m, kv_cache=cache, **extra)[:, -1]
         log_probs = torch.log_softmax(logits.float(), dim=-1)

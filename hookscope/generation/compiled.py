@@ -1,34 +1,83 @@
 """Decode steps through ``torch.compile`` (``generate(..., compile=True)``).
 
 A decode step of a small model is mostly Python and kernel-launch overhead; compiling the step removes most
-of it (measured on a width-64 GPT-2 on CPU: 2.35 -> 1.81 ms a token, after a one-off compile of ~90 s on 2
-cores). The prompt (prefill) still runs eagerly, so input validation and its errors stay as they are.
+of it. The prompt (prefill) still runs eagerly, so input validation and its errors stay as they are.
 
-Compiled steps run only while no hook is attached and no per-step cache is recorded: hooks are arbitrary
-Python, and an eager step is the one that certainly runs them as written. One compiled function serves
-every model (the model is an argument), so compiling twice costs nothing new.
+Compiled once per shape bucket, not per call: the step is compiled with dynamic shapes, so the growing
+cached length, other prompt lengths and other ``max_new_tokens`` reuse the same graph; a new batch size
+class (1 or more, which PyTorch specialises), a padding mask or another model adds one compilation. The
+compiled function lives as long as the model (a second ``generate`` call compiles nothing).
+
+On a CUDA device the step is compiled with ``mode="reduce-overhead"``: CUDA graphs replay each step's
+kernels in one launch (recorded once per cached length, then replayed by every later call); the KV cache
+buffers are marked as static addresses so the graphs may write them in place. On the CPU the default mode
+is used and nothing CUDA-specific runs. (No GPU was available when this was written: the CUDA path is
+untested.)
+
+Hooks: a compiled step runs only while no hook is attached to the model, checked before every step, so a
+hook attached during generation (from a stream, a callback or another hook) fires from the next step on;
+hooks are arbitrary Python, and an eager step is the one that certainly runs them as written.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-_step: Any = None
+from hookscope.hooks import hooks_active
+
+# The torch.compile backend; tests swap in a counting backend to count compilations without inductor.
+BACKEND: str | Callable[..., Any] = "inductor"
+_compiled: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
 
 def _decode_step(model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
     return model(tokens, mask, kv_cache=kv_cache, logits_to_keep=1)
 
 
-def compiled_step(model: Any) -> Any:
-    """``step(tokens, mask, kv_cache) -> logits`` for one decode step of ``model``, or None if it has hooks."""
-    global _step
-    if any(p.has_hooks for p in model.hook_points()):
-        return None
-    if _step is None:
-        # dynamic: the cached length (and with it the mask and key shapes) grows every step
-        _step = torch.compile(_decode_step, dynamic=True)
-    step = _step
-    return lambda tokens, mask, kv_cache: step(model, tokens, mask, kv_cache)
+class CompiledStep:
+    """``step(tokens, mask, kv_cache) -> logits`` for the cached steps of one model.
+
+    Runs the compiled function while the model has no hooks and the model's own forward otherwise
+    (``used_compiled`` counts the compiled steps).
+    """
+
+    def __init__(self, model: Any, fn: Callable[..., Any], on_cuda: bool = False) -> None:
+        self.model, self.fn, self.on_cuda = model, fn, on_cuda
+        self.points = model.hook_points()
+        self.used_compiled = 0
+        self._static: set[int] = set()
+
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
+        if hooks_active(self.points):
+            return _decode_step(self.model, tokens, mask, kv_cache)
+        if self.on_cuda and id(kv_cache) not in self._static:
+            _mark_cache_static(kv_cache)
+            self._static.add(id(kv_cache))
+        self.used_compiled += 1
+        return self.fn(self.model, tokens, mask, kv_cache)
+
+
+def _mark_cache_static(kv_cache: Any) -> None:
+    """Tell the compiler the cache buffers keep their address: a CUDA graph may then write them in place
+    (written in place each step, they would otherwise make it skip graph capture as mutated inputs)."""
+    tensors = [kv_cache.keys, kv_cache.values]
+    for i in range(kv_cache.keys.shape[0]):
+        layer = kv_cache.layer(i)
+        tensors += [layer.k, layer.v]
+    for t in tensors:
+        torch._dynamo.mark_static_address(t)
+
+
+def compiled_step(model: Any) -> CompiledStep:
+    """The compiled decode step of ``model`` (compiled on first use, then kept with the model)."""
+    fn = _compiled.get(model)
+    if fn is None:
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        options: dict[str, Any] = {"mode": "reduce-overhead"} if on_cuda and BACKEND == "inductor" else {}
+        fn = torch.compile(_decode_step, dynamic=True, backend=BACKEND, **options)
+        _compiled[model] = fn
+    return CompiledStep(model, fn, on_cuda=next(model.parameters()).device.type == "cuda")

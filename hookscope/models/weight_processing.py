@@ -32,13 +32,10 @@ import torch
 from torch import nn
 
 from hookscope.components.norm import LayerNorm, OffsetRMSNorm
+from hookscope.errors import WeightProcessingError
 from hookscope.factored_matrix import FactoredMatrix
 
 logger = logging.getLogger(__name__)
-
-
-class WeightProcessingError(ValueError):
-    """A weight-processing option cannot be applied to this model exactly."""
 
 
 @dataclass(frozen=True, kw_only=True)
