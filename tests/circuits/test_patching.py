@@ -128,6 +128,8 @@ def test_unknown_activation_and_missing_cache_entries_raise_clearly() -> None:
     with pytest.raises(KeyError, match="resid_pree"):
         P.generic_activation_patch(model, corrupted, cache, logit_diff, P.layer_pos_patch_setter, "resid_pree",
                                    index_axis_names=("layer", "pos"))
+    with pytest.raises(ValueError, match="batch_size"):
+        P.get_act_patch_resid_pre(model, corrupted, cache, logit_diff, batch_size=0)
     _, small = model.run_with_cache(corrupted, names_filter="blocks.0.hook_resid_pre")
     with pytest.raises(KeyError, match="lacks"):
         P.get_act_patch_resid_pre(model, corrupted, small, logit_diff)
