@@ -173,3 +173,18 @@ def test_t5_encoder_patching_and_attribution_with_keyword_inputs() -> None:
     attr = attribution_patch(model, clean, corrupted, metric, names_filter=lambda n: n.startswith("encoder.")
                              and n.endswith("hook_resid_pre"))
     assert set(attr.scores) == {f"encoder.{i}.hook_resid_pre" for i in range(got.shape[0])}
+
+
+def test_every_tl_helper_returns_its_documented_shape() -> None:
+    model, _, corrupted, cache, _ = setup("gpt2")  # 3 layers, 4 heads, 6 positions
+    by_pos = P.get_act_patch_attn_head_by_pos_every(model, corrupted, cache, logit_diff)
+    assert by_pos.shape == (5, 3, 6, 4)
+    dest_src = P.get_act_patch_attn_head_pattern_dest_src_pos(model, corrupted, cache, logit_diff)
+    assert dest_src.shape == (3, 4, 6, 6)
+    want = by_hand(model, corrupted, cache, "blocks.1.attn.hook_pattern", (slice(None), 2, 4, 1))
+    torch.testing.assert_close(dest_src[1, 2, 4, 1].item(), want, **EXACT)
+    for fn in (P.get_act_patch_attn_head_q_by_pos, P.get_act_patch_attn_head_v_by_pos):
+        assert fn(model, corrupted, cache, logit_diff).shape == (3, 6, 4)
+    for fn in (P.get_act_patch_attn_head_q_all_pos, P.get_act_patch_attn_head_v_all_pos,
+               P.get_act_patch_attn_head_pattern_all_pos):
+        assert fn(model, corrupted, cache, logit_diff).shape == (3, 4)
