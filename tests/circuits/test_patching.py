@@ -188,3 +188,32 @@ def test_every_tl_helper_returns_its_documented_shape() -> None:
     for fn in (P.get_act_patch_attn_head_q_all_pos, P.get_act_patch_attn_head_v_all_pos,
                P.get_act_patch_attn_head_pattern_all_pos):
         assert fn(model, corrupted, cache, logit_diff).shape == (3, 4)
+
+
+def test_bert_mlm_patching_and_head_detection_refusal() -> None:
+    from hookscope.analysis.head_detection import detect_head
+    from tests.equivalence.bert_configs import random_hf_model as random_bert
+
+    model = hookscope.load(random_bert("BertForMaskedLM", torch.float64), dtype=torch.float64)
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 3, 5].mean()
+
+    got = P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric)
+    assert got.shape == (3, 6, 4)
+    want = by_hand_metric(model, corrupted, cache, "blocks.2.attn.hook_z", (slice(None), 4, 1), metric)
+    torch.testing.assert_close(got[2, 4, 1].item(), want, **EXACT)
+    with pytest.raises(ValueError, match="later positions"):  # bidirectional: "abs" compares causal patterns
+        detect_head(model, clean[0], "previous_token_head", error_measure="abs")
+
+
+def by_hand_metric(model, corrupted, clean_cache, hook_name: str, where, metric) -> float:
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:
+        act = act.clone()
+        act[where] = clean_cache[hook_name][where]
+        return act
+
+    with torch.no_grad():
+        return float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(hook_name, hook)])))
