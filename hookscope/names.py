@@ -106,25 +106,23 @@ WHISPER_MODEL: dict[str, str] = {
     **_norm("encoder_final_ln", "decoder_final_ln"),
 }
 
-# ----------------------------------------------------------------- DiT (models/dit.py)
-_VEC = "batch d_model"  # conditioning vectors: one per image
-_DIT_FROM_DECODER = (
-    "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out",
-    "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
-    "hook_resid_post",
-)
-_DIT_MODULATIONS = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
+# ----------------------------------------------------------------- DiT (models/dit.py): adaLN conditioning
+_VEC = "batch d_model"
 DIT_BLOCK: dict[str, str] = {
-    **{k: DECODER_BLOCK[k] for k in _DIT_FROM_DECODER},
+    **{k: DECODER_BLOCK[k] for k in (
+        "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+        "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out",
+        "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post",
+        "hook_mlp_out", "hook_resid_post",
+    )},
     "cond.hook_time_embed": _VEC, "cond.hook_class_embed": _VEC, "hook_cond": _VEC,
-    **{f"hook_{m}": _VEC for m in _DIT_MODULATIONS},
+    **{f"hook_{m}": _VEC for m in ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")},
     "hook_modulated_msa": RESID, "hook_modulated_mlp": RESID,
 }
 DIT_MODEL: dict[str, str] = {
     "embed.hook_patch_embed": RESID, "hook_pos_embed": RESID, "hook_shift_final": _VEC, "hook_scale_final": _VEC,
-    **_norm("ln_final"), "hook_modulated_final": RESID,
-    "hook_patch_out": "batch pos patch_values", "hook_out": "batch channel height width",
+    **_norm("ln_final"), "hook_modulated_final": RESID, "hook_patch_out": "batch pos patch_values",
+    "hook_image_out": "batch channel height width",
 }
 
 # family -> (per-block templates, model-level names); the order is the look-up order of shape_of
@@ -143,7 +141,8 @@ def shape_of(name: str, family: str | None = None) -> str | None:
 
     Args:
         name: a full hook name (``"blocks.3.attn.hook_k"``).
-        family: ``"decoder"``, ``"bert"``, ``"t5"``, ``"vit"`` or ``"whisper"``: that family's table only.
+        family: ``"decoder"``, ``"bert"``, ``"t5"``, ``"vit"``, ``"whisper"`` or ``"dit"``: that family's
+            table only.
             Without it the families are searched in :data:`FAMILY_TABLES` order (Whisper's self-attention
             keys, for one, are ``key_pos`` where a decoder's are ``pos``).
     """
@@ -168,6 +167,8 @@ def position_axis(name: str, ndim: int) -> int | None:
             if key in parts:
                 return parts.index(key)
         return None
+    if name.endswith(("hook_pattern", "hook_attn_scores")) and ndim == 4:
+        return 2  # [batch, head_index, query_pos, key_pos] under any prefix (e.g. a wrapped cross_attn)
     # Unknown (e.g. wrapped-module) names: assume [batch, pos, ...] when there are >= 3 axes.
     return 1 if ndim >= 3 else None
 

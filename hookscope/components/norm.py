@@ -74,12 +74,14 @@ class RMSNorm(nn.Module):
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.to(torch.float32)
+        if not self.hook_scale.has_hooks:
+            # one kernel computing HF's x * rsqrt(mean(x^2) + eps) bit for bit (tested), not five ops
+            return F.rms_norm(x32, x32.shape[-1:], eps=self.eps)
         variance = x32.pow(2).mean(-1, keepdim=True)
-        if self.hook_scale.has_hooks:
-            scale = torch.sqrt(variance + self.eps)
-            hooked = self.hook_scale(scale)
-            if hooked is not scale:  # edited by a hook: normalise with the edited scale
-                return x32 / hooked
+        scale = torch.sqrt(variance + self.eps)
+        hooked = self.hook_scale(scale)
+        if hooked is not scale:  # edited by a hook: normalise with the edited scale
+            return x32 / hooked
         # HF multiplies by rsqrt; dividing by sqrt would differ in the last bit
         return x32 * torch.rsqrt(variance + self.eps)
 
@@ -140,12 +142,13 @@ class LayerNormPre(nn.Module):
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(centred / scale)
 
-    # the affine form the residual analyses use (see LayerNorm): no weight, no offset
     def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The divisor this norm would use for ``x`` (what ``hook_scale`` shows): ``[..., 1]``."""
         centred = x - x.mean(-1, keepdim=True)
         return (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
 
     def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` centred and divided by ``scale``: linear in ``x``."""
         return (x - x.mean(-1, keepdim=True)) / scale
 
     @property
@@ -169,9 +172,11 @@ class RMSNormPre(nn.Module):
         return self.hook_normalized((x32 / scale).to(x.dtype))
 
     def scale_of(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        """The divisor this norm would use for ``x`` (what ``hook_scale`` shows): ``[..., 1]``."""
+        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
 
     def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` divided by ``scale``: linear in ``x``."""
         return x / scale
 
     @property

@@ -66,9 +66,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``rotary_dim`` features of ``x [batch, pos, head, d_head]``; the rest pass through."""
+    """Rotate the first ``rotary_dim`` features of ``x [batch, pos, head, d_head]``; the rest pass through.
+
+    ``cos``/``sin`` are ``[batch, pos, rotary_dim]`` or already ``[batch, pos, 1, rotary_dim]``.
+    """
     rotary_dim = cos.shape[-1]
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [batch, pos, 1, rotary_dim]
+    if cos.ndim == 3:  # tables shared by every head (models pass them so, once per forward)
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [batch, pos, 1, rotary_dim]
     if rotary_dim == x.shape[-1]:
         return x * cos + rotate_half(x) * sin
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]

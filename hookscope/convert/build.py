@@ -6,52 +6,16 @@ is placed into its slot as it comes out of the conversion engine.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from hookscope.components.meta import parameters_on_meta
 from hookscope.convert.engine import ConversionError, RuleSet, convert_tensors
 
-
-class _EmptyOnMeta(TorchFunctionMode):
-    """Route ``torch.empty`` (how every parameter here is allocated, as in ``nn.Linear``) to the meta device."""
-
-    def __torch_function__(
-        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is torch.empty:
-            kwargs["device"] = "meta"
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Inside this context, new parameters live on the meta device; buffers are created normally.
-
-    Parameters are allocated with ``torch.empty`` and initialised after registration (the components'
-    convention), so building a model for loading allocates and fills nothing: the empty tensors are meta
-    tensors and the random initialisation runs on meta. Buffers (rotary frequencies) are computed from
-    the config with other factories and stay real. A parameter made any other way (``torch.ones`` of a
-    norm) is moved to meta when it is registered.
-    """
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        with _EmptyOnMeta():
-            yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+__all__ = ["build_model", "parameters_on_meta", "retie"]
 
 
 def _set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

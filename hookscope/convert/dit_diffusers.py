@@ -19,6 +19,7 @@ from torch import nn
 
 from hookscope.convert.build import build_model
 from hookscope.convert.engine import ConversionError, Rule, RuleSet, rename
+from hookscope.errors import SourceNotFoundError
 from hookscope.models.dit import DiT
 from hookscope.models.dit_config import DiTConfig
 
@@ -77,7 +78,7 @@ def diffusers_folder_source(path: Path) -> Any:
     hf_config = _as_hf_config(str(raw.get("_class_name")), raw)
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{path} has no *.safetensors weights (pickled .bin files are not read)")
+        raise SourceNotFoundError(f"{path} has no *.safetensors weights (pickled .bin files are not read)")
     keys, get = _safetensors_reader(path)
     return Source(hf_config, keys, get, str(path))
 

@@ -9,8 +9,10 @@ class (1 or more, which PyTorch specialises), a padding mask or another model ad
 compiled function lives as long as the model (a second ``generate`` call compiles nothing).
 
 On a CUDA device the step is compiled with ``mode="reduce-overhead"``: CUDA graphs replay each step's
-kernels in one launch (recorded once per cached length, then replayed by every later call). On the CPU
-the default mode is used; nothing CUDA-specific runs there.
+kernels in one launch (recorded once per cached length, then replayed by every later call); the KV cache
+buffers are marked as static addresses so the graphs may write them in place. On the CPU the default mode
+is used and nothing CUDA-specific runs. (No GPU was available when this was written: the CUDA path is
+untested.)
 
 Hooks: a compiled step runs only while no hook is attached to the model, checked before every step, so a
 hook attached during generation (from a stream, a callback or another hook) fires from the next step on;
@@ -43,16 +45,31 @@ class CompiledStep:
     (``used_compiled`` counts the compiled steps).
     """
 
-    def __init__(self, model: Any, fn: Callable[..., Any]) -> None:
-        self.model, self.fn = model, fn
+    def __init__(self, model: Any, fn: Callable[..., Any], on_cuda: bool = False) -> None:
+        self.model, self.fn, self.on_cuda = model, fn, on_cuda
         self.points = model.hook_points()
         self.used_compiled = 0
+        self._static: set[int] = set()
 
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
         if hooks_active(self.points):
             return _decode_step(self.model, tokens, mask, kv_cache)
+        if self.on_cuda and id(kv_cache) not in self._static:
+            _mark_cache_static(kv_cache)
+            self._static.add(id(kv_cache))
         self.used_compiled += 1
         return self.fn(self.model, tokens, mask, kv_cache)
+
+
+def _mark_cache_static(kv_cache: Any) -> None:
+    """Tell the compiler the cache buffers keep their address: a CUDA graph may then write them in place
+    (written in place each step, they would otherwise make it skip graph capture as mutated inputs)."""
+    tensors = [kv_cache.keys, kv_cache.values]
+    for i in range(kv_cache.keys.shape[0]):
+        layer = kv_cache.layer(i)
+        tensors += [layer.k, layer.v]
+    for t in tensors:
+        torch._dynamo.mark_static_address(t)
 
 
 def compiled_step(model: Any) -> CompiledStep:
@@ -63,4 +80,4 @@ def compiled_step(model: Any) -> CompiledStep:
         options: dict[str, Any] = {"mode": "reduce-overhead"} if on_cuda and BACKEND == "inductor" else {}
         fn = torch.compile(_decode_step, dynamic=True, backend=BACKEND, **options)
         _compiled[model] = fn
-    return CompiledStep(model, fn)
+    return CompiledStep(model, fn, on_cuda=next(model.parameters()).device.type == "cuda")

@@ -24,6 +24,13 @@ from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.bert_config import BertConfig
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.input_checks import (
+    batched_ids,
+    check_device,
+    check_integer_ids,
+    check_same_device,
+    check_same_shape,
+)
 from hookscope.models.weight_views import StackedWeightsMixin
 
 ReturnType = Literal["logits", "hidden", "pooled", "nsp", "classification", None]
@@ -299,10 +306,8 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
         self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Tokens ``[batch, pos]`` plus mask and token types of that shape; a clear error otherwise."""
-        _check_ids("tokens", tokens)
-        weight = self.embed.embed.weight
-        if tokens.device != weight.device and not hasattr(self, "hf_device_map"):
-            raise ValueError(f"tokens are on {tokens.device} but the model is on {weight.device}; move them with .to()")
+        check_integer_ids("tokens", tokens, "integer ids")
+        check_device("tokens", tokens, self.embed.embed.weight, hasattr(self, "hf_device_map"))
         if tokens.ndim == 1:
             tokens = tokens[None]
             attention_mask = (
@@ -312,23 +317,18 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
             )
             if token_type_ids is not None and token_type_ids.ndim == 1:
                 token_type_ids = token_type_ids[None]
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+        tokens = batched_ids("tokens", tokens)
         if tokens.shape[1] > self.cfg.max_tokens:
             raise ValueError(
                 f"the sequence has {tokens.shape[1]} tokens but this model's position table allows at most "
                 f"{self.cfg.max_tokens}; truncate the input (e.g. tokenizer(..., truncation=True))"
             )
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if t is not None and t.shape != tokens.shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(t.shape)} but the tokens have shape {tuple(tokens.shape)}; "
-                    "they must match"
-                )
-            if t is not None and t.device != tokens.device:
-                raise ValueError(f"{name} is on {t.device} but the tokens are on {tokens.device}")
+            if t is not None:
+                check_same_shape(name, t, tokens.shape, "the tokens")
+                check_same_device(name, t, "tokens", tokens)
         if token_type_ids is not None:
-            _check_ids("token_type_ids", token_type_ids)
+            check_integer_ids("token_type_ids", token_type_ids, "integer ids")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(tokens)
         elif token_type_ids.numel() and (
@@ -357,17 +357,9 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
         return embed(self, sentences, pooling=pooling, normalize=normalize)
 
 
-def _check_ids(name: str, ids: torch.Tensor) -> None:
-    """Ids index embedding tables: an integer tensor (a bool or float one would index wrongly or fail deep)."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of integer ids, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be integer ids, got {ids.dtype}; convert with .long()")
-
-
 def _check_position_ids(position_ids: torch.Tensor, tokens: torch.Tensor) -> None:
     """Explicit positions: integer ids ``[batch, pos]`` (or ``[pos]`` / ``[1, pos]``, shared by every row)."""
-    _check_ids("position_ids", position_ids)
+    check_integer_ids("position_ids", position_ids, "integer ids")
     batch, n_pos = tokens.shape
     shape = tuple(position_ids.shape)
     if not (shape == (n_pos,) or (len(shape) == 2 and shape[1] == n_pos and shape[0] in (1, batch))):
@@ -375,5 +367,4 @@ def _check_position_ids(position_ids: torch.Tensor, tokens: torch.Tensor) -> Non
             f"position_ids has shape {shape} but the tokens have shape {(batch, n_pos)}; "
             f"pass [batch, pos] or [pos]"
         )
-    if position_ids.device != tokens.device:
-        raise ValueError(f"position_ids are on {position_ids.device} but the tokens are on {tokens.device}")
+    check_same_device("position_ids", position_ids, "tokens", tokens)

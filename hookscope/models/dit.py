@@ -124,7 +124,7 @@ class DiT(HookedModule):
         self.hook_modulated_final = HookPoint()  # [batch, pos, d_model]
         self.unembed = nn.Linear(d, cfg.patch_size**2 * cfg.out_channels)
         self.hook_patch_out = HookPoint()  # [batch, pos, patch_size * patch_size * out_channels]
-        self.hook_out = HookPoint()  # [batch, out_channels, height, width]
+        self.hook_image_out = HookPoint()  # [batch, out_channels, height, width]
         self.tokenizer = None
         self.setup_hooks()
 
@@ -171,7 +171,7 @@ class DiT(HookedModule):
         ``class_labels`` ``[batch]`` in ``0..n_classes-1``, or ``n_classes`` / None for the null class.
         """
         images, t, y = self._check_inputs(images, timesteps, class_labels)
-        p, grid = self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size
+        grid = images.shape[-1] // self.cfg.patch_size
         patches = self.embed(images)  # [batch, pos, d_model]
         pos = self.hook_pos_embed(self.positions(grid)[None].expand(patches.shape[0], -1, -1))
         resid = (patches + pos).to(patches.dtype)
@@ -185,9 +185,24 @@ class DiT(HookedModule):
         shift, scale = self.hook_shift_final(shift), self.hook_scale_final(scale)
         h = self.hook_modulated_final(modulate(self.ln_final(resid), shift, scale))
         out = self.hook_patch_out(self.unembed(h))  # [batch, pos, p * p * out_channels]
-        c = self.cfg.out_channels
-        out = out.reshape(-1, grid, grid, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [b, c, row, p, col, q]
-        return self.hook_out(out.reshape(-1, c, grid * p, grid * p))
+        return self.hook_image_out(self.unpatchify(out))
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos, p * p * out_channels]`` (row-major square grid) -> ``[batch, out_channels, side, side]``."""
+        p, c = self.cfg.patch_size, self.cfg.out_channels
+        grid = round(patches.shape[1] ** 0.5)
+        out = patches.reshape(-1, grid, grid, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [b, c, row, p, col, q]
+        return out.reshape(-1, c, grid * p, grid * p)
+
+    def decode_residual(self, resid: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The model output ``[batch, out_channels, side, side]`` read from any residual ``[batch, pos, d_model]``.
+
+        Applies the final layer (modulated by the conditioning vector ``cond [batch, d_model]``, which the
+        model takes from block 0: ``blocks.0.hook_cond``) as if ``resid`` were the last block's output:
+        the DiT analogue of a logit lens.
+        """
+        shift, scale = self.final_adaln(cond)
+        return self.unpatchify(self.unembed(modulate(self.ln_final(resid), shift, scale)))
 
     def sample(self, *args: Any, **kwargs: Any) -> Any:
         """See :func:`hookscope.models.dit_sampler.sample`."""

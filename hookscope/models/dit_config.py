@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hookscope.components.activations import ACTIVATIONS
+from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class DiTConfig:
+class DiTConfig(FamilyConfig):
     """A DiT (Peebles & Xie 2023) denoiser over ``[batch, in_channels, sample_size, sample_size]`` images.
 
     Topology: a strided-conv patch embedding plus fixed 2-D sin-cos positions; per block a timestep +
@@ -34,18 +35,15 @@ class DiTConfig:
     n_train_timesteps: int = 1000  # the noise schedule's length (for the sampler's defaults)
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "n_heads", "d_head", "in_channels", "out_channels", "sample_size",
-                     "patch_size", "n_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
+        self._require_positive(
+            "n_layers", "n_heads", "d_head", "in_channels", "out_channels", "sample_size", "patch_size", "n_classes"
+        )
         if self.sample_size % self.patch_size:
-            raise ValueError(f"sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
+            raise ConfigError(f"sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
         if self.d_model % 4:
             # the 2-D sin-cos table gives half the channels to each axis, each half split sin / cos
-            raise ValueError(f"d_model = n_heads * d_head = {self.d_model} must be a multiple of 4")
-        if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {self.act_fn!r}; known: {', '.join(sorted(ACTIVATIONS))}")
+            raise ConfigError(f"d_model = n_heads * d_head = {self.d_model} must be a multiple of 4")
+        self._require_activation("act_fn")
 
     @property
     def d_model(self) -> int:

@@ -22,6 +22,7 @@ from hookscope.components.norm import LayerNorm
 from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.input_checks import batched_ids, check_device, check_encoder_output, check_integer_ids
 from hookscope.models.whisper_config import WhisperConfig
 from hookscope.models.whisper_layers import AudioEmbed, DecoderBlock, EncoderBlock
 
@@ -175,13 +176,15 @@ class Whisper(ExportMixin, HookedModule):
         early_stopping: bool | Literal["never"] = False,
         use_cache: bool = True,
         eos_token_id: int | list[int] | None = None,
-    ) -> torch.Tensor:
+        return_cache: Any = False,
+    ) -> Any:
         """Decoder tokens ``[batch, prompt + new]`` for log-mel ``input_features [batch, n_mels, frames]``.
 
         Greedy or beam search through the shared generation loops, with the checkpoint's
         ``suppress_tokens``/``begin_suppress_tokens``; ``prompt`` defaults to the decoder start token, as
-        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS. See
-        :func:`hookscope.generation.whisper_decode.generate`.
+        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS;
+        ``return_cache`` (True or a names filter) also returns the activations of every step, equal to a
+        teacher-forced ``run_with_cache`` over the result. See :func:`hookscope.generation.whisper_decode.generate`.
         """
         return implementation("whisper_generate")(
             self,
@@ -193,6 +196,7 @@ class Whisper(ExportMixin, HookedModule):
             early_stopping=early_stopping,
             use_cache=use_cache,
             eos_token_id=eos_token_id,
+            return_cache=return_cache,
         )
 
     # ------------------------------------------------------------------ speech to text
@@ -204,12 +208,15 @@ class Whisper(ExportMixin, HookedModule):
         num_beams: int = 1,
         max_new_tokens: int | None = None,
         prompt: list[int] | None = None,
-    ) -> str:
+        return_cache: Any = False,
+    ) -> Any:
         """Text of a speech recording (a file path, or a waveform array with its ``sample_rate``).
 
         Audio longer than 30 s is cut into consecutive 30-s windows, each decoded on its own (no
         timestamp-guided seeking), all windows decoded as one batch. Decoding is greedy (``num_beams=1``)
-        or beam search, through the shared generation loops (see :meth:`generate`).
+        or beam search, through the shared generation loops (see :meth:`generate`). ``return_cache`` (True
+        or a names filter, greedy only) returns ``(text, cache)`` with every step's activations, one row
+        per 30-s window.
         """
         return implementation("whisper_transcribe")(
             self,
@@ -218,6 +225,7 @@ class Whisper(ExportMixin, HookedModule):
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
             prompt=prompt,
+            return_cache=return_cache,
         )
 
 
@@ -226,31 +234,20 @@ def _check_features(features: torch.Tensor, embed: torch.Tensor) -> None:
     if not features.is_floating_point():
         raise TypeError(f"log-mel features must be a float tensor, got {features.dtype}; "
                         "use hookscope.audio.log_mel() to make them from a waveform")
-    if features.device != embed.device:
-        raise ValueError(f"features are on {features.device} but the model is on {embed.device}; "
-                         "move them with .to()")
+    check_device("features", features, embed)
 
 
 def _check_tokens(tokens: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
     """Decoder ids ``[batch, pos]`` (``[pos]`` gets a batch axis): integers on the model's device."""
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise TypeError(f"decoder_input_ids must be integer token ids, got {tokens.dtype}; convert with .long()")
-    if tokens.ndim not in (1, 2):
-        raise ValueError(f"decoder_input_ids must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
-    if tokens.device != embed.device:
-        raise ValueError(f"decoder_input_ids are on {tokens.device} but the model is on {embed.device}; "
-                         "move them with .to()")
-    return tokens[None] if tokens.ndim == 1 else tokens
+    check_integer_ids("decoder_input_ids", tokens)
+    tokens = batched_ids("decoder_input_ids", tokens)
+    check_device("decoder_input_ids", tokens, embed)
+    return tokens
 
 
 def _check_encoder_output(encoder_output: torch.Tensor, batch: int, embed: torch.Tensor) -> None:
     """The encoder output ``[clips, n_audio_ctx, d_model]``; one decoder row per clip (or one for all)."""
-    d_model = embed.shape[-1]
-    if encoder_output.ndim != 3 or encoder_output.shape[-1] != d_model:
-        raise ValueError(f"encoder_output must be [batch, n_audio_ctx, {d_model}] (what encode() returns), "
-                         f"got shape {tuple(encoder_output.shape)}")
-    if encoder_output.dtype != embed.dtype:
-        raise TypeError(f"encoder_output is {encoder_output.dtype} but the model is {embed.dtype}")
+    check_encoder_output("encoder_output", encoder_output, embed, pos_axis="n_audio_ctx")
     if batch not in (1, encoder_output.shape[0]):
         raise ValueError(f"decoder_input_ids have {batch} rows but there are {encoder_output.shape[0]} audio clips; "
                          "give each clip its decoder row")

@@ -75,6 +75,8 @@ def compare(ref: torch.nn.Module, dtype: torch.dtype, side: int = 12) -> None:
     with torch.no_grad():
         out, cache = model.run_with_cache(x, t, y)
         fused = model(x, t, y)  # un-hooked: the SDPA path
+    assert all(cache.n_calls(name) == 1 for name in cache)  # each hook fires once per forward
+    assert len(cache) == len(model.cache_names(None))
     pairs = [(name, cache[name], ref_value) for name, ref_value in want.items() if name != "out"]
     pairs += [("output (hooked)", out, want["out"]), ("output (un-hooked)", fused, want["out"])]
     assert len(pairs) == 1 + 2 * (1 + 1 + 6 + 1 + 1 + 1 + 1) + 2

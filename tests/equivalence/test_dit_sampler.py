@@ -96,3 +96,18 @@ def test_sampler_rejects_bad_arguments(model: DiT) -> None:
         model.sample(2, 3, scheduler="euler")
     with pytest.raises(ValueError, match="steps must be in"):
         model.sample(2, 0)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_lens_at_the_last_layer_is_the_samplers_own_prediction(model: DiT, guidance: float) -> None:
+    from hookscope.analysis.diffusion import dit_lens
+
+    names = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.0.hook_cond"]
+    _, cache = model.sample(2, 4, class_labels=[3, 1], guidance_scale=guidance, return_cache=names)
+    lens = dit_lens(model, cache, 1, guidance_scale=guidance)
+    torch.testing.assert_close(lens, cache["sampler.pred_x0"], rtol=1e-12, atol=1e-12)
+    early = dit_lens(model, cache, 0, guidance_scale=guidance)
+    assert early.shape == lens.shape and not torch.allclose(early, lens)
+    if guidance != 1.0:
+        with pytest.raises(ValueError, match="guidance_scale"):
+            dit_lens(model, cache, 1)

@@ -117,3 +117,19 @@ def test_inductor_compiled_greedy_equals_hf(name: str) -> None:
     model = hookscope.load(hf)
     tokens = random_tokens(2, 6, seed=2)
     assert torch.equal(model.generate(tokens, 14, eos_token_id=[], compile=True), _hf_greedy(hf, tokens, 14))
+
+
+def test_cuda_path_marks_the_kv_cache_static_once_per_cache(compilations: list[int]) -> None:
+    """The CUDA-graph path, exercised on CPU tensors: the cache buffers it writes get static addresses."""
+    from hookscope.generation.kv_cache import KVCache
+
+    model = hookscope.load(random_hf_model("llama"))
+    step = compiled.CompiledStep(model, compiled.compiled_step(model).fn, on_cuda=True)
+    tokens = random_tokens(1, 4)
+    cache = KVCache.for_model(model, 1, 8)
+    with torch.no_grad():
+        model(tokens, kv_cache=cache)
+        logits = step(tokens[:, -1:], None, cache)
+    marked = [cache.keys, cache.values, cache.layer(0).k, cache.layer(1).v]
+    assert all(getattr(t, "_dynamo_static_input_type", None) for t in marked)
+    assert step.used_compiled == 1 and logits.shape == (1, 1, model.cfg.d_vocab)

@@ -73,3 +73,16 @@ def test_a_load_from_a_safetensors_folder_fills_nothing_at_random(tmp_path) -> N
     tokens = torch.randint(0, 3000, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_built_to_train_is_drawn_once_with_buffers_and_ties_kept() -> None:
+    cfg = DecoderConfig(d_model=64, n_layers=2, n_heads=4, d_head=16, d_mlp=128, d_vocab=300, n_ctx=32,
+                        positional="rotary", norm="rmsnorm", mlp="gated", act_fn="silu", tie_embeddings=True)
+    with _RecordRealOps() as ops:
+        model = Decoder.from_config(cfg, seed=3)
+    matrices = {id(p) for p in model.parameters() if p.ndim >= 2}
+    assert ops.random_fills == ["normal_"] * len(matrices)  # init_weights' draws only, none in the constructors
+    assert model.unembed.weight is model.embed.weight
+    torch.testing.assert_close(model.inv_freq, Decoder(cfg).inv_freq, rtol=0, atol=0)
+    again = Decoder.from_config(cfg, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))

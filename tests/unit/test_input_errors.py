@@ -95,7 +95,7 @@ def test_vit_pixels_and_residual(vit) -> None:
         vit(pixels[..., :5, :5], interpolate_pos_encoding=True)  # was a Conv2d RuntimeError
     with pytest.raises(TypeError, match=r"integer images must be uint8 .* got int64"):
         vit(torch.randint(0, 255, (3, 35, 35)))  # was "float images must hold values in [0, 1]"
-    with pytest.raises(ValueError, match=r"residual stream \[batch, pos, 40\]; got \(2, 26, 7\)"):
+    with pytest.raises(ValueError, match=r"residual stream \[batch, pos, 40\]; got shape \(2, 26, 7\)"):
         vit(torch.randn(2, 26, 7), start_at_layer=1)  # was a layer_norm RuntimeError
     with pytest.raises(TypeError, match=r"the residual stream is torch\.float64 but the model is torch\.float32"):
         vit(torch.randn(2, 26, 40, dtype=torch.float64), start_at_layer=1)
