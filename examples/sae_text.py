@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--out", default="sae-text")
     args = p.parse_args()
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # denormal activations slow CPU kernels many times over
     torch.manual_seed(0)
     model = hookscope.load("smollm2-135m", progress=False)
     hook = f"blocks.{args.layer}.hook_resid_post"

@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--out", default="sae-vision")
     args = p.parse_args()
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # denormal activations slow CPU kernels many times over
     x_train, y_train, x_test, y_test = digits()
     model = train_vit(x_train, y_train, args.epochs)
     hook = f"blocks.{args.layer}.hook_resid_post"

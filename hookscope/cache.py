@@ -19,11 +19,24 @@ from hookscope.names import get_act_name, position_axis, suggest_names
 logger = logging.getLogger(__name__)
 
 
+class CallList(list):
+    """Every call of one hook point in one run, in call order (what the cache holds for such a point)."""
+
+
+class MultipleCallsError(ValueError):
+    """A single activation was asked for where the hook point fired several times."""
+
+
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Activations of one run, keyed by hook name.
 
     ``cache["blocks.3.hook_resid_post"]``, ``cache["resid_post", 3]`` and
     ``cache["scale", 2, "ln1"]`` all work; gradients (``incl_bwd``) are stored as ``NAME_grad``.
+
+    A point that fired several times in the run (a reused block, a denoiser over steps) keeps every
+    call: ``cache[name]`` then raises :class:`MultipleCallsError` rather than pick one, and
+    ``cache.calls(name)`` (a list), ``cache.stack_calls(name)`` (``[call, ...]``, the call axis first)
+    or ``cache.at_call(i)`` (a cache of call ``i`` of every name) read them.
     """
 
     def __init__(self, store: dict[str, torch.Tensor], model: Any = None, has_batch_dim: bool = True):
@@ -55,6 +68,51 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             close = suggest_names(name, self._store)
             hint = f"; closest cached: {', '.join(map(repr, close))}" if close else ""
             raise KeyError(f"{name!r} is not in this cache ({len(self._store)} entries){hint}")
+        value = self._store[name]
+        if isinstance(value, CallList):
+            raise MultipleCallsError(
+                f"'{name}' fired {len(value)} times in this run; pick one with cache.calls({name!r})[i] or "
+                f"cache.at_call(i), or take all with cache.stack_calls({name!r}) -> [call, ...]"
+            )
+        return value
+
+    # ------------------------------------------------------------------ repeated calls
+    def n_calls(self, key: str | tuple) -> int:
+        """How many times the point fired in the run (1 for an ordinary activation)."""
+        value = self._value(key)
+        return len(value) if isinstance(value, CallList) else 1
+
+    def calls(self, key: str | tuple) -> list[torch.Tensor]:
+        """Every call's activation of one name, in call order (a one-item list for a single call)."""
+        value = self._value(key)
+        return list(value) if isinstance(value, CallList) else [value]
+
+    def stack_calls(self, key: str | tuple) -> torch.Tensor:
+        """Every call of one name stacked on a new leading axis: ``[call, *activation_shape]``."""
+        tensors = self.calls(key)
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"the calls of '{self._key(key)}' have different shapes {sorted(shapes)}; "
+                "use cache.calls(name) to get them as a list"
+            )
+        return torch.stack(tensors)
+
+    def at_call(self, index: int) -> ActivationCache:
+        """A cache of call ``index`` of every name that fired that often (single-call names at 0 only)."""
+        picked: dict[str, torch.Tensor] = {}
+        for name, value in self._store.items():
+            calls = value if isinstance(value, CallList) else [value]
+            if -len(calls) <= index < len(calls):
+                picked[name] = calls[index]
+        if not picked:
+            raise IndexError(f"no activation in this cache has a call {index}")
+        return ActivationCache(picked, self.model, self.has_batch_dim)
+
+    def _value(self, key: str | tuple) -> Any:
+        name = self._key(key)
+        if name not in self._store:
+            return self[name]  # raises the KeyError with suggestions
         return self._store[name]
 
     def __contains__(self, key: object) -> bool:
@@ -72,7 +130,10 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def __repr__(self) -> str:
         lines = [f"ActivationCache({len(self)} activations)"]
         for name, t in list(self._store.items())[:12]:
-            lines.append(f"  {name}: {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
+            if isinstance(t, CallList):
+                lines.append(f"  {name}: {len(t)} calls of {tuple(t[0].shape)} {str(t[0].dtype).replace('torch.', '')}")
+            else:
+                lines.append(f"  {name}: {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
         if len(self) > 12:
             lines.append(f"  ... {len(self) - 12} more")
         return "\n".join(lines)
@@ -80,16 +141,19 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     # ------------------------------------------------------------------ transforms
     def to(self, device: str | torch.device) -> ActivationCache:
         """Move every tensor to ``device`` (returns a new cache)."""
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model, self.has_batch_dim)
+        moved = {k: _each_call(v, lambda t: t.to(device)) for k, v in self._store.items()}
+        return ActivationCache(moved, self.model, self.has_batch_dim)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop the batch axis of a batch-1 cache (returns a new cache)."""
         if not self.has_batch_dim:
             return self
-        for name, t in self._store.items():
-            if t.shape[0] != 1:
-                raise ValueError(f"remove_batch_dim needs batch size 1; {name} has batch {t.shape[0]}")
-        return ActivationCache({k: v[0] for k, v in self._store.items()}, self.model, has_batch_dim=False)
+        for name, value in self._store.items():
+            for t in value if isinstance(value, CallList) else [value]:
+                if t.shape[0] != 1:
+                    raise ValueError(f"remove_batch_dim needs batch size 1; {name} has batch {t.shape[0]}")
+        dropped = {k: _each_call(v, lambda t: t[0]) for k, v in self._store.items()}
+        return ActivationCache(dropped, self.model, has_batch_dim=False)
 
     def stack_activation(self, name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
         """Stack ``name`` over layers 0..layer-1 (all layers for None / -1) -> ``[layer, ...]``."""
@@ -98,7 +162,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         layers = []
         i = 0
         while get_act_name(name, i, sublayer_type) in self._store:
-            layers.append(self._store[get_act_name(name, i, sublayer_type)])
+            layers.append(self[get_act_name(name, i, sublayer_type)])
             i += 1
         if not layers:
             raise KeyError(f"no layer of {get_act_name(name, 0, sublayer_type)!r} is in this cache")
@@ -167,8 +231,33 @@ def make_caching_hooks(
     pos_slice: int | slice | Sequence[int] | None,
     incl_bwd: bool,
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """Forward (and backward) hooks that write detached activations into ``store``."""
+    """Forward (and backward) hooks that write detached activations into ``store``.
+
+    A name that fires again in the same run turns into a :class:`CallList` of every call (gradients
+    are placed at their forward call's position, since backward reaches the calls in reverse).
+    """
     index = _as_index(pos_slice)
+    fwd_calls: dict[str, list[int]] = {}  # name -> the call_index of each recorded forward call
+
+    def put(key: str, t: torch.Tensor, hook: Any, grad: bool) -> None:
+        if not grad:
+            fwd_calls.setdefault(hook.name, []).append(hook.call_index)
+            prev = store.get(key)
+            if prev is None:
+                store[key] = t
+            elif isinstance(prev, CallList):
+                prev.append(t)
+            else:
+                store[key] = CallList([prev, t])
+            return
+        seen = fwd_calls.get(hook.name, [])
+        if len(seen) <= 1:
+            store[key] = t
+            return
+        slots = store.get(key)
+        if not isinstance(slots, CallList):
+            slots = store[key] = CallList([None] * len(seen))
+        slots[seen.index(hook.call_index) if hook.call_index in seen else len(seen) - 1] = t
 
     def save(suffix: str):
         def cache_hook(tensor: torch.Tensor, hook: Any) -> None:
@@ -186,13 +275,17 @@ def make_caching_hooks(
                     t = t[(slice(None),) * axis + (index,)]
             if device is not None:
                 t = t.to(device)
-            store[hook.name + suffix] = t
+            put(hook.name + suffix, t, hook, grad=bool(suffix))
 
         return cache_hook
 
     fwd = [(n, observe_only(save(""))) for n in names]
     bwd = [(n, save("_grad")) for n in names] if incl_bwd else []
     return fwd, bwd
+
+
+def _each_call(value: Any, fn: Any) -> Any:
+    return CallList(fn(t) for t in value) if isinstance(value, CallList) else fn(value)
 
 
 def _as_index(pos_slice: int | slice | Sequence[int] | None) -> Any:

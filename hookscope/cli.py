@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules (audio needs soundfile)."""
+    from hookscope.cli_sae import add_sae_parser
+
+    add_sae_parser(sub)
     try:
         from hookscope.cli_transcribe import add_transcribe_parser
     except ImportError:

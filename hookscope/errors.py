@@ -34,6 +34,10 @@ class ConfigError(HookscopeError, ValueError):
     """A model config holds a value the model cannot be built with."""
 
 
+class WeightProcessingError(HookscopeError, ValueError):
+    """A weight-processing option (fold_ln, centring, refactoring) cannot be applied to this model exactly."""
+
+
 class HookError(HookscopeError, RuntimeError):
     """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
 
@@ -54,4 +58,5 @@ __all__ = [
     "LoadError",
     "SourceNotFoundError",
     "SourceTypeError",
+    "WeightProcessingError",
 ]

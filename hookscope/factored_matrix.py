@@ -225,3 +225,18 @@ def composition_scores(left: FactoredMatrix, right: FactoredMatrix, broadcast_di
     l_norms = new_left.norm(dim=(-2, -1))
     r_norms = new_right.norm(dim=(-2, -1))
     return (new_left @ new_right).norm(dim=(-2, -1)) / l_norms / r_norms
+
+
+def head_composition_scores(ov: FactoredMatrix, qk: FactoredMatrix, mode: str) -> torch.Tensor:
+    """``[layer, head, layer, head]`` composition scores of stacked OV / QK circuits ``[layer, head, d, d]``.
+
+    ``mode`` "Q", "K" or "V": which input of the later head reads the earlier head's output (the right
+    matrix is ``QK``, ``QK^T`` or ``OV``). Pairs whose second head is not in a later layer are 0.
+    """
+    rights = {"Q": lambda: qk, "K": lambda: qk.T, "V": lambda: ov}
+    if mode not in rights:
+        raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
+    scores = composition_scores(ov, rights[mode](), broadcast_dims=True)
+    layer = torch.arange(ov.shape[0], device=scores.device)
+    later = layer[:, None, None, None] < layer[None, None, :, None]  # [l1, 1, l2, 1]
+    return torch.where(later, scores, torch.zeros_like(scores))

@@ -95,7 +95,10 @@ def attribution_patch(
     """
     names = _names(model, activations, names_filter)
     with torch.no_grad():
-        clean_out, clean_cache = model.run_with_cache(clean_input, names_filter=names)
+        if isinstance(clean_input, dict):
+            clean_out, clean_cache = model.run_with_cache(**clean_input, names_filter=names)
+        else:
+            clean_out, clean_cache = model.run_with_cache(clean_input, names_filter=names)
         clean_metric = float(metric(output_logits(clean_out)))
     acts: dict[str, torch.Tensor] = {}
 
@@ -114,7 +117,7 @@ def attribution_patch(
     scores = {}
     for name, grad in zip(order, grads, strict=True):
         diff = clean_cache[name] - acts[name].detach()
-        scores[name] = (diff * grad).sum(0) if grad is not None else torch.zeros_like(diff[0])
+        scores[name] = (diff * grad).sum(0).detach() if grad is not None else torch.zeros_like(diff[0])
     return AttributionResult(scores=scores, clean_metric=clean_metric, corrupted_metric=float(value.detach()))
 
 

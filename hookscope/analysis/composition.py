@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from hookscope.factored_matrix import FactoredMatrix, composition_scores
+from hookscope.factored_matrix import FactoredMatrix, head_composition_scores
 
 
 def _circuits(model: Any) -> tuple[FactoredMatrix, FactoredMatrix]:
@@ -33,12 +33,5 @@ def all_composition_scores(model: Any, mode: Literal["Q", "K", "V"]) -> torch.Te
         model: a model with ``OV`` and ``QK`` FactoredMatrix views ``[layer, head_index, d_model, d_model]``.
         mode: "Q", "K" or "V": which input of the later head composes with the earlier head's output.
     """
-    left, qk = _circuits(model)
-    rights = {"Q": lambda: qk, "K": lambda: qk.T, "V": lambda: left}
-    if mode not in rights:
-        raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
-    scores = composition_scores(left, rights[mode](), broadcast_dims=True)
-    n_layers = left.shape[0]
-    layer = torch.arange(n_layers, device=scores.device)
-    later = layer[:, None, None, None] < layer[None, None, :, None]  # [l1, 1, l2, 1]
-    return torch.where(later, scores, torch.zeros_like(scores))
+    ov, qk = _circuits(model)
+    return head_composition_scores(ov, qk, mode)

@@ -16,6 +16,7 @@ import torch
 from hookscope.analysis.residual import (
     PosSlice,
     Stack,
+    _embedding_parts,
     _get,
     _has_hook,
     _index,
@@ -97,7 +98,7 @@ def accumulated_bias(model: Any, layer: int, mlp_input: bool = False, include_ml
     for i in range(layer + int(mlp_input)):
         block = model.get_submodule(f"blocks.{i}")
         biases = [block.attn.b_O]
-        if include_mlp_biases and i < layer:
+        if include_mlp_biases and i < layer and getattr(block, "mlp", None) is not None:
             biases.append(block.mlp.b_out)
         for b in biases:
             if _has_hook(model, f"blocks.{i}.ln1_post.hook_scale") and bool(b.any()):
@@ -120,7 +121,7 @@ def get_full_resid_decomposition(
     heads, labels = stack_head_results(cache, layer + int(mid), return_labels=True, pos_slice=pos_slice) \
         if layer + int(mid) > 0 else (None, [])
     parts = [heads] if heads is not None else []
-    if layer > 0:
+    if layer > 0 and _has_hook(model, "blocks.0.mlp.hook_post"):  # attention-only models have no MLP
         if expand_neurons:
             neurons, neuron_labels = stack_neuron_results(cache, layer, pos_slice, return_labels=True)
         else:
@@ -128,7 +129,7 @@ def get_full_resid_decomposition(
                                                      pos_slice=pos_slice, return_labels=True)
         parts.append(neurons)
         labels = [*labels, *neuron_labels]
-    for name, label in (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed")):
+    for name, label in _embedding_parts(model):
         if _has_hook(model, name):
             parts.append(slice_positions(_get(cache, name, "get_full_resid_decomposition"), pos_slice)[None])
             labels.append(label)

@@ -85,20 +85,27 @@ class PatchRunner:
         metric: ``logits [batch, ...] -> scalar`` applied to each run's own rows.
         batch_size: runs per forward (None: as many as ``memory_budget`` allows).
         memory_budget: bytes of activations a chunk may hold (estimated from one corrupted forward).
+        logits_to_keep: native decoders only: unembed just the last this many positions (the metric then
+            sees ``[batch, logits_to_keep, d_vocab]``); for metrics that read only the final positions this
+            saves the unembedding of every other position in every patched run.
     """
 
     def __init__(
         self, model: Any, inputs: Any, metric: Callable[[torch.Tensor], Any], *, batch_size: int | None = None,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET, model_kwargs: dict | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET, logits_to_keep: int | None = None,
     ) -> None:
         self.model, self.inputs, self.metric = model, inputs, metric
-        self.kwargs = dict(model_kwargs or {})
+        self.kwargs: dict[str, Any] = {}
+        if logits_to_keep is not None:
+            if not isinstance(model, Decoder):
+                raise ValueError(f"logits_to_keep needs a native decoder, not {type(model).__name__}")
+            self.kwargs["logits_to_keep"] = logits_to_keep
         self.b = batch_size_of(inputs)
-        self.skip = isinstance(model, Decoder) and isinstance(inputs, torch.Tensor) and not self.kwargs
+        self.skip = isinstance(model, Decoder) and isinstance(inputs, torch.Tensor)
         with torch.no_grad():
             if self.skip:  # the corrupted residual stream entering each block: chunks start from it
                 names = [f"blocks.{i}.hook_resid_pre" for i in range(len(model.blocks))]
-                out, cache = model.run_with_cache(inputs, names_filter=names)
+                out, cache = model.run_with_cache(inputs, names_filter=names, **self.kwargs)
                 self.resid = [cache[n] for n in names]
             else:
                 out = call_model(model, inputs, **self.kwargs)
@@ -109,9 +116,12 @@ class PatchRunner:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
 
     def _resid_bytes(self, logits: torch.Tensor) -> int:
-        cfg = getattr(self.model, "cfg", None)
-        d_model, n_layers = getattr(cfg, "d_model", 1024), getattr(cfg, "n_layers", 12)
-        return 16 * logits.shape[0] * logits.shape[1] * d_model * logits.element_size() * max(1, n_layers // 4)
+        """Rough bytes one run's forward holds besides its logits: a few dozen residual-sized tensors (no
+        grad, so one block's intermediates at a time), plus the patched activation copies."""
+        d_model = getattr(getattr(self.model, "cfg", None), "d_model", 1024)
+        tokens = isinstance(self.inputs, torch.Tensor) and not self.inputs.is_floating_point()
+        n_pos = self.inputs.shape[-1] if tokens else logits.shape[1]  # logits may be cut by logits_to_keep
+        return 32 * self.b * n_pos * d_model * logits.element_size()
 
     def run(self, runs: Sequence[PatchRun]) -> list[float]:
         """Each run's metric, in order."""
@@ -152,7 +162,7 @@ class PatchRunner:
         with self.model.hooks(hooks):
             try:
                 if self.skip and 0 <= start < len(self.resid):
-                    out = self.model(repeat_batch(self.resid[start], n), start_at_layer=start)
+                    out = self.model(repeat_batch(self.resid[start], n), start_at_layer=start, **self.kwargs)
                 else:
                     out = call_model(self.model, repeat_batch(self.inputs, n), **self.kwargs)
             except StopForward:

@@ -97,6 +97,7 @@ def generic_activation_patch(
     *,
     batch_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    logits_to_keep: int | None = None,
 ) -> Any:
     """The metric of the corrupted run with each index's piece of ``activation_name`` set to its clean value.
 
@@ -113,6 +114,8 @@ def generic_activation_patch(
         return_index_df: also return the indices as a pandas DataFrame.
         batch_size: patched runs per forward (None: fit ``memory_budget``; 1: TransformerLens's loop).
         memory_budget: bytes of activations one batch may hold.
+        logits_to_keep: native decoders: unembed only the last this many positions (for a metric that reads
+            only those; it then receives ``[batch, logits_to_keep, d_vocab]``).
 
     Returns:
         ``[*axis sizes]`` (or ``[n_indices]`` with ``index_df``), float64 for a float64 model else float32.
@@ -128,7 +131,8 @@ def generic_activation_patch(
         return lambda act: patch_setter(act, index, clean)
 
     runs = [PatchRun(edits={name: edit(row, clean_cache[name])}) for row, name in zip(rows, names, strict=True)]
-    runner = PatchRunner(model, corrupted_tokens, patching_metric, batch_size=batch_size, memory_budget=memory_budget)
+    runner = PatchRunner(model, corrupted_tokens, patching_metric, batch_size=batch_size, memory_budget=memory_budget,
+                         logits_to_keep=logits_to_keep)
     dtype = torch.float64 if _model_dtype(model) == torch.float64 else torch.float32
     out = torch.tensor(runner.run(runs), dtype=dtype, device=_device(model))
     out = out if shape is None else out.reshape(shape)

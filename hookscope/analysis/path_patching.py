@@ -77,6 +77,8 @@ def path_patch(
     corrupted_cache: Any = None,
     batch_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    senders: Sequence[tuple[int, int]] | None = None,
+    logits_to_keep: int | None = None,
 ) -> torch.Tensor:
     """Metric ``[n_layers, n_heads]`` of each sender head's path into the receivers' ``receiver_input``.
 
@@ -87,6 +89,8 @@ def path_patch(
         receivers: ``(layer, head)`` pairs whose inputs receive the sender's corrupted output.
         receiver_input: which inputs of the receivers: "q", "k", "v" or several.
         clean_cache / corrupted_cache: caches holding every ``hook_z`` (made here when not given).
+        senders: only these ``(layer, head)`` senders (the others are NaN in the result); default all.
+        logits_to_keep: native decoders: unembed only the last this many positions (see ``generic_activation_patch``).
     """
     inputs = [receiver_input] if isinstance(receiver_input, str) else list(receiver_input)
     if not inputs or any(k not in ("q", "k", "v") for k in inputs):
@@ -103,17 +107,25 @@ def path_patch(
     n_layers, n_heads = _heads(model, clean_cache)
     slots = _receiver_slots(receivers, inputs, n_heads, clean_cache)
     last = max(layer for layer, _ in receivers)
-    senders = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    all_heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    senders = all_heads if senders is None else [tuple(s) for s in senders]
+    bad = [s for s in senders if s not in all_heads]
+    if bad:
+        raise ValueError(f"senders {bad[:3]} are not heads of this model ({n_layers} layers x {n_heads} heads)")
     z = [f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
     freeze = [PatchRun(edits={
         z[i]: _freeze_heads(clean_cache[z[i]], corrupted_cache[z[i]], head if i == layer else None)
         for i in range(last + 1)}) for layer, head in senders]
-    runner = PatchRunner(model, clean_tokens, metric, batch_size=batch_size, memory_budget=memory_budget)
+    runner = PatchRunner(model, clean_tokens, metric, batch_size=batch_size, memory_budget=memory_budget,
+                         logits_to_keep=logits_to_keep)
     recorded = runner.capture(freeze, list(slots))
     patch = [PatchRun(edits={name: _set_slots(rec[name], heads) for name, heads in slots.items()})
              for rec in recorded]
     dtype = torch.float64 if clean_cache[z[0]].dtype == torch.float64 else torch.float32
-    return torch.tensor(runner.run(patch), dtype=dtype).reshape(n_layers, n_heads)
+    out = torch.full((n_layers, n_heads), float("nan"), dtype=dtype)
+    for (layer, head), value in zip(senders, runner.run(patch), strict=True):
+        out[layer, head] = value
+    return out
 
 
 def _set_slots(value: torch.Tensor, heads: list[int]) -> Callable:

@@ -1,17 +1,12 @@
 """Residual-stream decomposition and direct logit attribution over an :class:`~hookscope.cache.ActivationCache`.
 
-TransformerLens's cache helpers (``accumulated_resid``, ``decompose_resid``, ``stack_head_results``,
-``apply_ln_to_stack``, ``logit_attrs``) as free functions, exact on the model's own, UNFOLDED weights:
-hookscope never folds LayerNorm weights into the next linear map (DESIGN decision 2), so the norm's weight
-(``1 + weight`` for Gemma) is applied here, in :func:`apply_ln_to_stack`.
+TransformerLens's cache helpers as free functions, with TL's semantics, exact on the model's own UNFOLDED
+weights: the norm's weight (``1 + weight`` for Gemma) is applied in :func:`apply_ln_to_stack`. The tests
+check in float64 that ``sum_c logit_attrs(c) + b_ln @ W_U + b_U`` is the model's (pre-soft-cap) logits.
 
-The proof they are right is an identity the tests check in float64: for every residual component ``c``
-(embeddings, each attention and MLP output), ``sum_c logit_attrs(apply_ln_to_stack(c)) + b_ln @ W_U + b_U``
-is the model's logits (before Gemma's final soft-cap), where ``b_ln`` is the final LayerNorm's bias.
-
-Stacks are ``[component, batch, pos, d_model]`` (``[component, pos, d_model]`` for a cache made with
-``remove_batch_dim``; the position axis is always the second to last). ``pos_slice`` follows
-TransformerLens: an int selects one position and drops the axis; a slice or a list of ints keeps it.
+Stacks are ``[component, batch, pos, d_model]`` (no batch axis after ``remove_batch_dim``; positions are
+the second to last axis). ``pos_slice`` as TL's ``Slice``: an int drops the axis, a slice, ``(start, stop)``
+tuple or index list keeps it.
 """
 
 from __future__ import annotations
@@ -59,6 +54,13 @@ def _refuse_post_norm(model: Any, purpose: str) -> None:
             "BERT), so the stream is not a sum of the sub-layers' outputs and no decomposition of it is exact; "
             "use accumulated_resid, or the cached hook_attn_out / hook_mlp_out of a single block"
         )
+
+
+def _embedding_parts(model: Any) -> tuple[tuple[str, str], ...]:
+    """The embedding hooks that are part of the residual stream (shortformer positions are not)."""
+    if getattr(model, "pos_embed_in_residual", True):
+        return (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed"))
+    return (("hook_embed", "embed"),)
 
 
 def _get(cache: Any, name: str, purpose: str) -> torch.Tensor:
@@ -189,13 +191,15 @@ def decompose_resid(
     parts: list[torch.Tensor] = []
     labels: list[str] = []
     if incl_embeds:
-        for name, label in (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed")):
+        for name, label in _embedding_parts(model):
             if _has_hook(model, name):
                 parts.append(_get(cache, name, "decompose_resid"))
                 labels.append(label)
     sublayers = {"all": ("attn", "mlp"), "attn": ("attn",), "mlp": ("mlp",)}[mode]
     for i in range(layer):
         for kind in sublayers:
+            if not _has_hook(model, f"blocks.{i}.hook_{kind}_out"):
+                continue  # attention-only blocks have no MLP
             parts.append(_get(cache, f"blocks.{i}.hook_{kind}_out", "decompose_resid"))
             labels.append(f"{i}_{kind}_out")
     if mlp_input and mode != "mlp" and _has_hook(model, f"blocks.{layer}.hook_resid_mid"):
@@ -289,7 +293,8 @@ def apply_ln_to_stack(
         residual_stack = _index(residual_stack, batch_index, 1)
     norm = model.get_submodule(norm_name)
     if recompute_ln and layer == n:
-        _linear_form(norm, norm_name)
+        if not _linear_form(norm, norm_name):
+            return residual_stack  # no final norm
         out = norm.linear_part(residual_stack, norm.scale_of(residual_stack))
         return out if norm.offset is None else out + norm.offset.to(out.dtype)
     return _linear_norm(cache, model, norm_name, residual_stack, pos_slice, batch_slice)

@@ -37,9 +37,9 @@ class AttentionPoints:
 
     KEYS = ("q", "k", "v", "attn_scores", "pattern", "z")
 
-    def __init__(self, prefix: str, rotary: bool, upcast_softmax: bool = True) -> None:
+    def __init__(self, prefix: str, rotary: bool, softmax_in_float32: bool = True) -> None:
         self.prefix = prefix
-        self.upcast_softmax = upcast_softmax  # softmax in float32, as the model's own eager attention
+        self.softmax_in_float32 = softmax_in_float32  # softmax in float32, as the model's own eager attention
         self.points: dict[str, BridgePoint] = {key: BridgePoint() for key in self.KEYS}
         self.names = {key: f"{prefix}.hook_{key}" for key in self.KEYS}
         if rotary:  # attention sees q and k after rotary: TransformerLens calls those rot_q / rot_k
@@ -179,7 +179,7 @@ def hooked_attention(
         else:
             scores = scores + mask
     scores = _fire(groups, "attn_scores", scores)
-    if not groups or groups[0].upcast_softmax:
+    if not groups or groups[0].softmax_in_float32:
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     else:  # GPT-2, BERT, T5, Whisper: softmax in the scores' own dtype
         pattern = torch.softmax(scores, dim=-1).to(value.dtype)

@@ -32,6 +32,12 @@ class _StepStore(dict):
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         self.steps[-1][key] = value
 
+    def get(self, key: str, default: Any = None) -> Any:  # a repeat within one step becomes a CallList
+        return self.steps[-1].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.steps[-1]
+
     def next_step(self, *_: Any) -> None:
         if self.calls:
             self.steps.append({})

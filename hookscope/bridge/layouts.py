@@ -39,7 +39,7 @@ class StackLayout:
     rotary: bool = False
     # the model's eager attention takes its softmax in float32 (Llama-style); False where it takes it in
     # the activations' dtype (GPT-2, BERT, T5, Whisper), which differs in float64 and half precision
-    upcast_softmax: bool = True
+    softmax_in_float32: bool = True
     # canonical suffix -> (config attribute, value it must have for the site to exist)
     requires: Mapping[str, tuple[str, object]] = field(default_factory=dict)
 
@@ -124,7 +124,7 @@ _GPT2 = ModelLayout(
             blocks="h",
             final_norm="ln_f",
             attention={"attn": "attn"},
-            upcast_softmax=False,
+            softmax_in_float32=False,
             sites=_pre_norm_sites(
                 attn="attn",
                 mlp="mlp",
@@ -234,7 +234,7 @@ _BERT = ModelLayout(
             blocks="encoder.layer",
             final_norm=None,
             attention={"attn": "attention.self"},
-            upcast_softmax=False,
+            softmax_in_float32=False,
             # post-LN: the residual sum goes only into the LayerNorm, so replacing its input is a full edit
             readonly=frozenset(),
             sites={
@@ -282,7 +282,7 @@ def _t5_stack(prefix: str) -> StackLayout:
         sites=sites,
         attention=attention,
         readonly=frozenset(),
-        upcast_softmax=False,
+        softmax_in_float32=False,
     )
 
 
@@ -324,7 +324,7 @@ def _whisper_stack(prefix: str) -> StackLayout:
         sites=sites,
         attention=attention,
         readonly=frozenset(readonly),
-        upcast_softmax=False,
+        softmax_in_float32=False,
     )
 
 

@@ -114,7 +114,7 @@ class WrappedModel(HookedModule):
                 self._canonical[name] = f"{base}.{sub}".rstrip(".") + (".hook_in" if kind == "in" else "")
             for attn_name, sub in stack.attention.items():
                 group = AttentionPoints(
-                    f"{stack.prefix}.{i}.{attn_name}", rotary=stack.rotary, upcast_softmax=stack.upcast_softmax
+                    f"{stack.prefix}.{i}.{attn_name}", rotary=stack.rotary, softmax_in_float32=stack.softmax_in_float32
                 )
                 groups[block.get_submodule(sub)] = group
                 for name, point in group.named_points():

@@ -20,8 +20,11 @@ _EXPORTS: dict[str, str] = {
     "HookedTransformerKeyValueCache": "hookscope.compat.past_key_value_caching",
     "HookedEncoder": "hookscope.compat.encoders",
     "HookedEncoderDecoder": "hookscope.compat.encoders",
+    "FactoredMatrix": "hookscope.factored_matrix",
+    "SVDInterpreter": "hookscope.analysis.svd_interpreter",
 }
-_SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache")
+_SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache",
+               "patching", "head_detector", "utilities")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
@@ -43,9 +46,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hookscope.analysis.svd_interpreter import SVDInterpreter
     from hookscope.compat.activation_cache import ActivationCache
     from hookscope.compat.config import HookedTransformerConfig
     from hookscope.compat.encoders import HookedEncoder, HookedEncoderDecoder
     from hookscope.compat.hook_points import HookedRootModule, HookPoint
     from hookscope.compat.hooked_transformer import HookedTransformer
     from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
+    from hookscope.factored_matrix import FactoredMatrix

@@ -9,12 +9,15 @@ by the norm's weight (on a ``from_pretrained`` model, whose weights are folded, 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from hookscope.analysis import neurons, residual
 from hookscope.cache import ActivationCache as _StoreCache
+
+logger = logging.getLogger(__name__)
 
 
 class ActivationCache(_StoreCache):
@@ -39,6 +42,24 @@ class ActivationCache(_StoreCache):
 
     def items(self) -> Any:  # type: ignore[override]
         return self._store.items()
+
+    def remove_batch_dim(self) -> ActivationCache:  # type: ignore[override]
+        """In place, as TL: drop the batch axis of a batch-1 cache (AssertionError for a larger batch)."""
+        if not self.has_batch_dim:
+            logger.warning("remove_batch_dim: this cache has no batch axis already")
+            return self
+        for name, t in self._store.items():
+            assert t.shape[0] == 1, f"cannot remove the batch axis of {name}: batch size {t.shape[0]}"
+        for name in list(self._store):
+            self._store[name] = self._store[name][0]
+        self.has_batch_dim = False
+        return self
+
+    def to(self, device: str | torch.device) -> ActivationCache:  # type: ignore[override]
+        """In place, as TL: every tensor moved to ``device``."""
+        for name in list(self._store):
+            self._store[name] = self._store[name].to(device)
+        return self
 
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
                           pos_slice: Any = None, mlp_input: bool = False, return_labels: bool = False) -> Any:

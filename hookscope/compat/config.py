@@ -19,8 +19,10 @@ import torch
 from hookscope.components.activations import ACTIVATIONS
 from hookscope.models.decoder_config import DecoderConfig
 
-_NORMS = {"LN": "layernorm", "RMS": "rmsnorm"}
-_POSITIONS = {"standard": "learned", "rotary": "rotary"}
+_NORMS = {"LN": "layernorm", "RMS": "rmsnorm", "LNPre": "layernorm_pre", "RMSPre": "rmsnorm_pre", None: "none"}
+_TL_NORMS = {"layernorm": "LN", "rmsnorm": "RMS", "rmsnorm_plus_one": "RMS", "layernorm_pre": "LNPre",
+             "rmsnorm_pre": "RMSPre", "none": None}
+_POSITIONS = {"standard": "learned", "rotary": "rotary", "shortformer": "shortformer"}
 
 
 @dataclass
@@ -93,7 +95,7 @@ class HookedTransformerConfig:
         if self.seed is not None:
             torch.manual_seed(self.seed)
             random.seed(self.seed)
-        if not self.attn_only and self.act_fn not in ACTIVATIONS:
+        if not self.attn_only and self.act_fn not in ACTIVATIONS and not self.is_layer_norm_activation():
             raise ValueError(f"act_fn={self.act_fn!r} is not one the native engine runs: {sorted(ACTIVATIONS)}")
         if self.initializer_range < 0:
             self.initializer_range = 0.8 / math.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
@@ -154,9 +156,11 @@ class HookedTransformerConfig:
             windows = tuple(self.window_size if t == "local" else None for t in types)
         return DecoderConfig(
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_head=self.d_head,
-            d_mlp=self.d_mlp or 1, d_vocab=self.d_vocab, n_ctx=self.n_ctx, n_kv_heads=self.n_key_value_heads,
-            act_fn=self.act_fn or "relu", mlp="gated" if self.gated_mlp else "plain",
-            norm=_NORMS[self.normalization_type or ""], norm_eps=self.eps,  # type: ignore[arg-type]
+            d_mlp=0 if self.attn_only else (self.d_mlp or 0), d_vocab=self.d_vocab, n_ctx=self.n_ctx,
+            n_kv_heads=self.n_key_value_heads, act_fn=self.act_fn or "relu", mlp="gated" if self.gated_mlp else "plain",
+            norm=_NORMS[self.normalization_type], norm_eps=self.eps,  # type: ignore[arg-type]
+            final_norm="rmsnorm" if self.final_rms else None, attn_only=self.attn_only,
+            d_vocab_out=self.d_vocab_out if self.d_vocab_out != self.d_vocab else None,
             positional=_POSITIONS[self.positional_embedding_type],  # type: ignore[arg-type]
             rotary_dim=self.rotary_dim, rotary_base=float(self.rotary_base),
             parallel_attn_mlp=self.parallel_attn_mlp, qkv_bias=True, attn_out_bias=True, mlp_bias=True,
@@ -171,14 +175,16 @@ class HookedTransformerConfig:
     @classmethod
     def from_native(cls, native: DecoderConfig, **overrides: Any) -> HookedTransformerConfig:
         """The TL view of a native config (what ``from_pretrained`` reports as ``model.cfg``)."""
-        norm = {"layernorm": "LN", "rmsnorm": "RMS", "rmsnorm_plus_one": "RMS"}.get(native.norm, native.norm)
+        norm = _TL_NORMS[native.norm]
         scale = native.attn_scale
         fields: dict[str, Any] = dict(
             d_model=native.d_model, d_head=native.d_head, n_layers=native.n_layers, n_ctx=native.n_ctx,
             n_heads=native.n_heads, d_mlp=native.d_mlp, d_vocab=native.d_vocab, act_fn=native.act_fn,
+            attn_only=native.attn_only, d_vocab_out=native.d_vocab_out or native.d_vocab,
+            final_rms=native.final_norm == "rmsnorm" and native.norm != "rmsnorm",
             n_key_value_heads=native.n_kv_heads if native.n_kv_heads != native.n_heads else None,
             gated_mlp=native.mlp == "gated", normalization_type=norm, eps=native.norm_eps,
-            positional_embedding_type="rotary" if native.positional == "rotary" else "standard",
+            positional_embedding_type={"learned": "standard"}.get(native.positional, native.positional),
             rotary_dim=native.rotary_dim, rotary_base=native.rotary_base, parallel_attn_mlp=native.parallel_attn_mlp,
             attn_scale=(1.0 / scale) if scale else -1.0, use_qk_norm=native.qk_norm,
             use_normalization_before_and_after=native.post_norms,
@@ -195,22 +201,18 @@ class HookedTransformerConfig:
 
 
 def _refuse_unsupported(cfg: HookedTransformerConfig) -> None:
-    """What TL can express and the native decoder cannot (yet) is refused by name, never approximated."""
+    """What TL can express and the native decoder cannot is refused by name, never approximated."""
     problems = []
-    if cfg.attn_only:
-        problems.append("attn_only=True (attention-only blocks)")
     if cfg.normalization_type not in _NORMS:
-        problems.append(f"normalization_type={cfg.normalization_type!r} (native: 'LN', 'RMS')")
+        problems.append(f"normalization_type={cfg.normalization_type!r} (LN, LNPre, RMS, RMSPre or None)")
     if cfg.positional_embedding_type not in _POSITIONS:
         problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (native: standard, rotary)")
-    if cfg.d_vocab_out != cfg.d_vocab:
-        problems.append(f"d_vocab_out={cfg.d_vocab_out} != d_vocab={cfg.d_vocab}")
     if cfg.attention_dir != "causal":
         problems.append(f"attention_dir={cfg.attention_dir!r} (HookedTransformer is causal; see HookedEncoder)")
-    if cfg.final_rms:
-        problems.append("final_rms=True")
     if cfg.d_vocab <= 0:
         problems.append("d_vocab must be set (a tokenizer-derived d_vocab needs from_pretrained)")
+    if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
+        problems.append(f"act_fn={cfg.act_fn!r} (SoLU with its LayerNorm)")
     if problems:
         raise NotImplementedError(
             "hookscope's native decoder cannot run this HookedTransformerConfig: " + "; ".join(problems)

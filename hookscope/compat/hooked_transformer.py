@@ -13,19 +13,20 @@ import logging
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from hookscope.analysis.neurons import accumulated_bias
 from hookscope.analysis.residual import tokens_to_residual_directions
 from hookscope.compat.activation_cache import ActivationCache
 from hookscope.compat.config import HookedTransformerConfig
+from hookscope.compat.generation import TLGenerateMixin
 from hookscope.compat.hook_points import HookedRootModule
 from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
-from hookscope.compat.pretrained import PretrainedMixin
+from hookscope.compat.pretrained import PretrainedMixin, _cached_tokenizer, _process
 from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
 from hookscope.models.decoder import Decoder
+from hookscope.models.init import init_weights
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,20 @@ _SWITCHES = {
 }
 
 
+def _named_tokenizer(name: str) -> Any:
+    """``cfg.tokenizer_name``'s tokenizer, as TL loads it: the local HF cache first, then the hub."""
+    tokenizer = _cached_tokenizer(name)
+    if tokenizer is not None:
+        return tokenizer
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, add_bos_token=True)
+    except (OSError, ValueError) as err:
+        logger.warning("could not load the tokenizer %r (%s); the model has none: call set_tokenizer", name, err)
+        return None
+
+
 def _switch_for(name: str) -> str | None:
     """The cfg switch an opt-in hook name needs, or None."""
     for flag, suffixes in _SWITCHES.items():
@@ -46,17 +61,21 @@ def _switch_for(name: str) -> str | None:
     return None
 
 
-class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decoder):
+class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedRootModule, Decoder):
     """TransformerLens's ``HookedTransformer``: ``HookedTransformer(cfg)`` builds a TL-initialised model;
     :meth:`from_pretrained` converts a hub model (or ``hf_model=``) through hookscope's loader."""
 
     cfg: HookedTransformerConfig  # type: ignore[assignment]
+    _native_signature = False  # True while a native caller (the generator) runs forward with Decoder's signature
 
     def __init__(
         self, cfg: HookedTransformerConfig | dict, tokenizer: Any = None, move_to_device: bool = True,
         default_padding_side: Literal["left", "right"] | None = None,
     ) -> None:
         cfg = HookedTransformerConfig.unwrap(cfg)
+        if cfg.d_vocab == -1 and tokenizer is not None:  # as TL: the vocabulary size from the tokenizer
+            cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+            cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
         native = cfg.to_native()
         Decoder.__init__(self, native)
         cfg.__dict__["_native"] = native
@@ -64,6 +83,8 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         self.default_padding_side = default_padding_side or "right"
         if cfg.init_weights:
             self.init_weights()
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            tokenizer = _named_tokenizer(cfg.tokenizer_name)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer, default_padding_side)
         self.to(cfg.dtype)
@@ -71,18 +92,12 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             self.to(cfg.device)
 
     def init_weights(self) -> None:
-        """TL's initialisation: matrices (and embeddings) ~ N(0, ``initializer_range``) for ``init_mode="gpt2"``,
-        biases 0, norm weights 1. Other init modes are refused (not silently replaced)."""
+        """TL's "gpt2" initialisation (the native :func:`~hookscope.models.init.init_weights`): matrices and
+        embeddings ~ N(0, ``initializer_range``), biases 0, norm weights 1. Other init modes are refused."""
         if self.cfg.init_mode != "gpt2":
             raise NotImplementedError(f"init_mode={self.cfg.init_mode!r}: hookscope.compat implements 'gpt2'")
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.ndim >= 2:
-                    p.normal_(0.0, self.cfg.initializer_range)
-                elif name.endswith("weight"):  # norm weights
-                    p.fill_(0.0 if self.cfg.norm == "rmsnorm_plus_one" else 1.0)
-                else:
-                    p.zero_()
+        seed = self.cfg.seed if self.cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        init_weights(self, seed=seed, init_range=self.cfg.initializer_range)
 
     def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] | None = None) -> None:
         """Attach a HF tokenizer; as TL, missing EOS/PAD/BOS tokens fall back to each other."""
@@ -95,6 +110,7 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         self.tokenizer = tokenizer
         if default_padding_side is not None:
             self.default_padding_side = default_padding_side
+        tokenizer.padding_side = self.default_padding_side  # as TL: the tokenizer's side is the model's default
         self.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
     # ------------------------------------------------------------------ TL switches
@@ -146,14 +162,17 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         """TL's forward: ``return_type`` "logits" | "loss" | "both" | None; ``loss_per_token`` gives the loss
         ``[batch, pos - 1]``; ``start_at_layer`` takes the residual stream (``tokens=`` for a loss);
         ``stop_at_layer`` returns the residual stream entering that block."""
-        if isinstance(return_type, torch.Tensor) or "kv_cache" in native_kwargs:
+        if self._native_signature or isinstance(return_type, torch.Tensor) or "kv_cache" in native_kwargs:
             # a native caller (generation, analysis) using Decoder's signature: forward(input, attention_mask, ...)
             mask = return_type if isinstance(return_type, torch.Tensor) else attention_mask
             return Decoder.forward(self, input, mask, **native_kwargs)
-        if shortformer_pos_embed is not None:
-            raise NotImplementedError("shortformer positional embeddings are not a native hookscope option")
+        if shortformer_pos_embed is not None and self.cfg.positional != "shortformer":
+            raise ValueError("shortformer_pos_embed goes with positional_embedding_type='shortformer' models")
+        # a shortformer model recomputes its position embeddings from the positions (those input_to_embed gave)
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if start_at_layer is None and isinstance(input, torch.Tensor) and input.is_floating_point():
+            input, start_at_layer = self._embeds_to_residual(input), 0  # token embeddings (TL 3 accepts them)
         if start_at_layer is None:
             tokens, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
                                                            past_kv_cache is not None)
@@ -176,13 +195,30 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
         loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (out, loss)
 
+    def _embeds_to_residual(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[batch, pos, d_model]`` -> the residual entering block 0 (positions added)."""
+        if embeds.ndim == 2:
+            embeds = embeds[None]
+        x = self.hook_embed(embeds)
+        if self.pos_embed is not None and self.pos_embed_in_residual:
+            positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
+            x = x + self.hook_pos_embed(self.pos_embed(positions))
+        return x
+
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
+                         center_unembed: bool = True, refactor_factored_attn_matrices: bool = False) -> None:
+        """TL's in-place weight processing (the native ``process_weights``; value biases folded too)."""
+        _process(self, dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                            center_unembed=center_unembed, fold_value_biases=True,
+                            refactor_factored_attn_matrices=refactor_factored_attn_matrices))
+
     def _tokens_and_mask(
         self, input: Any, prepend_bos: bool | None, padding_side: Any, attention_mask: torch.Tensor | None,
         with_cache: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """TL's ``input_to_embed`` up to the embedding: tokenise text; a mask only when TL makes one
         (left padding, an explicit mask, or a KV cache); right-padded text runs unmasked, as in TL."""
-        side = padding_side or self.default_padding_side
+        side = padding_side or self._padding_side()
         if isinstance(input, (str, list)):
             tokens, mask = self.to_tokens(input, prepend_bos, side, return_mask=True)
         else:
@@ -202,8 +238,8 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
     def input_to_embed(
         self, input: Any, prepend_bos: bool | None = None, padding_side: Any = None,
         attention_mask: torch.Tensor | None = None, past_kv_cache: HookedTransformerKeyValueCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor | None]:
-        """``(residual entering block 0, tokens, None, attention_mask)``, as TL (no shortformer embedding)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(residual entering block 0, tokens, shortformer position embeddings or None, attention_mask)``."""
         tokens, mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
                                              past_kv_cache is not None)
         past = 0 if past_kv_cache is None else past_kv_cache.length
@@ -213,7 +249,8 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             positions = positions_from_mask(mask)[:, past:]
         else:
             positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None].expand(len(tokens), -1)
-        return self.embed_tokens(tokens, positions), tokens, None, mask
+        shortformer = self.pos_embed(positions) if self.cfg.positional == "shortformer" else None
+        return self.embed_tokens(tokens, positions), tokens, shortformer, mask
 
     def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 per_token: bool = False) -> torch.Tensor:
@@ -228,6 +265,10 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
 
     # ------------------------------------------------------------------ weights, devices
     def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:
+        """``W_U[:, tokens]`` moved to ``[..., d_model]``; one token (an id, a string, or a tensor holding one
+        element) gives ``[d_model]``, as TL."""
+        if isinstance(tokens, torch.Tensor) and tokens.numel() == 1:
+            tokens = int(tokens.item())
         return tokens_to_residual_directions(self, tokens)
 
     @property
@@ -242,8 +283,18 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
     def all_head_labels(self) -> list[str]:
         return [f"L{i}H{h}" for i in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
 
+    @property
     def n_params_total(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Every parameter, embeddings, norms and biases included (``cfg.n_params`` counts TL's subset)."""
+        return int(sum(p.numel() for p in self.parameters()))
+
+    def cuda(self, device: Any = None) -> HookedTransformer:  # type: ignore[override]
+        if isinstance(device, int):
+            device = torch.device("cuda", device)
+        return self.to("cuda" if device is None else device)
+
+    def cpu(self) -> HookedTransformer:  # type: ignore[override]
+        return self.to("cpu")
 
     def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:  # type: ignore[override]
         out = super().to(*args, **kwargs)
@@ -252,46 +303,3 @@ class HookedTransformer(TLTokensMixin, PretrainedMixin, HookedRootModule, Decode
             self.cfg.device = str(p.device) if p.device.type != "cpu" else "cpu"
             self.cfg.dtype = p.dtype
         return out
-
-    # ------------------------------------------------------------------ generation
-    def generate(  # type: ignore[override]
-        self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: Any = None,
-        do_sample: bool = True, top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
-        freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos: bool | None = None,
-        padding_side: Any = None, return_type: str | None = "input", verbose: bool = True, **kwargs: Any,
-    ) -> Any:
-        """TL's ``generate`` over the native one (sampling by default, as TL; ``return_type`` "input", "str",
-        "tokens"; text is tokenised with TL's BOS rule and left-padded, as generation needs)."""
-        if freq_penalty:
-            raise NotImplementedError("freq_penalty is not implemented; use repetition_penalty= (HF's penalty)")
-        if return_type not in ("input", "str", "tokens"):
-            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
-        text_in = isinstance(input, (str, list)) and (isinstance(input, str) or isinstance(input[0], str))
-        mask = None
-        if text_in:
-            tokens, mask = self.to_tokens(input, prepend_bos, "left", return_mask=True)
-        else:
-            tokens = torch.as_tensor(input, device=self.cfg.device)
-        eos = eos_token_id if stop_at_eos else []
-        if stop_at_eos and eos is None and self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            eos = self.tokenizer.eos_token_id
-        if temperature == 0.0:
-            do_sample = False
-        out = Decoder.generate(
-            self, tokens, max_new_tokens, do_sample=do_sample, top_k=top_k, top_p=top_p,
-            temperature=temperature if do_sample else 1.0, eos_token_id=eos, use_cache=use_past_kv_cache,
-            attention_mask=mask, verbose=verbose, **kwargs,
-        )
-        as_str = return_type == "str" or (return_type == "input" and text_in)
-        if not as_str:
-            return out
-        texts = [self.to_string(row if mask is None else row[m.bool()]) for row, m in _rows(out, mask)]
-        return texts[0] if isinstance(input, str) else texts
-
-
-def _rows(out: torch.Tensor, mask: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Each output row with the prompt's mask extended over the generated tokens (None: no padding)."""
-    if mask is None:
-        return [(row, None) for row in out]
-    full = F.pad(mask, (0, out.shape[1] - mask.shape[1]), value=1)
-    return list(zip(out, full, strict=True))

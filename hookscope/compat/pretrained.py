@@ -117,6 +117,8 @@ class PretrainedMixin:
             default_prepend_bos=True if default_prepend_bos is None else default_prepend_bos,
         )
         model.default_padding_side = default_padding_side or "right"
+        if model.tokenizer is None and hf_model is not None:
+            model.tokenizer = _cached_tokenizer(hub)
         if model.tokenizer is not None:
             model.set_tokenizer(model.tokenizer, default_padding_side)  # type: ignore[attr-defined]
         options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
@@ -139,6 +141,17 @@ class PretrainedMixin:
             refactor_factored_attn_matrices=refactor_factored_attn_matrices, fold_value_biases=fold_value_biases,
             dtype=dtype, default_prepend_bos=default_prepend_bos, default_padding_side=default_padding_side, **kwargs,
         )
+
+
+def _cached_tokenizer(hub: str) -> Any:
+    """The hub tokenizer when it is already in the local HF cache (never downloads), else None."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(hub, local_files_only=True)
+    except (OSError, ValueError) as err:
+        logger.info("no tokenizer for %s in the local cache (%s); pass tokenizer= to tokenize text", hub, err)
+        return None
 
 
 def _process(model: Any, options: dict[str, bool]) -> None:

@@ -23,6 +23,10 @@ class TLTokensMixin:
     tokenizer: Any
     default_padding_side: PaddingSide = "right"
 
+    def _padding_side(self) -> PaddingSide:
+        """The default side: the tokenizer's ``padding_side`` (TL code sets it there), else the model's."""
+        return getattr(self.tokenizer, "padding_side", None) or self.default_padding_side
+
     def _bos_default(self, prepend_bos: bool | None) -> bool:
         return self.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
 
@@ -48,7 +52,7 @@ class TLTokensMixin:
             ids = [i[: self.cfg.n_ctx] for i in ids]
         if any(len(i) == 0 for i in ids):
             raise ValueError("cannot tokenize an empty prompt without BOS: it has no tokens")
-        side = padding_side or self.default_padding_side
+        side = padding_side or self._padding_side()
         tokens, mask = pad_sequences(ids, self._pad_id(), side)  # type: ignore[attr-defined]
         if move_to_device:
             tokens, mask = tokens.to(self.cfg.device), mask.to(self.cfg.device)
@@ -101,7 +105,7 @@ class TLTokensMixin:
         token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
         hits = (tokens == token).nonzero()[:, 0]
         if len(hits) == 0:
-            raise ValueError(f"token {single_token!r} is not in the input")
+            raise AssertionError("The token does not occur in the prompt")  # TL's error, for TL code
         if mode not in ("first", "last"):
             raise ValueError(f"mode must be 'first' or 'last', got {mode!r}")
         return int(hits[0] if mode == "first" else hits[-1])

@@ -8,12 +8,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hookscope.analysis.prompt_report import test_prompt
 from hookscope.components.activations import gelu_fast, gelu_new
+from hookscope.factored_matrix import composition_scores
 from hookscope.names import get_act_name
+from hookscope.training import data as _data
 
 __all__ = [
-    "Slice", "gelu_fast", "gelu_new", "get_act_name", "get_attention_mask", "get_corner", "lm_accuracy",
-    "lm_cross_entropy_loss", "remove_batch_dim", "solu", "to_numpy",
+    "Slice", "composition_scores", "gelu_fast", "gelu_new", "get_act_name", "get_attention_mask", "get_corner",
+    "lm_accuracy", "lm_cross_entropy_loss", "remove_batch_dim", "solu", "test_prompt", "to_numpy",
+    "tokenize_and_concatenate",
 ]
 
 
@@ -127,3 +131,12 @@ def get_attention_mask(tokenizer: Any, tokens: torch.Tensor, prepend_bos: bool,
             first = pad.sum(-1).clamp(max=tokens.shape[-1] - 1)
             mask[torch.arange(len(mask)), first] = 1
     return mask
+
+
+def tokenize_and_concatenate(dataset: Any, tokenizer: Any, streaming: bool = False, max_length: int = 1024,
+                             column_name: str = "text", add_bos_token: bool = True, num_proc: int = 10) -> Any:
+    """TL's signature over :func:`hookscope.training.data.tokenize_and_concatenate` (texts joined with EOS,
+    packed into ``max_length`` rows; a dataset gets a ``"tokens"`` column). ``streaming`` / ``num_proc`` are
+    accepted for TL code and have no effect here (tokenising runs in this process)."""
+    return _data.tokenize_and_concatenate(dataset, tokenizer, max_length=max_length, column=column_name,
+                                          add_bos_token=add_bos_token)

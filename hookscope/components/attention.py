@@ -7,9 +7,11 @@ q/k norms (Qwen3), rotary positions, an additive position bias (T5), and the sof
 Cross-attention is a call, not a class: keys and values read another sequence, or arrive precomputed
 from :meth:`Attention.project_kv` (computed once per encoder output while decoding).
 
-Without hooks inside attention it runs ``scaled_dot_product_attention``; when any internal hook (scores,
-pattern, z, result) is active, soft-capping is on, or a float64 run must mirror a float32 softmax, it
-runs the explicit path. Both paths compute the same function.
+Without hooks on the scores or the pattern it runs ``scaled_dot_product_attention``. A hook that may
+edit them (or needs their gradient), soft-capping, or a float64 run that must mirror a float32 softmax
+makes the explicit path the one that runs; hooks that only observe (a cache) get the explicit scores and
+pattern computed beside the fused kernel, so caching never changes the output. Both paths compute the
+same function.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from hookscope.components.masks import AttentionMask, mask_fill_dtype
 from hookscope.components.rotary import apply_rotary
+from hookscope.components.views import bias_or_zeros, split_heads_in
 from hookscope.hooks import HookPoint, hooks_active, hooks_editing
 
 Rotary = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables [batch, pos, rotary_dim]
@@ -45,8 +48,7 @@ def project_heads(x: torch.Tensor, linear: nn.Linear, n_heads: int, d_head: int)
     """``[batch, pos, head_index, d_head]`` from ``[batch, pos, d_model]``, or from per-head inputs
     ``[batch, pos, head_index, d_model]`` (split-input hooks: each head reads its own copy)."""
     if x.ndim == 4:
-        weight = einops.rearrange(linear.weight, "(h e) m -> h m e", h=n_heads)  # [head, d_model, d_head]
-        y = torch.einsum("bphm,hme->bphe", x, weight)
+        y = torch.einsum("bphm,hme->bphe", x, split_heads_in(linear.weight, n_heads))
         return y if linear.bias is None else y + linear.bias.view(n_heads, d_head)
     return linear(x).view(*x.shape[:2], n_heads, d_head)
 
@@ -96,15 +98,15 @@ class HeadWeightViews:
 
     @property
     def W_Q(self) -> torch.Tensor:  # [head_index, d_model, d_head]
-        return einops.rearrange(self.q_proj.weight, "(h e) m -> h m e", h=self.n_heads)
+        return split_heads_in(self.q_proj.weight, self.n_heads)
 
     @property
     def _W_K(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]: the stored GQA/MQA key heads
-        return einops.rearrange(self.k_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+        return split_heads_in(self.k_proj.weight, self.n_kv_heads)
 
     @property
     def _W_V(self) -> torch.Tensor:  # [kv_head_index, d_model, d_head]
-        return einops.rearrange(self.v_proj.weight, "(h e) m -> h m e", h=self.n_kv_heads)
+        return split_heads_in(self.v_proj.weight, self.n_kv_heads)
 
     @property
     def W_K(self) -> torch.Tensor:  # [head_index, d_model, d_head]: each query head's key weights
@@ -125,9 +127,7 @@ class HeadWeightViews:
         return einops.rearrange(self.o_proj.weight, "m (h e) -> h e m", h=self.n_heads)
 
     def _bias_view(self, linear: nn.Linear, n: int) -> torch.Tensor:
-        if linear.bias is None:
-            return torch.zeros(n, self.d_head, dtype=linear.weight.dtype, device=linear.weight.device)
-        return linear.bias.view(n, self.d_head)
+        return bias_or_zeros(linear.bias, linear.weight).view(n, self.d_head)
 
     @property
     def b_Q(self) -> torch.Tensor:  # [head_index, d_head]
@@ -151,8 +151,7 @@ class HeadWeightViews:
 
     @property
     def b_O(self) -> torch.Tensor:  # [d_model]
-        b = self.o_proj.bias
-        return b if b is not None else torch.zeros_like(self.o_proj.weight[:, 0])
+        return bias_or_zeros(self.o_proj.bias, self.o_proj.weight)
 
 
 class Attention(HeadWeightViews, nn.Module):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hookscope.components.attention import soft_cap
+from hookscope.components.views import bias_or_zeros
 
 
 class Embed(nn.Module):
@@ -83,7 +84,7 @@ class Unembed(nn.Module):
 
     @property
     def b_U(self) -> torch.Tensor:  # [d_vocab]
-        return self.bias if self.bias is not None else torch.zeros_like(self.weight[:, 0])
+        return bias_or_zeros(self.bias, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = nn.functional.linear(x, self.weight, self.bias)  # [batch, pos, d_vocab]

@@ -6,25 +6,16 @@ import torch
 from torch import nn
 
 from hookscope.components.activations import get_activation
+from hookscope.components.views import bias_or_zeros
 from hookscope.hooks import HookPoint
 
 
-def _bias_or_zeros(linear: nn.Linear) -> torch.Tensor:
-    """``linear``'s bias ``[d_out]``, or zeros when it has none (TransformerLens always has ``b_in``/``b_out``)."""
-    b = linear.bias
-    return b if b is not None else torch.zeros_like(linear.weight[:, 0])
+class _UpDownViews:
+    """TransformerLens-shaped views of ``up_proj`` / ``down_proj`` (``nn.Linear``, PyTorch layout); ``b_in`` is
+    the linear (up) branch's bias in a gated MLP."""
 
-
-class MLP(nn.Module):
-    """``out = W_out act(W_in x + b_in) + b_out`` with ``hook_pre`` and ``hook_post`` ``[batch, pos, d_mlp]``."""
-
-    def __init__(self, d_model: int, d_mlp: int, act: str, bias: bool = True) -> None:
-        super().__init__()
-        self.up_proj = nn.Linear(d_model, d_mlp, bias=bias)
-        self.down_proj = nn.Linear(d_mlp, d_model, bias=bias)
-        self.act = get_activation(act)
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+    up_proj: nn.Linear
+    down_proj: nn.Linear
 
     @property
     def W_in(self) -> torch.Tensor:  # [d_model, d_mlp]
@@ -36,18 +27,30 @@ class MLP(nn.Module):
 
     @property
     def b_in(self) -> torch.Tensor:  # [d_mlp]
-        return _bias_or_zeros(self.up_proj)
+        return bias_or_zeros(self.up_proj.bias, self.up_proj.weight)
 
     @property
     def b_out(self) -> torch.Tensor:  # [d_model]
-        return _bias_or_zeros(self.down_proj)
+        return bias_or_zeros(self.down_proj.bias, self.down_proj.weight)
+
+
+class MLP(_UpDownViews, nn.Module):
+    """``out = W_out act(W_in x + b_in) + b_out`` with ``hook_pre`` and ``hook_post`` ``[batch, pos, d_mlp]``."""
+
+    def __init__(self, d_model: int, d_mlp: int, act: str, bias: bool = True) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, d_mlp, bias=bias)
+        self.down_proj = nn.Linear(d_mlp, d_model, bias=bias)
+        self.act = get_activation(act)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.hook_pre(self.up_proj(x))
         return self.down_proj(self.hook_post(self.act(pre)))
 
 
-class GatedMLP(nn.Module):
+class GatedMLP(_UpDownViews, nn.Module):
     """SwiGLU / GeGLU: ``down(act(gate x) * up x)``.
 
     ``hook_pre`` is the gate pre-activation, ``hook_pre_linear`` the linear (up) branch, ``hook_post``
@@ -69,24 +72,8 @@ class GatedMLP(nn.Module):
         return self.gate_proj.weight.T
 
     @property
-    def W_in(self) -> torch.Tensor:  # [d_model, d_mlp]
-        return self.up_proj.weight.T
-
-    @property
-    def W_out(self) -> torch.Tensor:  # [d_mlp, d_model]
-        return self.down_proj.weight.T
-
-    @property
-    def b_in(self) -> torch.Tensor:  # [d_mlp], of the linear (up) branch
-        return _bias_or_zeros(self.up_proj)
-
-    @property
     def b_gate(self) -> torch.Tensor:  # [d_mlp] (Llama mlp_bias=True; zeros otherwise)
-        return _bias_or_zeros(self.gate_proj)
-
-    @property
-    def b_out(self) -> torch.Tensor:  # [d_model]
-        return _bias_or_zeros(self.down_proj)
+        return bias_or_zeros(self.gate_proj.bias, self.gate_proj.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.hook_pre(self.gate_proj(x))

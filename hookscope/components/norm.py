@@ -14,12 +14,16 @@ from hookscope.hooks import HookPoint
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it)."""
+    """LayerNorm over the last axis, mirroring ``torch.nn.LayerNorm`` (as HF GPT-2/NeoX/BERT use it).
 
-    def __init__(self, d: int, eps: float, bias: bool = True) -> None:
+    ``affine=False``: no weight and no bias (``elementwise_affine=False``, as adaLN models use it).
+    """
+
+    def __init__(self, d: int, eps: float, bias: bool = True, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        self.weight: nn.Parameter | None = nn.Parameter(torch.ones(d)) if affine else None
+        bias = bias and affine
         self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(d)) if bias else None
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
@@ -35,7 +39,7 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out)
 
     def _affine(self, normed: torch.Tensor) -> torch.Tensor:
-        out = normed * self.weight
+        out = normed * self.weight if self.weight is not None else normed
         if self.bias is not None:
             out = out + self.bias
         return out
@@ -138,6 +142,19 @@ class LayerNormPre(nn.Module):
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(centred / scale)
 
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The divisor this norm would use for ``x`` (what ``hook_scale`` shows): ``[..., 1]``."""
+        centred = x - x.mean(-1, keepdim=True)
+        return (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` centred and divided by ``scale``: linear in ``x``."""
+        return (x - x.mean(-1, keepdim=True)) / scale
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        return None
+
 
 class RMSNormPre(nn.Module):
     """RMSNorm without a weight (TransformerLens ``RMSPre``): ``x / sqrt(mean(x^2) + eps)``."""
@@ -153,6 +170,18 @@ class RMSNormPre(nn.Module):
         x32 = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
         scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
         return self.hook_normalized((x32 / scale).to(x.dtype))
+
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The divisor this norm would use for ``x`` (what ``hook_scale`` shows): ``[..., 1]``."""
+        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear_part(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` divided by ``scale``: linear in ``x``."""
+        return x / scale
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        return None
 
 
 class NoNorm(nn.Identity):

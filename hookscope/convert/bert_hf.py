@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hookscope.convert.engine import ConversionError, Rule, RuleSet, rename
+from hookscope.convert.engine import ConversionError, Rule, RuleSet, aliased_keys, rename
 from hookscope.convert.hf_config import check_attributes, require
 from hookscope.models.bert_config import BertConfig
 
@@ -54,16 +54,6 @@ SUPPORTED_CLASSES: dict[str, tuple[bool, bool, bool]] = {
     "BertForSequenceClassification": (False, False, True),
     "RobertaForSequenceClassification": (False, False, True),
 }
-
-
-def normalized_keys(keys: Iterable[str]) -> set[str]:
-    """Source names after :data:`ALIASES` (what the rules below are written against)."""
-    out = set()
-    for key in keys:
-        for pattern, repl in ALIASES:
-            key = re.sub(pattern, repl, key)
-        out.add(key)
-    return out
 
 
 @dataclass(frozen=True)
@@ -152,14 +142,12 @@ def bert_config_from_hf(
         f"position_embedding_type={kind!r} is not supported natively (only 'absolute'); "
         "use hookscope.wrap(hf_model) for this model",
     )
-    original = list(keys)
-    norm_keys = normalized_keys(original)
-    heads = find_heads(norm_keys)
+    original = aliased_keys(keys, ALIASES)  # normalised name -> source key
+    heads = find_heads(set(original))
     n_labels = None
     if heads.classifier:
         name = "classifier.weight" if heads.classifier == "bert" else "classifier.out_proj.weight"
-        source_name = next(k for k in original if normalized_keys([k]) == {name})
-        n_labels = int(get(source_name).shape[0])
+        n_labels = int(get(original[name]).shape[0])
     d, h = values["hidden_size"], values["num_attention_heads"]
     require(d % h == 0, f"hidden_size {d} is not a multiple of num_attention_heads {h}")
     roberta = model_type == "roberta"
@@ -194,7 +182,7 @@ def _linear(src: str, dst: str) -> list[Rule]:
 
 def bert_rules(cfg: BertConfig, keys: Iterable[str]) -> RuleSet:
     """Rules from (alias-normalised) HF names to ours; ``keys`` picks where a tied bias is stored."""
-    norm_keys = normalized_keys(keys)
+    norm_keys = set(aliased_keys(keys, ALIASES))
     h, b = "encoder.layer.{i}", "blocks.{i}"
     rules = [
         rename("embeddings.word_embeddings.weight", "embed.embed.weight"),

@@ -88,7 +88,7 @@ def gpt2_config(v: dict[str, Any]) -> dict[str, Any]:
         d_model=d, n_layers=v["n_layer"], n_heads=v["n_head"], d_head=d // v["n_head"],
         d_mlp=v.get("n_inner") or 4 * d, d_vocab=v["vocab_size"], n_ctx=v["n_positions"],
         act_fn=v["activation_function"], norm="layernorm", norm_eps=v["layer_norm_epsilon"],
-        positional="learned", qkv_bias=True, attn_out_bias=True, mlp_bias=True, attn_softmax_float32=False,
+        positional="learned", qkv_bias=True, attn_out_bias=True, mlp_bias=True, softmax_in_float32=False,
         tie_embeddings=v.get("tie_word_embeddings", True),
     )
 

@@ -54,6 +54,29 @@ class RuleSet:
         return RuleSet(tuple(r.inverted() for r in self.rules))
 
 
+def alias_name(name: str, aliases: Iterable[tuple[str, str]]) -> str:
+    """``name`` after every ``(regex, replacement)`` alias in turn: the name the rules are written against."""
+    for pattern, repl in aliases:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def aliased_keys(keys: Iterable[str], aliases: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``{normalised name: source key}``: each key after every ``(regex, replacement)`` alias in turn.
+
+    Rules are written against the normalised names, so one table serves every checkpoint layout.
+    """
+    aliases = tuple(aliases)
+    out: dict[str, str] = {}
+    for key in keys:
+        name = alias_name(key, aliases)
+        if name in out:
+            raise ConversionError(f"source tensors {out[name]!r} and {key!r} both read as {name!r}: "
+                                  "the checkpoint holds the same weight under two layouts")
+        out[name] = key
+    return out
+
+
 def expand(rules: Iterable[Rule], n_layers: int) -> list[Rule]:
     """Instantiate ``{i}`` templates for each layer."""
     out: list[Rule] = []
@@ -83,12 +106,7 @@ def convert_tensors(
     The accounting check runs before any tensor is read, so a mismatch costs nothing.
     """
     rules = expand(ruleset.rules, n_layers)
-    original: dict[str, str] = {}
-    for key in source_keys:
-        name = key
-        for pattern, repl in ruleset.aliases:
-            name = re.sub(pattern, repl, name)
-        original[name] = key
+    original = aliased_keys(source_keys, ruleset.aliases)
     available = set(original)
     ignore = [re.compile(p) for p in ruleset.ignore_sources]
     used = {s for r in rules for s in r.sources}

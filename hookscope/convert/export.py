@@ -18,7 +18,7 @@ from torch import nn
 
 from hookscope.convert.bert_hf import bert_rules
 from hookscope.convert.decoder_hf import ARCHITECTURES
-from hookscope.convert.engine import ConversionError, RuleSet, convert_state_dict, expand
+from hookscope.convert.engine import ConversionError, RuleSet, alias_name, convert_state_dict, expand
 from hookscope.convert.t5_hf import t5_rules
 from hookscope.convert.vit_hf import rules_for
 from hookscope.convert.whisper_hf import hf_config_values, whisper_rules
@@ -29,7 +29,7 @@ from hookscope.models.vit import ViT
 from hookscope.models.whisper import Whisper
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportPlan:
     """What a family's export needs: the HF config values, the HF class and the forward rules."""
 
@@ -48,13 +48,15 @@ def _decoder_plan(model: Decoder) -> ExportPlan:
     if values.get("layer_types"):
         values["layer_types"] = values["layer_types"][: cfg.n_layers]
     rules = ARCHITECTURES[values["model_type"]].rules(cfg)
-    return ExportPlan(values, ARCHITECTURES[values["model_type"]].hf_class, lambda keys: rules, cfg.n_layers)
+    return ExportPlan(config_values=values, architecture=ARCHITECTURES[values["model_type"]].hf_class,
+                      rules=lambda keys: rules, n_layers=cfg.n_layers)
 
 
 def _bert_plan(model: Bert) -> ExportPlan:
     cfg = model.cfg
     values = {**cfg.hf_config, "num_hidden_layers": cfg.n_layers}
-    return ExportPlan(values, cfg.architecture, lambda keys: bert_rules(cfg, keys), cfg.n_layers)
+    return ExportPlan(config_values=values, architecture=cfg.architecture, rules=lambda keys: bert_rules(cfg, keys),
+                      n_layers=cfg.n_layers)
 
 
 def _t5_plan(model: T5Encoder) -> ExportPlan:
@@ -65,18 +67,21 @@ def _t5_plan(model: T5Encoder) -> ExportPlan:
     if not cfg.encoder_only:
         values["num_decoder_layers"] = cfg.n_decoder_layers
     n_layers = max(cfg.n_encoder_layers, cfg.n_decoder_layers)
-    return ExportPlan(values, cfg.architecture, lambda keys: t5_rules(cfg), n_layers)
+    return ExportPlan(config_values=values, architecture=cfg.architecture, rules=lambda keys: t5_rules(cfg),
+                      n_layers=n_layers)
 
 
 def _vit_plan(model: ViT) -> ExportPlan:
     cfg = model.cfg
     values = {**cfg.hf_config, "num_hidden_layers": cfg.n_layers}
-    return ExportPlan(values, cfg.architecture, lambda keys: rules_for(cfg), cfg.n_layers)
+    return ExportPlan(config_values=values, architecture=cfg.architecture, rules=lambda keys: rules_for(cfg),
+                      n_layers=cfg.n_layers)
 
 
 def _whisper_plan(model: Whisper) -> ExportPlan:
     values = {"model_type": "whisper", **hf_config_values(model.cfg)}
-    return ExportPlan(values, "WhisperForConditionalGeneration", lambda keys: whisper_rules(model.cfg), 0)
+    return ExportPlan(config_values=values, architecture="WhisperForConditionalGeneration",
+                      rules=lambda keys: whisper_rules(model.cfg), n_layers=0)
 
 
 PLANS: dict[type, Callable[[Any], ExportPlan]] = {
@@ -135,7 +140,7 @@ def _fill(hf_model: nn.Module, model: nn.Module, plan: ExportPlan) -> None:
     ignore = [rf"^{re.escape(k)}$" for k in _tied_copies(state)]
     produced = [t for r in rules for t in r.targets]  # HF names after the family's aliases
     converted = convert_state_dict(state, RuleSet(tuple(rules), tuple(ignore)), 0, produced)
-    by_alias = {_alias(k, forward): k for k in hf_model.state_dict()}
+    by_alias = {alias_name(k, forward.aliases): k for k in hf_model.state_dict()}
     unknown = sorted(k for k in converted if k not in by_alias)
     if unknown:
         raise ConversionError(f"{plan.architecture} has no parameters {unknown[:8]}")
@@ -152,12 +157,6 @@ def _untie(hf_model: nn.Module) -> None:
     head, embed = hf_model.get_output_embeddings(), hf_model.get_input_embeddings()
     if head is not None and embed is not None and head.weight is embed.weight:
         head.weight = nn.Parameter(head.weight.detach().clone())
-
-
-def _alias(name: str, ruleset: RuleSet) -> str:
-    for pattern, repl in ruleset.aliases:
-        name = re.sub(pattern, repl, name)
-    return name
 
 
 def _tied_copies(state: dict[str, torch.Tensor]) -> list[str]:

@@ -82,7 +82,11 @@ def _layer_index(key: str) -> int | None:
 
 # ---------------------------------------------------------------------- the kinds of source
 def open_source(source: Any) -> Source:
+    from hookscope.convert import dit_diffusers
+
     if isinstance(source, nn.Module):
+        if dit_diffusers.is_diffusers_model(source):
+            return dit_diffusers.diffusers_model_source(source)
         return hf_model_source(source)
     if not isinstance(source, (str, os.PathLike)):
         raise SourceTypeError(f"load() takes a name, a path or a transformers model, got {type(source).__name__}")
@@ -97,6 +101,8 @@ def open_source(source: Any) -> Source:
 
         return gguf_source(path)
     if path.is_dir():
+        if dit_diffusers.is_diffusers_folder(path):
+            return dit_diffusers.diffusers_folder_source(path)
         return folder_source(path)
     if path.exists():
         raise ConversionError(f"{path} is a file hookscope cannot load; expected a folder, a .gguf or a hub id")
@@ -231,3 +237,4 @@ register_family(["whisper"], "hookscope.convert.whisper_build:build")
 register_family(["vit", "deit", "clip_vision_model"], "hookscope.convert.vit_build:build")
 register_family(["bert", "roberta"], "hookscope.convert.bert_build:build")
 register_family(["t5"], "hookscope.convert.t5_build:build")
+register_family(["dit"], "hookscope.convert.dit_diffusers:build")

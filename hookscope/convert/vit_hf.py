@@ -9,13 +9,12 @@ read from its tensor names (the config does not say).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from hookscope.convert.engine import ConversionError, Rule, RuleSet, rename
+from hookscope.convert.engine import ConversionError, Rule, RuleSet, aliased_keys, rename
 from hookscope.convert.hf_config import check_architecture, check_attributes, require
 from hookscope.models.vit_config import ViTConfig
 
@@ -51,16 +50,6 @@ SUPPORTED_CLASSES = frozenset({
 })
 
 
-def canonical_keys(keys: Iterable[str]) -> set[str]:
-    """Source tensor names after the aliases (what the rules are written against)."""
-    out = set()
-    for key in keys:
-        for pattern, repl in ALIASES:
-            key = re.sub(pattern, repl, key)
-        out.add(key)
-    return out
-
-
 def _square(value: Any, what: str) -> int:
     if isinstance(value, (list, tuple)):
         require(len(value) == 2 and value[0] == value[1], f"non-square {what} {value} is not supported")
@@ -77,7 +66,7 @@ def _image_size(value: Any) -> tuple[int, int]:
 def vit_config_from_hf(hf_config: Any, source_keys: Iterable[str]) -> ViTConfig:
     """Strictly convert a transformers ViT / DeiT / CLIP vision config (+ the checkpoint's tensor names)."""
     model_type = getattr(hf_config, "model_type", None)
-    keys = canonical_keys(source_keys)
+    keys = set(aliased_keys(source_keys, ALIASES))
     clip = model_type == "clip_vision_model"
     if model_type not in ("vit", "deit", "clip_vision_model"):
         raise ConversionError(

@@ -35,6 +35,7 @@ def generate(
     top_p: float | None = None,
     min_p: float | None = None,
     repetition_penalty: float | None = None,
+    freq_penalty: float = 0.0,
     num_beams: int = 1,
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
@@ -61,6 +62,8 @@ def generate(
         do_sample: sample from the processed distribution instead of taking the most likely token.
         temperature, top_k, top_p, min_p: sampling filters (HF semantics, applied in HF's order).
         repetition_penalty: HF's CTRL penalty on tokens already in the sequence (prompt included).
+        freq_penalty: TransformerLens's: subtract ``freq_penalty`` x (count of the token in the sequence so
+            far, prompt included) from each logit (after the temperature when sampling; greedy too).
         num_beams, length_penalty, early_stopping: beam search (HF semantics: score = sum of log-probs /
             generated_len ** length_penalty; ``early_stopping`` True, False or "never").
         eos_token_id: one id or several; a row stops at any of them. Default, as HF ``generate``: the
@@ -92,6 +95,7 @@ def generate(
         min_p=min_p, repetition_penalty=repetition_penalty, num_beams=num_beams,
         length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
         stop_strings=stop_strings, seed=seed, use_cache=use_cache, pad_token_id=pad_token_id,
+        freq_penalty=freq_penalty,
     )
     _check_outputs(model, return_type, return_cache, return_beams, num_beams)
     tokens, mask = prepare_prompts(model, inputs, attention_mask)
@@ -133,7 +137,7 @@ def generate_stream(
     defaults: dict[str, Any] = dict(
         do_sample=False, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
         num_beams=1, length_penalty=1.0, early_stopping=False, eos_token_id=None, stop_strings=None,
-        seed=None, use_cache=True, pad_token_id=None,
+        seed=None, use_cache=True, pad_token_id=None, freq_penalty=0.0,
     )
     unknown = set(kwargs) - set(defaults)
     if unknown:

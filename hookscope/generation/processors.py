@@ -75,6 +75,24 @@ def apply_repetition_penalty(
     return torch.where(seen[:, :d_vocab], penalised, scores)
 
 
+def apply_freq_penalty(
+    scores: torch.Tensor, tokens: torch.Tensor, penalty: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Subtract ``penalty`` times each token's count in the sequence so far (TransformerLens ``freq_penalty``).
+
+    Args:
+        scores: ``[batch, d_vocab]``.
+        tokens: ``[batch, pos]`` the sequence so far, prompt included (as TransformerLens counts).
+        mask: ``[batch, pos]``, 0 at padding (not counted).
+    """
+    d_vocab = scores.shape[-1]
+    ids = tokens.clamp(max=d_vocab)  # ids beyond the output vocab count in a spare column, dropped below
+    weight = torch.ones_like(ids, dtype=scores.dtype) if mask is None else mask.to(scores.dtype)
+    counts = torch.zeros(scores.shape[0], d_vocab + 1, dtype=scores.dtype, device=scores.device)
+    counts.scatter_add_(1, ids, weight)
+    return scores - penalty * counts[:, :d_vocab]
+
+
 def apply_suppress_tokens(scores: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
     """-inf at ``token_ids`` in every row (HF ``SuppressTokensLogitsProcessor``; ids outside the vocab are
     ignored, as there)."""
@@ -102,6 +120,7 @@ class Processing:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    freq_penalty: float = 0.0  # TransformerLens's: logits minus freq_penalty x count of each token so far
     min_tokens_to_keep: int = 1
     suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's generation config)
     begin_suppress_tokens: tuple[int, ...] = ()  # not generated when the sequence has begin_index tokens
@@ -109,7 +128,7 @@ class Processing:
 
     @property
     def needs_history(self) -> bool:
-        return self.repetition_penalty is not None and self.repetition_penalty != 1.0
+        return (self.repetition_penalty is not None and self.repetition_penalty != 1.0) or self.freq_penalty > 0
 
     @property
     def suppresses(self) -> bool:
@@ -128,9 +147,9 @@ def process_logits(
     ``tokens``/``mask`` (``[batch, pos]``) are the sequence so far, needed for the repetition penalty and
     (their length) for ``begin_suppress_tokens``.
     """
-    if p.needs_history:
-        if tokens is None:
-            raise ValueError("the repetition penalty needs the tokens generated so far")
+    if p.needs_history and tokens is None:
+        raise ValueError("the repetition and frequency penalties need the tokens generated so far")
+    if p.repetition_penalty is not None and p.repetition_penalty != 1.0:
         scores = apply_repetition_penalty(scores, tokens, p.repetition_penalty, mask)  # type: ignore[arg-type]
     if p.suppress_tokens:
         scores = apply_suppress_tokens(scores, p.suppress_tokens)
@@ -139,9 +158,11 @@ def process_logits(
             raise ValueError("begin_suppress_tokens needs the tokens so far (their length)")
         scores = apply_begin_suppress_tokens(scores, p.begin_suppress_tokens, tokens.shape[-1], p.begin_index)
     if not p.do_sample:
-        return scores
+        return apply_freq_penalty(scores, tokens, p.freq_penalty, mask) if p.freq_penalty > 0 else scores  # type: ignore[arg-type]
     if p.temperature != 1.0:
         scores = apply_temperature(scores, p.temperature)
+    if p.freq_penalty > 0:  # after the temperature, before the filters, as TransformerLens's sample_logits
+        scores = apply_freq_penalty(scores, tokens, p.freq_penalty, mask)  # type: ignore[arg-type]
     if p.top_k:
         scores = apply_top_k(scores, p.top_k, p.min_tokens_to_keep)
     if p.top_p is not None and p.top_p < 1.0:

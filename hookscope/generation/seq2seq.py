@@ -14,6 +14,7 @@ cross-attention ``hook_k``/``hook_v`` fire on the first step only, when those ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
@@ -21,10 +22,13 @@ from typing import Any
 
 import torch
 
+from hookscope.cache import ActivationCache
 from hookscope.generation.beam import beam_search
 from hookscope.generation.decode import Decoding
 from hookscope.generation.kv_cache import EncoderDecoderKVCache, KVCache
 from hookscope.generation.settings import EarlyStopping, make_settings
+from hookscope.generation.step_cache import StepRecorder
+from hookscope.names import NamesFilter
 
 
 class DecoderView:
@@ -81,7 +85,8 @@ def generate_seq2seq(
     eos_token_id: int | Sequence[int] | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-) -> torch.Tensor:
+    return_cache: bool | NamesFilter = False,
+) -> torch.Tensor | tuple[torch.Tensor, ActivationCache]:
     """Decoder token ids ``[batch, 1 + generated]`` starting with ``decoder_start_token_id``, as HF returns.
 
     Args:
@@ -94,7 +99,13 @@ def generate_seq2seq(
             :func:`hookscope.generation.api.generate`.
         eos_token_id: default the model config's EOS ids; ``[]`` never stops early.
         use_cache: False re-runs the whole decoder each step (the encoder still runs once).
+        return_cache: True or a names filter: also return an :class:`ActivationCache` of every step
+            (greedy / sampling only): the encoder's activations as computed once, the decoder's
+            concatenated along positions, equal to one teacher-forced ``run_with_cache(input,
+            decoder_input_ids=tokens)`` over the returned tokens.
     """
+    if return_cache is not False and num_beams > 1:
+        raise ValueError("return_cache is not supported with beam search (beams are reordered every step)")
     cfg = model.cfg
     if eos_token_id is None:
         eos_token_id = list(cfg.eos_token_ids)
@@ -109,13 +120,18 @@ def generate_seq2seq(
     device = next(model.parameters()).device
     tokens = tokens.to(device)
     mask = None if mask is None else mask.to(device)
-    encoder_output = model._run_encoder(tokens, mask)  # the encoder runs once
     start = torch.full((tokens.shape[0], 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
     if num_beams == 1:
-        run = Decoding(DecoderView(model, encoder_output, mask), start, None, settings)
-        for _ in run:
-            pass
-        return run.sequences
+        recorder = step_recorder(model, return_cache)
+        with recorder or contextlib.nullcontext():
+            encoder_output = model._run_encoder(tokens, mask)  # the encoder runs once
+            if recorder is not None:
+                recorder.pin()
+            run = Decoding(DecoderView(model, encoder_output, mask), start, None, settings, recorder)
+            for _ in run:
+                pass
+        return (run.sequences, recorder.cache()) if recorder is not None else run.sequences
+    encoder_output = model._run_encoder(tokens, mask)  # the encoder runs once
     encoder_output = encoder_output.repeat_interleave(num_beams, dim=0)
     mask = None if mask is None else mask.repeat_interleave(num_beams, dim=0)
     # HF fills unfinished tails of shorter beams with `pad_token_id or eos_token_id[0]`: a pad id of 0
@@ -124,3 +140,10 @@ def generate_seq2seq(
     settings = dataclasses.replace(settings, pad_token_id=fill)
     beams = beam_search(DecoderView(model, encoder_output, mask), start, None, settings, all_beams=False)
     return beams.sequences[:, 0]
+
+
+def step_recorder(model: Any, return_cache: bool | NamesFilter) -> StepRecorder | None:
+    """A :class:`StepRecorder` for ``return_cache`` (True: every name; a filter: those), or None."""
+    if return_cache is False:
+        return None
+    return StepRecorder(model, None if return_cache is True else return_cache)  # type: ignore[arg-type]

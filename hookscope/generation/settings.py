@@ -40,6 +40,7 @@ def make_settings(
     top_p: float | None, min_p: float | None, repetition_penalty: float | None, num_beams: int,
     length_penalty: float, early_stopping: EarlyStopping, eos_token_id: int | Sequence[int] | None,
     stop_strings: str | Sequence[str] | None, seed: int | None, use_cache: bool, pad_token_id: int | None = None,
+    freq_penalty: float = 0.0,
 ) -> GenerationSettings:
     """Check every argument (ValueError naming the argument and the accepted range) and resolve defaults."""
     _check_int("max_new_tokens", max_new_tokens, 1)
@@ -56,6 +57,8 @@ def make_settings(
         isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0
     ):
         raise ValueError(f"repetition_penalty must be > 0 (1.0 = no penalty), got {repetition_penalty!r}")
+    if isinstance(freq_penalty, bool) or not isinstance(freq_penalty, (int, float)) or freq_penalty < 0:
+        raise ValueError(f"freq_penalty must be a number >= 0 (0 = no penalty), got {freq_penalty!r}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
         raise ValueError(f"length_penalty must be a number (1.0 = HF's default), got {length_penalty!r}")
     if seed is not None and (isinstance(seed, bool) or not hasattr(seed, "__index__")):
@@ -76,7 +79,7 @@ def make_settings(
         raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
     processing = Processing(
         do_sample=do_sample, temperature=float(temperature), top_k=top_k or None, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty,
+        repetition_penalty=repetition_penalty, freq_penalty=float(freq_penalty),
     )
     return GenerationSettings(
         max_new_tokens=max_new_tokens, processing=processing, num_beams=num_beams,

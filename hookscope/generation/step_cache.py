@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hookscope.cache import ActivationCache, make_caching_hooks
+from hookscope.cache import ActivationCache, CallList, make_caching_hooks
 from hookscope.components.masks import mask_fill_dtype
 from hookscope.names import NamesFilter, position_axis
 
@@ -30,6 +30,7 @@ class StepRecorder:
         self.model = model
         self.names = model.cache_names(names_filter)
         self.steps: list[dict[str, torch.Tensor]] = []
+        self.pinned: dict[str, torch.Tensor] = {}  # computed once before the steps (an encoder's)
         self._current: dict[str, torch.Tensor] = {}
         fwd, _ = make_caching_hooks(
             self.names, self._current, device=None, remove_batch_dim=False, pos_slice=None, incl_bwd=False
@@ -47,12 +48,18 @@ class StepRecorder:
         self.steps.append(dict(self._current))
         self._current.clear()
 
+    def pin(self) -> None:
+        """Keep what was recorded so far (an encoder run once before decoding) outside the steps."""
+        self.pinned.update(self._current)
+        self._current.clear()
+
     def forget(self) -> None:
         """Drop the steps recorded so far (the uncached loop keeps only its final full forward)."""
         self.steps.clear()
 
     def cache(self) -> ActivationCache:
-        return concat_steps(self.steps, self.model) if self.steps else ActivationCache({}, self.model)
+        steps = dict(concat_steps(self.steps, self.model)._store) if self.steps else {}
+        return ActivationCache({**self.pinned, **steps}, self.model)
 
 
 def concat_steps(steps: Sequence[Mapping[str, torch.Tensor]], model: Any = None) -> ActivationCache:
@@ -65,9 +72,10 @@ def concat_steps(steps: Sequence[Mapping[str, torch.Tensor]], model: Any = None)
             model) masked scores hold the scores' dtype's most negative value, as HF's eager mask.
 
     A name present only in the first step (computed once up front: an encoder, cross-attention keys)
-    keeps that step's tensor, as one forward computes it once too. Names without a position axis, or
-    missing from some later step, are left out when there are several steps (no single forward holds
-    them; the per-step caches do).
+    keeps that step's tensor, as one forward computes it once too. A name that cannot be joined into what
+    one forward holds keeps one call per step where it fired (read with ``cache.calls(name)``;
+    ``cache[name]`` raises): names without a position axis, names missing from some later step, and
+    relative position biases (a full forward holds the bias of future keys too; masking is separate).
     """
     if not steps:
         raise ValueError("concat_steps needs at least one step")
@@ -80,8 +88,14 @@ def concat_steps(steps: Sequence[Mapping[str, torch.Tensor]], model: Any = None)
             merged[name] = steps[0][name]
             continue
         tensors = [step[name] for step in steps if name in step]
+        if any(isinstance(t, CallList) for t in tensors):
+            raise ValueError(
+                f"'{name}' fired several times within one decoding step, so the steps cannot be joined "
+                "along positions; record it with model.record(...) and read cache.calls(name)"
+            )
         axis = position_axis(name, tensors[0].ndim)
-        if axis is None or not all(present):
+        if axis is None or not all(present) or name.endswith("hook_position_bias"):
+            merged[name] = CallList(tensors)
             continue
         if name.endswith(("hook_pattern", "hook_attn_scores")):
             tensors = _align_keys(name, tensors, _score_fill(name, tensors[0].dtype, model))

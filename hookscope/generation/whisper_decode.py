@@ -17,6 +17,7 @@ attached with ``model.hooks()`` fire at every step. Left here: the decoder promp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
@@ -25,10 +26,13 @@ from typing import Any
 import torch
 
 from hookscope.audio import chunks, load_audio, log_mel, prepare_waveform
+from hookscope.cache import ActivationCache
 from hookscope.generation.beam import beam_search
 from hookscope.generation.decode import Decoding
 from hookscope.generation.kv_cache import KVCache
+from hookscope.generation.seq2seq import step_recorder
 from hookscope.generation.settings import EarlyStopping, GenerationSettings, check_context, make_settings
+from hookscope.names import NamesFilter
 
 
 class WhisperDecoderView:
@@ -103,34 +107,44 @@ def generate(
     early_stopping: EarlyStopping = False,
     use_cache: bool = True,
     eos_token_id: int | Sequence[int] | None = None,
-) -> torch.Tensor:
+    return_cache: bool | NamesFilter = False,
+) -> torch.Tensor | tuple[torch.Tensor, ActivationCache]:
     """Tokens ``[batch, len(prompt) + new]`` for log-mel ``features [batch, n_mels, frames]`` (or one clip).
 
     Greedy (``num_beams=1``; finished rows are padded with the pad id, as HF does) or beam search (the best
     beam per clip, HF ``generate(num_beams=...)``'s sequences; ``length_penalty`` and ``early_stopping``
     with HF's meaning). Decoding stops at the checkpoint's EOS, or at any of ``eos_token_id``.
+    ``return_cache`` (greedy only): True or a names filter; also returns an :class:`ActivationCache` of
+    every step, equal to one teacher-forced ``run_with_cache(features, tokens)`` over the returned tokens
+    (encoder and cross-attention keys/values as computed once, decoder steps joined along positions).
     """
+    if return_cache is not False and num_beams > 1:
+        raise ValueError("return_cache is not supported with beam search (beams are reordered every step)")
     features = features[None] if features.ndim == 2 else features
     batch, n_prompt = features.shape[0], len(prompt)
     if n_prompt == 0:
         raise ValueError("the decoder prompt needs at least one token (e.g. <|startoftranscript|>)")
     if any(isinstance(i, bool) or not hasattr(i, "__index__") for i in prompt):
         raise TypeError(f"prompt must be a list of integer token ids, got {list(prompt)!r}")
-    cross = model.cross_kv(model.encode(features))  # the encoder runs once
-    if num_beams > 1:
-        cross = [(k.repeat_interleave(num_beams, 0), v.repeat_interleave(num_beams, 0)) for k, v in cross]
-    view = WhisperDecoderView(model, cross)
-    settings = whisper_settings(
-        view, n_prompt, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, use_cache=use_cache, eos_token_id=eos_token_id,
-    )
-    start = torch.tensor(list(prompt), dtype=torch.long, device=cross[0][0].device)[None].repeat(batch, 1)
-    if num_beams == 1:
-        run = Decoding(view, start, None, settings)
+    recorder = step_recorder(model, return_cache)
+    with recorder or contextlib.nullcontext():
+        cross = model.cross_kv(model.encode(features))  # the encoder runs once
+        if recorder is not None:
+            recorder.pin()
+        if num_beams > 1:
+            cross = [(k.repeat_interleave(num_beams, 0), v.repeat_interleave(num_beams, 0)) for k, v in cross]
+        view = WhisperDecoderView(model, cross)
+        settings = whisper_settings(
+            view, n_prompt, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+            early_stopping=early_stopping, use_cache=use_cache, eos_token_id=eos_token_id,
+        )
+        start = torch.tensor(list(prompt), dtype=torch.long, device=cross[0][0].device)[None].repeat(batch, 1)
+        if num_beams > 1:
+            return beam_search(view, start, None, settings, all_beams=False).sequences[:, 0]
+        run = Decoding(view, start, None, settings, recorder)
         for _ in run:
             pass
-        return run.sequences
-    return beam_search(view, start, None, settings, all_beams=False).sequences[:, 0]
+        return (run.sequences, recorder.cache()) if recorder is not None else run.sequences
 
 
 def default_prompt(model: Any, language: str = "en", task: str = "transcribe") -> list[int]:
@@ -157,8 +171,12 @@ def transcribe(
     num_beams: int = 1,
     max_new_tokens: int | None = None,
     prompt: list[int] | None = None,
-) -> str:
-    """Text of a recording: a path (read with soundfile) or a waveform with ``sample_rate``."""
+    return_cache: bool | NamesFilter = False,
+) -> str | tuple[str, ActivationCache]:
+    """Text of a recording: a path (read with soundfile) or a waveform with ``sample_rate``.
+
+    ``return_cache``: also return the per-step cache of :func:`generate` (one row per 30-s window).
+    """
     if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         wave = load_audio(audio)
     else:
@@ -169,8 +187,12 @@ def transcribe(
     features = torch.stack([log_mel(c, model.cfg.n_mels) for c in chunks(wave)]).to(
         model.embed.weight.device, dtype
     )
-    rows = generate(model, features, prompt, max_new, num_beams=num_beams)
+    rows = generate(model, features, prompt, max_new, num_beams=num_beams, return_cache=return_cache)
+    cache = None
+    if return_cache is not False:
+        rows, cache = rows
     texts = [
         model.tokenizer.decode(r[len(prompt) :].tolist(), skip_special_tokens=True).strip() for r in rows
     ]
-    return " ".join(t for t in texts if t)
+    text = " ".join(t for t in texts if t)
+    return (text, cache) if cache is not None else text

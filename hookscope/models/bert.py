@@ -2,11 +2,12 @@
 
 Read top to bottom: the embedding (tokens + token types + positions, then LayerNorm), the post-LN block
 (``ln1(x + attn(x))`` then ``ln2(. + mlp(.))``), the heads, then the model. Hook names follow
-TransformerLens's ``HookedEncoder``; :func:`hookscope.names.register_family` records them below.
+TransformerLens's ``HookedEncoder`` (their table: ``hookscope.names.BERT_BLOCK`` / ``BERT_MODEL``).
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Literal
 
@@ -23,11 +24,17 @@ from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.bert_config import BertConfig
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.input_checks import (
+    batched_ids,
+    check_device,
+    check_integer_ids,
+    check_same_device,
+    check_same_shape,
+)
 from hookscope.models.weight_views import StackedWeightsMixin
-from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
 
-ReturnType = Literal["logits", "embeddings", "pooled", "nsp", "classification", None]
-RETURN_TYPES = ("logits", "embeddings", "pooled", "nsp", "classification", None)
+ReturnType = Literal["logits", "hidden", "pooled", "nsp", "classification", None]
+RETURN_TYPES = ("logits", "hidden", "pooled", "nsp", "classification", None)
 
 
 def padding_offset_positions(tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -217,13 +224,17 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
                 list of either (tokenised with right padding, token types and mask from the tokenizer).
             attention_mask: ``[batch, pos]``, 0 at padding (default: every token attends, as in HF).
             token_type_ids: ``[batch, pos]`` segment ids (default: all 0).
-            return_type: "logits" (masked-LM ``[batch, pos, d_vocab]``), "embeddings" (last hidden state
-                ``[batch, pos, d_model]``), "pooled" ``[batch, d_model]``, "nsp" ``[batch, 2]``,
+            return_type: "logits" (masked-LM ``[batch, pos, d_vocab]``), "hidden" (last hidden state
+                ``[batch, pos, d_model]``, as ViT's; "embeddings" is a deprecated alias), "pooled"
+                ``[batch, d_model]``, "nsp" ``[batch, 2]``,
                 "classification" ``[batch, n_labels]``, or None.
             position_ids: explicit positions ``[batch, pos]`` (default: 0.. for BERT, RoBERTa's
                 padding-offset positions computed from the token ids).
             stop_at_layer: return the residual stream entering this block instead.
         """
+        if return_type == "embeddings":
+            warnings.warn('return_type="embeddings" is now "hidden"', DeprecationWarning, stacklevel=2)
+            return_type = "hidden"
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
         if not isinstance(input, torch.Tensor):
@@ -259,7 +270,7 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
         """Apply the head ``return_type`` names to the final residual stream ``[batch, pos, d_model]``."""
         if return_type is None:
             return None
-        if return_type == "embeddings":
+        if return_type == "hidden":
             return x
         if return_type == "logits":
             mlm_head = self._require("mlm_head", "a masked-LM head", "logits")
@@ -295,10 +306,8 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
         self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Tokens ``[batch, pos]`` plus mask and token types of that shape; a clear error otherwise."""
-        _check_ids("tokens", tokens)
-        weight = self.embed.embed.weight
-        if tokens.device != weight.device and not hasattr(self, "hf_device_map"):
-            raise ValueError(f"tokens are on {tokens.device} but the model is on {weight.device}; move them with .to()")
+        check_integer_ids("tokens", tokens, "integer ids")
+        check_device("tokens", tokens, self.embed.embed.weight, hasattr(self, "hf_device_map"))
         if tokens.ndim == 1:
             tokens = tokens[None]
             attention_mask = (
@@ -308,23 +317,18 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
             )
             if token_type_ids is not None and token_type_ids.ndim == 1:
                 token_type_ids = token_type_ids[None]
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+        tokens = batched_ids("tokens", tokens)
         if tokens.shape[1] > self.cfg.max_tokens:
             raise ValueError(
                 f"the sequence has {tokens.shape[1]} tokens but this model's position table allows at most "
                 f"{self.cfg.max_tokens}; truncate the input (e.g. tokenizer(..., truncation=True))"
             )
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if t is not None and t.shape != tokens.shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(t.shape)} but the tokens have shape {tuple(tokens.shape)}; "
-                    "they must match"
-                )
-            if t is not None and t.device != tokens.device:
-                raise ValueError(f"{name} is on {t.device} but the tokens are on {tokens.device}")
+            if t is not None:
+                check_same_shape(name, t, tokens.shape, "the tokens")
+                check_same_device(name, t, "tokens", tokens)
         if token_type_ids is not None:
-            _check_ids("token_type_ids", token_type_ids)
+            check_integer_ids("token_type_ids", token_type_ids, "integer ids")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(tokens)
         elif token_type_ids.numel() and (
@@ -353,17 +357,9 @@ class Bert(StackedWeightsMixin, ExportMixin, HookedModule):
         return embed(self, sentences, pooling=pooling, normalize=normalize)
 
 
-def _check_ids(name: str, ids: torch.Tensor) -> None:
-    """Ids index embedding tables: an integer tensor (a bool or float one would index wrongly or fail deep)."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of integer ids, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be integer ids, got {ids.dtype}; convert with .long()")
-
-
 def _check_position_ids(position_ids: torch.Tensor, tokens: torch.Tensor) -> None:
     """Explicit positions: integer ids ``[batch, pos]`` (or ``[pos]`` / ``[1, pos]``, shared by every row)."""
-    _check_ids("position_ids", position_ids)
+    check_integer_ids("position_ids", position_ids, "integer ids")
     batch, n_pos = tokens.shape
     shape = tuple(position_ids.shape)
     if not (shape == (n_pos,) or (len(shape) == 2 and shape[1] == n_pos and shape[0] in (1, batch))):
@@ -371,46 +367,4 @@ def _check_position_ids(position_ids: torch.Tensor, tokens: torch.Tensor) -> Non
             f"position_ids has shape {shape} but the tokens have shape {(batch, n_pos)}; "
             f"pass [batch, pos] or [pos]"
         )
-    if position_ids.device != tokens.device:
-        raise ValueError(f"position_ids are on {position_ids.device} but the tokens are on {tokens.device}")
-
-
-# ---------------------------------------------------------------------- hook-name table
-_NORM = {"hook_scale": SCALE, "hook_normalized": RESID}
-BERT_BLOCK: dict[str, str] = {
-    "hook_resid_pre": RESID,
-    "hook_attn_in": "batch pos head_index d_model",
-    "hook_q_input": "batch pos head_index d_model",
-    "hook_k_input": "batch pos head_index d_model",
-    "hook_v_input": "batch pos head_index d_model",
-    "attn.hook_q": HEADS,
-    "attn.hook_k": HEADS,
-    "attn.hook_v": HEADS,
-    "attn.hook_attn_scores": PATTERN,
-    "attn.hook_pattern": PATTERN,
-    "attn.hook_z": HEADS,
-    "attn.hook_result": "batch pos head_index d_model",
-    "hook_attn_out": RESID,
-    "hook_resid_mid": RESID,
-    "hook_mlp_in": RESID,
-    **{f"ln1.{k}": v for k, v in _NORM.items()},
-    "mlp.hook_pre": "batch pos d_mlp",
-    "mlp.hook_post": "batch pos d_mlp",
-    "hook_mlp_out": RESID,
-    "hook_resid_post": RESID,
-    **{f"ln2.{k}": v for k, v in _NORM.items()},
-    "hook_normalized_resid_post": RESID,
-}
-BERT_MODEL: dict[str, str] = {
-    "embed.hook_embed": RESID,
-    "embed.hook_pos_embed": RESID,
-    "embed.hook_token_type_embed": RESID,
-    **{f"embed.ln.{k}": v for k, v in _NORM.items()},
-    "hook_full_embed": RESID,
-    "mlm_head.hook_pre": RESID,
-    **{f"mlm_head.ln.{k}": v for k, v in _NORM.items()},
-    "pooler.hook_pooler_out": "batch d_model",
-    "nsp_head.hook_out": "batch 2",
-    "classifier.hook_out": "batch n_labels",
-}
-register_family("bert", BERT_BLOCK, BERT_MODEL)
+    check_same_device("position_ids", position_ids, "tokens", tokens)

@@ -6,15 +6,15 @@ model builds exactly the modules the source weights have and nothing is probed l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from hookscope.components.activations import ACTIVATIONS
 from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class BertConfig:
+class BertConfig(FamilyConfig):
     """Shape, numerics and heads of a BERT-style encoder.
 
     Args:
@@ -50,23 +50,8 @@ class BertConfig:
     hf_config: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in (
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "d_head",
-            "d_mlp",
-            "d_vocab",
-            "n_ctx",
-            "n_token_types",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("act_fn", "mlm_act"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ConfigError(
-                    f"unknown {name} {getattr(self, name)!r}; choose one of {sorted(ACTIVATIONS)}"
-                )
+        self._require_positive("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx", "n_token_types")
+        self._require_activation("act_fn", "mlm_act")
         if self.positions not in ("absolute", "padding_offset"):
             raise ConfigError(f"positions must be 'absolute' or 'padding_offset', got {self.positions!r}")
         if (self.nsp_head or self.n_labels is not None) and not self.pooler:
@@ -85,8 +70,3 @@ class BertConfig:
         if self.positions == "padding_offset":
             return self.n_ctx - self.pad_token_id - 1
         return self.n_ctx
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("hf_config")
-        return d

@@ -116,7 +116,7 @@ def embed(
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             tokens, mask, types = tokenize(model, texts[start : start + batch_size])
-            hidden = model(tokens, mask, types, return_type="embeddings")  # [batch, pos, d_model]
+            hidden = model(tokens, mask, types, return_type="hidden")  # [batch, pos, d_model]
             vectors = pool(hidden, mask, pooling)
             out.append(F.normalize(vectors, p=2, dim=-1) if normalize else vectors)
     result = torch.cat(out)

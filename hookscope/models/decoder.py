@@ -26,7 +26,9 @@ from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.delegation import ExportMixin
 from hookscope.models.init import init_weights
+from hookscope.models.input_checks import batched_ids, check_device, check_integer_ids, check_residual
 from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
+from hookscope.models.scoring import ScoringMixin
 from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.text import LanguageModelMixin
 
@@ -48,9 +50,11 @@ class SequentialBlock(nn.Module):
         self.ln2_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
+                qk_offset: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache,
+                          qk_offset=qk_offset)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
@@ -73,11 +77,11 @@ class ParallelBlock(nn.Module):
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
         add_block_hooks(self, resid_mid=False)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
+                qk_offset: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(
-            attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
-        )
+        attn_out = self.hook_attn_out(attend(self, self.ln1(x), mask, rotary=rotary, window=self.window,
+                                             kv_cache=kv_cache, qk_offset=qk_offset))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(x))))
         # HF GPT-NeoX adds mlp_out + attn_out first, then the residual.
         return self.hook_resid_post(mlp_out + attn_out + x)
@@ -95,9 +99,11 @@ class AttnOnlyBlock(nn.Module):
         self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self, resid_mid=False, mlp=False)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
+                qk_offset: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache)
+        attn_out = attend(self, self.ln1(x), mask, rotary=rotary, window=self.window, kv_cache=kv_cache,
+                          qk_offset=qk_offset)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         return self.hook_resid_post(x + self.hook_attn_out(attn_out))
@@ -114,12 +120,12 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     return Attention(
         cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
         qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
-        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.attn_softmax_float32,
+        softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.softmax_in_float32,
         rotary=cfg.positional == "rotary",
     )
 
 
-class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule):
+class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -128,7 +134,7 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         self.embed = Embed(cfg.d_vocab, cfg.d_model, scale=cfg.embed_scale, padding_idx=cfg.padding_idx)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.pos_embed: PosEmbed | None = (
-            PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
+            PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional in ("learned", "shortformer") else None
         )
         if self.pos_embed is not None:  # rotary models have no position embedding to hook
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
@@ -187,8 +193,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         return implementation("generate_stream")(self, inputs, max_new_tokens, **kwargs)
 
     def process_weights(
-        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
-        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, *, strict: bool = False,
+        self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True, *,
+        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False, strict: bool = False,
     ) -> Decoder:
         """Fold norms, centre and refactor the weights in place, keeping the log-probabilities (TransformerLens).
 
@@ -196,6 +202,8 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         norms' ``hook_normalized`` is the vector before any weight/bias (TransformerLens's ``LNPre``), the
         residual-stream hooks hold centred vectors, ``hook_v``/``hook_z`` lack the value bias, logits are
         shifted per position (log-probs are unchanged), and ``to_hf()`` refuses. Returns the model.
+        Options after ``center_unembed`` are keyword-only (TransformerLens's 4th positional argument is
+        ``refactor_factored_attn_matrices``, newer versions put ``fold_value_biases`` there).
         """
         from hookscope.models.weight_processing import process_weights
 
@@ -215,9 +223,14 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         steps skip it, their ids come from the model and their positions were checked up front.
         """
         x = self.hook_embed(self.embed(tokens, validate))
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and self.cfg.positional == "learned":
             x = x + self.hook_pos_embed(self.pos_embed(positions, validate))
         return x
+
+    @property
+    def pos_embed_in_residual(self) -> bool:
+        """Whether ``hook_pos_embed`` is part of the residual stream (not for shortformer positions)."""
+        return self.cfg.positional == "learned"
 
     def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         if self.inv_freq is None:
@@ -305,8 +318,10 @@ class Decoder(LanguageModelMixin, StackedWeightsMixin, ExportMixin, HookedModule
         mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=n_pos > 1)
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
+        shortformer = self.hook_pos_embed(self.pos_embed(position_ids, past == 0)).to(x.dtype) \
+            if self.cfg.positional == "shortformer" else None  # added to each attention's query/key inputs
         for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
-            x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i))
+            x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i), qk_offset=shortformer)
         if kv_cache is not None:
             kv_cache.advance(n_pos)
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head
@@ -371,19 +386,11 @@ def _check_input(
             f"input must be token ids (a tensor), a string or a list of strings, got {type(input).__name__}"
         )
     if start_at_layer is None:
-        if input.is_floating_point() or input.is_complex():
-            raise TypeError(f"token ids must be an integer tensor, got {input.dtype} "
-                            "(a residual stream goes with start_at_layer=)")
-        if input.ndim not in (1, 2):
-            raise ValueError(f"token ids must be [batch, pos] or [pos], got shape {tuple(input.shape)}")
+        check_integer_ids("token ids", input, "an integer tensor", " (a residual stream goes with start_at_layer=)")
+        batched_ids("token ids", input)
     else:
-        if input.ndim != 3 or input.shape[-1] != embed.shape[-1]:
-            raise ValueError(f"with start_at_layer, input is the residual stream [batch, pos, {embed.shape[-1]}]; "
-                             f"got shape {tuple(input.shape)}")
-        if input.dtype != embed.dtype:
-            raise TypeError(f"the residual stream is {input.dtype} but the model is {embed.dtype}")
-    if not dispatched and input.device != embed.device:
-        raise ValueError(f"input is on {input.device} but the model is on {embed.device}; move it with .to()")
+        check_residual(input, embed)
+    check_device("input", input, embed, dispatched)
 
 
 def _check_cache_call(kv_cache: ModelKVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:

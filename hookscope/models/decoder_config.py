@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from hookscope.components.activations import ACTIVATIONS
 from hookscope.components.rotary import RopeScaling
 from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_plus_one", "layernorm_pre", "rmsnorm_pre", "none"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class DecoderConfig:
+class DecoderConfig(FamilyConfig):
     """Shape and numerics of a decoder LM (GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2...).
 
     Variations inside the topology are fields here; the block topology (sequential or parallel
@@ -40,7 +40,9 @@ class DecoderConfig:
     norm: NormKind = "layernorm"
     final_norm: NormKind | None = None  # None: same as norm
     norm_eps: float = 1e-5
-    positional: Literal["learned", "rotary"] = "learned"
+    # "shortformer" (TransformerLens): learned positions added to the attention's query and key inputs
+    # only, never to the residual stream
+    positional: Literal["learned", "rotary", "shortformer"] = "learned"
     rotary_dim: int | None = None  # None: the whole head
     rotary_base: float = 10000.0
     rope_scaling: RopeScaling | None = None
@@ -55,7 +57,7 @@ class DecoderConfig:
     post_norms: bool = False  # Gemma 2: norms after attention and MLP as well as before
     embed_scale: float | None = None
     attn_scale: float | None = None  # None: d_head ** -0.5
-    attn_softmax_float32: bool = True  # False: softmax in the activation dtype (HF GPT-2 eager)
+    softmax_in_float32: bool = True  # False: softmax in the activation dtype (HF GPT-2 eager)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     sliding_windows: tuple[int | None, ...] = ()  # per layer; () means no sliding windows
@@ -76,16 +78,13 @@ class DecoderConfig:
         if self.d_vocab_out is None:
             object.__setattr__(self, "d_vocab_out", self.d_vocab)
         sizes = ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "d_vocab_out", "n_ctx")
-        for name in (*sizes, *(() if self.attn_only else ("d_mlp",))):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+        self._require_positive(*sizes, *(() if self.attn_only else ("d_mlp",)))
         self._check_from_scratch_fields()
         if self.n_heads % self.n_kv_heads:  # type: ignore[operator]
             raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA"
             )
-        if self.act_fn not in ACTIVATIONS:
-            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+        self._require_activation("act_fn")
         if self.positional == "rotary" and (self.rotary_dim or 0) % 2:
             raise ConfigError(f"rotary_dim must be even, got {self.rotary_dim}")
         if len(self.sliding_windows) != self.n_layers:
@@ -96,15 +95,12 @@ class DecoderConfig:
     def _check_from_scratch_fields(self) -> None:
         for name in ("norm", "final_norm"):
             if getattr(self, name) not in get_args(NormKind):
-                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
         if self.attn_only and self.parallel_attn_mlp:
-            raise ValueError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
+            raise ConfigError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
         if self.attn_only and self.d_mlp:
-            raise ValueError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
+            raise ConfigError(f"an attention-only model has no MLP: leave d_mlp at 0 (got {self.d_mlp})")
         if self.tie_embeddings and self.d_vocab_out != self.d_vocab:
-            raise ValueError(f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("hf_config")
-        return d
+            raise ConfigError(
+                f"tie_embeddings needs d_vocab_out == d_vocab (got {self.d_vocab_out} and {self.d_vocab})"
+            )

@@ -29,6 +29,14 @@ from hookscope.components.relative_bias import RelativePositionBias
 from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.input_checks import (
+    batched_ids,
+    check_device,
+    check_encoder_output,
+    check_integer_ids,
+    check_same_device,
+    check_same_shape,
+)
 from hookscope.models.t5_config import T5Config
 from hookscope.text import LanguageModelMixin
 
@@ -62,22 +70,6 @@ def _attention(cfg: T5Config, position_bias: bool) -> Attention:
     )
 
 
-# the block-level names (add_block_hooks attaches them; the cross ones are the decoder block's own)
-_SELF_HOOKS = (
-    "hook_resid_pre",  # [batch, pos, d_model]
-    "hook_attn_in",
-    "hook_q_input",
-    "hook_k_input",
-    "hook_v_input",  # [batch, pos, head_index, d_model] opt-in
-    "hook_attn_out",
-    "hook_resid_mid",
-    "hook_mlp_in",
-    "hook_mlp_out",
-    "hook_resid_post",  # [batch, pos, d_model]
-)
-_CROSS_HOOKS = ("hook_cross_attn_in", "hook_cross_attn_out", "hook_resid_mid_cross")  # [batch, pos, d_model]
-
-
 class EncoderBlock(nn.Module):
     """``x + attn(ln1(x))`` (bidirectional, relative position bias) then ``+ mlp(ln2(.))``."""
 
@@ -109,10 +101,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = _attention(cfg, position_bias=False)
         self.ln3 = T5Norm(cfg.d_model, cfg.norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, bias=False)
-        add_block_hooks(self)
-        self.hook_cross_attn_in = HookPoint()  # [batch, pos, d_model]  the residual cross-attention reads
-        self.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
+        add_block_hooks(self, cross_attention=True)
 
     def forward(
         self,
@@ -183,10 +172,11 @@ class T5Encoder(LanguageModelMixin, ExportMixin, HookedModule):
             raise TypeError(
                 f"input must be token ids, a string or a list of strings, got {type(input).__name__}"
             )
-        tokens = _check_ids("input", input)
+        check_integer_ids("input", input)
+        tokens = batched_ids("input", input)
         if attention_mask is not None:
-            mask = attention_mask[None] if attention_mask.ndim == 1 and input.ndim == 1 else attention_mask
-            attention_mask = _check_mask("attention_mask", mask, tokens.shape, "the input ids")
+            attention_mask = attention_mask[None] if attention_mask.ndim == 1 and input.ndim == 1 else attention_mask
+            check_same_shape("attention_mask", attention_mask, tokens.shape, "the input ids")
         return tokens, attention_mask
 
     def encode(
@@ -197,9 +187,9 @@ class T5Encoder(LanguageModelMixin, ExportMixin, HookedModule):
         return self._run_encoder(tokens, attention_mask)
 
     def _run_encoder(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        _check_device("input", tokens, self)
-        if attention_mask is not None and attention_mask.device != tokens.device:
-            raise ValueError(f"attention_mask is on {attention_mask.device} but the input is on {tokens.device}")
+        check_device("input", tokens, self.embed.weight, hasattr(self, "hf_device_map"))
+        if attention_mask is not None:
+            check_same_device("attention_mask", attention_mask, "input", tokens)
         n_pos = tokens.shape[1]
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
@@ -273,8 +263,9 @@ class T5(T5Encoder):
             start = self.cfg.decoder_start_token_id
             decoder_input_ids = torch.full((encoder_output.shape[0], 1), start, device=encoder_output.device)
         else:
-            decoder_input_ids = _check_ids("decoder_input_ids", decoder_input_ids)
-            _check_device("decoder_input_ids", decoder_input_ids, self)
+            check_integer_ids("decoder_input_ids", decoder_input_ids)
+            decoder_input_ids = batched_ids("decoder_input_ids", decoder_input_ids)
+            check_device("decoder_input_ids", decoder_input_ids, self.embed.weight, hasattr(self, "hf_device_map"))
         x = self.decode(decoder_input_ids, encoder_output, attention_mask, decoder_attention_mask, cache)
         return None if return_type is None else self.unembed(self._scale_for_head(x))
 
@@ -295,8 +286,8 @@ class T5(T5Encoder):
         batch, n_new = decoder_input_ids.shape
         device = decoder_input_ids.device
         enc_len = encoder_output.shape[1] if encoder_output is not None else cache.cross[0].get()[0].shape[1]
-        _check_decode_inputs(self.cfg.d_model, self.embed.weight.dtype, batch, past + n_new, enc_len,
-                             encoder_output, attention_mask, decoder_attention_mask)
+        _check_decode_inputs(self.embed.weight, batch, past + n_new, enc_len, encoder_output, attention_mask,
+                             decoder_attention_mask)
         if decoder_attention_mask is not None and bool(decoder_attention_mask.all()):
             decoder_attention_mask = None
         if attention_mask is not None and bool(attention_mask.all()):
@@ -317,34 +308,8 @@ class T5(T5Encoder):
         return implementation("generate_seq2seq")(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
 
-def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:
-    """Token ids ``[batch, pos]`` (``[pos]`` gets a batch axis): an integer tensor."""
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be integer token ids, got {ids.dtype}; convert with .long()")
-    if ids.ndim not in (1, 2):
-        raise ValueError(f"{name} must be [batch, pos] or [pos], got shape {tuple(ids.shape)}")
-    return ids[None] if ids.ndim == 1 else ids
-
-
-def _check_device(name: str, t: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """``t`` must be where the embedding is (unless the model is dispatched over devices by accelerate)."""
-    weight = model.embed.weight
-    if t.device != weight.device and not hasattr(model, "hf_device_map"):
-        raise ValueError(f"{name} is on {t.device} but the model is on {weight.device}; move it with .to()")
-    return t
-
-
-def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], of: str) -> torch.Tensor:
-    """A padding mask must have exactly the shape of the ids it covers."""
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(
-            f"{name} has shape {tuple(mask.shape)} but {of} have shape {tuple(shape)}; they must match"
-        )
-    return mask
-
-
 def _check_decode_inputs(
-    d_model: int, dtype: torch.dtype, batch: int, n_keys: int, enc_len: int,
+    weight: torch.Tensor, batch: int, n_keys: int, enc_len: int,
     encoder_output: torch.Tensor | None, attention_mask: torch.Tensor | None,
     decoder_attention_mask: torch.Tensor | None,
 ) -> None:
@@ -355,60 +320,16 @@ def _check_decode_inputs(
     """
     enc_batch = batch
     if encoder_output is not None:
-        if encoder_output.ndim != 3 or encoder_output.shape[-1] != d_model:
-            raise ValueError(f"encoder_output must be [batch, enc_pos, {d_model}] (what encode() returns), "
-                             f"got shape {tuple(encoder_output.shape)}")
-        if encoder_output.dtype != dtype:
-            raise TypeError(f"encoder_output is {encoder_output.dtype} but the model is {dtype}")
+        check_encoder_output("encoder_output", encoder_output, weight)
         enc_batch = encoder_output.shape[0]
         if batch not in (1, enc_batch):
             raise ValueError(f"decoder_input_ids have {batch} rows but the encoder input has {enc_batch}; "
                              "give each encoder row its decoder row")
     if attention_mask is not None:
-        _check_mask("attention_mask", attention_mask, (enc_batch, enc_len), "the encoder input ids")
+        check_same_shape("attention_mask", attention_mask, (enc_batch, enc_len), "the encoder input ids")
     if decoder_attention_mask is not None and (
         decoder_attention_mask.ndim != 2 or decoder_attention_mask.shape[0] not in (batch, enc_batch)
         or decoder_attention_mask.shape[1] != n_keys
     ):
         raise ValueError(f"decoder_attention_mask has shape {tuple(decoder_attention_mask.shape)} but the "
                          f"decoder ids have shape {(batch, n_keys)} (with a cache: all positions so far)")
-
-
-def _register_names() -> None:
-    from hookscope.names import HEADS, PATTERN, RESID, SCALE, register_family
-
-    norm = {"hook_scale": SCALE, "hook_normalized": RESID}
-    attn = {
-        "hook_q": HEADS,
-        "hook_k": HEADS,
-        "hook_v": HEADS,
-        "hook_attn_scores": PATTERN,
-        "hook_pattern": PATTERN,
-        "hook_z": HEADS,
-        "hook_result": "batch pos head_index d_model",
-    }
-    per_head_in = "batch pos head_index d_model"
-    block = {
-        **{n: RESID for n in _SELF_HOOKS + _CROSS_HOOKS},
-        **{n: per_head_in for n in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")},
-        **{f"{ln}.{k}": v for ln in ("ln1", "ln2", "ln3") for k, v in norm.items()},
-        **{f"{a}.{k}": v for a in ("attn", "cross_attn") for k, v in attn.items()},
-        # cross-attention keys/values run over encoder positions: not the decoder's pos axis
-        "cross_attn.hook_k": "batch key_pos head_index d_head",
-        "cross_attn.hook_v": "batch key_pos head_index d_head",
-        "attn.hook_position_bias": PATTERN,  # batch axis of size 1
-        "mlp.hook_pre": "batch pos d_mlp",
-        "mlp.hook_pre_linear": "batch pos d_mlp",
-        "mlp.hook_post": "batch pos d_mlp",
-    }
-    model = {
-        "hook_embed": RESID,
-        "hook_decoder_embed": RESID,
-        "encoder_rel_pos.hook_position_bias": PATTERN,
-        "decoder_rel_pos.hook_position_bias": PATTERN,
-        **{f"{ln}.{k}": v for ln in ("encoder_final_ln", "decoder_final_ln") for k, v in norm.items()},
-    }
-    register_family("t5", block, model)
-
-
-_register_names()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from hookscope.components.activations import ACTIVATIONS
 from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class T5Config:
+class T5Config(FamilyConfig):
     """Shape and numerics of a T5 encoder-decoder (or its encoder alone).
 
     v1.0: ``mlp="plain"``, ``act_fn="relu"``, tied embeddings, ``scale_decoder_outputs=True`` (the final
@@ -40,17 +40,9 @@ class T5Config:
     hf_config: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in (
-            "d_model",
-            "n_heads",
-            "d_head",
-            "d_mlp",
-            "d_vocab",
-            "n_encoder_layers",
-            "relative_buckets",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+        self._require_positive(
+            "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_encoder_layers", "relative_buckets"
+        )
         if self.encoder_only and self.n_decoder_layers:
             raise ConfigError("an encoder-only T5Config has no decoder: set n_decoder_layers=0")
         if not self.encoder_only and self.n_decoder_layers <= 0:
@@ -59,16 +51,10 @@ class T5Config:
                 f"{self.n_decoder_layers} "
                 "(pass encoder_only=True for the encoder alone)"
             )
-        if self.act_fn not in ACTIVATIONS:
-            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+        self._require_activation("act_fn")
         if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 2:
             # the logarithmic buckets start at relative_buckets // 2 (decoder) and must end further out
             raise ConfigError(
                 f"relative_buckets ({self.relative_buckets}) must be >= 4 and relative_max_distance "
                 f"({self.relative_max_distance}) larger than half of it"
             )
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("hf_config")
-        return d

@@ -22,23 +22,12 @@ from hookscope.components.mlp import MLP
 from hookscope.components.norm import LayerNorm
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.input_checks import check_residual
 from hookscope.models.vit_config import ViTConfig
 from hookscope.models.vit_images import ImageSettings, default_image_settings, preprocess_images
 from hookscope.models.weight_views import StackedWeightsMixin
-from hookscope.names import DECODER_BLOCK, RESID, SCALE, register_family
 
 ReturnType = Literal["auto", "logits", "hidden", "pooled", None]
-
-_NOT_IN_VIT = ("attn.hook_rot_q", "attn.hook_rot_k", "mlp.hook_pre_linear")
-VIT_BLOCK = {k: v for k, v in DECODER_BLOCK.items() if k not in _NOT_IN_VIT}
-VIT_MODEL = {
-    "embed.hook_patch_embed": "batch pos d_model",  # pos = patches only (no class token)
-    "hook_embed": RESID, "hook_pos_embed": RESID,
-    "ln_pre.hook_scale": SCALE, "ln_pre.hook_normalized": RESID,
-    "ln_final.hook_scale": SCALE, "ln_final.hook_normalized": RESID,
-    "head.hook_out": "batch n_classes",
-}
-register_family("vit", VIT_BLOCK, VIT_MODEL)
 
 
 def interpolate_patch_positions(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -274,7 +263,7 @@ class ViT(StackedWeightsMixin, ExportMixin, HookedModule):
         if start_at_layer is None:
             x = self.embed_image(self.to_pixel_values(input), interpolate_pos_encoding)
         else:
-            x = _check_residual(input, self.pos_embed.weight)
+            x = check_residual(input, self.pos_embed.weight)
         n_pos = x.shape[1]
         mask = AttentionMask(None, torch.arange(n_pos, device=x.device), n_pos, causal=False)
         for block in self.blocks[start_at_layer:stop_at_layer]:
@@ -319,14 +308,3 @@ def _check_pixels(pixel_values: torch.Tensor, n_channels: int, patch_size: int) 
     if min(pixel_values.shape[2:]) < patch_size:
         raise ValueError(f"the image ({pixel_values.shape[2]}x{pixel_values.shape[3]}) is smaller than one "
                          f"{patch_size}x{patch_size} patch")
-
-
-def _check_residual(x: Any, pos_table: torch.Tensor) -> torch.Tensor:
-    """With ``start_at_layer``, the input is a residual stream ``[batch, pos, d_model]`` of the model's dtype."""
-    d_model = pos_table.shape[-1]
-    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != d_model:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"with start_at_layer, input is the residual stream [batch, pos, {d_model}]; got {got}")
-    if x.dtype != pos_table.dtype:
-        raise TypeError(f"the residual stream is {x.dtype} but the model is {pos_table.dtype}")
-    return x

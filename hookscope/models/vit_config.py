@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from hookscope.components.activations import ACTIVATIONS
 from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 # What sits on top of the final norm:
 #   "none"       ViTModel / DeiTModel / CLIPVisionModel: no head (the output is the last hidden state)
@@ -17,7 +17,7 @@ HeadKind = Literal["none", "class", "teacher", "projection"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ViTConfig:
+class ViTConfig(FamilyConfig):
     """Shape and numerics of a ViT-style encoder over image patches.
 
     The topology is the same for all members: patch embedding (a strided Conv2d), a class token
@@ -49,13 +49,10 @@ class ViTConfig:
     hf_config: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "patch_size", "n_channels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ViTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self._require_positive("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "patch_size", "n_channels")
         if min(self.image_size) < self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
-        if self.act_fn not in ACTIVATIONS:
-            raise ConfigError(f"unknown act_fn {self.act_fn!r}; supported: {sorted(ACTIVATIONS)}")
+        self._require_activation("act_fn")
         if self.head != "none" and self.n_classes < 1:
             raise ConfigError(f"head={self.head!r} needs n_classes >= 1, got {self.n_classes}")
         if self.head == "teacher" and not self.distillation_token:
@@ -76,8 +73,3 @@ class ViTConfig:
         """Rows of the learned position table: special tokens + patches at the trained size."""
         rows, cols = self.grid
         return self.n_special + rows * cols
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("hf_config")
-        return out

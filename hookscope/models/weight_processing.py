@@ -32,13 +32,10 @@ import torch
 from torch import nn
 
 from hookscope.components.norm import LayerNorm, OffsetRMSNorm
+from hookscope.errors import WeightProcessingError
 from hookscope.factored_matrix import FactoredMatrix
 
 logger = logging.getLogger(__name__)
-
-
-class WeightProcessingError(ValueError):
-    """A weight-processing option cannot be applied to this model exactly."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +80,12 @@ def _reset_norm(norm: nn.Module) -> None:
 
 
 def fold_norm_into(norm: nn.Module, readers: list[nn.Module]) -> None:
-    """``reader(scale * x + bias) == reader'(x)``: move the norm's affine part into each reading linear map."""
+    """``reader(scale * x + bias) == reader'(x)``: move the norm's affine part into each reading linear map.
+
+    Weightless norms (``layernorm_pre``, ``rmsnorm_pre``, ``none``) have nothing to fold.
+    """
+    if not isinstance(getattr(norm, "weight", None), torch.Tensor):
+        return
     scale, bias = _norm_affine(norm)
     for linear in readers:
         w = linear.weight.double()  # [d_out, d_model]
@@ -103,8 +105,9 @@ def fold_layer_norms(model: Any) -> None:
     for block in model.blocks:
         attn = block.attn
         fold_norm_into(block.ln1, [attn.q_proj, attn.k_proj, attn.v_proj])
-        mlp = block.mlp
-        fold_norm_into(block.ln2, [m for m in (getattr(mlp, "gate_proj", None), mlp.up_proj) if m is not None])
+        mlp = getattr(block, "mlp", None)  # attention-only blocks have none
+        if mlp is not None:
+            fold_norm_into(block.ln2, [m for m in (getattr(mlp, "gate_proj", None), mlp.up_proj) if m is not None])
     _untie(model)
     fold_norm_into(model.ln_final, [model.unembed])
 
@@ -116,7 +119,8 @@ def center_residual_writers(model: Any) -> None:
     for w in writers:  # [rows, d_model]
         _set(w, w.double() - w.double().mean(-1, keepdim=True))
     for block in model.blocks:
-        for linear in (block.attn.o_proj, block.mlp.down_proj):  # weight [d_model, d_in]
+        mlp = getattr(block, "mlp", None)
+        for linear in (block.attn.o_proj, *(() if mlp is None else (mlp.down_proj,))):  # weight [d_model, d_in]
             w = linear.weight.double()
             _set(linear.weight, w - w.mean(0, keepdim=True))
             if linear.bias is not None:
@@ -205,10 +209,11 @@ def process_weights(
     cfg = model.cfg
     if refactor_factored_attn_matrices and (reason := _refactor_obstacle(model)):
         raise WeightProcessingError(f"refactor_factored_attn_matrices does not apply to this model: {reason}")
-    if center_writing_weights and cfg.norm != "layernorm":
+    centring = ("layernorm", "layernorm_pre")
+    if center_writing_weights and not (cfg.norm in centring and (cfg.final_norm or cfg.norm) in centring):
         center_writing_weights = _skip_or_raise(
-            "center_writing_weights", f"its norms are {cfg.norm} (they do not remove the mean, so centring the "
-            "residual stream would change the output)", strict, skipped)
+            "center_writing_weights", f"its norms are {cfg.norm}/{cfg.final_norm} (they do not remove the mean, so "
+            "centring the residual stream would change the output)", strict, skipped)
     if center_writing_weights and cfg.post_norms:
         center_writing_weights = _skip_or_raise(
             "center_writing_weights", "post-norms write the sub-layer outputs", strict, skipped)

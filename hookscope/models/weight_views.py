@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from hookscope.factored_matrix import FactoredMatrix
+from hookscope.factored_matrix import FactoredMatrix, head_composition_scores
 
 
 class StackedWeightsMixin:
@@ -83,3 +83,8 @@ class StackedWeightsMixin:
     def OV(self) -> FactoredMatrix:  # [layer, head_index, d_model, d_model]
         """Each head's output-value map ``W_V W_O``: what an attended residual vector writes (row vector convention)."""
         return FactoredMatrix(self.W_V, self.W_O)
+
+    def all_composition_scores(self, mode: str) -> torch.Tensor:  # [layer, head_index, layer, head_index]
+        """Composition scores of every head pair (TransformerLens's method; see
+        :func:`hookscope.analysis.composition.all_composition_scores`)."""
+        return head_composition_scores(self.OV, self.QK, mode)

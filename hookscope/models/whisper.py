@@ -8,6 +8,7 @@ Hook names follow TransformerLens's ``HookedEncoderDecoder`` (``encoder.{i}.*``,
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -15,51 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hookscope import names
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.masks import AttentionMask
 from hookscope.components.norm import LayerNorm
 from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.input_checks import batched_ids, check_device, check_encoder_output, check_integer_ids
 from hookscope.models.whisper_config import WhisperConfig
 from hookscope.models.whisper_layers import AudioEmbed, DecoderBlock, EncoderBlock
-
-_KEYS = "batch key_pos head_index d_head"
-_NORM = {f"{ln}.{k}": v for ln in ("ln1", "ln2", "ln3") for k, v in names._NORM.items()}
-WHISPER_BLOCK: dict[str, str] = {
-    "hook_resid_pre": names.RESID,
-    **_NORM,
-    **{k: v for k, v in names._ATTN.items()},
-    "attn.hook_k": _KEYS,
-    "attn.hook_v": _KEYS,
-    "hook_attn_out": names.RESID,
-    "hook_resid_mid": names.RESID,
-    "hook_cross_attn_in": names.RESID,
-    "cross_attn.hook_q": names.HEADS,
-    "cross_attn.hook_k": _KEYS,
-    "cross_attn.hook_v": _KEYS,
-    "cross_attn.hook_attn_scores": names.PATTERN,
-    "cross_attn.hook_pattern": names.PATTERN,
-    "cross_attn.hook_z": names.HEADS,
-    "cross_attn.hook_result": "batch pos head_index d_model",
-    "hook_cross_attn_out": names.RESID,
-    "hook_resid_mid_cross": names.RESID,
-    "hook_mlp_in": names.RESID,
-    "mlp.hook_pre": "batch pos d_mlp",
-    "mlp.hook_post": "batch pos d_mlp",
-    "hook_mlp_out": names.RESID,
-    "hook_resid_post": names.RESID,
-}
-WHISPER_MODEL: dict[str, str] = {
-    "encoder_embed.hook_conv1": "batch frame d_model",
-    "encoder_embed.hook_conv2": names.RESID,
-    "encoder_embed.hook_pos_embed": names.RESID,
-    "hook_embed": names.RESID,
-    "hook_pos_embed": names.RESID,
-    **{f"{ln}.{k}": v for ln in ("encoder_final_ln", "decoder_final_ln") for k, v in names._NORM.items()},
-}
-names.register_family("whisper", WHISPER_BLOCK, WHISPER_MODEL)
 
 ReturnType = Literal["logits", "loss", "both", None]
 CrossKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: ([batch, key_pos, head, d_head],) * 2
@@ -167,16 +132,21 @@ class Whisper(ExportMixin, HookedModule):
         decoder_input_ids: torch.Tensor,
         return_type: ReturnType = "logits",
         *,
+        encoder_output: torch.Tensor | None = None,
         encoder_out: torch.Tensor | None = None,
     ) -> Any:
         """Run encoder and decoder (teacher forcing).
 
         Args:
-            input_features: log-mel ``[batch, n_mels, 2 * n_audio_ctx]`` (unused with ``encoder_out``).
+            input_features: log-mel ``[batch, n_mels, 2 * n_audio_ctx]`` (unused with ``encoder_output``).
             decoder_input_ids: ``[batch, pos]`` (or ``[pos]``), starting with the decoder start token.
             return_type: "logits", "loss" (mean next-token loss over the decoder tokens), "both", or None.
-            encoder_out: a precomputed :meth:`encode` output to reuse.
+            encoder_output: a precomputed :meth:`encode` output to reuse (as T5's ``encoder_output=``;
+                ``encoder_out=`` is a deprecated alias).
         """
+        if encoder_out is not None:
+            warnings.warn("encoder_out= is now encoder_output=", DeprecationWarning, stacklevel=2)
+            encoder_output = encoder_out if encoder_output is None else encoder_output
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         tokens = _check_tokens(decoder_input_ids, self.embed.weight)
@@ -184,10 +154,10 @@ class Whisper(ExportMixin, HookedModule):
             raise ValueError(
                 f"{tokens.shape[1]} decoder tokens exceed the model's {self.cfg.n_text_ctx} positions"
             )
-        if encoder_out is None:
-            encoder_out = self.encode(input_features)
-        _check_encoder_out(encoder_out, tokens.shape[0], self.embed.weight)
-        logits = self.decode(tokens, self.cross_kv(encoder_out))
+        if encoder_output is None:
+            encoder_output = self.encode(input_features)
+        _check_encoder_output(encoder_output, tokens.shape[0], self.embed.weight)
+        logits = self.decode(tokens, self.cross_kv(encoder_output))
         if return_type is None or return_type == "logits":
             return None if return_type is None else logits
         log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -206,13 +176,15 @@ class Whisper(ExportMixin, HookedModule):
         early_stopping: bool | Literal["never"] = False,
         use_cache: bool = True,
         eos_token_id: int | list[int] | None = None,
-    ) -> torch.Tensor:
+        return_cache: Any = False,
+    ) -> Any:
         """Decoder tokens ``[batch, prompt + new]`` for log-mel ``input_features [batch, n_mels, frames]``.
 
         Greedy or beam search through the shared generation loops, with the checkpoint's
         ``suppress_tokens``/``begin_suppress_tokens``; ``prompt`` defaults to the decoder start token, as
-        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS. See
-        :func:`hookscope.generation.whisper_decode.generate`.
+        in HF ``generate``; ``eos_token_id`` (one id or several) replaces the checkpoint's EOS;
+        ``return_cache`` (True or a names filter) also returns the activations of every step, equal to a
+        teacher-forced ``run_with_cache`` over the result. See :func:`hookscope.generation.whisper_decode.generate`.
         """
         return implementation("whisper_generate")(
             self,
@@ -224,6 +196,7 @@ class Whisper(ExportMixin, HookedModule):
             early_stopping=early_stopping,
             use_cache=use_cache,
             eos_token_id=eos_token_id,
+            return_cache=return_cache,
         )
 
     # ------------------------------------------------------------------ speech to text
@@ -235,12 +208,15 @@ class Whisper(ExportMixin, HookedModule):
         num_beams: int = 1,
         max_new_tokens: int | None = None,
         prompt: list[int] | None = None,
-    ) -> str:
+        return_cache: Any = False,
+    ) -> Any:
         """Text of a speech recording (a file path, or a waveform array with its ``sample_rate``).
 
         Audio longer than 30 s is cut into consecutive 30-s windows, each decoded on its own (no
         timestamp-guided seeking), all windows decoded as one batch. Decoding is greedy (``num_beams=1``)
-        or beam search, through the shared generation loops (see :meth:`generate`).
+        or beam search, through the shared generation loops (see :meth:`generate`). ``return_cache`` (True
+        or a names filter, greedy only) returns ``(text, cache)`` with every step's activations, one row
+        per 30-s window.
         """
         return implementation("whisper_transcribe")(
             self,
@@ -249,6 +225,7 @@ class Whisper(ExportMixin, HookedModule):
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
             prompt=prompt,
+            return_cache=return_cache,
         )
 
 
@@ -257,31 +234,20 @@ def _check_features(features: torch.Tensor, embed: torch.Tensor) -> None:
     if not features.is_floating_point():
         raise TypeError(f"log-mel features must be a float tensor, got {features.dtype}; "
                         "use hookscope.audio.log_mel() to make them from a waveform")
-    if features.device != embed.device:
-        raise ValueError(f"features are on {features.device} but the model is on {embed.device}; "
-                         "move them with .to()")
+    check_device("features", features, embed)
 
 
 def _check_tokens(tokens: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
     """Decoder ids ``[batch, pos]`` (``[pos]`` gets a batch axis): integers on the model's device."""
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise TypeError(f"decoder_input_ids must be integer token ids, got {tokens.dtype}; convert with .long()")
-    if tokens.ndim not in (1, 2):
-        raise ValueError(f"decoder_input_ids must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
-    if tokens.device != embed.device:
-        raise ValueError(f"decoder_input_ids are on {tokens.device} but the model is on {embed.device}; "
-                         "move them with .to()")
-    return tokens[None] if tokens.ndim == 1 else tokens
+    check_integer_ids("decoder_input_ids", tokens)
+    tokens = batched_ids("decoder_input_ids", tokens)
+    check_device("decoder_input_ids", tokens, embed)
+    return tokens
 
 
-def _check_encoder_out(encoder_out: torch.Tensor, batch: int, embed: torch.Tensor) -> None:
+def _check_encoder_output(encoder_output: torch.Tensor, batch: int, embed: torch.Tensor) -> None:
     """The encoder output ``[clips, n_audio_ctx, d_model]``; one decoder row per clip (or one for all)."""
-    d_model = embed.shape[-1]
-    if encoder_out.ndim != 3 or encoder_out.shape[-1] != d_model:
-        raise ValueError(f"encoder_out must be [batch, n_audio_ctx, {d_model}] (what encode() returns), "
-                         f"got shape {tuple(encoder_out.shape)}")
-    if encoder_out.dtype != embed.dtype:
-        raise TypeError(f"encoder_out is {encoder_out.dtype} but the model is {embed.dtype}")
-    if batch not in (1, encoder_out.shape[0]):
-        raise ValueError(f"decoder_input_ids have {batch} rows but there are {encoder_out.shape[0]} audio clips; "
+    check_encoder_output("encoder_output", encoder_output, embed, pos_axis="n_audio_ctx")
+    if batch not in (1, encoder_output.shape[0]):
+        raise ValueError(f"decoder_input_ids have {batch} rows but there are {encoder_output.shape[0]} audio clips; "
                          "give each clip its decoder row")

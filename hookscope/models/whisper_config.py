@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from hookscope.components.activations import ACTIVATIONS
 from hookscope.errors import ConfigError
+from hookscope.models.config_base import FamilyConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class WhisperConfig:
+class WhisperConfig(FamilyConfig):
     """Shape and numerics of a Whisper model (every size from tiny.en to large-v3).
 
     The encoder reads ``n_mels`` log-mel bins over ``2 * n_audio_ctx`` frames (30 s of audio for the
@@ -38,29 +38,16 @@ class WhisperConfig:
     hf_config: dict = field(default_factory=dict, compare=False, repr=False)  # source config, for to_hf
 
     def __post_init__(self) -> None:
-        positive = (
-            "n_mels",
-            "d_model",
-            "n_audio_ctx",
-            "n_text_ctx",
-            "d_vocab",
-            "n_encoder_layers",
-            "n_decoder_layers",
-            "n_encoder_heads",
-            "n_decoder_heads",
-            "d_encoder_mlp",
-            "d_decoder_mlp",
+        self._require_positive(
+            "n_mels", "d_model", "n_audio_ctx", "n_text_ctx", "d_vocab", "n_encoder_layers", "n_decoder_layers",
+            "n_encoder_heads", "n_decoder_heads", "d_encoder_mlp", "d_decoder_mlp",
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"WhisperConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("n_encoder_heads", "n_decoder_heads"):
             if self.d_model % getattr(self, name):
                 raise ConfigError(
                     f"d_model ({self.d_model}) must be a multiple of {name} ({getattr(self, name)})"
                 )
-        if self.act_fn not in ACTIVATIONS:
-            raise ConfigError(f"unknown act_fn {self.act_fn!r}; choose one of {sorted(ACTIVATIONS)}")
+        self._require_activation("act_fn")
         object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
         object.__setattr__(self, "begin_suppress_tokens", tuple(int(t) for t in self.begin_suppress_tokens))
 
@@ -68,8 +55,3 @@ class WhisperConfig:
     def n_frames(self) -> int:
         """Mel frames the encoder reads: two per encoder position (conv2 has stride 2)."""
         return 2 * self.n_audio_ctx
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("hf_config")
-        return d

@@ -98,10 +98,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = _attention(d_model, n_heads)
         self.ln3 = LayerNorm(d_model, eps)
         self.mlp = MLP(d_model, d_mlp, act, bias=True)
-        add_block_hooks(self, split_inputs=False)
-        self.hook_cross_attn_in = HookPoint()  # [batch, pos, d_model]  the residual cross-attention reads
-        self.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
+        add_block_hooks(self, split_inputs=False, cross_attention=True)
 
     def forward(
         self,

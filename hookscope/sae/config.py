@@ -10,11 +10,10 @@ from typing import Any, Literal
 
 Architecture = Literal["standard", "topk", "batchtopk", "jumprelu"]
 ARCHITECTURES: tuple[str, ...] = ("standard", "topk", "batchtopk", "jumprelu")
-# "none": activations as they come; "expected_average_only_in": one scalar (fitted on data) scales inputs so
-# their mean norm is sqrt(d_in), outputs are scaled back; "layer_norm": each input is centred and divided by
-# its own standard deviation, the output gets both back.
-Normalization = Literal["none", "expected_average_only_in", "layer_norm"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "layer_norm")
+# "none": activations as they come; "expected_average_only_in": one scalar (fitted on data while training)
+# scales inputs so their mean norm is sqrt(d_in), outputs are scaled back (``norm_scaling_factor``).
+Normalization = Literal["none", "expected_average_only_in"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "expected_average_only_in")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -188,11 +188,14 @@ class SAE(HookedModule):
         return save_sae(self, folder)
 
     @classmethod
-    def load(cls, folder: str | Path, device: torch.device | str | None = None, dtype: str | None = None) -> SAE:
-        """Read an SAE folder in SAELens's format (ours, or one SAELens wrote)."""
+    def load(
+        cls, folder: str | Path, device: torch.device | str | None = None, dtype: str | None = None,
+        subfolder: str | None = None,
+    ) -> SAE:
+        """Read an SAE folder in SAELens's format (ours, or one SAELens wrote; a hub repo id + ``subfolder``)."""
         from hookscope.sae.saelens import load_sae
 
-        return load_sae(folder, device=device, dtype=dtype)
+        return load_sae(folder, device=device, dtype=dtype, subfolder=subfolder)
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -15,19 +15,22 @@ import torch
 
 from hookscope.hooks import HookedModule
 from hookscope.sae.sae import SAE
-from hookscope.sae.store import RunFn, activations_at
+from hookscope.sae.store import RunFn, SelectFn, activations_at
 
 
 @torch.no_grad()
 def mean_activation(
     model: HookedModule, hook_name: str, inputs: Sequence[Any], run: RunFn | None = None,
-    skip_first_positions: int = 0,
+    skip_first_positions: int = 0, select: SelectFn | None = None,
 ) -> torch.Tensor:
-    """The mean over inputs of each input's mean activation over positions ``[d]`` (each input run alone)."""
+    """The mean over inputs of each input's mean activation over positions ``[d]`` (each input run alone).
+
+    ``select(activation, input)`` picks the rows to average (e.g. only the speech frames of a padded clip).
+    """
     if len(inputs) == 0:
         raise ValueError("mean_activation needs at least one input")
     means = [
-        activations_at(model, hook_name, x, run, skip_first_positions=skip_first_positions).double().mean(0)
+        activations_at(model, hook_name, x, run, select, skip_first_positions=skip_first_positions).double().mean(0)
         for x in inputs
     ]
     return torch.stack(means).mean(0)
@@ -35,7 +38,7 @@ def mean_activation(
 
 def mean_difference(
     model: HookedModule, hook_name: str, positive: Sequence[Any], negative: Sequence[Any],
-    run: RunFn | None = None, skip_first_positions: int = 0,
+    run: RunFn | None = None, skip_first_positions: int = 0, select: SelectFn | None = None,
 ) -> torch.Tensor:
     """A steering vector ``[d]``: mean activation over ``positive`` inputs minus over ``negative`` ones.
 
@@ -43,8 +46,8 @@ def mean_difference(
     positions first, so inputs of different lengths weigh the same. Not normalised: its norm is the
     size of the difference in the model's own units.
     """
-    pos = mean_activation(model, hook_name, positive, run, skip_first_positions)
-    neg = mean_activation(model, hook_name, negative, run, skip_first_positions)
+    pos = mean_activation(model, hook_name, positive, run, skip_first_positions, select)
+    neg = mean_activation(model, hook_name, negative, run, skip_first_positions, select)
     return (pos - neg).float()
 
 

@@ -262,14 +262,14 @@ class _Trainer:
                 _update_threshold(sae, parts["acts"], self.world)
         if c.resample_every and c.architecture in ("standard", "jumprelu") and (step + 1) % c.resample_every == 0:
             self._resample(x, parts["recons"])
+        if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and _dist()[0] == 0:
+            self.checkpoint(step + 1)
         if step % c.log_every and step != c.total_steps - 1:
             return None
         metrics = {"step": float(step), "loss": float(loss.detach()),
                    **batch_metrics(x, parts["recons"], parts["acts"]),
                    "dead_fraction": float(dead.float().mean()), "lr": self.lr_at(step)}
         self.history.append(metrics)
-        if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and _dist()[0] == 0:
-            self.checkpoint(step + 1)
         return metrics
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def _resume(config: TrainingConfig, model: torch.nn.Module, optimizer: Any, sche
 
 def train(
     model: torch.nn.Module, data: Any, config: TrainingConfig, *, eval_data: Any = None, collator: Any = None,
-    baselines: dict[str, float] | None = None,
+    baselines: dict[str, float] | None = None, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on packed token rows.
 
@@ -166,6 +167,8 @@ def train(
             :class:`~hookscope.training.data.MaskedLMCollator` for BERT.
         baselines: named reference losses (e.g. :func:`~hookscope.training.ngram.ngram_losses`) drawn on
             the loss curve.
+        probe: called on the model (in eval mode, without gradients) every ``config.eval_every`` steps; the
+            numbers it returns go into that step's log entry (e.g. an induction score over training).
 
     Under ``torchrun`` each process runs this with the same arguments; they share the global batch (DDP).
     """
@@ -182,7 +185,8 @@ def train(
         runner = wrap_for_world(model, world, device)
         runner = torch.compile(runner) if config.compile else runner
         model.train()
-        _loop(runner, model, rows, eval_rows, config, collator, world, device, optimizer, scheduler, start, log)
+        evals = _Evals(eval_rows, collator, probe)
+        _loop(runner, model, rows, evals, config, collator, world, device, optimizer, scheduler, start, log)
         result = TrainResult(log, dict(baselines or {}), config.out_dir)
         if world.is_main and config.out_dir is not None:
             _write_outputs(result, Path(config.out_dir))
@@ -191,8 +195,27 @@ def train(
         world.close()
 
 
+@dataclass(frozen=True)
+class _Evals:
+    rows: torch.Tensor | None
+    collator: Any
+    probe: Callable[[torch.nn.Module], dict[str, float]] | None
+
+    def run(self, model: torch.nn.Module, config: TrainingConfig) -> dict[str, float]:
+        found: dict[str, float] = {}
+        if self.rows is not None:
+            found["eval_loss"] = evaluate(model, self.rows, config, self.collator)
+        if self.probe is not None:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                found.update({k: float(v) for k, v in self.probe(model).items()})
+            model.train(was_training)
+        return found
+
+
 def _loop(
-    runner: Any, model: torch.nn.Module, rows: torch.Tensor, eval_rows: torch.Tensor | None, config: TrainingConfig,
+    runner: Any, model: torch.nn.Module, rows: torch.Tensor, evals: _Evals, config: TrainingConfig,
     collator: Any, world: World, device: torch.device, optimizer: Any, scheduler: Any, start: int, log: list,
 ) -> None:
     tokens_per_step = config.batch_size * rows.shape[1]
@@ -213,9 +236,11 @@ def _loop(
         entry = {"step": step + 1, "loss": loss, "lr": lr, "tokens": (step + 1) * tokens_per_step,
                  "tokens_per_s": (step + 1 - start) * tokens_per_step / max(elapsed, 1e-9)}
         last = step + 1 == config.steps
-        if eval_rows is not None and config.eval_every and ((step + 1) % config.eval_every == 0 or last):
-            entry["eval_loss"] = evaluate(model, eval_rows, config, collator)
-            logger.info("step %d: train loss %.4f, eval loss %.4f", step + 1, loss, entry["eval_loss"])
+        if config.eval_every and ((step + 1) % config.eval_every == 0 or last) and world.is_main:
+            found = evals.run(model, config)
+            entry.update(found)
+            logger.info("step %d: train loss %.4f, %s", step + 1, loss,
+                        ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
         log.append(entry)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")
         bar.update(1)

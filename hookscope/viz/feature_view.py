@@ -22,7 +22,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
 .ex{font-family:ui-monospace,monospace;font-size:.85em;margin:.25em 0;white-space:pre-wrap}
 .tok{border-radius:2px}.peak{outline:1.5px solid #c00}
 .cols{display:flex;gap:2em;flex-wrap:wrap}.logits td{font-family:ui-monospace,monospace;font-size:.85em;padding:0 .6em}
-.pos{color:#05a}.neg{color:#c30}#filter{margin-bottom:1em}
+.pos{color:#05a}.neg{color:#c30}#filter{margin-bottom:1em}.image{margin:0 10px 10px 0}
 """
 
 _JS = """
@@ -113,7 +113,7 @@ def _image_example(image: np.ndarray, acts: np.ndarray, scale: int = 10) -> str:
     top = float(grid.max())
     overlay = "".join(
         f'<rect x="{gx * pw * scale}" y="{gy * ph * scale}" width="{pw * scale}" height="{ph * scale}" '
-        f'fill="{_shade(float(grid[gy, gx]), top)}" opacity="0.6"/>'
+        f'fill="{_shade(float(grid[gy, gx]), top)}" opacity="0.45"/>'
         for gy in range(grid.shape[0]) for gx in range(grid.shape[1])
     )
     py, px = np.unravel_index(int(grid.argmax()), grid.shape)

@@ -71,3 +71,17 @@ def test_encoder_decoder_generation_caches_encoder_in_step_zero() -> None:
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_encoder_decoder_concatenated_cache_keeps_the_encoder_and_equals_the_full_forward() -> None:
+    model = M.t5()
+    wrapped = wrap(model)
+    ids = M.tokens(batch=2, pos=6)
+    names = ["encoder.1.hook_resid_post", "decoder.1.hook_resid_post", "decoder.0.cross_attn.hook_pattern"]
+    out, cache = wrapped.generate(
+        ids, max_new_tokens=3, min_new_tokens=3, do_sample=False, names_filter=names, concat=True
+    )
+    _, full = wrapped.run_with_cache(input_ids=ids, decoder_input_ids=out[:, :-1], names_filter=names)
+    assert sorted(cache) == sorted(names)
+    for name in names:
+        torch.testing.assert_close(cache[name], full[name], atol=1e-5, rtol=1e-5)

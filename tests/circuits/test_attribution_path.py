@@ -159,5 +159,9 @@ def test_path_patching_equals_two_hand_written_runs() -> None:
                                                              ("blocks.2.attn.hook_v", patch_v)]))
     torch.testing.assert_close(got[sender], want, **EXACT)
     assert abs(float(got[sender]) - float(metric(clean_logits.detach()))) > 1e-6
+    some = path_patch(model, clean, corrupted, metric, receivers, ("q", "v"), senders=[sender, (0, 0)])
+    torch.testing.assert_close(some[sender], got[sender], **EXACT)
+    torch.testing.assert_close(some[0, 0], got[0, 0], **EXACT)
+    assert int(torch.isnan(some).sum()) == some.numel() - 2
     with pytest.raises(ValueError, match="receiver_input"):
         path_patch(model, clean, corrupted, metric, receivers, "x")  # type: ignore[arg-type]

@@ -118,6 +118,7 @@ def test_qk_ov_views_and_all_composition_scores(name: str) -> None:
     dense_qk, dense_ov = qk.AB, ov.AB
     for mode in ("Q", "K", "V"):
         scores = all_composition_scores(model, mode)
+        torch.testing.assert_close(model.all_composition_scores(mode), scores, **EXACT)
         for l1, h1, l2, h2 in [(0, 1, 1, 3), (0, 3, 2, 0), (1, 2, 2, 2), (1, 0, 1, 1), (2, 0, 0, 0)]:
             right = {"Q": dense_qk, "K": dense_qk.transpose(-2, -1), "V": dense_ov}[mode][l2, h2]
             left = dense_ov[l1, h1]

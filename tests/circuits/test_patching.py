@@ -131,3 +131,43 @@ def test_unknown_activation_and_missing_cache_entries_raise_clearly() -> None:
     _, small = model.run_with_cache(corrupted, names_filter="blocks.0.hook_resid_pre")
     with pytest.raises(KeyError, match="lacks"):
         P.get_act_patch_resid_pre(model, corrupted, small, logit_diff)
+
+
+def test_logits_to_keep_gives_the_same_last_position_metric() -> None:
+    model, _, corrupted, cache, _ = setup("llama")
+    full = P.get_act_patch_resid_pre(model, corrupted, cache, logit_diff)
+    last = P.get_act_patch_resid_pre(model, corrupted, cache, logit_diff, logits_to_keep=1)
+    torch.testing.assert_close(last, full, **EXACT)
+    with pytest.raises(ValueError, match="native decoder"):
+        P.get_act_patch_resid_pre(hookscope.wrap(random_hf_model("gpt2")), corrupted, cache, logit_diff,
+                                  logits_to_keep=1)
+
+
+def test_t5_encoder_patching_and_attribution_with_keyword_inputs() -> None:
+    from hookscope.analysis.attribution import attribution_patch
+    from tests.equivalence.t5_cases import inputs, random_hf_t5
+
+    model = hookscope.load(random_hf_t5("v1.0", torch.float64), dtype=torch.float64)
+    ids, _, dec, _ = inputs()
+    clean = {"input": ids, "decoder_input_ids": dec}
+    corrupted = {"input": ids.roll(1, dims=1), "decoder_input_ids": dec}
+    _, cache = model.run_with_cache(**clean)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, -1, 5].mean()
+
+    got = P.generic_activation_patch(model, corrupted, cache, metric, P.layer_pos_patch_setter,
+                                     "encoder.{layer}.hook_resid_pre", ("layer", "pos"), batch_size=4)
+    name = "encoder.1.hook_resid_pre"
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, 4] = cache[name][:, 4]
+        return act
+
+    with torch.no_grad():
+        want = metric(model.run_with_hooks(**corrupted, fwd_hooks=[(name, hook)]))
+    torch.testing.assert_close(got[1, 4], want, **EXACT)
+    attr = attribution_patch(model, clean, corrupted, metric, names_filter=lambda n: n.startswith("encoder.")
+                             and n.endswith("hook_resid_pre"))
+    assert set(attr.scores) == {f"encoder.{i}.hook_resid_pre" for i in range(got.shape[0])}

@@ -93,3 +93,24 @@ def test_processed_model_refuses_to_export_to_hf() -> None:
     model.process_weights(fold_ln=True, center_writing_weights=False, center_unembed=False)
     with pytest.raises(ValueError, match="processed"):
         model.to_hf()
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "layernorm_pre", "rmsnorm_pre", "none"])
+def test_from_scratch_configs_keep_log_probs(norm: str) -> None:
+    """Attention-only and weightless-norm models (TransformerLens's from-scratch configs)."""
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+    from tests.helpers import redraw_parameters
+
+    for attn_only in (True, False):
+        cfg = DecoderConfig(d_model=24, n_layers=2, n_heads=3, d_head=5, d_mlp=0 if attn_only else 19, d_vocab=31,
+                            n_ctx=16, norm=norm, attn_only=attn_only, qkv_bias=True, attn_out_bias=True,
+                            mlp_bias=True)
+        model = pure_float64(Decoder.from_config(cfg, seed=0).double())  # softmax in float64 too
+        redraw_parameters(model, seed=1)
+        tokens = torch.randint(0, 31, (2, 6), generator=torch.Generator().manual_seed(0))
+        before = log_probs(model, tokens)
+        model.process_weights()
+        torch.testing.assert_close(log_probs(model, tokens), before, atol=1e-10, rtol=1e-10)
+        done = model.processed_weights[-1]
+        assert done.center_writing_weights == norm.startswith("layernorm")

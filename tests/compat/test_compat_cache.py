@@ -77,7 +77,11 @@ def test_store_methods() -> None:
     assert two.has_batch_dim and two["resid_pre", 0].shape[0] == 2
     with torch.no_grad():
         _, single = model.run_with_cache(tokens[:1])
-    assert single.remove_batch_dim()["resid_pre", 0].shape == (*tokens[:1].shape[1:], model.cfg.d_model)
+    single.remove_batch_dim()  # in place, as TL
+    assert not single.has_batch_dim and single["resid_pre", 0].shape == (*tokens[:1].shape[1:], model.cfg.d_model)
+    with pytest.raises(AssertionError, match="batch size 3"):
+        cache.apply_slice_to_batch_dim(slice(None)).remove_batch_dim()
+    assert torch.equal(cache["scale", -1, "ln1"], cache[f"scale{model.cfg.n_layers - 1}ln1"])
     fresh = ActivationCache({k: v for k, v in cache.items() if not k.endswith("hook_result")}, model)
     fresh.compute_head_results()
     z, w_o = cache["z", 1], model.blocks[1].attn.W_O
@@ -92,12 +96,13 @@ def test_store_methods() -> None:
 
 
 @pytest.mark.skipif(not hasattr(Decoder, "process_weights"), reason="needs Decoder.process_weights (issue 17)")
-def test_weight_processing_keeps_log_probs() -> None:
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox", "gemma2"])
+def test_weight_processing_keeps_log_probs(arch: str) -> None:
     """TL's from_pretrained defaults (fold_ln, centring...) through the native process_weights."""
-    hf, model = hf_and_compat("gpt2", processing=True)
+    hf, model = hf_and_compat(arch, processing=True)
     x = random_tokens(2, 7)
     with torch.no_grad():
         ref = hf(x).logits.log_softmax(-1)
         ours = model(x).log_softmax(-1)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    assert model.cfg.normalization_type == "LNPre"
+    assert model.cfg.normalization_type == ("LNPre" if arch in ("gpt2", "neox") else "RMSPre")

@@ -34,8 +34,26 @@ def test_config_has_transformerlens_defaults() -> None:
     assert HookedTransformerConfig.unwrap(cfg.to_dict()).to_dict() == cfg.to_dict()
     with pytest.raises(TypeError, match="no field"):
         HookedTransformerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
-    with pytest.raises(NotImplementedError, match="normalization_type='LNPre'"):
-        HookedTransformer(tiny_cfg(normalization_type="LNPre"))
+    with pytest.raises(NotImplementedError, match="act_fn='solu_ln'"):
+        HookedTransformer(tiny_cfg(act_fn="solu_ln"))
+
+
+@pytest.mark.parametrize("norm", ["LN", "LNPre", "RMS", "RMSPre", None])
+def test_from_scratch_options_build_native_models(norm: str | None) -> None:
+    """attn_only, every normalization_type and d_vocab_out are native config fields, not compat patches."""
+    model = HookedTransformer(tiny_cfg(attn_only=True, normalization_type=norm, d_vocab_out=37, n_key_value_heads=2))
+    x = random_tokens(2, 6)
+    logits, cache = model.run_with_cache(x)
+    assert logits.shape == (2, 6, 37) and "blocks.0.mlp.hook_post" not in cache
+    assert torch.equal(logits, model(x))
+    assert model.cfg.normalization_type == norm and model.cfg.attn_only
+    decomposed = cache.decompose_resid()  # attention-only: embeddings and attention outputs
+    torch.testing.assert_close(decomposed.sum(0), cache["resid_post", -1], atol=1e-5, rtol=1e-5)
+    attrs = cache.logit_attrs(decomposed, 5)  # through whatever final norm the model has
+    expect = logits[..., 5] - model.b_U[5]
+    if norm == "LN":
+        expect = expect - model.ln_final.bias @ model.W_U[:, 5]
+    torch.testing.assert_close(attrs.sum(0), expect, atol=1e-4, rtol=1e-4)
 
 
 def test_constructed_model_uses_tl_init_and_is_hooked() -> None:
@@ -118,6 +136,11 @@ def test_tokenization_defaults_are_transformerlens() -> None:
     assert model.to_string(torch.tensor([5, 6])) == "w1 w2"
     assert model.to_single_token("w7") == 11 and model.to_single_str_token(11) == "w7"
     assert model.get_token_position("w2", "w1 w2 w2", mode="last") == 3
+    with pytest.raises(AssertionError, match="does not occur"):
+        model.get_token_position("w9", "w1 w2")
+    assert model.tokens_to_residual_directions(model.to_tokens("")).shape == (model.cfg.d_model,)  # one token
+    model.tokenizer.padding_side = "left"  # TL code sets the default side on the tokenizer
+    assert model.to_tokens(["w1 w2", "w4"]).tolist() == [[BOS, 5, 6], [PAD, BOS, 8]]
     tokenizer_with_bos = word_tokenizer(adds_bos=True)  # a Llama-style tokenizer: still a single BOS
     model.set_tokenizer(tokenizer_with_bos)
     assert model.to_tokens("w1").tolist() == [[BOS, 5]]
@@ -203,3 +226,53 @@ def test_stack_results_before_layer_zero_are_empty() -> None:
     torch.testing.assert_close(rest[0], cache["resid_pre", 0][:, -1])  # what block 0 reads
     assert labels == ["remainder"]
     assert cache.stack_neuron_results(layer=0).shape == (0, 2, 5, 48)
+
+
+def test_generate_from_tokens_without_tokenizer_and_from_embeddings() -> None:
+    model = HookedTransformer(tiny_cfg(attn_only=True))
+    tokens = torch.zeros((1, 5), dtype=torch.long)  # id 0 everywhere: real tokens, not padding
+    for kv in (True, False):
+        out = model.generate(tokens, max_new_tokens=3, stop_at_eos=False, use_past_kv_cache=kv,
+                             return_type="tokens", verbose=False)
+        assert out.shape == (1, 8) and torch.equal(out[:, :5], tokens)
+    with pytest.raises(AssertionError, match="eos_token_id"):  # TL's error type, which TL code catches
+        model.generate(tokens, max_new_tokens=1, verbose=False)  # stop_at_eos needs an EOS id
+    assert model.n_params_total == sum(p.numel() for p in model.parameters())
+    greedy = model.generate(tokens, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
+    embeds = model.embed(tokens)
+    from_embeds = model.generate(embeds, max_new_tokens=3, do_sample=False, stop_at_eos=False,
+                                 return_type="tokens", verbose=False)
+    assert torch.equal(from_embeds, greedy[:, 5:])  # the same continuation from the embeddings
+    out_embeds = model.generate(embeds, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
+    torch.testing.assert_close(out_embeds, model.embed(greedy))
+    torch.testing.assert_close(model(embeds), model(tokens), **FP32)  # float input = token embeddings
+
+
+def test_shortformer_positions_feed_queries_and_keys_only() -> None:
+    """A native config field: positions added to what q and k read, never to the residual stream."""
+    model = HookedTransformer(tiny_cfg(positional_embedding_type="shortformer"))
+    assert model.cfg.positional == "shortformer"
+    x = random_tokens(2, 7)
+    logits, cache = model.run_with_cache(x)
+    torch.testing.assert_close(cache["resid_pre", 0], cache["hook_embed"])  # no positions in the residual
+    attn = model.blocks[0].attn
+    qk_in = cache["normalized", 0, "ln1"] + cache["hook_pos_embed"]
+    torch.testing.assert_close(cache["q", 0], (qk_in @ attn.q_proj.weight.T + attn.q_proj.bias).view(2, 7, 4, 12),
+                               **FP32)
+    torch.testing.assert_close(cache["k", 0], (qk_in @ attn.k_proj.weight.T + attn.k_proj.bias).view(2, 7, 4, 12),
+                               **FP32)
+    v_in = cache["normalized", 0, "ln1"]
+    torch.testing.assert_close(cache["v", 0], (v_in @ attn.v_proj.weight.T + attn.v_proj.bias).view(2, 7, 4, 12),
+                               **FP32)
+    torch.testing.assert_close(cache.decompose_resid().sum(0), cache["resid_post", -1], **FP32)
+    kv = HookedTransformerKeyValueCache.init_cache(model.cfg, "cpu", batch_size=2)
+    with torch.no_grad():
+        steps = torch.cat([model(x[:, :4], past_kv_cache=kv), model(x[:, 4:], past_kv_cache=kv)], 1)
+    torch.testing.assert_close(steps, logits.detach(), **FP32)
+    tok_model = HookedTransformer(tiny_cfg(positional_embedding_type="shortformer"), tokenizer=word_tokenizer(),
+                                  default_padding_side="left")
+    embed, tokens, pos, mask = tok_model.input_to_embed(["w1 w2 w3", "w4"])
+    assert pos is not None and mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    from_embed = tok_model(embed, tokens=tokens, shortformer_pos_embed=pos, attention_mask=mask, start_at_layer=0,
+                           return_type="loss")
+    torch.testing.assert_close(from_embed, tok_model(["w1 w2 w3", "w4"], return_type="loss"))

@@ -117,3 +117,28 @@ def test_hooked_encoder_decoder_equals_hf() -> None:
         ref = hf(input_ids=enc, decoder_input_ids=dec).logits
         ours = model(enc, decoder_input=dec)
     torch.testing.assert_close(ours, ref, **FP32)
+
+
+def test_reexports_run_on_a_compat_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from hookscope.compat import FactoredMatrix, HookedTransformer, SVDInterpreter, head_detector, patching
+    from tests.compat.helpers import hf_and_compat
+
+    _, model = hf_and_compat("gpt2")
+    assert isinstance(model, HookedTransformer)
+    tokens = model.to_tokens(["w1 w2 w3 w4", "w5 w6 w7 w8"])
+    logits, cache = model.run_with_cache(tokens)
+
+    def metric(out: torch.Tensor) -> torch.Tensor:
+        return out[:, -1, 9].mean()
+
+    patched = patching.get_act_patch_resid_pre(model, tokens, cache, metric)  # clean into clean: no change
+    torch.testing.assert_close(patched, torch.full_like(patched, metric(logits).item()), **FP32)
+    scores = head_detector.detect_head(model, tokens[0], "previous_token_head")
+    assert scores.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert isinstance(model.OV, FactoredMatrix)
+    torch.testing.assert_close(model.OV[0, 1].AB, model.W_V[0, 1] @ model.W_O[0, 1], **FP32)
+    assert SVDInterpreter(model).get_singular_vectors("OV", 0, 3, head_index=1).shape == (model.cfg.d_vocab, 1, 3)
+    utils.test_prompt("w1 w2", "w3", model, print_details=False)
+    assert "w3" in capsys.readouterr().out
+    rows = utils.tokenize_and_concatenate(["w1 w2 w3", "w4 w5"], word_tokenizer(), max_length=3)
+    assert rows.shape[1] == 3 and int(rows[0, 0]) == BOS

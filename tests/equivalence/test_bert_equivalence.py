@@ -20,7 +20,7 @@ from tests.helpers import TOLERANCES, first_divergence
 def hf_heads(name: str, out: object) -> dict[str, torch.Tensor]:
     """return_type -> HF's tensor for it, for each head this HF class has."""
     if name.endswith("Model"):
-        return {"embeddings": out.last_hidden_state, "pooled": out.pooler_output}
+        return {"hidden": out.last_hidden_state, "pooled": out.pooler_output}
     if name.endswith("MaskedLM"):
         return {"logits": out.logits}
     if name == "BertForPreTraining":
@@ -167,7 +167,7 @@ def test_first_n_layers_only() -> None:
             2
         ]
         torch.testing.assert_close(
-            model(tokens, mask, types, return_type="embeddings"), ref, atol=1e-5, rtol=1e-5
+            model(tokens, mask, types, return_type="hidden"), ref, atol=1e-5, rtol=1e-5
         )
 
 

@@ -132,9 +132,9 @@ def test_missing_head_and_bad_return_type_say_what_exists() -> None:
     ):
         model(tokens, mask, types)
     with pytest.raises(ValueError, match="return_type must be one of"):
-        model(tokens, return_type="hidden")
+        model(tokens, return_type="probs")
     with pytest.raises(ValueError, match="no tokenizer"):
-        model("some text", return_type="embeddings")
+        model("some text", return_type="hidden")
     with pytest.raises(ValueError, match="only with token ids"):
         model("some text", mask)
 
@@ -182,3 +182,12 @@ def test_in_memory_multiple_choice_model_is_refused_not_loaded_as_classifier() -
     hf = T.BertForMultipleChoice(hf_config("BertModel"))
     with pytest.raises(ConversionError, match="BertForMultipleChoice is not supported"):
         hookscope.load(hf)
+
+
+@pytest.mark.parametrize("kind", ["relative_key", "relative_key_query"])
+def test_relative_positions_are_refused_with_a_pointer_to_wrap(kind: str) -> None:
+    hf = random_hf_model("BertForMaskedLM", position_embedding_type=kind)
+    with pytest.raises(ConversionError, match=rf"position_embedding_type='{kind}'.*hookscope\.wrap"):
+        hookscope.load(hf)
+    wrapped = hookscope.wrap(hf)  # and wrap() does run it, hooks included
+    assert "bert.encoder.layer.0.attention" in wrapped.hook_dict

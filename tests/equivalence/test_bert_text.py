@@ -84,7 +84,7 @@ def test_encode_pooling_options(pair) -> None:
     enc = tok(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(
-            enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], return_type="embeddings"
+            enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], return_type="hidden"
         )
     w = enc["attention_mask"][..., None].float()
     torch.testing.assert_close(model.encode(sentences, normalize=False), (hidden * w).sum(1) / w.sum(1))

@@ -21,7 +21,7 @@ NORMS = ["layernorm", "layernorm_pre", "rmsnorm", "rmsnorm_pre", "none"]
 def _cfg(**kw) -> DecoderConfig:
     base = dict(d_model=24, n_layers=2, n_heads=3, d_head=5, d_mlp=19, d_vocab=31, d_vocab_out=17, n_ctx=16,
                 act_fn="gelu_new",
-                attn_softmax_float32=False)  # softmax in the model dtype, as the by-hand reference
+                softmax_in_float32=False)  # softmax in the model dtype, as the by-hand reference
     return DecoderConfig(**{**base, **kw})
 
 
@@ -191,3 +191,17 @@ def test_labels_and_input_misuse_raise_clearly() -> None:
     assert model(tokens, return_dict=True).loss is None
     with pytest.raises(AttributeError, match="no field"):
         _ = model(tokens, return_dict=True).hidden_states
+
+
+@pytest.mark.parametrize("final", ["layernorm_pre", "rmsnorm_pre", "none", "layernorm"])
+def test_apply_ln_to_stack_knows_the_weightless_norms(final: str) -> None:
+    model = redraw_parameters(Decoder.from_config(_cfg(attn_only=True, d_mlp=0, final_norm=final))).double()
+    _, cache = model.run_with_cache(torch.randint(0, 31, (2, 6), generator=torch.Generator().manual_seed(4)))
+    resid = cache["blocks.1.hook_resid_post"]
+    parts = torch.stack([cache["blocks.0.hook_resid_pre"], cache["blocks.0.hook_attn_out"],
+                         cache["blocks.1.hook_attn_out"]])  # they sum to resid
+    through = hookscope.apply_ln_to_stack(cache, parts).sum(0)
+    want = cache["ln_final.hook_normalized"] if final != "none" else resid
+    if final == "layernorm":
+        want = want - model.ln_final.bias  # the bias belongs to no component
+    torch.testing.assert_close(through, want, atol=1e-10, rtol=1e-10)

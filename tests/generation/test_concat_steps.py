@@ -11,6 +11,7 @@ import torch
 
 import hookscope
 from hookscope.bridge import wrap
+from hookscope.cache import MultipleCallsError
 from hookscope.generation.step_cache import concat_steps
 from tests.bridge import models as M
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
@@ -45,7 +46,7 @@ def test_wrapped_model_steps_equal_the_full_forward_including_masked_scores(layo
         torch.testing.assert_close(merged[name], full[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_names_computed_once_are_kept_and_position_free_names_are_left_out() -> None:
+def test_names_computed_once_are_kept_and_position_free_names_keep_one_call_per_step() -> None:
     steps = [
         {"blocks.0.hook_resid_post": torch.zeros(1, 3, 4), "encoder.0.hook_resid_post": torch.ones(1, 6, 4),
          "pooled": torch.ones(1, 4)},
@@ -54,7 +55,9 @@ def test_names_computed_once_are_kept_and_position_free_names_are_left_out() -> 
     merged = concat_steps(steps)
     assert merged["blocks.0.hook_resid_post"].shape == (1, 4, 4)
     assert torch.equal(merged["encoder.0.hook_resid_post"], torch.ones(1, 6, 4))
-    assert "pooled" not in merged
+    with pytest.raises(MultipleCallsError):  # no single forward holds it: never silently one step's value
+        merged["pooled"]
+    assert [t.tolist() for t in merged.calls("pooled")] == [[[1.0] * 4], [[0.0] * 4]]
     assert torch.equal(concat_steps(steps[:1])["pooled"], torch.ones(1, 4))  # one step is one forward
     with pytest.raises(ValueError, match="at least one step"):
         concat_steps([])

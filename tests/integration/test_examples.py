@@ -41,3 +41,20 @@ def test_steering_changes_the_generation() -> None:
 def test_logit_lens_example(tmp_path) -> None:
     text = run("logit_lens.py", "--out", str(tmp_path))
     assert "Final prediction:" in text and (tmp_path / "lens.png").stat().st_size > 5000
+
+
+@pytest.mark.slow  # about a minute of CPU on SmolLM2: patching sweeps, path patching, induction scores
+def test_ioi_example_finds_the_circuit_pieces(tmp_path) -> None:
+    text = run("ioi.py", "--small", "--out", str(tmp_path))
+    clean = float(text.split("clean ")[1].split(",")[0])
+    corrupted = float(text.split("corrupted ")[1].split("\n")[0])
+    assert clean > 2 and corrupted < -2  # the model solves IOI and the corruption flips it
+    correlations = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "correlation" in line]
+    assert len(correlations) == 2 and min(correlations) > 0.3
+    assert "name-mover candidates" in text and "S-inhibition candidates" in text and "induction heads" in text
+    top_induction = float(text.split("induction heads on repeated random tokens: ")[1].split("(")[1].split(")")[0])
+    assert top_induction > 0.5
+    for name in ("ioi_resid_patching.png", "ioi_head_patching.png", "ioi_path_patching_q.png",
+                 "ioi_path_patching_k.png"):
+        assert (tmp_path / name).stat().st_size > 5000
+    assert "<script>" in (tmp_path / "ioi_name_mover_attention.html").read_text()

@@ -165,3 +165,8 @@ def test_bad_configs_raise_clear_errors() -> None:
         SAEConfig(d_in=4, d_sae=8, architecture="gated")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown dtype"):
         SAE(SAEConfig(d_in=4, d_sae=8, dtype="float99"))
+
+
+def test_unsupported_activation_normalisation_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown normalize_activations 'layer_norm'"):
+        SAEConfig(d_in=4, d_sae=8, normalize_activations="layer_norm")  # type: ignore[arg-type]

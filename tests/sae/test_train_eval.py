@@ -168,3 +168,25 @@ def test_evaluation_can_leave_the_first_position_unspliced(text_model) -> None:
         logits = text_model(patched, start_at_layer=2, tokens=tokens)
     expected = F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]).double(), tokens[:, 2:].reshape(-1))
     assert math.isclose(ev.spliced_loss, float(expected), rel_tol=1e-5)
+
+
+def test_checkpoints_are_loadable_saelens_folders(tmp_path) -> None:
+    acts = torch.randn(256, 12, generator=torch.Generator().manual_seed(0))
+    cfg = _config("jumprelu", training_tokens=64 * 6, checkpoint_every=3, checkpoint_dir=str(tmp_path), log_every=3)
+    train_sae(None, "blocks.0.hook_resid_post", acts, cfg)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["step_0000003", "step_0000006"]
+    loaded = SAE.load(tmp_path / "step_0000006")
+    assert loaded.cfg.architecture == "jumprelu" and loaded.hook_name == "blocks.0.hook_resid_post"
+    state = torch.load(tmp_path / "step_0000006" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 6
+
+
+def test_resampling_revives_dead_latents_of_a_standard_sae() -> None:
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.randn(512, 10, generator=gen) @ torch.randn(10, 10, generator=gen)
+    # an L1 this strong kills most latents; resampling every 20 steps gives them new directions
+    common = dict(training_tokens=64 * 60, l1_coefficient=50.0, dead_feature_window=10, log_every=59)
+    dead = train_sae(None, None, acts, _config("standard", **common))
+    revived = train_sae(None, None, acts, _config("standard", resample_every=20, **common))
+    assert revived.history[-1]["dead_fraction"] < dead.history[-1]["dead_fraction"]

@@ -75,6 +75,13 @@ def test_invalid_config_raises_config_error() -> None:
     assert issubclass(hookscope.ConfigError, ValueError)
 
 
+def test_weight_processing_errors_are_hookscope_errors() -> None:
+    from hookscope.models.weight_processing import WeightProcessingError
+
+    assert WeightProcessingError is hookscope.WeightProcessingError
+    assert issubclass(WeightProcessingError, hookscope.HookscopeError) and issubclass(WeightProcessingError, ValueError)
+
+
 def test_hook_errors_share_the_base_class() -> None:
     model = hookscope.load(random_hf_model("gpt2"))
     tokens = torch.tensor([[1, 2, 3]])

@@ -48,3 +48,13 @@ def test_process_switches_stay_out_of_the_top_level() -> None:
     from hookscope.memory import keep_freed_memory, release_freed_memory
 
     assert callable(keep_freed_memory) and callable(release_freed_memory)
+
+
+def test_every_family_config_and_generate_stream_are_public() -> None:
+    from hookscope.models import bert_config, decoder_config, t5_config, vit_config, whisper_config
+
+    pairs = [(hookscope.DecoderConfig, decoder_config.DecoderConfig), (hookscope.BertConfig, bert_config.BertConfig),
+             (hookscope.T5Config, t5_config.T5Config), (hookscope.ViTConfig, vit_config.ViTConfig),
+             (hookscope.WhisperConfig, whisper_config.WhisperConfig)]
+    assert all(public is defined for public, defined in pairs)
+    assert callable(hookscope.generate_stream) and callable(hookscope.to_hf)

@@ -1,4 +1,4 @@
-"""Review regressions for T5, ViT and Whisper loading and Whisper decoding on configs the main tests do not use.
+"""T5, ViT and Whisper loading and Whisper decoding on configs the main tests do not use (each was a bug).
 
 - Whisper with ``decoder_start_token_id=0`` (a valid id) used to start decoding at 50257 (``or`` instead of
   ``is None``), out of a small vocabulary.

@@ -1,4 +1,4 @@
-"""Review regressions: ``generate`` with default arguments equals HF ``generate`` with its defaults.
+"""``generate`` with default arguments equals HF ``generate`` with its defaults.
 
 HF ``generate`` stops at the model config's ``eos_token_id`` (one id or a list) and fills finished rows
 with its ``pad_token_id`` (else the first EOS id); beam search fills shorter beams with

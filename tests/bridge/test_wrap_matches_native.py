@@ -1,4 +1,4 @@
-"""Second review of wrap(): regressions for bugs found on configurations the first tests did not cover.
+"""wrap() equals the native models on configurations the generic wrap tests do not cover (each was a bug):
 
 - GPT-2, BERT, T5 and Whisper take their eager softmax in the activations' dtype: the hooked attention
   took it in float32 (Llama's way), so float64 patterns were off by ~1e-7.
@@ -81,7 +81,7 @@ def test_bert_resid_post_is_before_the_post_ln_as_in_the_native_model() -> None:
     assert "blocks.0.hook_normalized_resid_post" in names
     with torch.no_grad():
         _, ours = wrapped.run_with_cache(ids, attention_mask=mask, names_filter=names)
-        _, theirs = native.run_with_cache(ids, attention_mask=mask, return_type="embeddings", names_filter=names)
+        _, theirs = native.run_with_cache(ids, attention_mask=mask, return_type="hidden", names_filter=names)
         ref = hf(ids, attention_mask=mask, output_hidden_states=True).hidden_states
     _assert_caches_equal(ours, theirs, names)
     torch.testing.assert_close(ours["blocks.1.hook_normalized_resid_post"], ref[2], atol=1e-5, rtol=1e-5)

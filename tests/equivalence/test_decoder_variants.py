@@ -1,4 +1,4 @@
-"""Review regressions and variants the main decoder tests do not cover, each against HF at float64 1e-10.
+"""Decoder variants the main decoder tests do not cover, each against HF at float64 1e-10.
 
 * Real checkpoints' config.json carry keys HF never reads (SmolLM2: ``is_llama_config``,
   ``rope_interleaved``; Gemma 2: ``cache_implementation="hybrid"``); they used to be refused as

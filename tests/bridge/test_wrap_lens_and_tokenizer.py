@@ -1,4 +1,4 @@
-"""Review regressions for wrap(): the lens on a wrapped model with a text prompt and no decoder= given,
+"""wrap(): the lens on a wrapped model with a text prompt and no decoder= given,
 its last row equal to the HF model's own output (including Gemma 2's final logit soft-cap), and the
 tokenizer helpers the lens calls (``to_str_tokens``, ``to_single_token``)."""
 

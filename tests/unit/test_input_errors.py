@@ -95,7 +95,7 @@ def test_vit_pixels_and_residual(vit) -> None:
         vit(pixels[..., :5, :5], interpolate_pos_encoding=True)  # was a Conv2d RuntimeError
     with pytest.raises(TypeError, match=r"integer images must be uint8 .* got int64"):
         vit(torch.randint(0, 255, (3, 35, 35)))  # was "float images must hold values in [0, 1]"
-    with pytest.raises(ValueError, match=r"residual stream \[batch, pos, 40\]; got \(2, 26, 7\)"):
+    with pytest.raises(ValueError, match=r"residual stream \[batch, pos, 40\]; got shape \(2, 26, 7\)"):
         vit(torch.randn(2, 26, 7), start_at_layer=1)  # was a layer_norm RuntimeError
     with pytest.raises(TypeError, match=r"the residual stream is torch\.float64 but the model is torch\.float32"):
         vit(torch.randn(2, 26, 40, dtype=torch.float64), start_at_layer=1)
@@ -121,8 +121,8 @@ def test_whisper_features_tokens_and_outputs(whisper) -> None:
         whisper(feats, tokens[:1].expand(3, -1))
     with pytest.raises(ValueError, match="return_type must be 'logits', 'loss', 'both' or None, got 'probs'"):
         whisper(feats, tokens, return_type="probs")  # was silently treated as 'both'
-    with pytest.raises(ValueError, match=r"encoder_out must be \[batch, n_audio_ctx, 48\]"):
-        whisper(None, tokens, encoder_out=torch.randn(2, 13, 5))
+    with pytest.raises(ValueError, match=r"encoder_output must be \[batch, n_audio_ctx, 48\]"):
+        whisper(None, tokens, encoder_output=torch.randn(2, 13, 5))
     with pytest.raises(TypeError, match=r"prompt must be a list of integer token ids, got \[1\.5\]"):
         whisper.generate(feats, max_new_tokens=2, prompt=[1.5])  # was truncated to 1 silently
 

@@ -1,0 +1,71 @@
+"""The induction probes measure what they say: a pattern forced onto the induction stripe scores 1, a
+uniform causal pattern scores its by-hand mean, and the repeated-half loss splits the positions right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hookscope.models.decoder import Decoder
+from hookscope.models.decoder_config import DecoderConfig
+from hookscope.training.induction import (
+    induction_scores,
+    induction_stripe,
+    repeated_half_losses,
+    repeated_random_tokens,
+)
+
+N = 6
+
+
+def _model() -> Decoder:
+    cfg = DecoderConfig(d_model=16, n_layers=2, n_heads=3, d_head=4, d_vocab=40, n_ctx=32, attn_only=True)
+    return Decoder.from_config(cfg, seed=0)
+
+
+def test_repeated_tokens_are_bos_then_a_half_twice() -> None:
+    rows = repeated_random_tokens(N, batch=4, vocab=40, bos=0, low=2, seed=0)
+    assert rows.shape == (4, 1 + 2 * N) and bool((rows[:, 0] == 0).all())
+    assert torch.equal(rows[:, 1:1 + N], rows[:, 1 + N:]) and int(rows[:, 1:].min()) >= 2
+
+
+def test_forced_induction_pattern_scores_one_and_uniform_scores_its_mean() -> None:
+    model = _model()
+    tokens = repeated_random_tokens(N, batch=2, vocab=40, bos=0, seed=1)
+    n_pos = tokens.shape[1]
+    stripe = torch.zeros(n_pos, n_pos)
+    for q in range(n_pos):
+        stripe[q, q - N + 1 if q >= 1 + N else 0] = 1.0
+
+    def force(pattern: torch.Tensor, hook) -> torch.Tensor:
+        return stripe.expand_as(pattern).clone()
+
+    with model.hooks([("blocks.1.attn.hook_pattern", force)]):
+        scores = induction_scores(model, tokens, N)
+    assert scores.shape == (2, 3)
+    torch.testing.assert_close(scores[1], torch.ones(3))
+    uniform = torch.ones(n_pos, n_pos).tril()
+    uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None].expand(2, 3, -1, -1)
+    want = sum(1.0 / (q + 1) for q in range(1 + N, 1 + 2 * N)) / N
+    torch.testing.assert_close(induction_stripe(uniform, N, offset=1), torch.full((3,), want))
+
+
+def test_repeated_half_losses_split_the_positions_by_hand() -> None:
+    model = _model()
+    tokens = repeated_random_tokens(N, batch=3, vocab=40, bos=0, seed=2)
+    first, second = repeated_half_losses(model, tokens, N)
+    logp = model(tokens).log_softmax(-1)
+    nll = -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]: position t predicts t + 1
+    # first half: predicting tokens 2..N of the first copy; second: tokens 2..N of the repeat
+    assert first == pytest.approx(nll[:, 1:N].mean().item(), rel=1e-5)
+    assert second == pytest.approx(nll[:, 1 + N:].mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="positions"):
+        induction_scores(model, tokens[:, :-1], N)
+
+
+def test_agrees_with_the_analysis_head_detector() -> None:
+    from hookscope.analysis.head_detection import induction_scores as detector_scores
+
+    model = _model()
+    tokens = repeated_random_tokens(N, batch=3, vocab=40, bos=0, seed=5)
+    torch.testing.assert_close(induction_scores(model, tokens, N), detector_scores(model, tokens, N)["induction"])
