@@ -155,6 +155,20 @@ def test_left_padded_text_equals_each_prompt_alone() -> None:
     torch.testing.assert_close(batched[1, -3:], alone[0], **FP32)
 
 
+def test_left_padded_tokens_with_bos_equal_to_pad_equal_each_prompt_alone() -> None:
+    """GPT-2 style: BOS and PAD are one id, so the BOS after the padding must stay unmasked."""
+    _, model = hf_and_compat("gpt2")
+    model.tokenizer.pad_token = model.tokenizer.bos_token
+    model.tokenizer.padding_side = "left"
+    prompts = ["w1 w2 w3 w4", "w5 w6"]
+    tokens = model.to_tokens(prompts)
+    assert tokens[1, 2].item() == model.tokenizer.bos_token_id == model.tokenizer.pad_token_id
+    with torch.no_grad():
+        batched = model(tokens)
+        alone = model(prompts[1])
+    torch.testing.assert_close(batched[1, -3:], alone[0], **FP32)
+
+
 def test_kv_cache_forward_equals_full_forward() -> None:
     _, model = hf_and_compat("gpt2")
     x = random_tokens(2, 9)

@@ -19,6 +19,7 @@ import torch
 
 import hookscope
 from hookscope.audio import load_audio, log_mel
+from hookscope.generation.whisper_decode import default_prompt
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 CLIPS = sorted(FIXTURES.glob("speech_*.wav"))
@@ -127,3 +128,16 @@ def test_truncated_model_bin_is_a_clear_error(tmp_path: Path) -> None:
         CTranslate2Error, match=r"is truncated: reading the data of 'decoder/embeddings/weight'"
     ):
         hookscope.convert.ctranslate2.ctranslate2_source(broken)
+
+
+def test_transcribe_cache_equals_a_teacher_forced_run_on_real_speech(model: torch.nn.Module) -> None:
+    names = ["decoder.3.hook_resid_post", "decoder.0.cross_attn.hook_pattern", "encoder.3.hook_resid_post"]
+    text, cache = model.transcribe(str(CLIPS[0]), return_cache=names)
+    assert text == model.transcribe(str(CLIPS[0]))
+    features = log_mel(load_audio(str(CLIPS[0])), model.cfg.n_mels)[None]
+    prompt = default_prompt(model)
+    tokens = model.generate(features, 60, prompt=prompt)
+    _, full = model.run_with_cache(features, tokens, names_filter=names)
+    assert cache["decoder.3.hook_resid_post"].shape[1] == tokens.shape[1]
+    for name in names:
+        torch.testing.assert_close(cache[name], full[name], atol=1e-5, rtol=1e-5)
