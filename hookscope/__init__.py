@@ -76,6 +76,10 @@ _EXPORTS: dict[str, str] = {
     "SVDInterpreter": "hookscope.analysis.svd_interpreter",
     "test_prompt": "hookscope.analysis.prompt_report",
     "DiT": "hookscope.models.dit",
+    "SAE": "hookscope.sae.sae",
+    "SAEConfig": "hookscope.sae.config",
+    "SAETrainingConfig": "hookscope.sae.train",
+    "train_sae": "hookscope.sae.train",
     "DiTConfig": "hookscope.models.dit_config",
     "at_calls": "hookscope.hooks",
     "at_steps": "hookscope.hooks",
@@ -178,6 +182,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookscope.models.whisper import Whisper
     from hookscope.models.whisper_config import WhisperConfig
     from hookscope.names import get_act_name
+    from hookscope.sae.config import SAEConfig
+    from hookscope.sae.sae import SAE
+    from hookscope.sae.train import SAETrainingConfig, train_sae
     from hookscope.tokenizers import ByteLevelBPE, WordPiece
     from hookscope.training import TrainingConfig, tokenize_and_concatenate, train
     from hookscope.viz.vision_plot import save_attention_overlay

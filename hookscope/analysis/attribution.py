@@ -83,6 +83,7 @@ def attribution_patch(
     activations: Sequence[str] = DEFAULT_ACTIVATIONS,
     *,
     names_filter: NamesFilter = None,
+    logits_to_keep: int | None = None,
 ) -> AttributionResult:
     """``(clean - corrupted) * grad(metric at corrupted)`` for every activation, summed over the batch.
 
@@ -92,13 +93,16 @@ def attribution_patch(
         metric: logits ``[batch, ...]`` -> a differentiable scalar.
         activations: short names (``resid_pre``, ``z``, ``pattern``...) taken at every layer.
         names_filter: explicit hook names instead (any hook, e.g. ``hook_embed`` or encoder names).
+        logits_to_keep: native decoders: unembed only the last this many positions in both runs (for a
+            metric that reads only those; it then receives ``[batch, logits_to_keep, d_vocab]``).
     """
     names = _names(model, activations, names_filter)
+    kwargs = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
     with torch.no_grad():
         if isinstance(clean_input, dict):
-            clean_out, clean_cache = model.run_with_cache(**clean_input, names_filter=names)
+            clean_out, clean_cache = model.run_with_cache(**clean_input, names_filter=names, **kwargs)
         else:
-            clean_out, clean_cache = model.run_with_cache(clean_input, names_filter=names)
+            clean_out, clean_cache = model.run_with_cache(clean_input, names_filter=names, **kwargs)
         clean_metric = float(metric(output_logits(clean_out)))
     acts: dict[str, torch.Tensor] = {}
 
@@ -109,7 +113,7 @@ def attribution_patch(
         return act
 
     with torch.enable_grad(), model.hooks([(n, keep) for n in names]):
-        value = metric(output_logits(call_model(model, corrupted_input)))
+        value = metric(output_logits(call_model(model, corrupted_input, **kwargs)))
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise ValueError("the metric must return a scalar tensor (attribution patching differentiates it)")
         order = [n for n in names if n in acts]

@@ -131,11 +131,11 @@ def detect_head(
         raise ValueError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
     if isinstance(detection_pattern, str) and detection_pattern not in _BUILDERS:
         raise ValueError(f"detection_pattern must be a tensor or one of {HEAD_NAMES}, got {detection_pattern!r}")
+    opts = dict(exclude_bos=exclude_bos, exclude_current_token=exclude_current_token, error_measure=error_measure)
     if isinstance(seq, list):
         if cache is not None:
             raise ValueError("a cache goes with a single sequence, not a list")
-        opts = dict(exclude_bos=exclude_bos, exclude_current_token=exclude_current_token, error_measure=error_measure)
-        return torch.stack([detect_head(model, s, detection_pattern, heads, **opts) for s in seq]).mean(0)
+        return _detect_many(model, seq, detection_pattern, heads, opts)
     tokens = _tokens(model, seq)
     n = tokens.shape[-1]
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
@@ -152,6 +152,20 @@ def detect_head(
         patterns, detection, exclude_bos=exclude_bos, exclude_current_token=exclude_current_token,
         error_measure=error_measure)
     return _select(scores, heads)
+
+
+def _detect_many(model: Any, seqs: list[str], detection_pattern: Any, heads: Any, opts: dict) -> torch.Tensor:
+    """The mean score over several sequences; sequences of one length share a single batched run."""
+    token_lists = [_tokens(model, s) for s in seqs]
+    if len({t.shape[-1] for t in token_lists}) != 1:
+        return torch.stack([detect_head(model, s, detection_pattern, heads, **opts) for s in seqs]).mean(0)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.cat(token_lists), names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    scores = []
+    for i, tokens in enumerate(token_lists):
+        one = {name: cache[name][i:i + 1] for name in cache}
+        scores.append(detect_head(model, tokens[0], detection_pattern, heads, one, **opts))
+    return torch.stack(scores).mean(0)
 
 
 def _select(scores: torch.Tensor, heads: Any) -> torch.Tensor:

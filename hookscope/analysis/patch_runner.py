@@ -94,6 +94,8 @@ class PatchRunner:
         self, model: Any, inputs: Any, metric: Callable[[torch.Tensor], Any], *, batch_size: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET, logits_to_keep: int | None = None,
     ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of patched runs per forward, got {batch_size}")
         self.model, self.inputs, self.metric = model, inputs, metric
         self.kwargs: dict[str, Any] = {}
         if logits_to_keep is not None:
@@ -112,8 +114,6 @@ class PatchRunner:
         logits = output_logits(out)
         per_run = 4 * logits.numel() * logits.element_size() + self._resid_bytes(logits)
         self.chunk = batch_size or max(1, min(256, memory_budget // max(per_run, 1)))
-        if self.chunk < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
 
     def _resid_bytes(self, logits: torch.Tensor) -> int:
         """Rough bytes one run's forward holds besides its logits: a few dozen residual-sized tensors (no

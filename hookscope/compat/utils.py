@@ -128,8 +128,9 @@ def get_attention_mask(tokenizer: Any, tokens: torch.Tensor, prepend_bos: bool,
         pad = real.cumsum(-1) == 0
         mask[pad] = 0
         if prepend_bos and tokenizer.bos_token_id == tokenizer.pad_token_id:
-            first = pad.sum(-1).clamp(max=tokens.shape[-1] - 1)
-            mask[torch.arange(len(mask)), first] = 1
+            # the BOS is the last of the leading pad-id run (it was counted as padding above)
+            bos = (pad.sum(-1) - 1).clamp(min=0)
+            mask[torch.arange(len(mask)), bos] = 1
     return mask
 
 

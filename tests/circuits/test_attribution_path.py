@@ -165,3 +165,17 @@ def test_path_patching_equals_two_hand_written_runs() -> None:
     assert int(torch.isnan(some).sum()) == some.numel() - 2
     with pytest.raises(ValueError, match="receiver_input"):
         path_patch(model, clean, corrupted, metric, receivers, "x")  # type: ignore[arg-type]
+
+
+def test_attribution_with_logits_to_keep_equals_full_logits() -> None:
+    model = hookscope.load(random_hf_model("gpt2", torch.float64), dtype=torch.float64)
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, -1, 5] - logits[:, -1, 7]).mean()
+
+    full = attribution_patch(model, clean, corrupted, metric, activations=("resid_pre", "z"))
+    last = attribution_patch(model, clean, corrupted, metric, activations=("resid_pre", "z"), logits_to_keep=1)
+    for name in ("resid_pre", "z"):
+        torch.testing.assert_close(last.grid(name), full.grid(name), **EXACT)
+    assert last.clean_metric == pytest.approx(full.clean_metric, abs=1e-12)

@@ -115,3 +115,15 @@ def test_bad_inputs_raise_clearly() -> None:
         H.detect_head(model, TOKENS, torch.ones(10, 10))
     with pytest.raises(ValueError, match="error_measure"):
         H.detect_head(model, TOKENS, "induction_head", error_measure="sq")  # type: ignore[arg-type]
+
+
+def test_a_list_of_sequences_is_scored_in_one_batch_as_the_mean_of_each() -> None:
+    model = hookscope.load(random_hf_model("llama", torch.float64), dtype=torch.float64)
+    seqs = [torch.tensor([1, 9, 17, 23, 9, 17, 23, 40]), torch.tensor([1, 5, 6, 5, 6, 5, 6, 7]),
+            torch.tensor([1, 50, 51, 52, 50, 51, 52, 53])]
+    opts = dict(exclude_bos=True, error_measure="abs")
+    together = H.detect_head(model, seqs, "induction_head", **opts)
+    alone = torch.stack([H.detect_head(model, s, "induction_head", **opts) for s in seqs]).mean(0)
+    torch.testing.assert_close(together, alone, atol=1e-12, rtol=0)
+    mixed = H.detect_head(model, [*seqs, torch.tensor([1, 2, 3, 2, 3])], "previous_token_head")
+    assert mixed.shape == (3, 4)

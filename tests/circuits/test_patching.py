@@ -128,6 +128,8 @@ def test_unknown_activation_and_missing_cache_entries_raise_clearly() -> None:
     with pytest.raises(KeyError, match="resid_pree"):
         P.generic_activation_patch(model, corrupted, cache, logit_diff, P.layer_pos_patch_setter, "resid_pree",
                                    index_axis_names=("layer", "pos"))
+    with pytest.raises(ValueError, match="batch_size"):
+        P.get_act_patch_resid_pre(model, corrupted, cache, logit_diff, batch_size=0)
     _, small = model.run_with_cache(corrupted, names_filter="blocks.0.hook_resid_pre")
     with pytest.raises(KeyError, match="lacks"):
         P.get_act_patch_resid_pre(model, corrupted, small, logit_diff)
@@ -171,3 +173,47 @@ def test_t5_encoder_patching_and_attribution_with_keyword_inputs() -> None:
     attr = attribution_patch(model, clean, corrupted, metric, names_filter=lambda n: n.startswith("encoder.")
                              and n.endswith("hook_resid_pre"))
     assert set(attr.scores) == {f"encoder.{i}.hook_resid_pre" for i in range(got.shape[0])}
+
+
+def test_every_tl_helper_returns_its_documented_shape() -> None:
+    model, _, corrupted, cache, _ = setup("gpt2")  # 3 layers, 4 heads, 6 positions
+    by_pos = P.get_act_patch_attn_head_by_pos_every(model, corrupted, cache, logit_diff)
+    assert by_pos.shape == (5, 3, 6, 4)
+    dest_src = P.get_act_patch_attn_head_pattern_dest_src_pos(model, corrupted, cache, logit_diff)
+    assert dest_src.shape == (3, 4, 6, 6)
+    want = by_hand(model, corrupted, cache, "blocks.1.attn.hook_pattern", (slice(None), 2, 4, 1))
+    torch.testing.assert_close(dest_src[1, 2, 4, 1].item(), want, **EXACT)
+    for fn in (P.get_act_patch_attn_head_q_by_pos, P.get_act_patch_attn_head_v_by_pos):
+        assert fn(model, corrupted, cache, logit_diff).shape == (3, 6, 4)
+    for fn in (P.get_act_patch_attn_head_q_all_pos, P.get_act_patch_attn_head_v_all_pos,
+               P.get_act_patch_attn_head_pattern_all_pos):
+        assert fn(model, corrupted, cache, logit_diff).shape == (3, 4)
+
+
+def test_bert_mlm_patching_and_head_detection_refusal() -> None:
+    from hookscope.analysis.head_detection import detect_head
+    from tests.equivalence.bert_configs import random_hf_model as random_bert
+
+    model = hookscope.load(random_bert("BertForMaskedLM", torch.float64), dtype=torch.float64)
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 3, 5].mean()
+
+    got = P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric)
+    assert got.shape == (3, 6, 4)
+    want = by_hand_metric(model, corrupted, cache, "blocks.2.attn.hook_z", (slice(None), 4, 1), metric)
+    torch.testing.assert_close(got[2, 4, 1].item(), want, **EXACT)
+    with pytest.raises(ValueError, match="later positions"):  # bidirectional: "abs" compares causal patterns
+        detect_head(model, clean[0], "previous_token_head", error_measure="abs")
+
+
+def by_hand_metric(model, corrupted, clean_cache, hook_name: str, where, metric) -> float:
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:
+        act = act.clone()
+        act[where] = clean_cache[hook_name][where]
+        return act
+
+    with torch.no_grad():
+        return float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(hook_name, hook)])))

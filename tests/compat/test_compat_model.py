@@ -155,6 +155,20 @@ def test_left_padded_text_equals_each_prompt_alone() -> None:
     torch.testing.assert_close(batched[1, -3:], alone[0], **FP32)
 
 
+def test_left_padded_tokens_with_bos_equal_to_pad_equal_each_prompt_alone() -> None:
+    """GPT-2 style: BOS and PAD are one id, so the BOS after the padding must stay unmasked."""
+    _, model = hf_and_compat("gpt2")
+    model.tokenizer.pad_token = model.tokenizer.bos_token
+    model.tokenizer.padding_side = "left"
+    prompts = ["w1 w2 w3 w4", "w5 w6"]
+    tokens = model.to_tokens(prompts)
+    assert tokens[1, 2].item() == model.tokenizer.bos_token_id == model.tokenizer.pad_token_id
+    with torch.no_grad():
+        batched = model(tokens)
+        alone = model(prompts[1])
+    torch.testing.assert_close(batched[1, -3:], alone[0], **FP32)
+
+
 def test_kv_cache_forward_equals_full_forward() -> None:
     _, model = hf_and_compat("gpt2")
     x = random_tokens(2, 9)
@@ -181,8 +195,12 @@ def test_generate_greedy_matches_an_argmax_loop() -> None:
     assert torch.equal(out, seq)
     text = model.generate("w1 w2 w3", max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
     assert isinstance(text, str) and text == model.to_string(seq[0])
-    with pytest.raises(NotImplementedError, match="freq_penalty"):
-        model.generate("w1", max_new_tokens=1, freq_penalty=1.0, verbose=False)
+    penalised = model.generate(prompt, max_new_tokens=40, do_sample=True, freq_penalty=1e4, stop_at_eos=False,
+                               verbose=False, seed=0)
+    assert len(set(penalised[0].tolist())) == penalised.shape[1]  # every token present is pushed down by 1e4
+    greedy = model.generate(prompt, max_new_tokens=4, do_sample=False, freq_penalty=1e4, stop_at_eos=False,
+                            verbose=False)
+    assert torch.equal(greedy, seq)  # as TL: the penalty is part of sampling only
 
 
 def test_weight_views() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(script: str, *args: str) -> str:
+    # the examples import this checkout's hookscope, not whatever copy is installed
+    path = os.pathsep.join(p for p in (str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")) if p)
     out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env={**os.environ, "PYTHONPATH": path})
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
