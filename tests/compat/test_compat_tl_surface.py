@@ -1,0 +1,100 @@
+"""The parts of TransformerLens's module surface that TL code imports by name: ``head_detector``'s constants,
+``utils``' small helpers (initialisers checked against torch's own initialisers in torch's layout)."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hookscope.compat import head_detector, utils
+
+
+def test_head_detector_exposes_tl_names() -> None:
+    assert head_detector.HEAD_NAMES == ("previous_token_head", "duplicate_token_head", "induction_head")
+    assert set(typing.get_args(head_detector.ErrorMeasure)) == {"abs", "mul"}
+    assert set(typing.get_args(head_detector.HeadName)) == set(head_detector.HEAD_NAMES)
+    assert head_detector.get_supported_heads() == head_detector.HEAD_NAMES
+    assert "%s" in head_detector.INVALID_HEAD_NAME_ERR and "%d" in head_detector.DET_PAT_NOT_SQUARE_ERR
+    assert head_detector.is_lower_triangular(torch.eye(3))
+
+
+@pytest.mark.parametrize("x, square, lower", [
+    (torch.ones(3, 3), True, False), (torch.ones(3, 3).tril(), True, True), (torch.zeros(1, 1), True, True),
+    (torch.ones(3, 3).triu().T, True, True), (torch.ones(2, 3).tril(), False, False), (torch.tensor(2.0), False, False),
+    (torch.zeros(2), False, False), (torch.tensor([]), False, False), (torch.ones(2, 2, 2), False, False),
+])
+def test_is_square_and_is_lower_triangular(x: torch.Tensor, square: bool, lower: bool) -> None:
+    assert utils.is_square(x) is square
+    assert utils.is_lower_triangular(x) is lower
+
+
+def test_fan_in_and_fan_out_in_tl_layout() -> None:
+    assert utils.calc_fan_in_and_fan_out(torch.empty(7)) == (1, 7)
+    assert utils.calc_fan_in_and_fan_out(torch.empty(5, 9)) == (5, 9)  # [d_in, d_out]
+    assert utils.calc_fan_in_and_fan_out(torch.empty(4, 6, 3)) == (6, 12)  # [n_heads, d_model, d_head]
+    for bad in (torch.tensor(1.0), torch.empty(2, 2, 2, 2)):
+        with pytest.raises(ValueError, match="fan in and fan out"):
+            utils.calc_fan_in_and_fan_out(bad)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (4, 6, 3)])
+@pytest.mark.parametrize("kind", ["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"])
+def test_initialisers_match_torch_in_torch_layout(shape: tuple[int, ...], kind: str) -> None:
+    # TL's [d_in, d_out] / [n_heads, d_model, d_head] is torch's [d_out, d_in] / [n_heads * d_head, d_model]:
+    # same fans, same number of draws in the same order, so the same seed gives the same numbers
+    torch_shape = (shape[1], shape[0]) if len(shape) == 2 else (shape[0] * shape[2], shape[1])
+    extra = {} if kind.startswith("xavier") else dict(a=0.1, nonlinearity="leaky_relu")
+    torch.manual_seed(3)
+    ours = getattr(utils, f"init_{kind}_")(torch.empty(shape), **extra)
+    torch.manual_seed(3)
+    ref = getattr(nn.init, f"{kind}_")(torch.empty(torch_shape), **extra)
+    torch.testing.assert_close(ours.flatten(), ref.flatten(), atol=1e-6, rtol=1e-6)
+
+
+def test_initialiser_gain_mode_and_in_place() -> None:
+    w = torch.empty(400, 300)
+    out = utils.init_kaiming_normal_(w, nonlinearity="linear", gain=2.0, mode="fan_out")
+    assert out is w
+    assert abs(w.std().item() - 2.0 / 300 ** 0.5) < 0.01 * 2.0 / 300 ** 0.5 * 5
+    utils.init_xavier_uniform_(w, gain=0.5)
+    assert w.abs().max().item() <= 0.5 * (6 / 700) ** 0.5
+    with pytest.raises(ValueError, match="mode"):
+        utils.init_kaiming_uniform_(w, mode="fan_sideways")
+
+
+def test_small_tl_helpers() -> None:
+    x = torch.randn(2, 3, 4, 5)
+    assert torch.equal(utils.transpose(x), x.permute(0, 1, 3, 2))
+    assert utils.override_or_use_default_value(True, override=False) is False
+    assert utils.override_or_use_default_value(False) is False and utils.override_or_use_default_value(1, None) == 1
+    assert utils.is_library_available("torch") and utils.is_library_available("sys")
+    assert not utils.is_library_available("no_such_module_for_hookscope_tests")
+    with pytest.raises(TypeError, match="cannot read the parameters"):
+        utils.select_compatible_kwargs({"dim": 0}, torch.cumsum)
+    assert utils.select_compatible_kwargs({"a": 1, "b": 2}, lambda a, c=0: a) == {"a": 1}
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert utils.get_offset_position_ids(0, mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert utils.get_offset_position_ids(3, mask).tolist() == [[1, 2], [3, 4]]
+    t = torch.tensor([[1, 2, 3]])
+    assert utils.get_cumsum_along_dim(t, 1).tolist() == [[1, 3, 6]]
+    assert utils.get_cumsum_along_dim(t, 1, reverse=True).tolist() == [[6, 5, 3]]
+    r = torch.randn(2, 3, 4)
+    rep = utils.repeat_along_head_dimension(r, 5)
+    assert rep.shape == (2, 3, 5, 4) and all(torch.equal(rep[:, :, h], r) for h in range(5))
+    rep[0, 0, 0, 0] = 100.0
+    assert r[0, 0, 0] != 100.0  # a copy, not a view of r
+
+
+def test_nested_attrs_and_activation_table() -> None:
+    m = nn.Sequential(nn.Linear(2, 2))
+    assert utils.get_nested_attr(m, "0.weight") is m[0].weight
+    utils.set_nested_attr(m, "0.bias", None)
+    assert m[0].bias is None
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(utils.ACTIVATION_FN_DICT["solu_ln"](x), x * x.softmax(-1))
+    torch.testing.assert_close(utils.ACTIVATION_FN_DICT["gelu_pytorch_tanh"](x), F.gelu(x, approximate="tanh"))
+    assert utils.ACTIVATION_FN_DICT["relu"] is F.relu and utils.ACTIVATION_FN_DICT["silu"] is F.silu
