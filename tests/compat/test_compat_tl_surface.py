@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hookscope
+from hookscope.analysis.svd_interpreter import SVDInterpreter
 from hookscope.compat import head_detector, utils
+from hookscope.errors import InputCheckError, ShapeMismatchError
+from hookscope.factored_matrix import FactoredMatrix
+from tests.equivalence.decoder_configs import random_hf_model
 
 
 def test_head_detector_exposes_tl_names() -> None:
@@ -98,3 +103,35 @@ def test_nested_attrs_and_activation_table() -> None:
     torch.testing.assert_close(utils.ACTIVATION_FN_DICT["solu_ln"](x), x * x.softmax(-1))
     torch.testing.assert_close(utils.ACTIVATION_FN_DICT["gelu_pytorch_tanh"](x), F.gelu(x, approximate="tanh"))
     assert utils.ACTIVATION_FN_DICT["relu"] is F.relu and utils.ACTIVATION_FN_DICT["silu"] is F.silu
+
+
+def test_tl_asserted_checks_raise_errors_catchable_as_both_types() -> None:
+    fm = FactoredMatrix(torch.randn(3, 4), torch.randn(4, 6))
+    bad = [lambda: fm @ torch.randn(5, 6), lambda: torch.randn(2, 5) @ fm, lambda: fm * torch.ones(2),
+           lambda: fm.BA, lambda: fm.eigenvalues, lambda: fm @ FactoredMatrix(torch.randn(5, 2), torch.randn(2, 2))]
+    for make in bad:
+        for kind in (ValueError, AssertionError, InputCheckError):
+            with pytest.raises(kind):
+                make()
+    for kind in (ValueError, RuntimeError, ShapeMismatchError):
+        with pytest.raises(kind, match=r"[Mm]ismatch"):
+            FactoredMatrix(torch.ones(9, 5, 3), torch.ones(2, 4, 3, 7))
+        with pytest.raises(kind):
+            FactoredMatrix(torch.randn(2, 3, 4), torch.randn(2, 4, 6)) @ torch.randn(4, 6, 7)
+
+    model = hookscope.load(random_hf_model("gpt2", torch.float32))
+    svd = SVDInterpreter(model)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    with pytest.raises(AssertionError, match=f"Layer index must be between 0 and {n_layers - 1} but got {n_layers}"):
+        svd.get_singular_vectors("w_in", layer_index=n_layers)
+    with pytest.raises(AssertionError, match="Head index optional only for w_in and w_out, got OV"):
+        svd.get_singular_vectors("OV", layer_index=0)
+    with pytest.raises(ValueError, match=f"Head index must be between 0 and {n_heads - 1}"):
+        svd.get_singular_vectors("OV", layer_index=0, head_index=n_heads)
+    tokens = torch.arange(1, 7)
+    with pytest.raises(AssertionError, match="lower triangular"):
+        head_detector.detect_head(model, tokens, torch.ones(6, 6))
+    with pytest.raises(AssertionError, match="the sequence must have"):
+        head_detector.detect_head(model, tokens[:1], "previous_token_head")
+    with pytest.raises(AssertionError, match="error_measure"):
+        head_detector.detect_head(model, tokens, "previous_token_head", error_measure="max")
