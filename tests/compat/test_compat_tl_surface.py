@@ -12,9 +12,11 @@ from torch import nn
 
 import hookscope
 from hookscope.analysis.svd_interpreter import SVDInterpreter
-from hookscope.compat import head_detector, utils
-from hookscope.errors import InputCheckError, ShapeMismatchError
+from hookscope.compat import HookedTransformer, head_detector, utils
+from hookscope.compat import loading_from_pretrained as loading
+from hookscope.errors import ConversionError, InputCheckError, ShapeMismatchError
 from hookscope.factored_matrix import FactoredMatrix
+from tests.compat.helpers import word_tokenizer
 from tests.equivalence.decoder_configs import random_hf_model
 
 
@@ -135,3 +137,58 @@ def test_tl_asserted_checks_raise_errors_catchable_as_both_types() -> None:
         head_detector.detect_head(model, tokens[:1], "previous_token_head")
     with pytest.raises(AssertionError, match="error_measure"):
         head_detector.detect_head(model, tokens, "previous_token_head", error_measure="max")
+
+
+@pytest.mark.parametrize("arch, name", [("gpt2", "gpt2-small"), ("llama", "Llama-3.2-1B"), ("neox", "pythia-70m")])
+def test_pretrained_model_config_equals_the_loaded_models_cfg(arch: str, name: str, tmp_path) -> None:
+    hf = random_hf_model(arch)
+    model = HookedTransformer.from_pretrained_no_processing(name, hf_model=hf, tokenizer=word_tokenizer(),
+                                                            device="cpu")
+    hf.config.save_pretrained(tmp_path)
+    from_folder = loading.get_pretrained_model_config(str(tmp_path), device="cpu")
+    from_dict = loading.get_pretrained_model_config(name, hf_cfg=hf.config.to_dict(), device="cpu")
+    skip = {"model_name", "tokenizer_name", "init_weights", "n_params", "tokenizer_prepends_bos"}  # tokenizer-made
+    want = {k: v for k, v in model.cfg.to_dict().items() if k not in skip}
+    for cfg in (from_folder, from_dict):
+        assert {k: v for k, v in cfg.to_dict().items() if k not in skip} == want
+        assert cfg.init_weights is False
+    assert from_dict.model_name == model.cfg.model_name and from_dict.tokenizer_name == model.cfg.tokenizer_name
+    folded = loading.get_pretrained_model_config(name, hf_cfg=hf.config.to_dict(), fold_ln=True,
+                                                 first_n_layers=1, n_ctx=7)
+    assert folded.normalization_type == model.cfg.normalization_type + "Pre"
+    assert (folded.n_layers, folded.n_ctx, folded.d_model) == (1, 7, model.cfg.d_model)
+    basic = loading.get_basic_config(name, hf_cfg=hf.config.to_dict())
+    assert (basic.d_model, basic.n_layers, basic.d_vocab, basic.layer_norm_eps, basic.init_range) == (
+        model.cfg.d_model, model.cfg.n_layers, model.cfg.d_vocab, model.cfg.eps, model.cfg.initializer_range)
+    assert loading.convert_hf_model_config(str(tmp_path))["d_head"] == model.cfg.d_head
+
+
+def test_pretrained_model_config_refuses_what_it_cannot_read() -> None:
+    bert = {"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32}
+    with pytest.raises(ConversionError, match="not supported natively"):
+        loading.get_pretrained_model_config("bert-tiny", hf_cfg=bert)
+    gpt2 = random_hf_model("gpt2").config.to_dict()
+    with pytest.raises(NotImplementedError, match="checkpoint"):
+        loading.get_pretrained_model_config("gpt2", hf_cfg=gpt2, checkpoint_index=3)
+    with pytest.raises(ValueError, match="first_n_layers"):
+        loading.get_pretrained_model_config("gpt2", hf_cfg=gpt2, first_n_layers=99)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        loading.get_pretrained_model_config("gpt2", hf_cfg=gpt2, trust_remote_code=True)
+    assert "gpt2" in loading.OFFICIAL_MODEL_NAMES and "gpt2-small" in loading.MODEL_ALIASES["gpt2"]
+
+
+def test_fill_missing_keys_adds_only_the_missing_entries(caplog: pytest.LogCaptureFixture) -> None:
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.W_in = nn.Parameter(torch.randn(2, 3))
+            self.b_in = nn.Parameter(torch.randn(3))
+
+    model = Tiny()
+    given = {"b_in": torch.zeros(3)}
+    with caplog.at_level("WARNING"):
+        out = loading.fill_missing_keys(model, given)
+    assert out is given and set(out) == {"W_in", "b_in"}
+    assert torch.equal(out["W_in"], model.W_in.detach()) and torch.equal(out["b_in"], torch.zeros(3))
+    assert "W_in" in caplog.text
