@@ -12,12 +12,12 @@ from torch import nn
 
 import hookscope
 from hookscope.analysis.svd_interpreter import SVDInterpreter
-from hookscope.compat import HookedTransformer, head_detector, utils
+from hookscope.compat import HookedTransformer, HookedTransformerKeyValueCache, head_detector, utils
 from hookscope.compat import loading_from_pretrained as loading
 from hookscope.errors import ConversionError, InputCheckError, ShapeMismatchError
 from hookscope.factored_matrix import FactoredMatrix
 from tests.compat.helpers import word_tokenizer
-from tests.equivalence.decoder_configs import random_hf_model
+from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
 
 def test_head_detector_exposes_tl_names() -> None:
@@ -192,3 +192,28 @@ def test_fill_missing_keys_adds_only_the_missing_entries(caplog: pytest.LogCaptu
     assert out is given and set(out) == {"W_in", "b_in"}
     assert torch.equal(out["W_in"], model.W_in.detach()) and torch.equal(out["b_in"], torch.zeros(3))
     assert "W_in" in caplog.text
+
+
+def test_kv_cache_entries_hold_each_layers_keys_and_values() -> None:
+    hf = random_hf_model("gpt2")
+    model = HookedTransformer.from_pretrained_no_processing("gpt2", hf_model=hf, tokenizer=word_tokenizer(),
+                                                            device="cpu")
+    x = random_tokens(2, 7)
+    kv = HookedTransformerKeyValueCache.init_cache(model.cfg, "cpu", batch_size=2)
+    assert [e.past_keys.shape for e in kv.entries] == [(2, 0, model.cfg.n_heads, model.cfg.d_head)] * model.cfg.n_layers
+    with torch.no_grad():
+        model(x[:, :5], past_kv_cache=kv)
+        model(x[:, 5:], past_kv_cache=kv)
+        _, cache = model.run_with_cache(x)
+    assert len(kv.entries) == model.cfg.n_layers
+    for layer, entry in enumerate(kv.entries):
+        torch.testing.assert_close(entry.past_keys, cache["k", layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(entry.past_values, cache["v", layer], atol=1e-5, rtol=1e-5)
+        keys, values = kv[layer]
+        assert keys is not None and torch.equal(values, entry.past_values)
+    kv.freeze()
+    with torch.no_grad():
+        model(x[:, :1], past_kv_cache=kv)
+    assert all(e.frozen and e.past_keys.shape[1] == 7 for e in kv.entries)
+    with pytest.raises(IndexError, match="out of range"):
+        kv[model.cfg.n_layers]
