@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hookscope.analysis.prompt_report import test_prompt
+from hookscope.analysis.prompt_report import prompt_report
 from hookscope.components.activations import ACTIVATIONS, gelu_fast, gelu_new
 from hookscope.factored_matrix import composition_scores
 from hookscope.names import get_act_name
@@ -272,3 +272,19 @@ def set_nested_attr(obj: Any, attr_str: str, value: Any) -> None:
     """Set ``obj.a.b.c = value`` for ``attr_str="a.b.c"``."""
     *path, last = attr_str.split(".")
     setattr(get_nested_attr(obj, ".".join(path)) if path else obj, last, value)
+
+
+def test_prompt(prompt: str, answer: str | list[str], model: Any, prepend_space_to_answer: bool = True,
+                print_details: bool = True, prepend_bos: bool | None = None, top_k: int = 10) -> None:
+    """TL's ``test_prompt``: print how the model ranks the answer tokens after the prompt, with TL's calls
+    (``print("Tokenized prompt:", str_tokens)`` then ``print("Tokenized answer:", str_tokens)``, then the
+    report of :func:`hookscope.analysis.prompt_report.prompt_report`). A list of answers is reported one
+    answer after the other."""
+    for report in prompt_report(prompt, answer, model, prepend_space_to_answer, print_details, prepend_bos, top_k):
+        if print_details:
+            print("Tokenized prompt:", report.prompt_str_tokens)  # noqa: T201  (TL's output, call by call)
+            print("Tokenized answer:", report.answer_str_tokens)  # noqa: T201
+        print(report.body)  # noqa: T201
+
+
+test_prompt.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name

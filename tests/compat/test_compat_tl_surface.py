@@ -217,3 +217,17 @@ def test_kv_cache_entries_hold_each_layers_keys_and_values() -> None:
     assert all(e.frozen and e.past_keys.shape[1] == 7 for e in kv.entries)
     with pytest.raises(IndexError, match="out of range"):
         kv[model.cfg.n_layers]
+
+
+def test_test_prompt_prints_tokenisation_as_tl_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = HookedTransformer.from_pretrained_no_processing("gpt2", hf_model=random_hf_model("gpt2"),
+                                                            tokenizer=word_tokenizer(), device="cpu")
+    calls: list[tuple] = []
+    monkeypatch.setattr("builtins.print", lambda *args, **kw: calls.append(args))
+    utils.test_prompt("w1 w2 w5", "w3 w4", model)
+    assert calls[0] == ("Tokenized prompt:", model.to_str_tokens("w1 w2 w5"))
+    assert calls[1] == ("Tokenized answer:", model.to_str_tokens(" w3 w4", prepend_bos=False))
+    assert len(calls) == 3 and calls[2][0].endswith("]") and "Ranks of the answer tokens" in calls[2][0]
+    calls.clear()
+    utils.test_prompt("w1 w2 w5", "w3", model, print_details=False)
+    assert len(calls) == 1 and calls[0][0].startswith("Ranks of the answer tokens: [('w3', ")
