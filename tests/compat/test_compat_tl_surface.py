@@ -12,7 +12,13 @@ from torch import nn
 
 import hookscope
 from hookscope.analysis.svd_interpreter import SVDInterpreter
-from hookscope.compat import HookedTransformer, HookedTransformerKeyValueCache, head_detector, utils
+from hookscope.compat import (
+    HookedTransformer,
+    HookedTransformerConfig,
+    HookedTransformerKeyValueCache,
+    head_detector,
+    utils,
+)
 from hookscope.compat import loading_from_pretrained as loading
 from hookscope.errors import ConversionError, InputCheckError, ShapeMismatchError
 from hookscope.factored_matrix import FactoredMatrix
@@ -231,3 +237,18 @@ def test_test_prompt_prints_tokenisation_as_tl_calls(monkeypatch: pytest.MonkeyP
     calls.clear()
     utils.test_prompt("w1 w2 w5", "w3", model, print_details=False)
     assert len(calls) == 1 and calls[0][0].startswith("Ranks of the answer tokens: [('w3', ")
+
+
+def test_d_vocab_comes_from_the_tokenizer_named_in_the_config(tmp_path) -> None:
+    tokenizer = word_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    sizes = dict(n_layers=1, d_mlp=10, d_model=10, d_head=5, n_heads=2, n_ctx=20, act_fn="relu")
+    by_name = HookedTransformer(HookedTransformerConfig(**sizes, tokenizer_name=str(tmp_path)))
+    given = HookedTransformer(HookedTransformerConfig(**sizes), tokenizer=tokenizer)
+    want = max(tokenizer.get_vocab().values()) + 1
+    for model in (by_name, given):
+        assert model.cfg.d_vocab == model.cfg.d_vocab_out == want
+        assert model.W_E.shape == (want, 10) and model.W_U.shape == (10, want)
+    assert by_name.to_str_tokens("w1 w2", prepend_bos=False) == ["w1", "w2"]
+    out_set = HookedTransformer(HookedTransformerConfig(**sizes, d_vocab_out=7), tokenizer=tokenizer)
+    assert (out_set.cfg.d_vocab, out_set.cfg.d_vocab_out) == (want, 7)
