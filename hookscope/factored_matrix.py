@@ -38,7 +38,7 @@ def _check_leading(left: torch.Size, right: torch.Size) -> None:
         torch.broadcast_shapes(left[:-2], right[:-2])
     except RuntimeError as err:
         raise ShapeMismatchError(
-            f"leading dimensions mismatch (they do not broadcast): {tuple(left)} @ {tuple(right)}") from err
+            f"Shape mismatch: the leading dimensions do not broadcast: {tuple(left)} @ {tuple(right)}") from err
 
 
 class FactoredMatrix:
@@ -63,7 +63,7 @@ class FactoredMatrix:
             leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         except RuntimeError as err:
             raise ShapeMismatchError(
-                f"leading dimensions mismatch (they do not broadcast): A {tuple(A.shape)}, B {tuple(B.shape)}"
+                f"Shape mismatch: the leading dimensions do not broadcast: A {tuple(A.shape)}, B {tuple(B.shape)}"
             ) from err
         self.shape = torch.Size((*leading, self.ldim, self.rdim))
         self.has_leading_dims = A.ndim > 2 or B.ndim > 2

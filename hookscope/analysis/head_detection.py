@@ -145,7 +145,7 @@ def detect_head(
         raise InputCheckError(f"the sequence must have 2 to {n_ctx} tokens, got {n}")
     detection = _BUILDERS[detection_pattern](tokens) if isinstance(detection_pattern, str) else detection_pattern
     if detection.shape != (n, n) or bool((torch.triu(detection, diagonal=1) != 0).any()):
-        raise InputCheckError(f"the detection pattern must be lower triangular of shape ({n}, {n}), "
+        raise InputCheckError(f"The detection pattern must be a lower triangular matrix of shape ({n}, {n}), "
                          f"got {tuple(detection.shape)}")
     if error_measure == "mul" and not set(detection.unique().tolist()) <= {0.0, 1.0}:
         logger.warning("detection pattern has values other than 0 and 1 with error_measure='mul'")
