@@ -1,13 +1,13 @@
 """Greedy generation speed against HF ``generate`` and against this machine's memory-bandwidth floor.
 
-Run: ``python benchmarks/bench_generate.py [--models llama16m,gpt2,smollm2] [--compile] [--json] [--quick]``.
+Run: ``python benchmarks/bench_generate.py [--models llama16m,gpt2,smollm2] [--no-compile] [--cpu-time] [--json]``.
 Models: ``llama16m`` (random Llama: 6 layers, width 384, 6 heads / 2 KV heads, SwiGLU 1024, vocab 8192,
 untied: per-step overhead matters), ``gpt2`` (GPT-2 small shape, random), ``smollm2`` (the packaged
 SmolLM2-135M; HF side ``model.to_hf()``), ``narrow`` (12-layer width-64 GPT-2). Both sides decode ``--new``
 tokens greedily with no EOS from a ``--prompt``-token prompt with a KV cache; HF uses sdpa attention.
 Reported per batch: tokens/s (median of interleaved repeats), the ratio to HF, the fraction of the floor, and
-the cost of caching every ``hook_resid_post`` each step. With ``--compile``, ``generate(compile=True)`` too
-(its one-off compile time is printed). Outputs are checked equal to HF's (fp32).
+the cost of caching every ``hook_resid_post`` each step, and ``generate(compile=True)`` (its one-off compile
+time printed; ``--no-compile`` skips it). Outputs are checked equal to HF's (fp32).
 
 The floor: a decode step must read every weight matrix once (the embedding table only by row) plus the KV
 cache. The script measures, in the same process and thread setting, the bandwidth of a matrix-vector
@@ -140,8 +140,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--compile", action="store_true", help="also time generate(compile=True)")
-    parser.add_argument("--quick", action="store_true", help="llama16m only, batch 1, 3 repeats, with --compile")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time generate(compile=True) (default; --no-compile skips the minutes of compiling)")
+    parser.add_argument("--quick", action="store_true", help="llama16m only, batch 1, 3 repeats")
     parser.add_argument("--json", action="store_true", help="also print the table for run_all.py")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with this process's CPU time, not wall time (a shared machine; 1 thread)")
@@ -150,7 +151,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     kinds = ["smollm2"] if args.smollm2 else ["narrow"] if args.narrow else args.models.split(",")
     if args.quick:
-        kinds, args.batches, args.repeats, args.compile = ["llama16m"], "1", 3, True
+        kinds, args.batches, args.repeats = ["llama16m"], "1", 3
     dtype = getattr(torch, args.dtype)
     clock_name = "CPU time" if args.cpu_time else "wall time"
     print(f"greedy, prompt {args.prompt} + {args.new} new tokens, {args.dtype}, {clock_name}; {machine()}")
@@ -175,7 +176,7 @@ def main() -> None:
         print("CUDA graphs: skipped: no CUDA device" if not torch.cuda.is_available()
               else "CUDA graphs: run with --device cuda")
     if args.json:
-        flags = (" --compile" if args.compile else "") + (" --cpu-time" if args.cpu_time else "")
+        flags = ("" if args.compile else " --no-compile") + (" --cpu-time" if args.cpu_time else "")
         caption = (f"`python benchmarks/bench_generate.py{flags}`: greedy, "
                    f"prompt {args.prompt} + {args.new} new tokens, {args.dtype}, median of {args.repeats} "
                    f"interleaved runs, {clock_name}; floor = batch x bandwidth / bytes read per step; {machine()}")

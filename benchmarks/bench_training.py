@@ -7,6 +7,9 @@ Each side runs ``--warmup`` steps untimed, then ``--steps`` timed steps; the sid
 times and the median tokens/s of each is printed with the ratio hookscope / HF (above 1: hookscope is
 faster). hookscope's time includes everything ``train`` does per step (batch selection, collation, loss,
 logging, the progress bar switched off).
+
+Measured (shared 2-core CPU, 1 thread, defaults): HF 1879 tokens/s, hookscope 1888 tokens/s (1.00x);
+with ``--compile`` HF 1359, hookscope 875 (0.64x: compiling does not pay on this CPU for either side).
 """
 
 from __future__ import annotations

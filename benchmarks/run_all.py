@@ -1,6 +1,6 @@
 """Run every ``benchmarks/bench_*.py`` in its own process and rewrite README.md's performance tables.
 
-Usage: python benchmarks/run_all.py [--quick] [--only NAME ...] [--no-readme] [--timeout S]
+Usage: python benchmarks/run_all.py [--quick] [--only NAME ...] [--no-readme] [--timeout S] [--from-logs LOG ...]
 A script that accepts ``--quick`` gets it with ``--quick``; one that accepts ``--json`` prints its tables as a
 ``BENCH-JSON`` line (see report.py) and each table replaces the text between ``<!-- bench:NAME -->`` and
 ``<!-- /bench:NAME -->`` in README.md. Scripts without ``--json`` still run and print their usual output.
@@ -54,17 +54,20 @@ def run(script: Path, quick: bool, timeout: float) -> tuple[bool, list[dict]]:
     except subprocess.TimeoutExpired:
         print(f"--- {script.name}: timed out after {timeout:.0f} s")
         return False, tables
-    for line in out.stdout.splitlines():
-        if line.startswith(MARKER):
-            tables += json.loads(line[len(MARKER):])["tables"]
-        else:
-            print(line)
+    print("\n".join(line for line in out.stdout.splitlines() if not line.startswith(MARKER)))
+    tables = tables_in(out.stdout)
     if out.returncode != 0:
         print(out.stderr[-3000:])
         print(f"--- {script.name}: FAILED (exit {out.returncode})")
         return False, tables
     print(f"--- {script.name}: {time.perf_counter() - start:.0f} s, {len(tables)} table(s)")
     return True, tables
+
+
+def tables_in(output: str) -> list[dict]:
+    """The tables of every ``BENCH-JSON`` line in a script's output."""
+    return [t for line in output.splitlines() if line.startswith(MARKER)
+            for t in json.loads(line[len(MARKER):])["tables"]]
 
 
 def render(table: dict) -> str:
@@ -89,9 +92,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run only these (e.g. load generate)")
     parser.add_argument("--no-readme", action="store_true", help="print the tables, leave README.md alone")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per script")
+    parser.add_argument("--from-logs", nargs="+", metavar="LOG",
+                        help="run nothing: take the tables from saved outputs of scripts run with --json")
     args = parser.parse_args()
     failed, tables = [], []
-    for script in discover(args.only):
+    if args.from_logs:
+        tables = [t for log in args.from_logs for t in tables_in(Path(log).read_text())]
+    for script in [] if args.from_logs else discover(args.only):
         ok, found = run(script, args.quick, args.timeout)
         tables += found
         if not ok:

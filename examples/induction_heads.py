@@ -1,13 +1,22 @@
-"""Induction heads emerge: a 2-layer attention-only transformer trained from scratch on Wikipedia.
+"""Watching for induction heads: a 2-layer attention-only transformer trained from scratch on Wikipedia.
 
 Trains on the packaged Wikipedia lead paragraphs, tokenized with a small byte-level BPE vocabulary that
 hookscope's BPE trainer learns on the corpus itself (GPT-2's scheme; a small vocabulary keeps the unembedding
-cheap, so a CPU does it in minutes), logs an induction score and the loss on repeated random tokens during
-training, and prints the figures. The phase change shows in the log: the
-induction score jumps and the loss on the repeated half drops far below the first half's.
+cheap), and logs, every few steps, the best layer-1 induction score and the loss on the first and the
+repeated half of random token sequences (tokens the data uses). The loss curve is drawn with the exact
+unigram and bigram baselines of the data.
 
-    python examples/induction_heads.py            # the full run (minutes on 2 cores)
-    python examples/induction_heads.py --quick    # the small version the test suite runs
+An induction head shows as the induction score crossing MIN_INDUCTION_SCORE and the repeated half's loss
+falling MIN_LOSS_DROP nats below the first half's. Measured on a shared 2-core CPU (see the report in the
+project history): the training loss passes the unigram and then the bigram baseline within a few hundred
+steps, but in runs of up to 1,500 steps (6 M tokens; GPT-2-, 512- and byte-level vocabularies, learned and
+rotary positions) the phase change had NOT yet happened; it needs a longer run (``--steps``). The script
+prints what it measured and says plainly whether the thresholds were crossed. Measured (800 steps, batch
+32 x 128): unigram 5.292, bigram 3.686 nats/token; the loss passed them at steps 27 and 230, ended at 3.04;
+induction score 0.021, repeated-half drop -0.04 nats.
+
+    python examples/induction_heads.py            # 1,200 steps (about 15 minutes on 2 cores)
+    python examples/induction_heads.py --quick    # 400 steps (the slow test's run)
 """
 
 from __future__ import annotations
@@ -61,7 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--texts", type=int, default=None)
     args = parser.parse_args()
-    n_texts, vocab, n_ctx, steps = (3000, 512, 128, 300) if args.quick else (10033, 512, 128, 1200)
+    n_texts, vocab, n_ctx, steps = (10033, 512, 128, 400) if args.quick else (10033, 512, 128, 1200)
     n_texts, vocab = args.texts or n_texts, args.vocab or vocab
     n_ctx, steps = args.n_ctx or n_ctx, args.steps or steps
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -96,7 +105,11 @@ def main() -> None:
     print(f"final induction score: {last['induction_score']:.3f} (threshold {MIN_INDUCTION_SCORE})")
     print(f"final repeated-half loss drop: {drop:.3f} nats (threshold {MIN_LOSS_DROP})")
     print("induction head: " + ("yes" if last["induction_score"] > MIN_INDUCTION_SCORE and drop > MIN_LOSS_DROP
-                                else "no"))
+                                else "no (thresholds not crossed in this run)"))
+    below = {name: next((e["step"] for e in result.log if e["loss"] < value), None)
+             for name, value in result.baselines.items()}
+    for name, step in below.items():
+        print(f"train loss first below the {name} baseline at step: {step}")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ class TLGenerateMixin:
         freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos: bool | None = None,
         padding_side: Any = None, return_type: str | None = "input", verbose: bool = True, **kwargs: Any,
     ) -> Any:
-        """Continue ``input`` by ``max_new_tokens`` tokens; the output includes the prompt (as TL)."""
-        if freq_penalty:
-            raise NotImplementedError("freq_penalty is not implemented; use repetition_penalty= (HF's penalty)")
+        """Continue ``input`` by ``max_new_tokens`` tokens; the output includes the prompt (as TL).
+
+        ``freq_penalty`` acts on sampling only (TL applies it in ``sample_logits``; greedy takes the argmax).
+        """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
         if temperature == 0.0:
@@ -52,7 +53,7 @@ class TLGenerateMixin:
             out = Decoder.generate(
                 self, tokens, max_new_tokens, do_sample=do_sample, top_k=top_k, top_p=top_p,  # type: ignore[arg-type]
                 temperature=temperature if do_sample else 1.0, eos_token_id=list(eos), use_cache=use_past_kv_cache,
-                attention_mask=mask, verbose=verbose, **kwargs,
+                attention_mask=mask, verbose=verbose, freq_penalty=freq_penalty if do_sample else 0.0, **kwargs,
             )
         finally:
             self._native_signature = False

@@ -17,9 +17,17 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+# nn.init functions (they honour torch-function modes) that only fill a tensor with numbers
+_INITIALISERS = {
+    nn.init.normal_, nn.init.uniform_, nn.init.zeros_, nn.init.ones_, nn.init.constant_, nn.init.trunc_normal_,
+    nn.init.kaiming_uniform_, nn.init.kaiming_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_,
+}
+
 
 class _EmptyOnMeta(TorchFunctionMode):
-    """Route ``torch.empty`` (how every parameter here is allocated, as in ``nn.Linear``) to the meta device."""
+    """Route ``torch.empty`` (how every parameter here is allocated, as in ``nn.Linear``) to the meta device,
+    and skip ``nn.init`` fills of meta tensors. A torch-function mode is thread-local: other threads
+    building models meanwhile are unaffected."""
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -27,6 +35,10 @@ class _EmptyOnMeta(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.empty:
             kwargs["device"] = "meta"
+        elif func in _INITIALISERS:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if getattr(tensor, "is_meta", False):
+                return tensor  # numbers drawn into a meta tensor: nothing to do (skips nn.init's own work)
         return func(*args, **kwargs)
 
 

@@ -195,8 +195,12 @@ def test_generate_greedy_matches_an_argmax_loop() -> None:
     assert torch.equal(out, seq)
     text = model.generate("w1 w2 w3", max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
     assert isinstance(text, str) and text == model.to_string(seq[0])
-    with pytest.raises(NotImplementedError, match="freq_penalty"):
-        model.generate("w1", max_new_tokens=1, freq_penalty=1.0, verbose=False)
+    penalised = model.generate(prompt, max_new_tokens=40, do_sample=True, freq_penalty=1e4, stop_at_eos=False,
+                               verbose=False, seed=0)
+    assert len(set(penalised[0].tolist())) == penalised.shape[1]  # every token present is pushed down by 1e4
+    greedy = model.generate(prompt, max_new_tokens=4, do_sample=False, freq_penalty=1e4, stop_at_eos=False,
+                            verbose=False)
+    assert torch.equal(greedy, seq)  # as TL: the penalty is part of sampling only
 
 
 def test_weight_views() -> None:

@@ -28,7 +28,8 @@ def test_emitted_tables_render_between_their_markers_only(run_all, capsys) -> No
     report.emit([report.Table("load", "caption line", ["a", "b"], [["1", "2"], ["3", "4"]])])
     line = capsys.readouterr().out.strip()
     assert line.startswith(report.MARKER)
-    (table,) = json.loads(line[len(report.MARKER):])["tables"]
+    (table,) = run_all.tables_in("human output\n" + line + "\nmore output\n")
+    assert table == json.loads(line[len(report.MARKER):])["tables"][0]
     readme = "intro\n<!-- bench:load -->\nold table\n<!-- /bench:load -->\n<!-- bench:other -->\nkeep\n" \
              "<!-- /bench:other -->\nend\n"
     out = run_all.rewrite(readme, "load", run_all.render(table))
