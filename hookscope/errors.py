@@ -38,6 +38,18 @@ class WeightProcessingError(HookscopeError, ValueError):
     """A weight-processing option (fold_ln, centring, refactoring) cannot be applied to this model exactly."""
 
 
+class InputCheckError(HookscopeError, ValueError, AssertionError):
+    """An argument failed a check (a shape, an index, a name) that TransformerLens makes with ``assert``.
+
+    A ``ValueError`` for hookscope code, and an ``AssertionError`` so that TL code ported to
+    :mod:`hookscope.compat` (``except AssertionError``, ``pytest.raises(AssertionError)``) still catches it.
+    """
+
+
+class ShapeMismatchError(HookscopeError, ValueError, RuntimeError):
+    """Tensor shapes that do not broadcast together; also a ``RuntimeError``, the type torch raises for it."""
+
+
 class HookError(HookscopeError, RuntimeError):
     """A hook misbehaved: it raised, or returned a tensor of the wrong shape, dtype or device."""
 
@@ -55,7 +67,9 @@ __all__ = [
     "HookError",
     "HookNameError",
     "HookscopeError",
+    "InputCheckError",
     "LoadError",
+    "ShapeMismatchError",
     "SourceNotFoundError",
     "SourceTypeError",
     "WeightProcessingError",

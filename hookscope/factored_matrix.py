@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from hookscope.errors import InputCheckError, ShapeMismatchError
+
 
 def _transpose(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(-2, -1)
@@ -28,6 +30,15 @@ def _as_slice(idx: tuple, where: int) -> tuple:
     if isinstance(items[where], int):
         items[where] = slice(items[where], items[where] + 1 if items[where] != -1 else None)
     return tuple(items)
+
+
+def _check_leading(left: torch.Size, right: torch.Size) -> None:
+    """Raise a ShapeMismatchError when the leading (batch) dims of a product's operands do not broadcast."""
+    try:
+        torch.broadcast_shapes(left[:-2], right[:-2])
+    except RuntimeError as err:
+        raise ShapeMismatchError(
+            f"Shape mismatch: the leading dimensions do not broadcast: {tuple(left)} @ {tuple(right)}") from err
 
 
 class FactoredMatrix:
@@ -44,15 +55,15 @@ class FactoredMatrix:
         if A.ndim < 2 or B.ndim < 2:
             raise ValueError(f"both factors need at least 2 dimensions, got shapes {tuple(A.shape)}, {tuple(B.shape)}")
         if A.shape[-1] != B.shape[-2]:
-            raise ValueError(
+            raise InputCheckError(
                 f"factors must match on the inner dimension: A {tuple(A.shape)} @ B {tuple(B.shape)}"
             )
         self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
         try:
             leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         except RuntimeError as err:
-            raise ValueError(
-                f"leading dimensions do not broadcast: A {tuple(A.shape)}, B {tuple(B.shape)}"
+            raise ShapeMismatchError(
+                f"Shape mismatch: the leading dimensions do not broadcast: A {tuple(A.shape)}, B {tuple(B.shape)}"
             ) from err
         self.shape = torch.Size((*leading, self.ldim, self.rdim))
         self.has_leading_dims = A.ndim > 2 or B.ndim > 2
@@ -68,10 +79,11 @@ class FactoredMatrix:
             return NotImplemented
         if other.ndim < 2:  # a vector: collapse to a tensor
             if other.shape[-1] != self.rdim:
-                raise ValueError(f"vector of length {other.shape[-1]} does not match {tuple(self.shape)}")
+                raise InputCheckError(f"vector of length {other.shape[-1]} does not match {tuple(self.shape)}")
             return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if other.shape[-2] != self.rdim:
-            raise ValueError(f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ")
+            raise InputCheckError(f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ")
+        _check_leading(self.shape, other.shape)
         if self.rdim > self.mdim:
             return FactoredMatrix(self.A, self.B @ other)
         return FactoredMatrix(self.AB, other)
@@ -81,9 +93,10 @@ class FactoredMatrix:
         if not isinstance(other, torch.Tensor):
             return NotImplemented
         if other.shape[-1] != self.ldim:
-            raise ValueError(f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ")
+            raise InputCheckError(f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ")
         if other.ndim < 2:
             return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
+        _check_leading(other.shape, self.shape)
         if self.ldim > self.mdim:
             return FactoredMatrix(other @ self.A, self.B)
         return FactoredMatrix(other, self.AB)
@@ -91,7 +104,7 @@ class FactoredMatrix:
     def __mul__(self, scalar: int | float | torch.Tensor) -> FactoredMatrix:
         """Scalar multiple (scales ``A``); use ``@`` for matrix products."""
         if isinstance(scalar, torch.Tensor) and scalar.numel() != 1:
-            raise ValueError(f"* takes a scalar, got a tensor of shape {tuple(scalar.shape)}; use @ for products")
+            raise InputCheckError(f"* takes a scalar, got a tensor of shape {tuple(scalar.shape)}; use @ for products")
         if not isinstance(scalar, (int, float, torch.Tensor)):
             return NotImplemented
         return FactoredMatrix(self.A * scalar, self.B)
@@ -108,7 +121,7 @@ class FactoredMatrix:
     def BA(self) -> torch.Tensor:  # [..., mdim, mdim]
         """The reverse product ``B @ A``; defined only for square matrices."""
         if self.ldim != self.rdim:
-            raise ValueError(f"BA needs a square matrix (ldim == rdim), shape is {tuple(self.shape)}")
+            raise InputCheckError(f"BA needs a square matrix (ldim == rdim), shape is {tuple(self.shape)}")
         return self.B @ self.A
 
     @property
@@ -220,7 +233,7 @@ def composition_scores(left: FactoredMatrix, right: FactoredMatrix, broadcast_di
         for i in range(n_right):
             left = left.unsqueeze(i + n_left)
     if left.rdim != right.ldim:
-        raise ValueError(f"cannot compose {tuple(left.shape)} with {tuple(right.shape)}: inner dims differ")
+        raise InputCheckError(f"cannot compose {tuple(left.shape)} with {tuple(right.shape)}: inner dims differ")
     new_left, new_right = left.collapse_l(), right.collapse_r()  # [..., mdim, d], [..., d, mdim]
     l_norms = new_left.norm(dim=(-2, -1))
     r_norms = new_right.norm(dim=(-2, -1))

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import torch
 
+from hookscope.errors import InputCheckError
+
 logger = logging.getLogger(__name__)
 
 HeadName = Literal["previous_token_head", "duplicate_token_head", "induction_head"]
@@ -62,7 +64,7 @@ def compute_head_attention_similarity_score(
 ) -> torch.Tensor:
     """Scores of patterns ``[..., pos, pos]`` against ``detection_pattern [pos, pos]`` -> ``[...]``."""
     if attention_pattern.shape[-1] != attention_pattern.shape[-2]:
-        raise ValueError(f"attention pattern is not square: {tuple(attention_pattern.shape)}")
+        raise InputCheckError(f"attention pattern is not square: {tuple(attention_pattern.shape)}")
     detection = detection_pattern.to(attention_pattern.device, attention_pattern.dtype)
     size = attention_pattern.shape[-1]
     if error_measure == "mul":
@@ -101,7 +103,7 @@ def _patterns(model: Any, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
 def _tokens(model: Any, seq: str | torch.Tensor) -> torch.Tensor:
     if isinstance(seq, torch.Tensor):
         if seq.ndim == 2 and seq.shape[0] != 1:
-            raise ValueError("pass one sequence at a time (or a list of strings)")
+            raise InputCheckError("pass one sequence at a time (or a list of strings)")
         return seq.reshape(1, -1)
     return model.to_tokens(seq)
 
@@ -128,22 +130,22 @@ def detect_head(
         error_measure: "mul" or "abs" (see the module docstring).
     """
     if error_measure not in ("mul", "abs"):
-        raise ValueError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
+        raise InputCheckError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
     if isinstance(detection_pattern, str) and detection_pattern not in _BUILDERS:
-        raise ValueError(f"detection_pattern must be a tensor or one of {HEAD_NAMES}, got {detection_pattern!r}")
+        raise InputCheckError(f"detection_pattern must be a tensor or one of {HEAD_NAMES}, got {detection_pattern!r}")
     opts = dict(exclude_bos=exclude_bos, exclude_current_token=exclude_current_token, error_measure=error_measure)
     if isinstance(seq, list):
         if cache is not None:
-            raise ValueError("a cache goes with a single sequence, not a list")
+            raise InputCheckError("a cache goes with a single sequence, not a list")
         return _detect_many(model, seq, detection_pattern, heads, opts)
     tokens = _tokens(model, seq)
     n = tokens.shape[-1]
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if n < 2 or (n_ctx is not None and n >= n_ctx):
-        raise ValueError(f"the sequence must have 2 to {n_ctx} tokens, got {n}")
+        raise InputCheckError(f"the sequence must have 2 to {n_ctx} tokens, got {n}")
     detection = _BUILDERS[detection_pattern](tokens) if isinstance(detection_pattern, str) else detection_pattern
     if detection.shape != (n, n) or bool((torch.triu(detection, diagonal=1) != 0).any()):
-        raise ValueError(f"the detection pattern must be lower triangular of shape ({n}, {n}), "
+        raise InputCheckError(f"The detection pattern must be a lower triangular matrix of shape ({n}, {n}), "
                          f"got {tuple(detection.shape)}")
     if error_measure == "mul" and not set(detection.unique().tolist()) <= {0.0, 1.0}:
         logger.warning("detection pattern has values other than 0 and 1 with error_measure='mul'")

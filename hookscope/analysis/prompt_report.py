@@ -14,10 +14,17 @@ import torch
 
 @dataclass(frozen=True, kw_only=True)
 class PromptReport:
-    """The answer tokens' ranks (0 = the model's top choice) and the printable report."""
+    """The answer tokens' ranks (0 = the model's top choice) and the printable report.
+
+    ``text`` is the whole report; ``prompt_str_tokens`` / ``answer_str_tokens`` are the tokenisation it opens
+    with (when details were asked for) and ``body`` the rest.
+    """
 
     answer_ranks: list[tuple[str, int]]
     text: str
+    prompt_str_tokens: list[str]
+    answer_str_tokens: list[str]
+    body: str
 
 
 def prompt_report(
@@ -41,10 +48,9 @@ def _one(prompt: str, answer: str, model: Any, space: bool, details: bool, prepe
     tokens = torch.cat([prompt_tokens, answer_tokens], dim=1)
     n_prompt = prompt_tokens.shape[1]
     answer_str = [model.to_string(t) for t in answer_tokens[0].tolist()]
-    lines = []
-    if details:
-        lines.append(f"Tokenized prompt: {[model.to_string(t) for t in prompt_tokens[0].tolist()]}")
-        lines.append(f"Tokenized answer: {answer_str}")
+    prompt_str = [model.to_string(t) for t in prompt_tokens[0].tolist()]
+    header = [f"Tokenized prompt: {prompt_str}", f"Tokenized answer: {answer_str}"] if details else []
+    lines: list[str] = []
     with torch.no_grad():
         logits = model(tokens)[0].float()  # [pos, d_vocab]
     probs = logits.softmax(-1)
@@ -63,7 +69,8 @@ def _one(prompt: str, answer: str, model: Any, space: bool, details: bool, prepe
                 lines.append(f"Top {k}th token. Logit: {logits[row, t].item():5.2f} Prob: {probs[row, t].item():6.2%} "
                              f"Token: |{model.to_string(t)}|")
     lines.append(f"Ranks of the answer tokens: {ranks}")
-    return PromptReport(answer_ranks=ranks, text="\n".join(lines))
+    return PromptReport(answer_ranks=ranks, text="\n".join(header + lines), prompt_str_tokens=prompt_str,
+                        answer_str_tokens=answer_str, body="\n".join(lines))
 
 
 def test_prompt(

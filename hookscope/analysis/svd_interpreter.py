@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from hookscope.components.norm import OffsetRMSNorm
+from hookscope.errors import InputCheckError
 from hookscope.factored_matrix import FactoredMatrix
 
 VECTOR_TYPES = ("OV", "w_in", "w_out")
@@ -34,20 +35,22 @@ class SVDInterpreter:
     ) -> torch.Tensor:
         """``[d_vocab, 1, num_vectors]``: the top right-singular vectors (in ``d_model``) times ``W_U``."""
         if vector_type not in VECTOR_TYPES:
-            raise ValueError(f"vector_type must be one of {VECTOR_TYPES}, got {vector_type!r}")
+            raise InputCheckError(f"vector_type must be one of {VECTOR_TYPES}, got {vector_type!r}")
         if not 0 <= layer_index < self.cfg.n_layers:
-            raise ValueError(f"layer_index must be in 0..{self.cfg.n_layers - 1}, got {layer_index}")
+            raise InputCheckError(f"Layer index must be between 0 and {self.cfg.n_layers - 1} but got {layer_index}")
         block = self.model.blocks[layer_index]
         if vector_type == "OV":
-            if head_index is None or not 0 <= head_index < self.cfg.n_heads:
-                raise ValueError(f"OV needs head_index in 0..{self.cfg.n_heads - 1}, got {head_index}")
+            if head_index is None:
+                raise InputCheckError("Head index optional only for w_in and w_out, got OV")
+            if not 0 <= head_index < self.cfg.n_heads:
+                raise InputCheckError(f"Head index must be between 0 and {self.cfg.n_heads - 1} but got {head_index}")
             vh = FactoredMatrix(block.attn.W_V[head_index], block.attn.W_O[head_index]).Vh  # [d_model, k]
             rows = vh.T  # [k, d_model]
         else:
             matrix = self._w_in(block) if vector_type == "w_in" else block.mlp.W_out  # [d_mlp, d_model]
             rows = torch.linalg.svd(matrix, full_matrices=False).Vh  # [k, d_model]
         if num_vectors > rows.shape[0]:
-            raise ValueError(f"only {rows.shape[0]} singular vectors exist, asked for {num_vectors}")
+            raise InputCheckError(f"only {rows.shape[0]} singular vectors exist, asked for {num_vectors}")
         w_u = self.model.W_U  # [d_model, d_vocab]
         return (rows[:num_vectors].float() @ w_u.float()).T[:, None, :]  # [d_vocab, 1, num_vectors]
 

@@ -73,6 +73,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         default_padding_side: Literal["left", "right"] | None = None,
     ) -> None:
         cfg = HookedTransformerConfig.unwrap(cfg)
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            tokenizer = _named_tokenizer(cfg.tokenizer_name)
         if cfg.d_vocab == -1 and tokenizer is not None:  # as TL: the vocabulary size from the tokenizer
             cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
             cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
@@ -83,8 +85,6 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         self.default_padding_side = default_padding_side or "right"
         if cfg.init_weights:
             self.init_weights()
-        if tokenizer is None and cfg.tokenizer_name is not None:
-            tokenizer = _named_tokenizer(cfg.tokenizer_name)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer, default_padding_side)
         self.to(cfg.dtype)

@@ -3,18 +3,36 @@
 TL code passes one ``HookedTransformerKeyValueCache`` to successive forwards (``past_kv_cache=``); the
 native :class:`~hookscope.generation.kv_cache.KVCache` is preallocated, so this object holds one and
 regrows it (copying what is stored) when a forward would overflow it. ``freeze()`` makes forwards read
-the cache without appending to it, as TL.
+the cache without appending to it, as TL. ``cache.entries`` / ``cache[layer]`` give TL's per-layer view
+(``past_keys`` / ``past_values`` ``[batch, pos_so_far, n_kv_heads, d_head]``) of what is stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from hookscope.generation.kv_cache import KVCache
 
-__all__ = ["HookedTransformerKeyValueCache"]
+__all__ = ["HookedTransformerKeyValueCache", "HookedTransformerKeyValueCacheEntry"]
+
+
+@dataclass
+class HookedTransformerKeyValueCacheEntry:
+    """One layer's stored keys and values (views of the cache: read them; the model's forward writes them).
+
+    Unpacks as ``keys, values = entry``.
+    """
+
+    past_keys: torch.Tensor  # [batch, pos_so_far, n_kv_heads, d_head]
+    past_values: torch.Tensor  # [batch, pos_so_far, n_kv_heads, d_head]
+    frozen: bool = False
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.past_keys, self.past_values))
 
 
 class HookedTransformerKeyValueCache:
@@ -74,8 +92,18 @@ class HookedTransformerKeyValueCache:
         if self.frozen and native is not None:
             native.length = self._length_before
 
-    def __getitem__(self, layer: int) -> Any:
+    @property
+    def entries(self) -> list[HookedTransformerKeyValueCacheEntry]:
+        """TL's per-layer entries; before the first forward each holds ``[batch, 0, n_kv_heads, d_head]``."""
+        return [self[layer] for layer in range(self.n_layers)]
+
+    def __getitem__(self, layer: int) -> HookedTransformerKeyValueCacheEntry:
+        if not -self.n_layers <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} is out of range for a {self.n_layers}-layer KV cache")
         if self.native is None:
-            raise IndexError("the KV cache is empty")
+            empty = torch.empty(self.batch_size, 0, self.n_kv_heads, self.d_head, dtype=self.dtype, device=self.device)
+            return HookedTransformerKeyValueCacheEntry(empty, empty.clone(), self.frozen)
         n = self.native.length
-        return self.native.keys[layer, :, :, :n].transpose(1, 2), self.native.values[layer, :, :, :n].transpose(1, 2)
+        keys = self.native.keys[layer, :, :, :n].transpose(1, 2)  # [batch, pos_so_far, n_kv_heads, d_head]
+        values = self.native.values[layer, :, :, :n].transpose(1, 2)
+        return HookedTransformerKeyValueCacheEntry(keys, values, self.frozen)

@@ -57,9 +57,10 @@ def get_official_model_name(model_name: str) -> str:
     if hub is not None:
         return hub
     close = difflib.get_close_matches(model_name.lower(), list(_LOOKUP), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"{model_name!r} is not a model name hookscope.compat knows{hint} "
-                     "(pass a hub id with '/' or a local folder to load any supported architecture)")
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
+    raise ValueError(f"{model_name!r} is not in hookscope.compat's table of TL names{hint} from_pretrained also "
+                     "takes any hub id or local folder whose architecture hookscope runs natively (GPT-2, NeoX, "
+                     "Llama, Mistral, Qwen2, Qwen3, Gemma 2); other architectures are not supported")
 
 
 def _resolve_source(model_name: str) -> str:

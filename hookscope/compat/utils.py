@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hookscope.analysis.prompt_report import test_prompt
-from hookscope.components.activations import gelu_fast, gelu_new
+from hookscope.analysis.prompt_report import prompt_report
+from hookscope.components.activations import ACTIVATIONS, gelu_fast, gelu_new
 from hookscope.factored_matrix import composition_scores
 from hookscope.names import get_act_name
 from hookscope.training import data as _data
 
 __all__ = [
-    "Slice", "composition_scores", "gelu_fast", "gelu_new", "get_act_name", "get_attention_mask", "get_corner",
-    "lm_accuracy", "lm_cross_entropy_loss", "remove_batch_dim", "solu", "test_prompt", "to_numpy",
-    "tokenize_and_concatenate",
+    "ACTIVATION_FN_DICT", "USE_DEFAULT_VALUE", "Slice", "calc_fan_in_and_fan_out", "composition_scores",
+    "gelu_fast", "gelu_new", "get_act_name", "get_attention_mask", "get_corner", "get_cumsum_along_dim",
+    "get_nested_attr", "get_offset_position_ids", "init_kaiming_normal_", "init_kaiming_uniform_",
+    "init_xavier_normal_", "init_xavier_uniform_", "is_library_available", "is_lower_triangular", "is_square",
+    "lm_accuracy", "lm_cross_entropy_loss", "override_or_use_default_value", "remove_batch_dim",
+    "repeat_along_head_dimension", "select_compatible_kwargs", "set_nested_attr", "solu", "test_prompt",
+    "to_numpy", "tokenize_and_concatenate", "transpose",
 ]
+
+USE_DEFAULT_VALUE = None  # TL's sentinel: "use the model's own default" for prepend_bos / padding_side
 
 
 class Slice:
@@ -141,3 +151,140 @@ def tokenize_and_concatenate(dataset: Any, tokenizer: Any, streaming: bool = Fal
     accepted for TL code and have no effect here (tokenising runs in this process)."""
     return _data.tokenize_and_concatenate(dataset, tokenizer, max_length=max_length, column=column_name,
                                           add_bos_token=add_bos_token)
+
+
+# TL's act_fn names -> functions (``solu_ln`` is SoLU; the LayerNorm after it is the MLP's, not the function's)
+ACTIVATION_FN_DICT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    **ACTIVATIONS, "solu": solu, "solu_ln": solu,
+}
+
+
+def is_square(x: torch.Tensor) -> bool:
+    """True for a 2-D ``[n, n]`` tensor (any other rank is not square)."""
+    return x.ndim == 2 and x.shape[0] == x.shape[1]
+
+
+def is_lower_triangular(x: torch.Tensor) -> bool:
+    """True for a square matrix with only zeros above the diagonal."""
+    return is_square(x) and bool(x.equal(x.tril()))
+
+
+def transpose(tensor: torch.Tensor) -> torch.Tensor:
+    """Swap the last two axes, whatever the leading ones: ``[..., a, b]`` -> ``[..., b, a]``."""
+    return tensor.transpose(-1, -2)
+
+
+def calc_fan_in_and_fan_out(tensor: torch.Tensor) -> tuple[int, int]:
+    """Fan in / out in TL's weight layout: ``[d_in, d_out]`` for a matrix, ``[n_heads, d_model, d_head]`` for
+    an attention weight (fan in d_model, fan out n_heads * d_head), ``[d]`` for a vector (1, d)."""
+    shape = tuple(tensor.shape)
+    if len(shape) == 1:
+        return 1, shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[1], shape[0] * shape[2]
+    raise ValueError(f"fan in and fan out are defined for 1-, 2- and 3-D weights, got shape {shape}")
+
+
+def init_xavier_uniform_(param: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Fill ``param`` in place from U(-a, a), ``a = gain * sqrt(6 / (fan_in + fan_out))`` (TL's fans)."""
+    fan_in, fan_out = calc_fan_in_and_fan_out(param)
+    bound = gain * float(np.sqrt(6.0 / (fan_in + fan_out)))
+    return torch.nn.init.uniform_(param, -bound, bound)
+
+
+def init_xavier_normal_(param: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Fill ``param`` in place from N(0, std²), ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
+    fan_in, fan_out = calc_fan_in_and_fan_out(param)
+    return torch.nn.init.normal_(param, mean=0.0, std=gain * float(np.sqrt(2.0 / (fan_in + fan_out))))
+
+
+def _kaiming_std(param: torch.Tensor, a: float, nonlinearity: str, gain: float, mode: str) -> float:
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    fan_in, fan_out = calc_fan_in_and_fan_out(param)
+    fan = fan_in if mode == "fan_in" else fan_out
+    return gain * torch.nn.init.calculate_gain(nonlinearity, a) / float(np.sqrt(fan))  # type: ignore[arg-type]
+
+
+def init_kaiming_uniform_(param: torch.Tensor, a: float = 0, nonlinearity: str = "relu", gain: float = 1.0,
+                          mode: str = "fan_in") -> torch.Tensor:
+    """Fill ``param`` in place from U(-b, b) with std ``gain * calculate_gain(nonlinearity, a) / sqrt(fan)``
+    (``b = sqrt(3) * std``); ``fan`` is TL's fan in or fan out (``mode``)."""
+    bound = float(np.sqrt(3.0)) * _kaiming_std(param, a, nonlinearity, gain, mode)
+    return torch.nn.init.uniform_(param, -bound, bound)
+
+
+def init_kaiming_normal_(param: torch.Tensor, a: float = 0, nonlinearity: str = "relu", gain: float = 1.0,
+                         mode: str = "fan_in") -> torch.Tensor:
+    """Fill ``param`` in place from N(0, std²), ``std = gain * calculate_gain(nonlinearity, a) / sqrt(fan)``."""
+    return torch.nn.init.normal_(param, mean=0.0, std=_kaiming_std(param, a, nonlinearity, gain, mode))
+
+
+def override_or_use_default_value(default_flag: Any, override: Any = None) -> Any:
+    """``override`` unless it is None, else ``default_flag``."""
+    return default_flag if override is None else override
+
+
+def is_library_available(name: str) -> bool:
+    """Whether module ``name`` is imported or importable (found without importing it)."""
+    return name in sys.modules or importlib.util.find_spec(name) is not None
+
+
+def select_compatible_kwargs(kwargs_dict: dict[str, Any], func: Callable[..., Any]) -> dict[str, Any]:
+    """The entries of ``kwargs_dict`` that name a parameter of ``func``."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cannot read the parameters of {func!r} (a builtin without a signature?)") from e
+    return {k: v for k, v in kwargs_dict.items() if k in params}
+
+
+def get_offset_position_ids(past_kv_pos_offset: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[batch, pos]`` counted from each row's first attended token (padding before it gets 0),
+    keeping the positions from ``past_kv_pos_offset`` on."""
+    shifted = attention_mask.cumsum(dim=1) - 1  # [batch, offset_pos]
+    return shifted.clamp(min=0)[:, past_kv_pos_offset:]
+
+
+def get_cumsum_along_dim(tensor: torch.Tensor, dim: int, reverse: bool = False) -> torch.Tensor:
+    """Cumulative sum along ``dim``; ``reverse`` sums from the end."""
+    if not reverse:
+        return tensor.cumsum(dim=dim)
+    return tensor.flip(dims=(dim,)).cumsum(dim=dim).flip(dims=(dim,))
+
+
+def repeat_along_head_dimension(tensor: torch.Tensor, n_heads: int, clone_tensor: bool = True) -> torch.Tensor:
+    """``[batch, pos, d_model]`` -> ``[batch, pos, n_heads, d_model]`` (a copy unless ``clone_tensor=False``)."""
+    repeated = tensor[:, :, None, :].expand(-1, -1, n_heads, -1)  # [batch, pos, head_index, d_model]
+    return repeated.clone() if clone_tensor else repeated
+
+
+def get_nested_attr(obj: Any, attr_str: str) -> Any:
+    """``obj.a.b.c`` for ``attr_str="a.b.c"``."""
+    for attr in attr_str.split("."):
+        obj = getattr(obj, attr)
+    return obj
+
+
+def set_nested_attr(obj: Any, attr_str: str, value: Any) -> None:
+    """Set ``obj.a.b.c = value`` for ``attr_str="a.b.c"``."""
+    *path, last = attr_str.split(".")
+    setattr(get_nested_attr(obj, ".".join(path)) if path else obj, last, value)
+
+
+def test_prompt(prompt: str, answer: str | list[str], model: Any, prepend_space_to_answer: bool = True,
+                print_details: bool = True, prepend_bos: bool | None = None, top_k: int = 10) -> None:
+    """TL's ``test_prompt``: print how the model ranks the answer tokens after the prompt, with TL's calls
+    (``print("Tokenized prompt:", str_tokens)`` then ``print("Tokenized answer:", str_tokens)``, then the
+    report of :func:`hookscope.analysis.prompt_report.prompt_report`). A list of answers is reported one
+    answer after the other."""
+    for report in prompt_report(prompt, answer, model, prepend_space_to_answer, print_details, prepend_bos, top_k):
+        if print_details:
+            print("Tokenized prompt:", report.prompt_str_tokens)  # noqa: T201  (TL's output, call by call)
+            print("Tokenized answer:", report.answer_str_tokens)  # noqa: T201
+        print(report.body)  # noqa: T201
+
+
+test_prompt.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name

@@ -80,7 +80,7 @@ def test_svd_interpreter_projects_top_singular_vectors_on_the_unembedding() -> N
     want = torch.linalg.svd(model.W_out[0]).Vh[0] @ model.W_U
     assert torch.allclose(w_out[:, 0, 0], want.float(), atol=1e-4) or torch.allclose(w_out[:, 0, 0], -want.float(),
                                                                                         atol=1e-4)
-    with pytest.raises(ValueError, match="head_index"):
+    with pytest.raises(ValueError, match="Head index optional"):
         svd.get_singular_vectors("OV", 0)
     assert isinstance(model.OV, FactoredMatrix)
 

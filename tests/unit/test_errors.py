@@ -98,3 +98,14 @@ def test_hook_errors_share_the_base_class() -> None:
     with pytest.raises(hookscope.HookError, match=r"blocks\.0\.hook_resid_post"):
         model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", wrong_shape)])
     assert issubclass(hookscope.HookError, hookscope.HookscopeError)
+
+
+def test_input_check_errors_are_caught_as_value_and_assertion_errors() -> None:
+    for cls, bases in ((hookscope.InputCheckError, (ValueError, AssertionError)),
+                       (hookscope.ShapeMismatchError, (ValueError, RuntimeError))):
+        assert issubclass(cls, hookscope.HookscopeError) and all(issubclass(cls, b) for b in bases)
+    fm = hookscope.FactoredMatrix(torch.randn(3, 4), torch.randn(4, 5))
+    with pytest.raises(AssertionError, match="inner dims"):
+        fm @ torch.randn(6, 2)
+    with pytest.raises(ValueError, match="inner dims"):
+        fm @ torch.randn(6, 2)
