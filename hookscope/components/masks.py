@@ -91,3 +91,35 @@ class AttentionMask:
         if not self.causal and self.key_valid is None and window is None:
             return None, False
         return self.bias(window, dtype), False
+
+
+def causal_mask_and_positions(
+    attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, batch: int, n_pos: int, past: int,
+    device: torch.device,
+) -> tuple[AttentionMask, torch.Tensor, torch.Tensor | None]:
+    """The causal mask, positions ``[batch, pos]`` and checked ``attention_mask`` (None when nothing is
+    masked) of ``n_pos`` new queries after ``past`` cached keys.
+
+    ``attention_mask`` ``[batch, past + pos]`` (or ``[past + pos]``) is 0 at padding; positions then skip
+    left padding (the i-th real token gets position i). An all-ones mask without a cache is dropped, so the
+    fused causal kernel runs; a single new query sees every earlier key, so it gets no causal mask.
+    """
+    n_keys = past + n_pos
+    if attention_mask is not None:
+        attention_mask = attention_mask[None] if attention_mask.ndim == 1 else attention_mask
+        if attention_mask.shape[-1] != n_keys:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {n_keys}")
+        if attention_mask.shape[0] != batch:
+            raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows for a batch of {batch}")
+        if past == 0 and bool(attention_mask.all()):
+            attention_mask = None  # nothing masked: keep SDPA's fast causal path (decode steps skip the sync)
+    if position_ids is None:
+        position_ids = (
+            positions_from_mask(attention_mask)[:, past:]
+            if attention_mask is not None
+            else torch.arange(past, n_keys, device=device)[None].expand(batch, -1)
+        )
+    elif position_ids.ndim == 1:
+        position_ids = position_ids[None].expand(batch, -1)
+    mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=n_pos > 1)
+    return mask, position_ids, attention_mask

@@ -16,7 +16,7 @@ from hookscope.components.attention import Attention
 from hookscope.components.block_hooks import add_block_hooks, attend
 from hookscope.components.embed import Embed, PosEmbed, Unembed
 from hookscope.components.kv_protocol import ModelKVCache
-from hookscope.components.masks import AttentionMask, positions_from_mask
+from hookscope.components.masks import AttentionMask, causal_mask_and_positions
 from hookscope.components.meta import materialize_parameters, parameters_on_meta
 from hookscope.components.mlp import make_mlp
 from hookscope.components.norm import RMSNorm, make_norm
@@ -295,27 +295,10 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
             batch, n_pos = tokens.shape
         else:
             batch, n_pos = input.shape[:2]
-        if attention_mask is not None and attention_mask.ndim == 1:
-            attention_mask = attention_mask[None]  # goes with tokens [pos]
         past = 0 if kv_cache is None else _check_cache_call(kv_cache, start_at_layer, stop_at_layer)
-        n_keys = past + n_pos  # with a KV cache, queries are the last n_pos of n_keys positions
-        if attention_mask is not None and attention_mask.shape[-1] != n_keys:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {n_keys}")
-        if attention_mask is not None and attention_mask.shape[0] != batch:
-            raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows for a batch of {batch}")
-        if attention_mask is not None and past == 0 and bool(attention_mask.all()):
-            attention_mask = None  # nothing masked: keep SDPA's fast causal path (decode steps skip the sync)
-        device = input.device
-        if position_ids is None:
-            position_ids = (
-                positions_from_mask(attention_mask)[:, past:]
-                if attention_mask is not None
-                else torch.arange(past, n_keys, device=device)[None].expand(batch, -1)
-            )
-        elif position_ids.ndim == 1:
-            position_ids = position_ids[None].expand(batch, -1)
-        # one new query at the end sees every earlier key: no causal mask to build (a decode step)
-        mask = AttentionMask(attention_mask, torch.arange(past, n_keys, device=device), n_keys, causal=n_pos > 1)
+        mask, position_ids, attention_mask = causal_mask_and_positions(
+            attention_mask, position_ids, batch, n_pos, past, input.device
+        )
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
         shortformer = self.hook_pos_embed(self.pos_embed(position_ids, past == 0)).to(x.dtype) \
