@@ -10,14 +10,15 @@ An induction head shows as the induction score crossing MIN_INDUCTION_SCORE and 
 falling MIN_LOSS_DROP nats below the first half's; the script prints the step at which both were first
 crossed, or says plainly that they were not. Measured on a shared 2-core CPU: the training loss passes the
 unigram and then the bigram baseline within a few hundred steps, but NO run that fits in minutes here
-reached the phase change. Default (800 steps, batch 32 x 128, 512-token BPE): unigram 5.292, bigram 3.686
+reached the phase change. 512-token BPE, batch 32 x 128, 800 steps: unigram 5.292, bigram 3.686
 nats/token, passed at steps 27 and 230; induction score 0.021, repeated-half drop -0.04 nats. Byte-level
-(``--vocab 257``: every word repeats as a byte string), d_model 64, 4 heads, rows of 256 or 512 bytes, lr
-3e-3 or 1e-2, rotary or learned positions, 1,000 to 5,750 steps (up to 24 M bytes, 9 minutes):
-the loss passed the byte-level bigram baseline (2.483) by step 202, yet the best layer-1 induction score
-stayed at 0.005-0.07 and the repeated half's loss stayed at or above the first half's (drop -0.33 to
-+0.28 nats), on repeated random frequent bytes and on repeated random corpus words alike. The phase change
-needs a longer run (``--steps``, or a GPU) than a few minutes on this machine.
+(``--vocab 257``: every word repeats as a byte string), d_model 64 (4 heads) or 128, rows of 256 or 512
+bytes, lr 3e-3 or 1e-2, rotary or learned positions, 250 to 9,000 steps (the longest: batch 16 x 256, 37 M
+bytes, 13 minutes): the loss passed the byte-level bigram baseline (2.483) by step 202, yet after step 100
+the best layer-1 induction score stayed below 0.08 (0.006 after 9,000 steps) and the repeated half's loss
+never fell more than 0.4 nats below the first half's (-0.35 after 9,000 steps), on repeated random frequent
+bytes and on repeated random corpus words alike. The phase change needs a longer run (``--steps``, or a
+GPU) than a few minutes on this machine.
 
     python examples/induction_heads.py            # 1,200 steps (about 15 minutes on 2 cores)
     python examples/induction_heads.py --quick    # 400 steps (the slow test's run)
