@@ -51,6 +51,7 @@ def test_quick_run_passes_the_unigram_then_the_bigram_baseline_and_reports_induc
                          text=True, timeout=3000, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final induction score" in out.stdout and "induction head: " in out.stdout
+    assert "both thresholds first crossed at step: " in out.stdout
     logged = json.loads((tmp_path / "log.json").read_text())
     losses, base = [e["loss"] for e in logged["log"]], logged["baselines"]
     below_unigram = next(i for i, v in enumerate(losses) if v < base["unigram"])
