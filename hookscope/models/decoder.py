@@ -40,10 +40,7 @@ class SequentialBlock(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, layer: int) -> None:
         super().__init__()
-        norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.window = cfg.sliding_windows[layer]
-        self.ln1 = norm()
-        self.attn = _make_attention(cfg)
+        norm = _attention_sublayer(self, cfg, layer)
         self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
         self.ln2 = norm()
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
@@ -69,10 +66,7 @@ class ParallelBlock(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, layer: int) -> None:
         super().__init__()
-        norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.window = cfg.sliding_windows[layer]
-        self.ln1 = norm()
-        self.attn = _make_attention(cfg)
+        norm = _attention_sublayer(self, cfg, layer)
         self.ln2 = norm()
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
         add_block_hooks(self, resid_mid=False)
@@ -92,10 +86,7 @@ class AttnOnlyBlock(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, layer: int) -> None:
         super().__init__()
-        norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.window = cfg.sliding_windows[layer]
-        self.ln1 = norm()
-        self.attn = _make_attention(cfg)
+        norm = _attention_sublayer(self, cfg, layer)
         self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self, resid_mid=False, mlp=False)
 
@@ -113,6 +104,16 @@ def _block_class(cfg: DecoderConfig) -> type[nn.Module]:
     if cfg.attn_only:
         return AttnOnlyBlock
     return ParallelBlock if cfg.parallel_attn_mlp else SequentialBlock
+
+
+def _attention_sublayer(block: nn.Module, cfg: DecoderConfig, layer: int) -> partial[nn.Module]:
+    """Give ``block`` what every decoder block has, ``ln1``, ``attn`` and its sliding ``window``; returns the
+    config's norm constructor for the block's other norms."""
+    norm = partial(make_norm, cfg.norm, cfg.d_model, cfg.norm_eps)
+    block.window = cfg.sliding_windows[layer]
+    block.ln1 = norm()
+    block.attn = _make_attention(cfg)
+    return norm
 
 
 def _make_attention(cfg: DecoderConfig) -> Attention:

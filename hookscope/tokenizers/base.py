@@ -7,11 +7,12 @@ transformers tokenizer does: ``load(..., tokenizer=...)``, ``model.tokenizer = .
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 
-class TokenizerBase:
+class TokenizerBase(ABC):
     """Vocabulary bookkeeping and the HF-compatible calls; subclasses implement ``_encode_text`` and
     ``_decode_tokens`` (and may wrap the ids in special tokens in ``_with_special``)."""
 
@@ -63,11 +64,13 @@ class TokenizerBase:
         return len(self.vocab)
 
     # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
     def _encode_text(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """Ids of ``text`` without special tokens."""
 
+    @abstractmethod
     def _decode_tokens(self, tokens: list[str]) -> str:
-        raise NotImplementedError
+        """The text of a sequence of token strings."""
 
     def _with_special(self, ids: list[int]) -> list[int]:
         return ids
