@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "SVDInterpreter": "hookscope.analysis.svd_interpreter",
 }
 _SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache",
-               "patching", "head_detector", "utilities")
+               "patching", "head_detector", "utilities", "components")
 # TL's CamelCase module paths (``transformer_lens.HookedTransformer``...): importable submodules named like the
 # class they hold. As in TL's package, the package attribute of that name stays the class.
 _CLASS_MODULES = ("HookedTransformer", "HookedTransformerConfig", "ActivationCache", "FactoredMatrix",

@@ -17,6 +17,7 @@ import torch
 from hookscope.analysis.neurons import accumulated_bias
 from hookscope.analysis.residual import tokens_to_residual_directions
 from hookscope.compat.activation_cache import ActivationCache
+from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.generation import TLGenerateMixin
 from hookscope.compat.hook_points import HookedRootModule
@@ -80,6 +81,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
         native = cfg.to_native()
         Decoder.__init__(self, native)
+        use_tl_signatures(self)
         cfg.__dict__["_native"] = native
         self.cfg = cfg
         self.default_padding_side = default_padding_side or "right"
@@ -202,7 +204,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         x = self.hook_embed(embeds)
         if self.pos_embed is not None and self.pos_embed_in_residual:
             positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
-            x = x + self.hook_pos_embed(self.pos_embed(positions))
+            x = x + self.hook_pos_embed(self.pos_embed(positions, validate=True))
         return x
 
     def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
@@ -249,7 +251,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             positions = positions_from_mask(mask)[:, past:]
         else:
             positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None].expand(len(tokens), -1)
-        shortformer = self.pos_embed(positions) if self.cfg.positional == "shortformer" else None
+        shortformer = self.pos_embed(positions, validate=True) if self.cfg.positional == "shortformer" else None
         return self.embed_tokens(tokens, positions), tokens, shortformer, mask
 
     def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.loading import load
 
@@ -113,6 +114,7 @@ class PretrainedMixin:
             raise ValueError(f"{model_name!r} is not a decoder-only LM; use HookedEncoder / HookedEncoderDecoder")
         model = cls.__new__(cls)
         model.__dict__.update(native.__dict__)  # adopt the native modules and parameters (no copy)
+        use_tl_signatures(model)
         model.cfg = HookedTransformerConfig.from_native(
             native.cfg, model_name=hub.split("/")[-1], tokenizer_name=hub, dtype=dt, device=str(device),
             default_prepend_bos=True if default_prepend_bos is None else default_prepend_bos,

@@ -225,7 +225,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         """
         x = self.hook_embed(self.embed(tokens, validate))
         if self.pos_embed is not None and self.cfg.positional == "learned":
-            x = x + self.hook_pos_embed(self.pos_embed(positions, validate))
+            x = x + self.hook_pos_embed(self.pos_embed(positions, validate=validate))
         return x
 
     @property
@@ -302,7 +302,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         )
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
-        shortformer = self.hook_pos_embed(self.pos_embed(position_ids, past == 0)).to(x.dtype) \
+        shortformer = self.hook_pos_embed(self.pos_embed(position_ids, validate=past == 0)).to(x.dtype) \
             if self.cfg.positional == "shortformer" else None  # added to each attention's query/key inputs
         for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
             x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i), qk_offset=shortformer)

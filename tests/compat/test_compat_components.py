@@ -1,0 +1,61 @@
+"""A compat model's submodules called with TransformerLens's signatures, checked against positions written by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hookscope.compat import HookedTransformer, HookedTransformerConfig, components
+from hookscope.components.norm import LayerNormPre
+from tests.compat.helpers import hf_and_compat
+
+
+def _small_model() -> HookedTransformer:
+    cfg = HookedTransformerConfig(d_model=12, d_head=3, n_layers=1, n_ctx=10, d_vocab=20, act_fn="gelu", seed=1)
+    return HookedTransformer(cfg)
+
+
+def test_pos_embed_without_mask_counts_from_the_offset() -> None:
+    model = _small_model()
+    tokens = torch.randint(0, 20, (2, 4))
+    W_pos = model.pos_embed.W_pos
+    assert torch.equal(model.pos_embed(tokens), W_pos[:4].expand(2, -1, -1))
+    assert torch.equal(model.pos_embed(tokens, 3), W_pos[3:7].expand(2, -1, -1))
+
+
+def test_pos_embed_with_left_padding_counts_from_each_rows_first_token_and_zeroes_padding() -> None:
+    model = _small_model()
+    W_pos = model.pos_embed.W_pos
+    tokens = torch.randint(0, 20, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    out = model.pos_embed(tokens, 0, attention_mask=mask)
+    expected = torch.stack([
+        torch.cat([torch.zeros(2, 12), W_pos[[0, 1, 2]]]), W_pos[[0, 1, 2, 3, 4]],
+    ])
+    assert torch.equal(out, expected)
+    # a KV cache's mask covers the 3 cached positions too: the new 2 tokens continue each row's count
+    cached = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 1, 0, 1]])
+    out = model.pos_embed(tokens[:, :2], 3, attention_mask=cached)
+    expected = torch.stack([W_pos[[2, 3]], torch.cat([torch.zeros(1, 12), W_pos[[1]]])])
+    assert torch.equal(out, expected)
+
+
+def test_pos_embed_refuses_a_mask_of_the_wrong_length() -> None:
+    model = _small_model()
+    with pytest.raises(ValueError, match="past_kv_pos_offset"):
+        model.pos_embed(torch.zeros(1, 3, dtype=torch.long), 1, attention_mask=torch.ones(1, 3))
+
+
+def test_forward_is_unchanged_by_the_tl_position_signature() -> None:
+    hf, model = hf_and_compat("gpt2")
+    assert isinstance(model.pos_embed, components.PosEmbed)
+    tokens = torch.randint(4, 60, (2, 7))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-5)
+
+
+def test_components_names_are_the_model_classes() -> None:
+    cfg = HookedTransformerConfig(d_model=12, d_head=3, n_layers=1, n_ctx=10, d_vocab=20, normalization_type="LNPre")
+    model = HookedTransformer(cfg)
+    assert isinstance(model.ln_final, components.LayerNormPre) and components.LayerNormPre is LayerNormPre
+    assert isinstance(model.blocks[0].attn, components.Attention)
