@@ -59,3 +59,35 @@ def test_components_names_are_the_model_classes() -> None:
     model = HookedTransformer(cfg)
     assert isinstance(model.ln_final, components.LayerNormPre) and components.LayerNormPre is LayerNormPre
     assert isinstance(model.blocks[0].attn, components.Attention)
+
+
+def test_hooked_encoder_from_a_config_computes_bert() -> None:
+    """A BERT built from a TL config has the modules a converted HF BERT has, and with its weights, HF's logits."""
+    import transformers as T
+
+    from hookscope.compat import HookedEncoder
+
+    cfg = HookedTransformerConfig(d_model=12, d_head=4, n_layers=2, n_ctx=9, d_vocab=30, act_fn="gelu", seed=3)
+    built = HookedEncoder(cfg)
+    assert built.tokenizer is None and built.cfg.d_vocab == 30
+    hf = T.BertForPreTraining(T.BertConfig(vocab_size=30, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
+                                           intermediate_size=48, max_position_embeddings=9, layer_norm_eps=1e-5))
+    converted = HookedEncoder.from_pretrained("bert-base-cased", hf_model=hf.eval())
+    shapes = {k: v.shape for k, v in converted.state_dict().items()}
+    assert {k: v.shape for k, v in built.state_dict().items()} == shapes
+    built.load_state_dict(converted.state_dict())
+    tokens = torch.randint(0, 30, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(built(tokens), hf(tokens).prediction_logits, atol=1e-5)
+
+
+def test_hooked_encoder_vocabulary_comes_from_the_tokenizer_or_is_required() -> None:
+    from hookscope.compat import HookedEncoder
+    from tests.compat.helpers import word_tokenizer
+
+    sizes = dict(d_model=12, d_head=4, n_layers=1, n_ctx=6, act_fn="gelu")
+    tokenizer = word_tokenizer()
+    model = HookedEncoder(HookedTransformerConfig(**sizes), tokenizer=tokenizer)
+    assert model.tokenizer is tokenizer and model.cfg.d_vocab == max(tokenizer.get_vocab().values()) + 1
+    with pytest.raises(AssertionError, match="Must provide a tokenizer"):
+        HookedEncoder(HookedTransformerConfig(**sizes))
