@@ -62,6 +62,8 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
         tokenizer's vocabulary (``tokenizer=`` or ``cfg.tokenizer_name``); masked-LM, pooler and
         next-sentence heads; TL's "gpt2" initialisation (``cfg.initializer_range``, ``cfg.seed``)."""
         cfg = HookedTransformerConfig.unwrap(cfg)
+        if cfg.init_mode != "gpt2":
+            raise NotImplementedError(f"HookedEncoder(cfg) initialises with init_mode='gpt2', got {cfg.init_mode!r}")
         if cfg.n_devices != 1:
             raise NotImplementedError("n_devices > 1: use hookscope.load(..., device_map='auto')")
         if tokenizer is None and cfg.tokenizer_name is not None:

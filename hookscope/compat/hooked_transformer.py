@@ -21,13 +21,13 @@ from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.generation import TLGenerateMixin
 from hookscope.compat.hook_points import HookedRootModule
+from hookscope.compat.init import tl_init_weights
 from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
 from hookscope.compat.pretrained import PretrainedMixin, _cached_tokenizer, _process
 from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
 from hookscope.models.decoder import Decoder
-from hookscope.models.init import init_weights
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +94,11 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             self.to(cfg.device)
 
     def init_weights(self) -> None:
-        """TL's "gpt2" initialisation (the native :func:`~hookscope.models.init.init_weights`): matrices and
-        embeddings ~ N(0, ``initializer_range``), biases 0, norm weights 1. Other init modes are refused."""
-        if self.cfg.init_mode != "gpt2":
-            raise NotImplementedError(f"init_mode={self.cfg.init_mode!r}: hookscope.compat implements 'gpt2'")
+        """TL's initialisation of ``cfg.init_mode``: "gpt2" (N(0, ``initializer_range``)), "xavier_uniform",
+        "xavier_normal", "kaiming_uniform", "kaiming_normal" (gain ``initializer_range``, TL's fans) or "muP";
+        biases 0, norm weights 1; reproducible from ``cfg.seed``."""
         seed = self.cfg.seed if self.cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        init_weights(self, seed=seed, init_range=self.cfg.initializer_range)
+        tl_init_weights(self, self.cfg.init_mode, seed, self.cfg.initializer_range)
 
     def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] | None = None) -> None:
         """Attach a HF tokenizer; as TL, missing EOS/PAD/BOS tokens fall back to each other."""
