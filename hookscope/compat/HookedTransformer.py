@@ -3,7 +3,9 @@ HookedTransformer``); the implementation is :mod:`hookscope.compat.hooked_transf
 
 from hookscope.compat.activation_cache import ActivationCache
 from hookscope.compat.config import HookedTransformerConfig
-from hookscope.compat.hooked_transformer import HookedTransformer
+from hookscope.compat.hooked_transformer import HookedTransformer, Output
 from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
+from hookscope.compat.pretrained import DTYPE_FROM_STRING
 
-__all__ = ["ActivationCache", "HookedTransformer", "HookedTransformerConfig", "HookedTransformerKeyValueCache"]
+__all__ = ["DTYPE_FROM_STRING", "ActivationCache", "HookedTransformer", "HookedTransformerConfig",
+           "HookedTransformerKeyValueCache", "Output"]

@@ -27,6 +27,8 @@ def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
         raise ValueError(f"{what} runs {expected.__name__} models; this source loads as {type(native).__name__}")
     model = cls.__new__(cls)
     model.__dict__.update(native.__dict__)  # adopt the native modules and parameters (no copy)
+    if hasattr(model.embed, "bind"):
+        model.embed.bind(model)  # the embedding's weak reference to its owner: the adopting model now
     return model
 
 
@@ -73,7 +75,8 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
         if cfg.d_vocab == -1:
             assert tokenizer is not None, "Must provide a tokenizer if d_vocab is not provided"
             cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
-            cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
+        if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
+            cfg.d_vocab_out = cfg.d_vocab
         Bert.__init__(self, _bert_config(cfg))
         self.tokenizer = tokenizer
         seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())

@@ -10,7 +10,7 @@ prepended and right padding when tokenizing, ``run_with_cache`` returning TL's A
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -38,6 +38,13 @@ _SWITCHES = {
     "use_hook_mlp_in": ("hook_mlp_in",),
     "use_attn_in": ("hook_attn_in",),
 }
+
+
+class Output(NamedTuple):
+    """``forward(..., return_type="both")``: the logits and the loss, as TL's named tuple."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor
 
 
 def _named_tokenizer(name: str) -> Any:
@@ -78,7 +85,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             tokenizer = _named_tokenizer(cfg.tokenizer_name)
         if cfg.d_vocab == -1 and tokenizer is not None:  # as TL: the vocabulary size from the tokenizer
             cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
-            cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
+        if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
+            cfg.d_vocab_out = cfg.d_vocab
         native = cfg.to_native()
         Decoder.__init__(self, native)
         use_tl_signatures(self)
@@ -194,7 +202,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         if tokens is None:
             raise ValueError("return_type='loss' / 'both' with start_at_layer needs tokens=")
         loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (out, loss)
+        return loss if return_type == "loss" else Output(out, loss)
 
     def _embeds_to_residual(self, embeds: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[batch, pos, d_model]`` -> the residual entering block 0 (positions added)."""

@@ -70,14 +70,19 @@ def _resolve_source(model_name: str) -> str:
     return get_official_model_name(model_name)
 
 
+# TL's dtype names (``HookedTransformer.DTYPE_FROM_STRING``), plus float64
+DTYPE_FROM_STRING: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
+}
+
+
 def _dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
-    if dtype not in table:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(table)}")
-    return table[dtype]
+    if dtype not in DTYPE_FROM_STRING:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPE_FROM_STRING)}")
+    return DTYPE_FROM_STRING[dtype]
 
 
 class PretrainedMixin:

@@ -43,7 +43,7 @@ class SequentialBlock(nn.Module):
         norm = _attention_sublayer(self, cfg, layer)
         self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
         self.ln2 = norm()
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias, cfg.mlp_norm, cfg.norm_eps)
         self.ln2_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self)
 
@@ -68,7 +68,7 @@ class ParallelBlock(nn.Module):
         super().__init__()
         norm = _attention_sublayer(self, cfg, layer)
         self.ln2 = norm()
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias, cfg.mlp_norm, cfg.norm_eps)
         add_block_hooks(self, resid_mid=False)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
