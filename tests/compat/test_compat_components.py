@@ -91,3 +91,25 @@ def test_hooked_encoder_vocabulary_comes_from_the_tokenizer_or_is_required() -> 
     assert model.tokenizer is tokenizer and model.cfg.d_vocab == max(tokenizer.get_vocab().values()) + 1
     with pytest.raises(AssertionError, match="Must provide a tokenizer"):
         HookedEncoder(HookedTransformerConfig(**sizes))
+
+
+def test_bert_embedding_defaults_to_one_segment_and_the_models_positions() -> None:
+    import transformers as T
+
+    from hookscope.compat import HookedEncoder
+
+    hf = T.BertForMaskedLM(T.BertConfig(vocab_size=30, hidden_size=12, num_hidden_layers=1, num_attention_heads=3,
+                                        intermediate_size=24, max_position_embeddings=9)).eval()
+    model = HookedEncoder.from_pretrained("bert-base-cased", hf_model=hf)
+    tokens = torch.randint(0, 30, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(tokens), hf.bert.embeddings(tokens), rtol=0, atol=1e-6)
+
+
+def test_return_type_both_is_tls_named_output_and_dtype_names() -> None:
+    from hookscope.compat.HookedTransformer import DTYPE_FROM_STRING, Output
+
+    model = _small_model()
+    out = model(torch.randint(0, 20, (1, 5)), return_type="both")
+    assert isinstance(out, Output) and out.logits.shape == (1, 5, 20) and out.loss.ndim == 0
+    assert DTYPE_FROM_STRING["bf16"] is torch.bfloat16 and DTYPE_FROM_STRING["fp32"] is torch.float32

@@ -17,7 +17,7 @@ def _solu_model(normalization_type: str = "LN") -> HookedTransformer:
                                   normalization_type=normalization_type, seed=0, dtype=torch.float64)
     model = HookedTransformer(cfg)
     with torch.no_grad():  # non-trivial norm weights and biases, so folding them has something to do
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.ndim == 1:
                 param.add_(0.3 * torch.randn_like(param))
     return model
