@@ -188,7 +188,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             input = tokens
         kv = None
         if past_kv_cache is not None:
-            attention_mask = past_kv_cache.append_attention_mask(attention_mask)
+            past_kv_cache.check_partial_forward(len(self.blocks), start_at_layer, stop_at_layer)
+            attention_mask = past_kv_cache.mask_for_forward(attention_mask, input.shape[0], input.shape[1])
             kv = past_kv_cache.native_for(self, input.shape[0], input.shape[1])
         native_return = "logits" if return_type in ("loss", "both") else return_type
         out = Decoder.forward(

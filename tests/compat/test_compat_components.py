@@ -113,3 +113,24 @@ def test_return_type_both_is_tls_named_output_and_dtype_names() -> None:
     out = model(torch.randint(0, 20, (1, 5)), return_type="both")
     assert isinstance(out, Output) and out.logits.shape == (1, 5, 20) and out.loss.ndim == 0
     assert DTYPE_FROM_STRING["bf16"] is torch.bfloat16 and DTYPE_FROM_STRING["fp32"] is torch.float32
+
+
+def test_frozen_kv_cache_runs_part_of_the_model_as_tl_code_does() -> None:
+    """TL's idiom: prefill, freeze, stop_at_layer for a residual, then start_at_layer from it over the cache."""
+    from hookscope.compat import HookedTransformerKeyValueCache
+
+    _, model = hf_and_compat("llama")
+    tokens = torch.randint(4, 60, (1, 7))
+    with torch.no_grad():
+        want = model(tokens)[:, -1]
+        cache = HookedTransformerKeyValueCache.init_cache(model.cfg, "cpu", 1)
+        model(tokens[:, :6], past_kv_cache=cache)
+        cache.freeze()
+        _, toks, _, mask = model.input_to_embed(tokens[:, 6:], past_kv_cache=cache)
+        resid = model(toks, stop_at_layer=1, past_kv_cache=cache)
+        got = model(resid, start_at_layer=1, tokens=toks, attention_mask=mask, past_kv_cache=cache)
+        assert cache.length == 6 and cache.previous_attention_mask.shape == (1, 6)
+        torch.testing.assert_close(got[:, -1], want, rtol=1e-5, atol=1e-5)
+        cache.unfreeze()
+        with pytest.raises(ValueError, match="freeze"):
+            model(toks, stop_at_layer=1, past_kv_cache=cache)
