@@ -27,6 +27,7 @@ from hookscope.compat.pretrained import PretrainedMixin, _cached_tokenizer, _pro
 from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
+from hookscope.hooks import HookPoint
 from hookscope.models.decoder import Decoder
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         native = cfg.to_native()
         Decoder.__init__(self, native)
         use_tl_signatures(self)
+        if cfg.use_hook_tokens:  # TL's hook on the token ids entering the embedding
+            self.hook_tokens = HookPoint()  # [batch, pos]
+            self.setup_hooks()
         cfg.__dict__["_native"] = native
         self.cfg = cfg
         self.default_padding_side = default_padding_side or "right"
@@ -185,6 +189,8 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         if start_at_layer is None:
             tokens, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
                                                            past_kv_cache is not None)
+            if self.cfg.use_hook_tokens and hasattr(self, "hook_tokens"):
+                tokens = self.hook_tokens(tokens)
             input = tokens
         kv = None
         if past_kv_cache is not None:

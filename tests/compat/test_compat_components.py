@@ -134,3 +134,18 @@ def test_frozen_kv_cache_runs_part_of_the_model_as_tl_code_does() -> None:
         cache.unfreeze()
         with pytest.raises(ValueError, match="freeze"):
             model(toks, stop_at_layer=1, past_kv_cache=cache)
+
+
+def test_hook_tokens_edits_the_token_ids_before_the_embedding() -> None:
+    cfg = HookedTransformerConfig(d_model=12, d_head=3, n_layers=1, n_ctx=10, d_vocab=20, seed=2, use_hook_tokens=True)
+    model = HookedTransformer(cfg)
+    tokens = torch.tensor([[5, 6, 7]])
+
+    def swap_first(ids: torch.Tensor, hook) -> torch.Tensor:
+        ids = ids.clone()
+        ids[0, 0] = 9
+        return ids
+
+    hooked = model.run_with_hooks(tokens, fwd_hooks=[("hook_tokens", swap_first)])
+    torch.testing.assert_close(hooked, model(torch.tensor([[9, 6, 7]])))
+    assert "hook_tokens" not in _small_model().hook_dict  # only with cfg.use_hook_tokens
