@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from hookscope.compat.activation_cache import ActivationCache
+from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.hook_points import HookedRootModule
 from hookscope.loading import load
@@ -29,6 +30,8 @@ def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
     model.__dict__.update(native.__dict__)  # adopt the native modules and parameters (no copy)
     if hasattr(model.embed, "bind"):
         model.embed.bind(model)  # the embedding's weak reference to its owner: the adopting model now
+    if isinstance(model, Bert):
+        use_tl_signatures(model, causal=False)
     return model
 
 
@@ -78,6 +81,7 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
         if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
             cfg.d_vocab_out = cfg.d_vocab
         Bert.__init__(self, _bert_config(cfg))
+        use_tl_signatures(self, causal=False)
         self.tokenizer = tokenizer
         seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         init_weights(self, seed=seed, init_range=cfg.initializer_range)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -149,3 +151,59 @@ def test_hook_tokens_edits_the_token_ids_before_the_embedding() -> None:
     hooked = model.run_with_hooks(tokens, fwd_hooks=[("hook_tokens", swap_first)])
     torch.testing.assert_close(hooked, model(torch.tensor([[9, 6, 7]])))
     assert "hook_tokens" not in _small_model().hook_dict  # only with cfg.use_hook_tokens
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
+def test_blocks_and_attention_called_alone_take_tl_signatures(arch: str) -> None:
+    """``blocks[i](resid)`` and ``attn(q, k, v)`` standalone equal the model's own run (causal, rotary from the
+    model), and a padding mask hides the padded keys."""
+    _, model = hf_and_compat(arch)
+    tokens = torch.randint(4, 60, (2, 6))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        torch.testing.assert_close(model.blocks[0](cache["resid_pre", 0]), cache["resid_post", 0])
+        normed = cache["blocks.1.ln1.hook_normalized"]
+        torch.testing.assert_close(model.blocks[1].attn(normed, normed, normed), cache["attn_out", 1])
+        torch.testing.assert_close(
+            model.blocks[1].attn(query_input=normed, key_input=normed, value_input=normed), cache["attn_out", 1])
+        # left padding: row 0's first two positions are padding; its real tokens alone give the same outputs
+        mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+        _, alone = model.run_with_cache(tokens[:1, 2:])
+        resid = cache["resid_pre", 0].clone()
+        resid[0, 2:] = alone["resid_pre", 0][0]
+        padded = model.blocks[0](resid, attention_mask=mask)
+        torch.testing.assert_close(padded[0, 2:], alone["resid_post", 0][0], rtol=1e-5, atol=1e-5)
+
+
+def _first(out: Any) -> torch.Tensor:
+    """A Hugging Face module's hidden states (some return a tuple, some the tensor)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_bert_block_and_attention_alone_equal_hugging_faces() -> None:
+    import transformers as T
+
+    from hookscope.compat import HookedEncoder
+
+    hf = T.BertForMaskedLM(T.BertConfig(vocab_size=30, hidden_size=12, num_hidden_layers=1, num_attention_heads=3,
+                                        intermediate_size=24, max_position_embeddings=9)).eval()
+    model = HookedEncoder.from_pretrained("bert-base-cased", hf_model=hf)
+    x = torch.randn(2, 6, 12)
+    layer = hf.bert.encoder.layer[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model.blocks[0](x), _first(layer(x)), rtol=1e-5, atol=1e-5)
+        want = layer.attention.output.dense(_first(layer.attention.self(x)))
+        torch.testing.assert_close(model.blocks[0].attn(x, x, x), want, rtol=1e-5, atol=1e-5)
+        additive = torch.zeros(2, 1, 1, 6)
+        additive[0, ..., 4:] = float("-inf")  # row 0: the last two positions are padding
+        out = model.blocks[0](x, additive_attention_mask=additive)
+        torch.testing.assert_close(out[0, :4], _first(layer(x[:1, :4]))[0], rtol=1e-5, atol=1e-5)
+
+
+def test_standalone_calls_refuse_cache_entries_and_mismatched_masks() -> None:
+    model = _small_model()
+    x = torch.randn(1, 4, 12)
+    with pytest.raises(NotImplementedError, match="past_kv_cache"):
+        model.blocks[0](x, past_kv_cache_entry=object())
+    with pytest.raises(ValueError, match="covers 6 positions"):
+        model.blocks[0].attn(x, x, x, attention_mask=torch.ones(1, 6))
