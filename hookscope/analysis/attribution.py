@@ -90,7 +90,8 @@ def _names(model: Any, activations: Sequence[str], names_filter: NamesFilter) ->
     sites = tuple(f".{_SITES[a]}" for a in activations)
     names = [n for n in model.hook_dict if n.startswith("blocks.") and n.endswith(sites)]
     if not names:
-        raise KeyError(f"{type(model).__name__} has none of the hooks {sorted(sites)}")
+        raise KeyError(f"{type(model).__name__} has no 'blocks.{{i}}' hooks {sorted(sites)}: pass its own names with "
+                       "names_filter= (e.g. lambda n: n.startswith('encoder.') and n.endswith('hook_resid_pre'))")
     return names
 
 
