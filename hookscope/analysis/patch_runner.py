@@ -19,6 +19,7 @@ import torch
 
 from hookscope.hooks import StopForward
 from hookscope.models.decoder import Decoder
+from hookscope.names import position_axis
 
 Edit = Callable[[torch.Tensor, int], torch.Tensor | None]  # (activation rows of one run, run) -> new or None
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -144,6 +145,8 @@ class PatchRunner:
                 out = None
         self.resid = [seen[n] for n in names]
         self.reference = {n: seen[n] for n in self.metric_names if n in seen}
+        self.ref_acts = dict(zip(names, self.resid, strict=True))  # corrupted activations by name (grows lazily)
+        self.logits = out if not self.metric_names and not self.kwargs else None  # for the causal prefix
         if not self.metric_names:
             return out
         missing = [n for n in self.metric_names if n not in seen]
@@ -184,10 +187,12 @@ class PatchRunner:
         seen: dict[str, torch.Tensor] = {}
         hooks = self._edit_hooks(chunk) + [(m, _capture_hook(seen, self.metric_names)) for m in self.metric_names]
         starts = [self._first_block(r) for r in chunk]
+        growing = self.skip and starts[0] >= 0
+        firsts = self._first_positions(chunk) if growing and self.logits is not None else None
         with self.model.hooks(hooks):
             try:
-                if self.skip and starts[0] >= 0:
-                    out = self._growing_forward(starts)
+                if growing:
+                    out = self._growing_forward(starts, firsts)
                 else:
                     out = output_logits(call_model(self.model, repeat_batch(self.inputs, n), **self.kwargs))
             except StopForward:
@@ -210,10 +215,11 @@ class PatchRunner:
         split = out.reshape(n, self.b, *out.shape[1:])
         return [float(self.metric(split[i])) for i in range(n)]
 
-    def _growing_forward(self, starts: list[int]) -> torch.Tensor:
+    def _growing_forward(self, starts: list[int], firsts: list[int] | None) -> torch.Tensor:
         """Native decoders, block by block: each run joins the batch (from the cached corrupted residual
         stream) at the first block it patches, so no block runs for a run that does not differ there yet.
-        ``starts`` is sorted; the rows of run ``i`` stay ``i*b .. (i+1)*b - 1``."""
+        ``starts`` is sorted; the rows of run ``i`` stay ``i*b .. (i+1)*b - 1``. With ``firsts`` (each run's
+        first changed position) only later positions are unembedded (:meth:`_prefix_head`)."""
         x, joined, n_blocks = None, 0, len(self.model.blocks)
         for layer in range(starts[0], n_blocks):
             k = bisect.bisect_right(starts, layer)  # runs patching at or before this block
@@ -221,7 +227,59 @@ class PatchRunner:
                 new = repeat_batch(self.resid[layer], k - joined)
                 x, joined = (new if x is None else torch.cat([x, new])), k
             x = self.model(x, start_at_layer=layer, stop_at_layer=layer + 1)
+        if firsts is not None:
+            return self._prefix_head(x, firsts)
         return output_logits(self.model(x, start_at_layer=n_blocks, **self.kwargs))
+
+    def _first_positions(self, chunk: list[PatchRun]) -> list[int]:
+        """Each run's first position that any of its edits changes, found by applying the edits to the
+        corrupted activations. A decoder is causal: every earlier position, in every later activation and in
+        the logits, then equals the corrupted run's. 0 where the position axis is unknown."""
+        n_pos = self.inputs.shape[-1]
+        refs = self._reference_acts({name for run in chunk for name in run.edits})
+        firsts = []
+        for run in chunk:
+            first = n_pos
+            for name, edit in run.edits.items():
+                ref = refs.get(name)
+                axis = None if ref is None else position_axis(name, ref.ndim)
+                if axis is None:
+                    first = 0
+                    break
+                piece = ref.clone()
+                new = edit(piece)
+                new = piece if new is None else new
+                if not isinstance(new, torch.Tensor) or new.shape != ref.shape:
+                    first = 0  # the patched run itself will report the bad edit
+                    break
+                changed = (new != ref).movedim(axis, 0).flatten(1).any(1).nonzero()  # [positions changed, 1]
+                first = min(first, int(changed[0, 0]) if len(changed) else n_pos)
+            firsts.append(first)
+        return firsts
+
+    def _reference_acts(self, names: set[str]) -> dict[str, torch.Tensor]:
+        """The corrupted run's activations at ``names`` (one more corrupted forward for names not yet seen)."""
+        missing = sorted(n for n in names if n not in self.ref_acts)
+        if missing:
+            seen: dict[str, torch.Tensor] = {}
+            with self.model.hooks([(n, _capture_hook(seen, missing)) for n in missing]):
+                try:
+                    call_model(self.model, self.inputs)
+                except StopForward:
+                    pass
+            self.ref_acts.update(seen)
+        return self.ref_acts
+
+    def _prefix_head(self, x: torch.Tensor, firsts: list[int]) -> torch.Tensor:
+        """Logits ``[n*b, pos, d_vocab]`` of the final residual ``x``: the corrupted run's logits before each
+        run's first changed position (equal there, the model being causal), the unembedding of ``x`` after."""
+        n_pos = x.shape[1]
+        logits = self.logits.repeat(len(firsts), *([1] * (self.logits.ndim - 1)))
+        first = torch.tensor(firsts, device=x.device).repeat_interleave(self.b)  # [n*b]
+        fresh = torch.arange(n_pos, device=x.device)[None, :] >= first[:, None]  # [n*b, pos]
+        if bool(fresh.any()):  # every fresh position as its own one-position sequence: the head is per position
+            logits[fresh] = output_logits(self.model(x[fresh][:, None], start_at_layer=len(self.model.blocks)))[:, 0]
+        return logits
 
     def _edit_hooks(self, chunk: list[PatchRun]) -> list[tuple[str, Callable]]:
         by_name: dict[str, list[tuple[int, Callable]]] = {}

@@ -182,9 +182,9 @@ def test_path_patching_on_a_wrapped_model_equals_two_hand_written_runs() -> None
                                                                   ("blocks.2.attn.hook_k", record)]):
         model(clean)
     # run 2: clean input, only the receiver's query head 1 and its key/value head 0 take the recorded values
-    want = hand_run(model, clean, {"blocks.2.attn.hook_q": ((slice(None), slice(None), 1), seen["blocks.2.attn.hook_q"]),
-                                   "blocks.2.attn.hook_k": ((slice(None), slice(None), 0), seen["blocks.2.attn.hook_k"])},
-                    logit_diff)
+    q, k = "blocks.2.attn.hook_q", "blocks.2.attn.hook_k"
+    want = hand_run(model, clean, {q: ((slice(None), slice(None), 1), seen[q]),
+                                   k: ((slice(None), slice(None), 0), seen[k])}, logit_diff)
     torch.testing.assert_close(got[sender].item(), want, **EXACT)
     assert abs(want - logit_diff(clean_logits).item()) > 1e-6
 
@@ -236,7 +236,7 @@ def test_metric_over_several_hooks_receives_a_dict() -> None:
             act[:, pos] = cache[name][:, pos]
             return act
 
-        def keep(act, hook):
+        def keep(act, hook, seen=seen):
             seen[hook.name] = act.clone()
 
         with torch.no_grad(), model.hooks([(name, patch)] + [(r, keep) for r in reads]):
@@ -267,3 +267,28 @@ def test_engine_chunks_mixing_embedding_block_and_empty_patches_equal_separate_r
         got = PatchRunner(model, corrupted, logit_diff, batch_size=batch_size).run(runs)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), **EXACT)
     assert len({round(w, 8) for w in want}) == len(want)  # every plan changes the metric differently
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_sweeps_with_a_metric_over_every_position_equal_hand_written_runs(family: str) -> None:
+    """Runs take the corrupted logits before the first position they change (the model is causal): a metric
+    reading every position checks those too, for patches of one position, of all positions and of keys."""
+    model, _, corrupted, cache = native(family)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits.log_softmax(-1)[..., 3].sum() + logits[:, 1, 7].mean()
+
+    got = P.get_act_patch_resid_mid(model, corrupted, cache, metric, batch_size=5)
+    want = torch.tensor([[hand_run(model, corrupted, {f"blocks.{layer}.hook_resid_mid": ((slice(None), pos), cache[
+        f"blocks.{layer}.hook_resid_mid"])}, metric) for pos in range(6)] for layer in range(3)], dtype=torch.float64)
+    torch.testing.assert_close(got, want, **EXACT)
+    assert (want[:, 2:] - want[:, :1]).abs().max() > 1e-3
+    keys = P.get_act_patch_attn_head_k_by_pos(model, corrupted, cache, metric)
+    for layer, pos, head in [(0, 2, 1), (2, 5, 0), (1, 0, 1)]:
+        name = f"blocks.{layer}.attn.hook_k"
+        want_k = hand_run(model, corrupted, {name: ((slice(None), pos, head), cache[name])}, metric)
+        torch.testing.assert_close(keys[layer, pos, head].item(), want_k, **EXACT)
+    heads = P.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)
+    name = "blocks.1.attn.hook_z"
+    torch.testing.assert_close(heads[1, 1].item(), hand_run(
+        model, corrupted, {name: ((slice(None), slice(None), 1), cache[name])}, metric), **EXACT)
