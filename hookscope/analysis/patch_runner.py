@@ -4,8 +4,10 @@ A patched run is the corrupted input with a few activations replaced. ``n`` runs
 axis (run ``i`` owns rows ``i*b .. (i+1)*b - 1``); one hook per hook name edits only the rows of the runs that
 patch there, so runs patching different layers share a batch. On a native decoder a run equals the corrupted
 run before the first block it patches, so the batch grows block by block: each run joins it there, from the
-cached corrupted residual stream, instead of recomputing the blocks before. When the metric reads an
-intermediate activation (``metric_hook``), every forward stops once it has fired."""
+cached corrupted residual stream, instead of recomputing the blocks before; and, the model being causal, a
+run's logits before the first position its edits change are the corrupted run's, so only later positions are
+unembedded (each edit is applied once to a copy of the corrupted activation to find that position). When the
+metric reads an intermediate activation (``metric_hook``), every forward stops once it has fired."""
 
 from __future__ import annotations
 
