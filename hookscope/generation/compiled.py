@@ -1,7 +1,10 @@
 """Decode steps through ``torch.compile`` (``generate(..., compile=True)``).
 
-A decode step of a small model is mostly Python and kernel-launch overhead; compiling the step removes most
-of it. The prompt (prefill) still runs eagerly, so input validation and its errors stay as they are.
+A decode step of a small model is partly Python and kernel-launch overhead; compiling the step removes most
+of it and fuses the elementwise ops between the matrix products. What is compiled is the model's
+:class:`~hookscope.generation.lean.LeanStep` (the forward without hook points: a smaller graph with fewer
+guards), or the model's forward for a model without one. The prompt (prefill) still runs eagerly, so input
+validation and its errors stay as they are.
 
 Compiled once per shape bucket, not per call: the step is compiled with dynamic shapes, so the growing
 cached length, other prompt lengths and other ``max_new_tokens`` reuse the same graph; a new batch size
@@ -14,9 +17,10 @@ buffers are marked as static addresses so the graphs may write them in place. On
 is used and nothing CUDA-specific runs. (No GPU was available when this was written: the CUDA path is
 untested.)
 
-Hooks: a compiled step runs only while no hook is attached to the model, checked before every step, so a
-hook attached during generation (from a stream, a callback or another hook) fires from the next step on;
-hooks are arbitrary Python, and an eager step is the one that certainly runs them as written.
+Hooks: a compiled step runs only while no hook is attached to the model (nor a PyTorch module hook), checked
+before every step, so a hook attached during generation (from a stream, a callback or another hook) fires
+from the next step on; hooks are arbitrary Python, and an eager step is the one that certainly runs them as
+written.
 """
 
 from __future__ import annotations
@@ -27,38 +31,50 @@ from typing import Any
 
 import torch
 
+from hookscope.generation.lean import LeanStep, lean_step
 from hookscope.hooks import hooks_active
 
 # The torch.compile backend; tests swap in a counting backend to count compilations without inductor.
 BACKEND: str | Callable[..., Any] = "inductor"
-_compiled: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
+# model -> {"lean" or "forward": its compiled step function}
+_compiled: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
 
 
 def _decode_step(model: Any, tokens: torch.Tensor, mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
     return model(tokens, mask, kv_cache=kv_cache, logits_to_keep=1)
 
 
+def _lean_decode_step(step: LeanStep, tokens: torch.Tensor, mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
+    return step(tokens, mask, kv_cache)
+
+
 class CompiledStep:
     """``step(tokens, mask, kv_cache) -> logits`` for the cached steps of one model.
 
-    Runs the compiled function while the model has no hooks and the model's own forward otherwise
-    (``used_compiled`` counts the compiled steps).
+    Runs the compiled function while nothing could observe the step (no hooks) and the model's own forward
+    otherwise (``used_compiled`` counts the compiled steps). ``lean``: the model's lean step, which ``fn``
+    compiles (``fn(lean, ...)``), or None: ``fn`` compiles the forward (``fn(model, ...)``).
     """
 
-    def __init__(self, model: Any, fn: Callable[..., Any], on_cuda: bool = False) -> None:
-        self.model, self.fn, self.on_cuda = model, fn, on_cuda
+    def __init__(
+        self, model: Any, fn: Callable[..., Any], on_cuda: bool = False, lean: LeanStep | None = None
+    ) -> None:
+        self.model, self.fn, self.on_cuda, self.lean = model, fn, on_cuda, lean
         self.points = model.hook_points()
         self.used_compiled = 0
         self._static: set[int] = set()
 
+    def _observed(self) -> bool:
+        return not self.lean.usable() if self.lean is not None else hooks_active(self.points)
+
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
-        if hooks_active(self.points):
+        if self._observed():
             return _decode_step(self.model, tokens, mask, kv_cache)
         if self.on_cuda and id(kv_cache) not in self._static:
             _mark_cache_static(kv_cache)
             self._static.add(id(kv_cache))
         self.used_compiled += 1
-        return self.fn(self.model, tokens, mask, kv_cache)
+        return self.fn(self.lean if self.lean is not None else self.model, tokens, mask, kv_cache)
 
 
 def _mark_cache_static(kv_cache: Any) -> None:
@@ -74,10 +90,12 @@ def _mark_cache_static(kv_cache: Any) -> None:
 
 def compiled_step(model: Any) -> CompiledStep:
     """The compiled decode step of ``model`` (compiled on first use, then kept with the model)."""
-    fn = _compiled.get(model)
-    if fn is None:
-        on_cuda = next(model.parameters()).device.type == "cuda"
+    lean = lean_step(model)
+    kind = "lean" if lean is not None else "forward"
+    fns = _compiled.setdefault(model, {})
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if kind not in fns:
         options: dict[str, Any] = {"mode": "reduce-overhead"} if on_cuda and BACKEND == "inductor" else {}
-        fn = torch.compile(_decode_step, dynamic=True, backend=BACKEND, **options)
-        _compiled[model] = fn
-    return CompiledStep(model, fn, on_cuda=next(model.parameters()).device.type == "cuda")
+        target = _lean_decode_step if lean is not None else _decode_step
+        fns[kind] = torch.compile(target, dynamic=True, backend=BACKEND, **options)
+    return CompiledStep(model, fns[kind], on_cuda=on_cuda, lean=lean)

@@ -124,7 +124,8 @@ def test_cuda_path_marks_the_kv_cache_static_once_per_cache(compilations: list[i
     from hookscope.generation.kv_cache import KVCache
 
     model = hookscope.load(random_hf_model("llama"))
-    step = compiled.CompiledStep(model, compiled.compiled_step(model).fn, on_cuda=True)
+    lean = compiled.compiled_step(model)
+    step = compiled.CompiledStep(model, lean.fn, on_cuda=True, lean=lean.lean)
     tokens = random_tokens(1, 4)
     cache = KVCache.for_model(model, 1, 8)
     with torch.no_grad():
