@@ -27,7 +27,7 @@ from torch import nn
 
 from hookscope.components.attention import Attention, fused_attention
 from hookscope.components.embed import Embed, PosEmbed, Unembed
-from hookscope.components.masks import causal_mask_and_positions
+from hookscope.components.masks import AttentionMask, causal_mask_and_positions
 from hookscope.components.mlp import MLP, GatedMLP
 from hookscope.components.norm import LayerNorm, LayerNormPre, NoNorm, OffsetRMSNorm, RMSNorm, RMSNormPre
 from hookscope.components.rotary import apply_rotary
@@ -115,17 +115,40 @@ class LeanStep:
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules) and not _global_hooks()
 
     def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
-        model = self.model
         batch, n_pos = tokens.shape
         past = kv_cache.length
         mask, positions, _ = causal_mask_and_positions(attention_mask, None, batch, n_pos, past, tokens.device)
+        logits = self._run(tokens, positions, mask, [kv_cache.layer(i) for i in range(len(self.layers))])
+        kv_cache.advance(n_pos)
+        return logits
+
+    def fixed_shape(
+        self, tokens: torch.Tensor, positions: torch.Tensor, index: torch.Tensor, key_valid: torch.Tensor | None,
+        kv_cache: Any,
+    ) -> torch.Tensor:
+        """One new token per row whose shapes do not change from step to step (what a CUDA graph replays):
+        it attends over the whole cache buffer, the unwritten positions masked, and writes at ``index``.
+
+        Args:
+            tokens: ``[batch, 1]``. positions: their positions ``[batch, 1]`` (left padding skipped).
+            index: ``[1]`` where the step's keys go in the cache (``kv_cache.length``, as a tensor).
+            key_valid: ``[batch, max_len]``, 0 at prompt padding (or None).
+
+        The caller advances the cache. Same function as :meth:`__call__` up to rounding (the masked keys
+        join the softmax with weight 0).
+        """
+        mask = AttentionMask(key_valid, index, kv_cache.max_len, causal=True)  # hides the positions after index
+        layers = [_FixedShapeLayer(kv_cache.layer(i), index) for i in range(len(self.layers))]
+        return self._run(tokens, positions, mask, layers)
+
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, mask: Any, caches: list[Any]) -> torch.Tensor:
+        model = self.model
         x = model.embed.forward(tokens, False)  # [batch, pos, d_model]
         if model.pos_embed is not None:
             x = x + model.pos_embed.forward(positions, False)
         rotary = model.rotary_tables(positions, x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = self._block(layer, x, mask, rotary, kv_cache.layer(i))
-        kv_cache.advance(n_pos)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = self._block(layer, x, mask, rotary, cache)
         return model.unembed.forward(self.final_norm(x)[:, -1:])
 
     def _block(self, layer: _Layer, x: torch.Tensor, mask: Any, rotary: Any, cache: Any) -> torch.Tensor:
@@ -174,6 +197,18 @@ class LeanStep:
             return F.linear(m.act(gate) * up, m.down_proj.weight, m.down_proj.bias)
         assert isinstance(m, MLP)
         return F.linear(m.act(F.linear(x, m.up_proj.weight, m.up_proj.bias)), m.down_proj.weight, m.down_proj.bias)
+
+
+class _FixedShapeLayer:
+    """A layer's cache written at a tensor index, handing back the whole buffer (fixed shapes)."""
+
+    def __init__(self, layer: Any, index: torch.Tensor) -> None:
+        self.k, self.v, self.index = layer.k, layer.v, index  # [batch, kv_head, max_len, d_head]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, self.index, k.transpose(1, 2))
+        self.v.index_copy_(2, self.index, v.transpose(1, 2))
+        return self.k.transpose(1, 2), self.v.transpose(1, 2)  # [batch, max_len, kv_head, d_head]
 
 
 def _global_hooks() -> bool:
