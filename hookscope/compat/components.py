@@ -37,15 +37,16 @@ class PosEmbed(_NativePosEmbed):
     Without a mask, the positions are ``past_kv_pos_offset ... past_kv_pos_offset + pos - 1`` for every row.
     With a mask ``[batch, past_kv_pos_offset + pos]`` (a KV cache's mask covers the cached positions too),
     each row counts from its own first attended token, and padded positions get zeros, as TL's left padding.
-    The native decoder calls it with position ids and ``validate=`` (hookscope's signature).
+    hookscope's own call, ``pos_embed(positions, validate)`` (a bool second argument, or ``validate=``), still
+    looks position ids up.
     """
 
     def forward(  # type: ignore[override]
         self, tokens: torch.Tensor, past_kv_pos_offset: int = 0, attention_mask: torch.Tensor | None = None,
         *, validate: bool | None = None,
     ) -> torch.Tensor:
-        if validate is not None:  # hookscope's call: ``tokens`` are position ids
-            return super().forward(tokens, validate)
+        if validate is not None or isinstance(past_kv_pos_offset, bool):  # hookscope's (positions, validate)
+            return super().forward(tokens, past_kv_pos_offset if validate is None else validate)
         if tokens.ndim == 1:
             tokens = tokens[None]
         batch, n_pos = tokens.shape

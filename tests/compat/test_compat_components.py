@@ -23,6 +23,9 @@ def test_pos_embed_without_mask_counts_from_the_offset() -> None:
     W_pos = model.pos_embed.W_pos
     assert torch.equal(model.pos_embed(tokens), W_pos[:4].expand(2, -1, -1))
     assert torch.equal(model.pos_embed(tokens, 3), W_pos[3:7].expand(2, -1, -1))
+    positions = torch.tensor([[4, 2]])  # hookscope's call, positional or by keyword: a look-up of these rows
+    assert torch.equal(model.pos_embed(positions, False), W_pos[[4, 2]][None])
+    assert torch.equal(model.pos_embed(positions, validate=True), W_pos[[4, 2]][None])
 
 
 def test_pos_embed_with_left_padding_counts_from_each_rows_first_token_and_zeroes_padding() -> None:
