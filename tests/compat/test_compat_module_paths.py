@@ -74,3 +74,15 @@ def test_has_hooks_filters_by_direction_permanence_and_level(query: dict, expect
 def test_has_hooks_refuses_an_unknown_direction() -> None:
     with pytest.raises(ValueError, match="dir must be"):
         HookPoint().has_hooks(dir="sideways")
+
+
+def test_loading_reads_hf_configs_through_its_module_level_autoconfig(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TL code patches ``loading_from_pretrained.AutoConfig.from_pretrained``; the config then comes from it."""
+    import transformers
+
+    from hookscope.compat import loading_from_pretrained as loading
+
+    config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, vocab_size=100)
+    monkeypatch.setattr(loading.AutoConfig, "from_pretrained", lambda *a, **k: config)
+    cfg = loading.get_pretrained_model_config("gpt2")
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_ctx, cfg.d_vocab) == (32, 3, 4, 64, 100)
