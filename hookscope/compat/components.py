@@ -11,7 +11,6 @@ bidirectional in a ``HookedEncoder``, rotary positions from the model's own tabl
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -83,7 +82,7 @@ class _TLCall:
             raise ValueError(f"the attention mask covers {key_valid.shape[-1]} positions, the input {n_pos}; a "
                              "standalone call has no cached positions (run the model with past_kv_cache= for them)")
         mask = AttentionMask(key_valid, torch.arange(n_pos, device=x.device), n_pos, causal=self._tl_causal)
-        owner = self._tl_owner() if self._tl_owner is not None else None
+        owner = self._tl_owner
         rotary = None
         if owner is not None and getattr(owner, "inv_freq", None) is not None:
             positions = (positions_from_mask(key_valid.long()) if key_valid is not None
@@ -168,12 +167,14 @@ _TL_CLASSES: dict[type, type] = {SequentialBlock: TransformerBlock, ParallelBloc
 def use_tl_signatures(model: nn.Module, causal: bool = True) -> None:
     """Give a compat model's position embedding, blocks and attention TL's call signatures as well (the modules
     keep their parameters and hook points; the model's own calls keep hookscope's signatures)."""
-    owner = weakref.ref(model)
     for block in getattr(model, "blocks", ()):
         for module in (block, getattr(block, "attn", None)):
             if module is not None and type(module) in _TL_CLASSES:
                 module.__class__ = _TL_CLASSES[type(module)]
-                module._tl_owner, module._tl_causal = owner, causal
+                # the model itself (for its rotary tables), not registered as a submodule; a deep copy of the
+                # model then points its copied blocks at the copy
+                object.__setattr__(module, "_tl_owner", model)
+                module._tl_causal = causal
                 module._tl_window = getattr(block, "window", None)
     pos_embed = getattr(model, "pos_embed", None)
     if type(pos_embed) is _NativePosEmbed:

@@ -210,3 +210,18 @@ def test_standalone_calls_refuse_cache_entries_and_mismatched_masks() -> None:
         model.blocks[0](x, past_kv_cache_entry=object())
     with pytest.raises(ValueError, match="covers 6 positions"):
         model.blocks[0].attn(x, x, x, attention_mask=torch.ones(1, 6))
+
+
+def test_a_deep_copy_calls_its_own_rotary_tables_after_the_original_is_gone() -> None:
+    import copy
+    import gc
+
+    _, model = hf_and_compat("llama")
+    clone = copy.deepcopy(model)
+    del model
+    gc.collect()
+    tokens = torch.randint(4, 60, (1, 5))
+    with torch.no_grad():
+        _, cache = clone.run_with_cache(tokens)
+        torch.testing.assert_close(clone.blocks[1](cache["resid_pre", 1]), cache["resid_post", 1])
+    assert len(clone.state_dict()) == len(copy.deepcopy(clone).state_dict())  # the model is no submodule of its blocks
