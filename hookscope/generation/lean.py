@@ -19,6 +19,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -31,9 +32,9 @@ from hookscope.components.masks import AttentionMask, causal_mask_and_positions
 from hookscope.components.mlp import MLP, GatedMLP
 from hookscope.components.norm import LayerNorm, LayerNormPre, NoNorm, OffsetRMSNorm, RMSNorm, RMSNormPre
 from hookscope.components.rotary import apply_rotary
-from hookscope.hooks import hooks_active
 from hookscope.models.decoder import AttnOnlyBlock, Decoder, ParallelBlock, SequentialBlock
 
+_FWD_HOOKS, _BWD_HOOKS = attrgetter("fwd_hooks"), attrgetter("bwd_hooks")  # a HookPoint's hook lists
 _KNOWN_NORMS = (LayerNorm, RMSNorm, OffsetRMSNorm, LayerNormPre, RMSNormPre, NoNorm)
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,13 +107,18 @@ class LeanStep:
         self.model, self.layers = model, layers
         self.points = model.hook_points()
         self.modules = list(model.modules())
+        # PyTorch keeps each module's hook dicts for the module's life (handles delete from them in place)
+        self._module_hooks = [d for m in self.modules for d in (m._forward_hooks, m._forward_pre_hooks)]
         self.final_norm = _norm_fn(model.ln_final)
 
     def usable(self) -> bool:
-        """No hook point has a hook and no module has a PyTorch forward hook (either would be skipped)."""
-        if hooks_active(self.points):
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules) and not _global_hooks()
+        """No hook point has a hook and no module has a PyTorch forward hook (either would be skipped).
+
+        Checked before every step, so the loops run in C (``any`` over ``map`` and over the hook dicts).
+        """
+        points = self.points
+        hooked = any(map(_FWD_HOOKS, points)) or any(map(_BWD_HOOKS, points)) or any(self._module_hooks)
+        return not hooked and not _global_hooks()
 
     def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
         batch, n_pos = tokens.shape

@@ -76,6 +76,9 @@ def test_hooks_attached_before_generation_fire_on_every_step(lean_calls: list[in
     with model.hooks([("blocks.2.attn.hook_v", lambda t, hook: seen.append(t.shape[1]))]):
         out = model.generate(tokens, 8, eos_token_id=[])
     assert seen == [5] + [1] * 7 and not lean_calls  # the prompt, then one position a step
+    model.add_hook("blocks.0.hook_resid_post", lambda grad, hook: None, dir="bwd")
+    assert not lean.lean_step(model).usable()  # a backward hook keeps the hooked forward too
+    model.reset_hooks()
     assert torch.equal(out, _hf_generate(hf, tokens, 8))
     assert torch.equal(model.generate(tokens, 8, eos_token_id=[]), out) and lean_calls == [2] * 7
 
