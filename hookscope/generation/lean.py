@@ -230,11 +230,14 @@ _built: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], LeanStep | None]] 
 
 
 def lean_step(model: Any) -> LeanStep | None:
-    """The lean step of ``model``, or None when it has none (not a native decoder, a module the lean step
-    does not know, shortformer positions, or a model dispatched over devices). Checked once per call:
+    """The lean step of ``model``, or None when it has none (not a native decoder (a subclass neither), a
+    module the lean step does not know, a ``forward`` replaced on a module, shortformer positions, or a model
+    dispatched over devices). Checked once per call:
     a module swapped between two ``generate`` calls is seen by the next one."""
-    if not isinstance(model, Decoder) or hasattr(model, "hf_device_map") or model.cfg.positional == "shortformer":
-        return None
+    if type(model) is not Decoder or hasattr(model, "hf_device_map") or model.cfg.positional == "shortformer":
+        return None  # a subclass may compute something else in its forward
+    if any("forward" in vars(m) for m in model.modules()):
+        return None  # a forward replaced on an instance: only the model's own forward runs it
     modules = tuple(id(m) for m in model.modules())
     built = _built.get(model)
     if built is not None and built[0] == modules:

@@ -51,6 +51,21 @@ def test_lean_step_logits_and_cache_are_bitwise_the_forwards(name: str, dtype: t
         assert plain.length == hooked.length == 11
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
+def test_lean_step_after_process_weights_is_bitwise_the_forward(name: str) -> None:
+    """Folded norms become LayerNormPre / RMSNormPre, which the lean step runs as the forward does."""
+    model = hookscope.load(random_hf_model(name)).process_weights()
+    step = lean.lean_step(model)
+    assert step is not None
+    tokens = random_tokens(2, 8)
+    hooked, plain = KVCache.for_model(model, 2, 8), KVCache.for_model(model, 2, 8)
+    with torch.no_grad():
+        for cache in (hooked, plain):
+            model(tokens[:, :7], kv_cache=cache, logits_to_keep=1)
+        want = model(tokens[:, 7:], kv_cache=hooked, logits_to_keep=1)
+        assert torch.equal(step(tokens[:, 7:], None, plain), want)
+
+
 def _hf_generate(hf: nn.Module, tokens: torch.Tensor, new: int, **kwargs: object) -> torch.Tensor:
     with torch.no_grad():
         return hf.generate(tokens, max_new_tokens=new, do_sample=False, eos_token_id=None, **kwargs)
@@ -140,6 +155,11 @@ def test_a_swapped_module_falls_back_to_the_forward(lean_calls: list[int]) -> No
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return 2 * self.inner(x)
 
+    assert lean.lean_step(model) is not None
+    original = model.blocks[1].ln2.forward
+    model.blocks[1].ln2.forward = lambda x: original(x) * 0.5  # patched on the instance
+    assert lean.lean_step(model) is None
+    del model.blocks[1].ln2.forward
     model.blocks[0].mlp = Doubled(model.blocks[0].mlp)
     assert lean.lean_step(model) is None
     tokens = random_tokens(1, 5)
