@@ -66,6 +66,42 @@ def test_lean_step_after_process_weights_is_bitwise_the_forward(name: str) -> No
         assert torch.equal(step(tokens[:, 7:], None, plain), want)
 
 
+FROM_SCRATCH = {
+    "solu": dict(act_fn="solu", mlp_norm="layernorm"),
+    "attn_only_rotary": dict(attn_only=True, d_mlp=0, positional="rotary", norm="rmsnorm"),
+    "weightless_norms": dict(norm="layernorm_pre", final_norm="rmsnorm_pre", act_fn="gelu", mlp_bias=True),
+    "parallel_no_norm": dict(parallel_attn_mlp=True, norm="none", positional="rotary", rotary_dim=4),
+}
+
+
+@pytest.mark.parametrize("variant", FROM_SCRATCH)
+def test_lean_step_is_bitwise_the_forward_on_from_scratch_variants(variant: str) -> None:
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    kwargs = {"d_model": 24, "n_layers": 2, "n_heads": 3, "d_head": 8, "d_mlp": 36, "d_vocab": 50, "n_ctx": 32}
+    model = Decoder.from_config(DecoderConfig(**{**kwargs, **FROM_SCRATCH[variant]}), seed=1, init_range=0.3)
+    step = lean.lean_step(model)
+    assert step is not None
+    tokens = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    hooked, plain = KVCache.for_model(model, 2, 7), KVCache.for_model(model, 2, 7)
+    with torch.no_grad():
+        for cache in (hooked, plain):
+            model(tokens[:, :5], kv_cache=cache, logits_to_keep=1)
+        for end in (6, 7):
+            want = model(tokens[:, end - 1 : end], kv_cache=hooked, logits_to_keep=1)
+            assert torch.equal(step(tokens[:, end - 1 : end], None, plain), want)
+
+
+def test_shortformer_positions_have_no_lean_step() -> None:
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    cfg = DecoderConfig(d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
+                        positional="shortformer")
+    assert lean.lean_step(Decoder.from_config(cfg)) is None
+
+
 def _hf_generate(hf: nn.Module, tokens: torch.Tensor, new: int, **kwargs: object) -> torch.Tensor:
     with torch.no_grad():
         return hf.generate(tokens, max_new_tokens=new, do_sample=False, eos_token_id=None, **kwargs)
