@@ -16,7 +16,6 @@ dispatched over devices) makes :func:`lean_step` return None: the model's own fo
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -228,28 +227,20 @@ def _global_hooks() -> bool:
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
-# model -> (its modules when the step was built, the step): kept while the model's modules stay the same,
-# so a compiled lean step sees the same object (and its guards hold) from one call to the next
-_built: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], LeanStep | None]] = weakref.WeakKeyDictionary()
-
-
 def lean_step(model: Any) -> LeanStep | None:
     """The lean step of ``model``, or None when it has none (not a native decoder (a subclass neither), a
     module the lean step does not know, a ``forward`` replaced on a module, shortformer positions, or a model
-    dispatched over devices). Checked once per call:
-    a module swapped between two ``generate`` calls is seen by the next one."""
+    dispatched over devices). Built for each ``generate`` call (a module swapped between two calls is seen
+    by the next one) and kept nowhere else, so it never outlives the call; a compiled step does not compile
+    again for a new one (its guards read the modules, which are the same)."""
     if type(model) is not Decoder or hasattr(model, "hf_device_map") or model.cfg.positional == "shortformer":
         return None  # a subclass may compute something else in its forward
     if any("forward" in vars(m) for m in model.modules()):
         return None  # a forward replaced on an instance: only the model's own forward runs it
-    modules = tuple(id(m) for m in model.modules())
-    built = _built.get(model)
-    if built is not None and built[0] == modules:
-        return built[1]
     layers = [_block_layer(block) for block in model.blocks]
-    step = None if any(layer is None for layer in layers) or not _known_head(model) else LeanStep(model, layers)  # type: ignore[arg-type]
-    _built[model] = (modules, step)
-    return step
+    if any(layer is None for layer in layers) or not _known_head(model):
+        return None
+    return LeanStep(model, layers)  # type: ignore[arg-type]
 
 
 def _known_head(model: Decoder) -> bool:

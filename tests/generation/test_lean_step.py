@@ -204,3 +204,15 @@ def test_a_swapped_module_falls_back_to_the_forward(lean_calls: list[int]) -> No
     with torch.no_grad():
         full = model(out[:, :-1]).argmax(-1)[:, 4:]  # greedy: each new token is the forward's argmax
     assert torch.equal(full, out[:, 5:])
+
+
+def test_generation_keeps_no_reference_to_the_model() -> None:
+    import gc
+    import weakref
+
+    model = hookscope.load(random_hf_model("gpt2"))
+    model.generate(random_tokens(1, 4), 3, eos_token_id=[])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
