@@ -12,6 +12,9 @@ float64 batches), and measured no faster on the 16M Llama of the generation benc
 
 Anything the lean step does not cover (a module swapped for another class, shortformer positions, a model
 dispatched over devices) makes :func:`lean_step` return None: the model's own forward then runs every step.
+
+``generate(compile=True)`` compiles this step (:mod:`hookscope.generation.compiled`); on a CUDA device it
+compiles :meth:`LeanStep.fixed_shape`, the same step with shapes that stay fixed from step to step.
 """
 
 from __future__ import annotations
