@@ -4,7 +4,8 @@ A decode step of a small model is partly overhead around its matrix-vector produ
 sub-layer, a hook-point call per activation, hook checks, argument checks. When nothing can observe the step
 (no hook on any hook point, no PyTorch module hook), :class:`LeanStep` runs the same function as the model's
 forward without that: one loop over the layers calling the same torch ops on the same weights, so the
-numbers are those of the hooked forward bit for bit (tested on every decoder family, float32 and float64).
+numbers are those of the hooked forward bit for bit (tested on every decoder family in float32, float64 and
+bfloat16).
 
 What it keeps as the forward does: separate q/k/v (and gate/up) products. One product over concatenated
 weights saves two calls per layer but rounds differently for some shapes on the CPU (odd output widths,
@@ -47,15 +48,24 @@ def _norm_fn(module: nn.Module) -> Norm:
     if kind is LayerNorm:
         assert isinstance(module, LayerNorm)
         return lambda x: F.layer_norm(x, (x.shape[-1],), module.weight, module.bias, module.eps)
-    if kind is RMSNorm:
+    if kind in (RMSNorm, OffsetRMSNorm):
         assert isinstance(module, RMSNorm)
-        return lambda x: module.weight * F.rms_norm(x.to(torch.float32), x.shape[-1:], eps=module.eps).to(x.dtype)
-    if kind is OffsetRMSNorm:
-        assert isinstance(module, OffsetRMSNorm)
-        return lambda x: (
-            F.rms_norm(x.to(torch.float32), x.shape[-1:], eps=module.eps) * (1.0 + module.weight.float())
-        ).to(x.dtype)
+        offset = kind is OffsetRMSNorm
+
+        def rms_norm(x: torch.Tensor) -> torch.Tensor:
+            normed = F.rms_norm(_cast(x, torch.float32), x.shape[-1:], eps=module.eps)
+            if offset:  # Gemma: (1 + weight) in float32, then the cast back
+                return _cast(normed * (1.0 + _cast(module.weight, torch.float32)), x.dtype)
+            return module.weight * _cast(normed, x.dtype)
+
+        return rms_norm
     return module.forward  # the weightless norms: a few ops whose hook points cost little
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` without the call when it would return ``x`` itself (~5 us a call after a weight stream;
+    26 a step on the 16M Llama: -1.8% step time, measured)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _optional_norm(module: nn.Module | None) -> Norm | None:

@@ -27,7 +27,7 @@ def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("name", ARCHS)
 def test_lean_step_logits_and_cache_are_bitwise_the_forwards(name: str, dtype: torch.dtype) -> None:
     model = hookscope.load(random_hf_model(name)).to(dtype)
