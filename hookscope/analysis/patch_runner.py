@@ -49,6 +49,13 @@ def call_model(model: Any, inputs: Any, **kwargs: Any) -> Any:
     return model(**inputs, **kwargs) if isinstance(inputs, dict) else model(inputs, **kwargs)
 
 
+def cache_run(model: Any, inputs: Any, names_filter: Any) -> Any:
+    """``model.run_with_cache`` on token ids / pixels, or on a dict of keyword inputs."""
+    if isinstance(inputs, dict):
+        return model.run_with_cache(**inputs, names_filter=names_filter)
+    return model.run_with_cache(inputs, names_filter=names_filter)
+
+
 def output_logits(out: Any) -> torch.Tensor:
     """The logits of a model output (a tensor, or an HF output with ``.logits``)."""
     if isinstance(out, torch.Tensor):

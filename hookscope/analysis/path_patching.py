@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from hookscope.analysis.patch_runner import DEFAULT_MEMORY_BUDGET, PatchRun, PatchRunner, check_names
+from hookscope.analysis.patch_runner import DEFAULT_MEMORY_BUDGET, PatchRun, PatchRunner, cache_run, check_names
 
 ReceiverInput = Literal["q", "k", "v"]
 
@@ -84,8 +84,9 @@ def path_patch(
     """Metric ``[n_layers, n_heads]`` of each sender head's path into the receivers' ``receiver_input``.
 
     Args:
-        model: a hookscope decoder (native or wrapped) with ``hook_z`` and ``hook_q/k/v``.
-        clean_tokens / corrupted_tokens: the two inputs (same shape).
+        model: a hookscope model with one attention stack ``blocks.{i}.attn.hook_z`` / ``hook_q/k/v``: native
+            decoders, ``wrap()``'ed models, BERT, ViT.
+        clean_tokens / corrupted_tokens: the two inputs (same shape; or dicts of keyword inputs).
         metric: logits of one run ``[batch, ...]`` -> scalar.
         receivers: ``(layer, head)`` pairs whose inputs receive the sender's corrupted output.
         receiver_input: which inputs of the receivers: "q", "k", "v" or several.
@@ -109,9 +110,9 @@ def path_patch(
     wanted = lambda n: n.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v"))  # noqa: E731
     with torch.no_grad():
         if clean_cache is None:
-            _, clean_cache = model.run_with_cache(clean_tokens, names_filter=wanted)
+            _, clean_cache = cache_run(model, clean_tokens, wanted)
         if corrupted_cache is None:
-            _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=wanted)
+            _, corrupted_cache = cache_run(model, corrupted_tokens, wanted)
     n_layers, n_heads = _heads(model, clean_cache)
     slots = _receiver_slots(receivers, inputs, n_heads, clean_cache)
     last = max(layer for layer, _ in receivers)

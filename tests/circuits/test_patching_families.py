@@ -1,5 +1,5 @@
 """Patching beyond native decoders and logit metrics, each against hand-written hook runs (float64, 1e-10):
-Whisper (encoder and decoder hooks), path patching on a wrap()'ed model, metrics that read an intermediate
+Whisper (encoder and decoder hooks), path patching on a wrap()'ed model and on ViT, metrics that read an intermediate
 activation (the forward stops there), the batched engine's mixed chunks, and the clear errors where an idea
 does not apply to a family."""
 
@@ -292,3 +292,37 @@ def test_sweeps_with_a_metric_over_every_position_equal_hand_written_runs(family
     name = "blocks.1.attn.hook_z"
     torch.testing.assert_close(heads[1, 1].item(), hand_run(
         model, corrupted, {name: ((slice(None), slice(None), 1), cache[name])}, metric), **EXACT)
+
+
+def test_path_patching_on_vit_with_keyword_inputs_equals_two_hand_written_runs() -> None:
+    from tests.equivalence.vit_cases import make_hf, pixels_for
+
+    model = hookscope.load(make_hf("vit_cls", torch.float64), dtype=torch.float64)
+    clean = {"pixel_values": pixels_for(torch.float64, seed=1)}
+    corrupted = {"pixel_values": pixels_for(torch.float64, seed=2)}
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 2].mean()
+
+    got = path_patch(model, clean, corrupted, metric, [(2, 1)], "v", senders=[(0, 2), (1, 0)])
+    z = [f"blocks.{i}.attn.hook_z" for i in range(3)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(**clean, names_filter=z)
+        _, corrupted_cache = model.run_with_cache(**corrupted, names_filter=z)
+    for layer, head in [(0, 2), (1, 0)]:
+        frozen = {n: clean_cache[n].clone() for n in z}
+        frozen[z[layer]][:, :, head] = corrupted_cache[z[layer]][:, :, head]
+        seen = {}
+
+        def freeze(act, hook, frozen=frozen):
+            return frozen[hook.name]
+
+        def record(act, hook, seen=seen):
+            seen[hook.name] = act.clone()
+
+        with torch.no_grad(), model.hooks([(n, freeze) for n in z] + [("blocks.2.attn.hook_v", record)]):
+            model(**clean)
+        name = "blocks.2.attn.hook_v"
+        want = hand_run(model, clean, {name: ((slice(None), slice(None), 1), seen[name])}, metric)
+        torch.testing.assert_close(got[layer, head].item(), want, **EXACT)
+    assert abs(got[0, 2].item() - hand_run(model, clean, {}, metric)) > 1e-6
