@@ -189,6 +189,8 @@ def _aux_k_loss(
     dead_pre = pre[:, dead]  # [batch, n_dead]
     values, idx = dead_pre.topk(k, dim=-1)
     aux_acts = torch.zeros_like(dead_pre).scatter(-1, idx, torch.relu(values))
+    if sae.cfg.architecture == "topk":  # ranked by pre * |W_dec|, decoded along unit rows, as the main term
+        aux_acts = aux_acts / sae.W_dec[dead].norm(dim=-1)
     aux_recons = aux_acts @ sae.W_dec[dead]
     return scale * (aux_recons - residual).pow(2).sum(-1).mean()
 

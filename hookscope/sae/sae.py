@@ -186,7 +186,9 @@ class SAE(HookedModule):
             with torch.no_grad():
                 # the same computation without hooks; equal bit for bit when no hook edited anything
                 clean = self._plain_recons(flat) if hooks_active(inner) else recons.detach()
-            x_in = flat.detach().to(recons.dtype)
+            # in the wider of the two dtypes: a bfloat16 SAE on a float32 model must not round x
+            wide = torch.promote_types(flat.dtype, recons.dtype)
+            x_in, recons, clean = flat.detach().to(wide), recons.to(wide), clean.to(wide)
             err_clean = x_in - clean
             err = self.hook_sae_error(err_clean)
             # == recons + err, written so that unedited latents and error give back x exactly

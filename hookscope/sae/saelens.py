@@ -127,7 +127,10 @@ def read_raw_config(folder: Path) -> dict[str, Any]:
     path = folder / CFG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {CFG_FILE}: not an SAE folder in SAELens's format")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): not an SAE config") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return _pre_6_config(raw) if _is_pre_6(raw) else raw

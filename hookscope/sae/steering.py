@@ -71,9 +71,13 @@ def steering_hook(
     def steer(x: torch.Tensor, hook: Any) -> torch.Tensor:
         d = (strength * vec).to(device=x.device, dtype=x.dtype)
         if d.shape[-1] != x.shape[-1]:
+            if x.ndim < 2 or d.numel() != x.shape[-2] * x.shape[-1]:
+                raise ValueError(
+                    f"a steering direction of shape {tuple(vec.shape)} does not fit the activation "
+                    f"{tuple(x.shape)} at {getattr(hook, 'name', None)!r} (it needs [{x.shape[-1]}] or the "
+                    "flattened last two axes)"
+                )
             d = d.reshape(x.shape[-2:])
-        if d.shape[-1] != x.shape[-1]:
-            raise ValueError(f"a steering direction of shape {tuple(vec.shape)} does not fit {tuple(x.shape)}")
         if positions is None:
             return x + d
         out = x.clone()

@@ -1,0 +1,78 @@
+"""SAEs of another precision than the model, the half-precision training step, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hookscope
+import hookscope.sae.losses as losses
+from hookscope.sae import SAE, SAEConfig
+from hookscope.sae.losses import LossWeights, sae_loss
+from hookscope.sae.steering import steering_hook
+from tests.equivalence.decoder_configs import random_hf_model, random_tokens
+
+
+@pytest.mark.parametrize("sae_dtype", ["bfloat16", "float16", "float32"])
+def test_the_error_term_returns_a_float64_activation_exactly_through_a_lower_precision_sae(sae_dtype: str) -> None:
+    sae = SAE(SAEConfig(d_in=7, d_sae=13, architecture="topk", k=3, dtype=sae_dtype), seed=1).eval()
+    x = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # [batch, pos, d]
+    out = sae(x, use_error_term=True)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, x)
+
+
+def test_splicing_a_bfloat16_sae_into_a_float32_model_with_the_error_term_changes_nothing() -> None:
+    model = hookscope.load(random_hf_model("llama", torch.float32), dtype=torch.float32)
+    tokens = random_tokens(2, 6)
+    clean = model(tokens)
+    sae = SAE(SAEConfig(d_in=48, d_sae=37, hook_name="blocks.1.hook_resid_post", dtype="bfloat16"), seed=0).eval()
+    with model.saes(sae, use_error_term=True):
+        spliced, cache = model.run_with_cache(tokens)
+    assert torch.equal(spliced, clean)
+    assert cache["blocks.1.hook_resid_post.hook_sae_acts_post"].shape == (2, 6, 37)
+
+
+def _topk_sae_with_unequal_rows() -> SAE:
+    gen = torch.Generator().manual_seed(2)
+    sae = SAE(SAEConfig(d_in=9, d_sae=23, architecture="topk", k=3, dtype="float64"), seed=1).train()
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(23, generator=gen, dtype=torch.float64) * 0.3)
+        sae.W_dec.mul_(torch.rand(23, 1, generator=gen, dtype=torch.float64) * 20 + 0.5)
+    return sae
+
+
+def test_the_dense_topk_step_of_half_precision_training_equals_the_sparse_one_with_the_aux_loss(
+    monkeypatch,
+) -> None:
+    """The dense formula (taken in bfloat16 / float16) decodes aux latents along unit rows, as the sparse one."""
+    sae = _topk_sae_with_unequal_rows()
+    x = torch.randn(17, 9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    dead = torch.zeros(23, dtype=torch.bool)
+    dead[::2] = True
+    weights = LossWeights(aux_k=0.5, aux_k_size=4)
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    sparse_loss, sparse_parts = sae_loss(sae, x, weights, dead)
+    sparse_grads = torch.autograd.grad(sparse_loss, params)
+    monkeypatch.setattr(losses, "_topk_forward", lambda sae, x: None)  # the path half precision takes
+    dense_loss, dense_parts = sae_loss(sae, x, weights, dead)
+    dense_grads = torch.autograd.grad(dense_loss, params)
+    torch.testing.assert_close(dense_parts["aux_k"], sparse_parts["aux_k"], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(dense_loss, sparse_loss, atol=1e-10, rtol=1e-10)
+    for got, want in zip(dense_grads, sparse_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_a_steering_direction_of_the_wrong_size_raises_a_clear_error() -> None:
+    hook = steering_hook(torch.ones(5), strength=2.0)
+    with pytest.raises(ValueError, match="does not fit the activation"):
+        hook(torch.zeros(2, 3, 4), None)
+    flat_heads = steering_hook(torch.ones(6))  # [n_heads * d_head] on a hook_z-shaped activation
+    assert torch.equal(flat_heads(torch.zeros(1, 2, 3, 2), None), torch.ones(1, 2, 3, 2))
+
+
+def test_a_cfg_json_that_is_not_json_names_the_file(tmp_path) -> None:
+    SAE(SAEConfig(d_in=5, d_sae=7)).save(tmp_path)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cfg\.json is not valid JSON"):
+        SAE.load(tmp_path)
