@@ -33,8 +33,8 @@ class SAE(HookedModule):
 
     ``sae(x)`` returns the reconstruction (``use_error_term=True``: the input exactly, while the latents
     still run through the hook points, so ablating or patching a latent changes the output by exactly
-    its decoded contribution). Inputs may have any leading axes; an input whose last two axes multiply
-    to ``d_in`` (``hook_z``'s ``[..., head_index, d_head]``) is flattened over them and restored. A
+    its decoded contribution). Inputs may have any leading axes; ``hook_z``'s
+    ``[batch, pos, head_index, d_head]`` (``n_heads * d_head == d_in``) is flattened over heads and restored. A
     single-head SAE (``cfg.hook_head_index``) reads and replaces only its head's slice of ``hook_z``.
     """
 
@@ -82,8 +82,9 @@ class SAE(HookedModule):
     def read_input(self, x: torch.Tensor) -> torch.Tensor:
         """The part of a hook's activation this SAE reads, ``[..., d_in]``.
 
-        ``[..., d_in]`` as it is; ``hook_z``'s ``[..., head_index, d_head]`` flattened over heads when
-        ``n_heads * d_head == d_in``; with ``cfg.hook_head_index`` set, head ``h``'s slice ``[..., d_head]``
+        ``[..., d_in]`` as it is; ``hook_z``'s ``[batch, pos, head_index, d_head]`` (any ``[..., head_index,
+        d_head]`` when ``cfg.hook_name`` is a ``hook_z``) flattened over heads when ``n_heads * d_head == d_in``;
+        with ``cfg.hook_head_index`` set, head ``h``'s slice ``[..., d_head]``
         of a 4-D ``[batch, pos, head_index, d_head]`` activation (lower-dimensional inputs are rows already).
         """
         if not isinstance(x, torch.Tensor):
@@ -98,7 +99,9 @@ class SAE(HookedModule):
             return x[..., head, :]
         if x.shape[-1] == self.cfg.d_in:
             return x
-        if x.ndim >= 2 and x.shape[-1] * x.shape[-2] == self.cfg.d_in:
+        # heads flattened only for hook_z's shape: a [batch, pos, d] activation with pos * d == d_in is an error
+        z_like = x.ndim == 4 or (x.ndim >= 2 and (self.cfg.hook_name or "").endswith("hook_z"))
+        if z_like and x.shape[-1] * x.shape[-2] == self.cfg.d_in:
             return x.flatten(-2)
         raise ValueError(
             f"this SAE reads activations of width d_in={self.cfg.d_in}; got shape {tuple(x.shape)} "

@@ -76,3 +76,20 @@ def test_a_cfg_json_that_is_not_json_names_the_file(tmp_path) -> None:
     (tmp_path / "cfg.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"cfg\.json is not valid JSON"):
         SAE.load(tmp_path)
+
+
+def test_a_residual_activation_whose_positions_times_width_equal_d_in_is_refused_not_flattened() -> None:
+    sae = SAE(SAEConfig(d_in=12, d_sae=5, dtype="float64"), seed=0)
+    with pytest.raises(ValueError, match="d_in=12"):
+        sae(torch.zeros(2, 3, 4, dtype=torch.float64))  # [batch, pos=3, d=4]: not hook_z
+    z = torch.randn(2, 3, 4, 3, dtype=torch.float64)  # [batch, pos, head_index, d_head]
+    assert sae(z).shape == z.shape
+    on_z = SAE(SAEConfig(d_in=12, d_sae=5, dtype="float64", hook_name="blocks.0.attn.hook_z"), seed=0)
+    torch.testing.assert_close(on_z(z[0]), on_z(z)[0])  # [pos, head_index, d_head] of a hook_z SAE
+
+
+def test_splicing_an_sae_whose_d_in_is_positions_times_d_model_raises() -> None:
+    model = hookscope.load(random_hf_model("llama", torch.float32), dtype=torch.float32)
+    sae = SAE(SAEConfig(d_in=96, d_sae=7, hook_name="blocks.1.hook_resid_post"), seed=0)  # d_model is 48
+    with model.saes(sae), pytest.raises(ValueError, match="d_in=96"):
+        model(random_tokens(1, 2))
