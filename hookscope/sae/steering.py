@@ -61,10 +61,14 @@ def feature_direction(sae: SAE, index: int, unit: bool = True) -> torch.Tensor:
 
 def steering_hook(
     direction: torch.Tensor, strength: float = 1.0, positions: slice | Sequence[int] | None = None,
+    past_length: Callable[[], int] | None = None,
 ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """A forward hook adding ``strength * direction`` to the activation (at ``positions`` of axis 1 if given).
 
-    The direction may be flat ``[n_heads * d_head]`` for a ``hook_z``-shaped activation.
+    The direction may be flat ``[n_heads * d_head]`` for a ``hook_z``-shaped activation. ``positions`` are
+    sequence positions: with a KV cache a forward sees only the new positions, so ``past_length()`` (how
+    many the cache already holds; :func:`steered` provides it) places them, and ``positions=[0]`` steers
+    the first token only, whether generation runs with a cache or without.
     """
     vec = direction.detach()
 
@@ -80,8 +84,16 @@ def steering_hook(
             d = d.reshape(x.shape[-2:])
         if positions is None:
             return x + d
+        past = past_length() if past_length is not None else 0
+        chosen = torch.zeros(past + x.shape[1], dtype=torch.bool)
+        try:
+            chosen[positions] = True  # negative positions count from the end of the sequence so far
+        except IndexError as err:
+            raise IndexError(f"steering positions {positions!r} fall outside a sequence of {len(chosen)} positions "
+                             f"at {getattr(hook, 'name', None)!r}") from err
+        picked = chosen[past:].nonzero().flatten().to(x.device)  # the positions of this forward
         out = x.clone()
-        out[:, positions] += d
+        out[:, picked] += d
         return out
 
     return steer
@@ -92,8 +104,23 @@ def steered(
     model: HookedModule, hook_name: str, direction: torch.Tensor, strength: float = 1.0,
     positions: slice | Sequence[int] | None = None,
 ) -> Iterator[HookedModule]:
-    """Steer ``model`` at ``hook_name`` for the duration of a ``with`` block (generation included)."""
+    """Steer ``model`` at ``hook_name`` for the duration of a ``with`` block (generation included).
+
+    ``positions`` count from the start of the sequence, also in cached generation (each forward's
+    ``kv_cache`` length is read to place its new positions).
+    """
     if hook_name not in model.hook_dict:
         raise KeyError(model.unknown_name_message(hook_name))
-    with model.hooks(fwd_hooks=[(hook_name, steering_hook(direction, strength, positions))]):
-        yield model
+    past = [0]
+
+    def read_cache_length(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        cache = kwargs.get("kv_cache")
+        past[0] = int(cache.length) if cache is not None and hasattr(cache, "length") else 0
+
+    handle = model.register_forward_pre_hook(read_cache_length, with_kwargs=True) if positions is not None else None
+    try:
+        with model.hooks(fwd_hooks=[(hook_name, steering_hook(direction, strength, positions, lambda: past[0]))]):
+            yield model
+    finally:
+        if handle is not None:
+            handle.remove()

@@ -9,7 +9,7 @@ import hookscope
 import hookscope.sae.losses as losses
 from hookscope.sae import SAE, SAEConfig
 from hookscope.sae.losses import LossWeights, sae_loss
-from hookscope.sae.steering import steering_hook
+from hookscope.sae.steering import steered, steering_hook
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
 
@@ -93,3 +93,18 @@ def test_splicing_an_sae_whose_d_in_is_positions_times_d_model_raises() -> None:
     sae = SAE(SAEConfig(d_in=96, d_sae=7, hook_name="blocks.1.hook_resid_post"), seed=0)  # d_model is 48
     with model.saes(sae), pytest.raises(ValueError, match="d_in=96"):
         model(random_tokens(1, 2))
+
+
+@pytest.mark.parametrize("positions", [[0], [1, -1], slice(0, 2)])
+def test_steering_at_positions_generates_the_same_with_and_without_the_kv_cache(positions) -> None:
+    model = hookscope.load(random_hf_model("llama", torch.float64), dtype=torch.float64)
+    tokens = random_tokens(2, 4)
+    direction = torch.randn(48, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 5
+    runs = []
+    for use_cache in (True, False):
+        with steered(model, "blocks.0.hook_resid_post", direction, strength=3.0, positions=positions):
+            runs.append(model.generate(tokens, 6, use_cache=use_cache))
+    assert torch.equal(runs[0], runs[1])
+    with steered(model, "blocks.0.hook_resid_post", direction, positions=[9]):
+        with pytest.raises(IndexError, match="outside a sequence of 4"):
+            model(tokens)
