@@ -26,14 +26,21 @@ def mean_activation(
     """The mean over inputs of each input's mean activation over positions ``[d]`` (each input run alone).
 
     ``select(activation, input)`` picks the rows to average (e.g. only the speech frames of a padded clip).
+    Accumulated in float64; returned in float64 (cast it to the model's dtype as needed).
     """
+    return _mean_activation(model, hook_name, inputs, run, skip_first_positions, select)[0]
+
+
+def _mean_activation(
+    model: HookedModule, hook_name: str, inputs: Sequence[Any], run: RunFn | None, skip_first_positions: int,
+    select: SelectFn | None,
+) -> tuple[torch.Tensor, torch.dtype]:
+    """:func:`mean_activation` in float64, and the dtype of the activations it averaged."""
     if len(inputs) == 0:
         raise ValueError("mean_activation needs at least one input")
-    means = [
-        activations_at(model, hook_name, x, run, select, skip_first_positions=skip_first_positions).double().mean(0)
-        for x in inputs
-    ]
-    return torch.stack(means).mean(0)
+    rows = [activations_at(model, hook_name, x, run, select, skip_first_positions=skip_first_positions)
+            for x in inputs]
+    return torch.stack([r.double().mean(0) for r in rows]).mean(0), rows[0].dtype
 
 
 def mean_difference(
@@ -44,11 +51,12 @@ def mean_difference(
 
     Each input (a prompt, an audio's features, an image...) is run on its own and averaged over its
     positions first, so inputs of different lengths weigh the same. Not normalised: its norm is the
-    size of the difference in the model's own units.
+    size of the difference in the model's own units, and in the activation's dtype (float32 for a
+    bfloat16 or float16 model, whose rounding would distort a small difference).
     """
-    pos = mean_activation(model, hook_name, positive, run, skip_first_positions, select)
-    neg = mean_activation(model, hook_name, negative, run, skip_first_positions, select)
-    return (pos - neg).float()
+    pos, dtype = _mean_activation(model, hook_name, positive, run, skip_first_positions, select)
+    neg, _ = _mean_activation(model, hook_name, negative, run, skip_first_positions, select)
+    return (pos - neg).to(torch.promote_types(dtype, torch.float32))
 
 
 def feature_direction(sae: SAE, index: int, unit: bool = True) -> torch.Tensor:

@@ -9,8 +9,9 @@ import hookscope
 import hookscope.sae.losses as losses
 from hookscope.sae import SAE, SAEConfig
 from hookscope.sae.losses import LossWeights, sae_loss
-from hookscope.sae.steering import steered, steering_hook
+from hookscope.sae.steering import mean_difference, steered, steering_hook
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
+from tests.equivalence.vit_cases import make_hf, pixels_for
 
 
 @pytest.mark.parametrize("sae_dtype", ["bfloat16", "float16", "float32"])
@@ -108,3 +109,20 @@ def test_steering_at_positions_generates_the_same_with_and_without_the_kv_cache(
     with steered(model, "blocks.0.hook_resid_post", direction, positions=[9]):
         with pytest.raises(IndexError, match="outside a sequence of 4"):
             model(tokens)
+
+
+def test_mean_difference_on_a_float64_vit_is_exact_and_steers_its_logits_by_strength() -> None:
+    vit = hookscope.load(make_hf("vit_cls", torch.float64), dtype=torch.float64)
+    pos, neg = pixels_for(torch.float64, batch=3, seed=1), pixels_for(torch.float64, batch=2, seed=2)
+    hook = "blocks.1.hook_resid_post"
+    direction = mean_difference(vit, hook, list(pos[:, None]), list(neg[:, None]))
+    _, cache_pos = vit.run_with_cache(pos, names_filter=hook)
+    _, cache_neg = vit.run_with_cache(neg, names_filter=hook)
+    expected = cache_pos[hook].mean(1).mean(0) - cache_neg[hook].mean(1).mean(0)  # per image over patches
+    assert direction.dtype == torch.float64
+    torch.testing.assert_close(direction, expected, atol=1e-12, rtol=1e-12)
+    with steered(vit, hook, direction, strength=2.5):
+        logits = vit(pos)
+    by_hand = vit.run_with_hooks(pos, fwd_hooks=[(hook, lambda x, hook: x + 2.5 * expected)])
+    torch.testing.assert_close(logits, by_hand, atol=1e-12, rtol=1e-12)
+    assert not torch.allclose(logits, vit(pos))
