@@ -211,8 +211,21 @@ class SAE(HookedModule):
         """Rescale so every decoder row has unit norm, keeping the function (and L0) the same.
 
         Latent ``i`` is multiplied by ``|W_dec[i]|`` and its decoder row divided by it; the encoder column,
-        encoder bias and threshold scale with it.
+        encoder bias and threshold scale with it. A TopK SAE whose rows differ in norm is refused: rescaled
+        pre-activations rank differently, so another k latents would fire (as SAELens refuses it).
         """
+        norms = self.W_dec.norm(dim=-1)  # [d_sae]
+        if self.cfg.architecture == "topk" and not torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-6):
+            raise ValueError(
+                "fold_W_dec_norm would change which latents a TopK SAE picks (its decoder rows differ in norm, "
+                f"from {float(norms.min()):.4g} to {float(norms.max()):.4g}); use the SAE as it is"
+            )
+        self.fold_decoder_norms_into_encoder()
+
+    @torch.no_grad()
+    def fold_decoder_norms_into_encoder(self) -> None:
+        """:meth:`fold_W_dec_norm` without TopK's check: for a TopK SAE trained ranking latents by
+        ``pre * |W_dec[i]|`` (hookscope's training), after which plain TopK computes the trained function."""
         norms = self.W_dec.norm(dim=-1).clamp_min(1e-12)  # [d_sae]
         self.W_dec.div_(norms[:, None])
         self.W_enc.mul_(norms)

@@ -242,7 +242,7 @@ def train_sae(
     sae.history = trainer.history
     sae.eval()
     sae.fold_activation_norm_scaling_factor()
-    sae.fold_W_dec_norm()  # unit decoder rows; TopK trained ranking by these norms, so its top k are unchanged
+    sae.fold_decoder_norms_into_encoder()  # unit rows; TopK trained ranking by these norms: same top k
     return sae
 
 

@@ -126,3 +126,17 @@ def test_mean_difference_on_a_float64_vit_is_exact_and_steers_its_logits_by_stre
     by_hand = vit.run_with_hooks(pos, fwd_hooks=[(hook, lambda x, hook: x + 2.5 * expected)])
     torch.testing.assert_close(logits, by_hand, atol=1e-12, rtol=1e-12)
     assert not torch.allclose(logits, vit(pos))
+
+
+def test_folding_decoder_norms_of_a_topk_sae_with_unequal_rows_is_refused_and_changes_nothing() -> None:
+    sae = _topk_sae_with_unequal_rows().eval()
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    with pytest.raises(ValueError, match="would change which latents a TopK SAE picks"):
+        sae.fold_W_dec_norm()
+    assert all(torch.equal(v, before[k]) for k, v in sae.state_dict().items())
+    x = torch.randn(6, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True) / 3.0)  # equal rows: the ranking survives the fold
+    out = sae(x)
+    sae.fold_W_dec_norm()
+    torch.testing.assert_close(sae(x), out, atol=1e-12, rtol=1e-12)
