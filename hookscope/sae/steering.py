@@ -119,16 +119,53 @@ def steered(
     """
     if hook_name not in model.hook_dict:
         raise KeyError(model.unknown_name_message(hook_name))
-    past = [0]
-
-    def read_cache_length(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("kv_cache")
-        past[0] = int(cache.length) if cache is not None and hasattr(cache, "length") else 0
-
-    handle = model.register_forward_pre_hook(read_cache_length, with_kwargs=True) if positions is not None else None
+    offset = _PastLength(model) if positions is not None else None
     try:
-        with model.hooks(fwd_hooks=[(hook_name, steering_hook(direction, strength, positions, lambda: past[0]))]):
+        with model.hooks(fwd_hooks=[(hook_name, steering_hook(direction, strength, positions, offset))]):
             yield model
     finally:
-        if handle is not None:
+        if offset is not None:
+            offset.remove()
+
+
+class _PastLength:
+    """How many positions precede the running forward's: the cache length its innermost module was given.
+
+    Read from each module's keyword arguments while it runs (hookscope's ``kv_cache=``, Hugging Face's
+    ``cache_position=`` / ``cache=`` / ``past_key_values=``); 0 when no running module got one (an uncached forward,
+    an encoder).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.stack: list[int | None] = []
+        self.handles = []
+        for module in model.modules():
+            self.handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._leave, with_kwargs=True, always_call=True))
+
+    def _enter(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        self.stack.append(_cache_length(kwargs))
+
+    def _leave(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    def __call__(self) -> int:
+        return next((n for n in reversed(self.stack) if n is not None), 0)
+
+    def remove(self) -> None:
+        for handle in self.handles:
             handle.remove()
+
+
+def _cache_length(kwargs: dict[str, Any]) -> int | None:
+    position = kwargs.get("cache_position")
+    if isinstance(position, torch.Tensor) and position.numel():
+        return int(position.reshape(-1)[0])
+    for key in ("kv_cache", "cache", "past_key_values"):
+        cache = kwargs.get(key)
+        if isinstance(getattr(cache, "length", None), int):
+            return cache.length
+        if cache is not None and callable(getattr(cache, "get_seq_length", None)):
+            return int(cache.get_seq_length())
+    return None

@@ -140,3 +140,18 @@ def test_folding_decoder_norms_of_a_topk_sae_with_unequal_rows_is_refused_and_ch
     out = sae(x)
     sae.fold_W_dec_norm()
     torch.testing.assert_close(sae(x), out, atol=1e-12, rtol=1e-12)
+
+
+def test_steering_at_positions_a_wrapped_hf_model_generates_the_same_with_and_without_its_cache() -> None:
+    from hookscope.bridge import wrap
+    from tests.bridge import models as bridge_models
+
+    wrapped = wrap(bridge_models.decoder("llama", attn="sdpa").double())
+    ids = bridge_models.tokens(batch=2, pos=5)
+    direction = torch.randn(bridge_models.D, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 24
+    runs = []
+    for use_cache in (True, False):
+        with steered(wrapped, "blocks.1.hook_resid_post", direction, positions=[1, -1]):
+            runs.append(wrapped.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                         use_cache=use_cache))
+    assert torch.equal(runs[0], runs[1])
