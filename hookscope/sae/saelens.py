@@ -133,6 +133,8 @@ def read_raw_config(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({err}): not an SAE config") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path} does not hold a JSON object")
+    if not isinstance(raw.get("metadata") or {}, dict):
+        raise ValueError(f"{path}: 'metadata' must be a JSON object, got {raw['metadata']!r}")
     return _pre_6_config(raw) if _is_pre_6(raw) else raw
 
 
@@ -143,6 +145,10 @@ def read_config(folder: Path, dtype: str | None = None) -> SAEConfig:
     missing = [k for k in ("d_in", "d_sae") if k not in raw]
     if missing:
         raise ValueError(f"{path} lacks the required field(s) {missing}")
+    for key in ("d_in", "d_sae"):
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            raise ValueError(f"{path}: {key} must be a positive whole number, got {value!r}")
     arch = raw.get("architecture", "standard")
     if arch not in _SAELENS_ARCHITECTURES:
         raise ValueError(

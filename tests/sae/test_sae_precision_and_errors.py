@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -155,3 +157,18 @@ def test_steering_at_positions_a_wrapped_hf_model_generates_the_same_with_and_wi
             runs.append(wrapped.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False,
                                          use_cache=use_cache))
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"d_in": None}, "d_in must be a positive whole number"),
+    ({"d_sae": "abc"}, "d_sae must be a positive whole number"),
+    ({"d_in": 2.5}, "d_in must be a positive whole number"),
+    ({"metadata": "oops"}, "'metadata' must be a JSON object"),
+])
+def test_malformed_cfg_fields_name_the_file_and_the_field(tmp_path, fields: dict, message: str) -> None:
+    SAE(SAEConfig(d_in=5, d_sae=7)).save(tmp_path)
+    raw = {"d_in": 5, "d_sae": 7, "metadata": {"sae_lens_version": "6.0.0"}, **fields}
+    (tmp_path / "cfg.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=message) as err:
+        SAE.load(tmp_path)
+    assert "cfg.json" in str(err.value)
