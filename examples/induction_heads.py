@@ -9,16 +9,16 @@ The script prints the steps at which the loss passed the unigram and bigram base
 training, the step of the phase change (the steepest rise of the repeated-half drop) and whether each
 threshold was crossed; ``--out`` keeps log.json and loss_curve.png (loss above, probes below).
 
-The data recipe, and why. On pure Wikipedia (``--repeat-fraction 0``) no run that fits in minutes on a
-shared 2-core CPU formed an induction head: the loss passes the unigram and bigram baselines within a few
-hundred steps, but names and phrases recur too rarely in 64-128-token windows for the in-context signal to
-win that soon. Measured: this script's model and settings at ``--repeat-fraction 0`` (see the docs page
-for the figures), 64-dimensional and 2,048-token-BPE variants up to 1,500 steps (score <= 0.04, drop <= 0.1
-nats), and byte-level runs of up to 9,000 steps (score < 0.08). So by default every row also repeats a span
-of its own text later on (``hookscope.training.induction.repeat_spans``, spans of 2 to 31 tokens): the
-same kind of repeat real text has, only denser. Spans as short as 2 tokens matter: with spans of 8 or more
-the model learnt an in-context copier that matches a window several tokens back instead of the previous
-token, which predicts the repeat well but is not the induction stripe the score measures.
+The data recipe, and why. On pure Wikipedia (``--repeat-fraction 0``) no run that fits in minutes on a shared
+2-core CPU formed an induction head: the loss passes the unigram and bigram baselines within a few hundred
+steps, but names and phrases recur too rarely in 64-128-token windows for the in-context signal to win that
+soon. Measured: this script's model and settings at ``--repeat-fraction 0`` (see the docs page for the figures),
+a 64-wide variant (1,500 steps) and a 2,048-token BPE one (250 steps) at score <= 0.04 and drop <= 0.1 nats, and
+byte-level runs of up to 9,000 steps (score < 0.08). So by default every row also repeats a span of its own text
+later on (``hookscope.training.induction.repeat_spans``, spans of 2 to 31 tokens): the same kind of repeat real
+text has, only denser. Spans as short as 2 tokens matter: trained on random-token rows with spans of 8 or more,
+a model learnt an in-context copier that matches a window several tokens back instead of the previous token,
+which predicts the repeat well but is not the induction stripe the score measures.
 
     python examples/induction_heads.py                         # the default recipe (~1,200 steps to the phase change)
     python examples/induction_heads.py --repeat-fraction 0     # pure Wikipedia
