@@ -1,5 +1,5 @@
 """The training loss curve, with eval points, horizontal n-gram baselines (unigram, bigram...) and, below it,
-the probe values logged during training (e.g. an induction score), so a phase change shows in both."""
+the probe values logged during training (e.g. an induction score), so a phase change shows in each."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def plot_loss_curve(
     title: str = "training loss",
 ) -> Any:
     """Draw ``loss`` (and ``eval_loss`` where logged) against ``tokens`` seen, one dashed line per baseline,
-    and, when the log holds probe values, a second panel with one line per probe on the same x axis.
+    and, below it, one small panel per probe value the log holds (each on its own scale), on the same x axis.
 
     Uses a bare ``matplotlib.figure.Figure`` (no pyplot state, no GUI backend needed); saved as PNG when
     ``path`` is given. Returns the figure.
@@ -35,8 +35,9 @@ def plot_loss_curve(
     if not log:
         raise ValueError("the log is empty: nothing to draw")
     probes = probe_keys(log)
-    fig = Figure(figsize=(7, 6.4 if probes else 4.2))
-    axes = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2)) if probes else [fig.add_subplot()]
+    fig = Figure(figsize=(7, 4.2 + 1.5 * len(probes)))
+    grid = fig.subplots(1 + len(probes), 1, sharex=True, height_ratios=(3, *[1.1] * len(probes)), squeeze=False)
+    axes = list(grid[:, 0])  # the loss, then one panel per probe
     ax = axes[0]
     x_key = "tokens" if all("tokens" in e for e in log) else "step"
     ax.plot([e[x_key] for e in log], [e["loss"] for e in log], lw=1.2, label="train loss")
@@ -47,11 +48,10 @@ def plot_loss_curve(
         ax.axhline(value, ls="--", lw=1, color=f"C{i + 2}", label=f"{name} ({value:.3f})")
     ax.set_ylabel("cross-entropy [nats/token]")
     ax.set_title(title)
-    for name in probes:
+    for i, name in enumerate(probes):
         logged = [e for e in log if name in e]
-        axes[1].plot([e[x_key] for e in logged], [e[name] for e in logged], "o-", ms=3, label=name)
-    if probes:
-        axes[1].set_ylabel("probe value")
+        axes[1 + i].plot([e[x_key] for e in logged], [e[name] for e in logged], "o-", ms=3, color=f"C{i + 4}",
+                         label=name)
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
