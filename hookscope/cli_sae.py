@@ -103,7 +103,8 @@ def run_train(args: argparse.Namespace) -> int:
         architecture=args.architecture, d_sae=args.d_sae, k=args.k, lr=args.lr, batch_size=args.batch_size,
         training_tokens=max(steps_rows, args.batch_size), lr_warmup_steps=20, l1_coefficient=args.l1,
         lr_decay_steps=steps_rows // args.batch_size // 5, seed=args.seed, buffer_size=16384,
-        metadata={"context_size": args.context, "prepend_bos": True},
+        metadata={"context_size": args.context, "prepend_bos": True, "seqpos_slice": [1, None],
+                  "model_name": args.model},
     )
     sae = train_sae(None, args.hook, acts, cfg)
     sae.save(args.out)

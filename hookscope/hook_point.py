@@ -43,6 +43,40 @@ class _Hook:
         return self.level
 
 
+class HasHooks:
+    """What ``HookPoint.has_hooks`` returns: a bool-like answer that can also be asked with filters.
+
+    ``bool(point.has_hooks)`` says whether any hook is attached (hookscope's attribute); calling it,
+    ``point.has_hooks(dir, including_permanent, level)``, answers TransformerLens 3's method: is there a hook
+    in that direction (``"fwd"``, ``"bwd"`` or ``"both"``), counting permanent ones only when
+    ``including_permanent``, at that context ``level`` (any level when None)?
+    """
+
+    __slots__ = ("_point",)
+
+    def __init__(self, point: HookPoint) -> None:
+        self._point = point
+
+    def __bool__(self) -> bool:
+        return bool(self._point.fwd_hooks or self._point.bwd_hooks)
+
+    def __call__(self, dir: Direction | Literal["both"] = "both", including_permanent: bool = True,
+                 level: int | None = None) -> bool:
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        point = self._point
+        hooks = (point.fwd_hooks if dir != "bwd" else []) + (point.bwd_hooks if dir != "fwd" else [])
+        return any((including_permanent or not h.permanent) and (level is None or h.level == level) for h in hooks)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self) == other if isinstance(other, bool) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
 class HookPoint(nn.Module):
     """An identity on one named activation; hooks attached here observe or replace it.
 
@@ -66,8 +100,10 @@ class HookPoint(nn.Module):
         self.step: int | None = None
 
     @property
-    def has_hooks(self) -> bool:
-        return bool(self.fwd_hooks or self.bwd_hooks)
+    def has_hooks(self) -> HasHooks:
+        """Truthy when any hook is attached (``if point.has_hooks:``); call it to filter as TransformerLens 3's
+        method does: ``point.has_hooks(dir="fwd", including_permanent=False, level=0)``."""
+        return HasHooks(self)
 
     def add_hook(
         self,

@@ -100,6 +100,18 @@ def _patterns(model: Any, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
     return torch.stack(layers)
 
 
+def require_decoder_patterns(model: Any, what: str) -> None:
+    """Head scores read ``blocks.{i}.attn.hook_pattern`` from a run on token ids alone: say so where a model
+    has no such stack (an encoder-decoder such as Whisper or T5 names its layers ``encoder.{i}``/``decoder.{i}``
+    and needs a second input)."""
+    if "blocks.0.attn.hook_pattern" not in getattr(model, "hook_dict", {}):
+        raise InputCheckError(
+            f"{what} needs self-attention patterns at 'blocks.{{i}}.attn.hook_pattern' from a run on token ids "
+            f"alone; {type(model).__name__} has no 'blocks.0.attn.hook_pattern'. For an encoder-decoder, cache its "
+            "layers' patterns (e.g. 'decoder.{i}.attn.hook_pattern') and score them with "
+            "compute_head_attention_similarity_score")
+
+
 def _tokens(model: Any, seq: str | torch.Tensor) -> torch.Tensor:
     if isinstance(seq, torch.Tensor):
         if seq.ndim == 2 and seq.shape[0] != 1:
@@ -131,6 +143,8 @@ def detect_head(
     """
     if error_measure not in ("mul", "abs"):
         raise InputCheckError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
+    if cache is None:
+        require_decoder_patterns(model, "detect_head")
     if isinstance(detection_pattern, str) and detection_pattern not in _BUILDERS:
         raise InputCheckError(f"detection_pattern must be a tensor or one of {HEAD_NAMES}, got {detection_pattern!r}")
     opts = dict(exclude_bos=exclude_bos, exclude_current_token=exclude_current_token, error_measure=error_measure)
@@ -200,6 +214,7 @@ def induction_scores(model: Any, tokens: torch.Tensor, seq_len: int) -> dict[str
     positions are the two copies. The induction score is the mean attention from each second-copy token to
     the token after its first occurrence; the previous-token score the mean attention to the previous token.
     """
+    require_decoder_patterns(model, "induction_scores")
     if tokens.ndim != 2 or tokens.shape[1] < 2 * seq_len:
         raise ValueError(f"tokens must be [batch, >= {2 * seq_len}] repeated sequences")
     with torch.no_grad():

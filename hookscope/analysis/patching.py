@@ -4,7 +4,8 @@
 activation_name, index_axis_names)`` returns, for every index (e.g. every ``(layer, pos)``), the metric of the
 corrupted run with that piece of the activation replaced by its clean value, exactly as TransformerLens's
 loop of single runs does; here many patched runs share one forward batch (chunked to a memory budget) and,
-on native decoders, each chunk starts at the earliest layer it patches. The ``get_act_patch_*`` helpers are
+on native decoders, each patched run joins the batch at the first block it patches. With ``metric_hook=``
+the metric reads an intermediate activation and every forward stops there. The ``get_act_patch_*`` helpers are
 the same function with a fixed activation, setter and index axes.
 
 Works on any hookscope model that has the hook names: native decoders, ``wrap()``'ed models (canonical
@@ -98,6 +99,7 @@ def generic_activation_patch(
     batch_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     logits_to_keep: int | None = None,
+    metric_hook: str | Sequence[str] | None = None,
 ) -> Any:
     """The metric of the corrupted run with each index's piece of ``activation_name`` set to its clean value.
 
@@ -116,6 +118,9 @@ def generic_activation_patch(
         memory_budget: bytes of activations one batch may hold.
         logits_to_keep: native decoders: unembed only the last this many positions (for a metric that reads
             only those; it then receives ``[batch, logits_to_keep, d_vocab]``).
+        metric_hook: a hook name (or several) whose activation the metric receives instead of the logits
+            (a dict name -> activation for several): each patched forward stops once it has fired, and
+            patches of later blocks are not run (they give the corrupted run's metric, as a full run would).
 
     Returns:
         ``[*axis sizes]`` (or ``[n_indices]`` with ``index_df``), float64 for a float64 model else float32.
@@ -132,7 +137,7 @@ def generic_activation_patch(
 
     runs = [PatchRun(edits={name: edit(row, clean_cache[name])}) for row, name in zip(rows, names, strict=True)]
     runner = PatchRunner(model, corrupted_tokens, patching_metric, batch_size=batch_size, memory_budget=memory_budget,
-                         logits_to_keep=logits_to_keep)
+                         logits_to_keep=logits_to_keep, metric_hook=metric_hook)
     dtype = torch.float64 if _model_dtype(model) == torch.float64 else torch.float32
     out = torch.tensor(runner.run(runs), dtype=dtype, device=_device(model))
     out = out if shape is None else out.reshape(shape)

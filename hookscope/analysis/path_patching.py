@@ -79,6 +79,7 @@ def path_patch(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     senders: Sequence[tuple[int, int]] | None = None,
     logits_to_keep: int | None = None,
+    metric_hook: str | Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Metric ``[n_layers, n_heads]`` of each sender head's path into the receivers' ``receiver_input``.
 
@@ -91,12 +92,19 @@ def path_patch(
         clean_cache / corrupted_cache: caches holding every ``hook_z`` (made here when not given).
         senders: only these ``(layer, head)`` senders (the others are NaN in the result); default all.
         logits_to_keep: native decoders: unembed only the last this many positions (see ``generic_activation_patch``).
+        metric_hook: the metric reads this hook's activation instead of the logits (see ``generic_activation_patch``).
     """
     inputs = [receiver_input] if isinstance(receiver_input, str) else list(receiver_input)
     if not inputs or any(k not in ("q", "k", "v") for k in inputs):
         raise ValueError(f"receiver_input must be 'q', 'k', 'v' or several of them, got {receiver_input!r}")
     if not receivers:
         raise ValueError("path_patch needs at least one receiver head (layer, head)")
+    if "blocks.0.attn.hook_z" not in model.hook_dict:
+        raise ValueError(
+            f"path_patch needs one stack of self-attention layers with 'blocks.{{i}}.attn.hook_z' and hook_q/k/v "
+            f"(native decoders, wrap()'ed models); {type(model).__name__} has no 'blocks.0.attn.hook_z'. On an "
+            "encoder-decoder the frozen set (encoder, self- and cross-attention heads) is not defined: patch "
+            "its activations with generic_activation_patch and '{layer}' templates instead")
     check_names(model, sorted({f"blocks.{layer}.attn.hook_{k}" for layer, _ in receivers for k in inputs}))
     wanted = lambda n: n.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v"))  # noqa: E731
     with torch.no_grad():
@@ -117,7 +125,7 @@ def path_patch(
         z[i]: _freeze_heads(clean_cache[z[i]], corrupted_cache[z[i]], head if i == layer else None)
         for i in range(last + 1)}) for layer, head in senders]
     runner = PatchRunner(model, clean_tokens, metric, batch_size=batch_size, memory_budget=memory_budget,
-                         logits_to_keep=logits_to_keep)
+                         logits_to_keep=logits_to_keep, metric_hook=metric_hook)
     recorded = runner.capture(freeze, list(slots))
     patch = [PatchRun(edits={name: _set_slots(rec[name], heads) for name, heads in slots.items()})
              for rec in recorded]

@@ -9,6 +9,8 @@ signatures, defaults (BOS prepended, right padding, weight processing in ``from_
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
@@ -24,7 +26,11 @@ _EXPORTS: dict[str, str] = {
     "SVDInterpreter": "hookscope.analysis.svd_interpreter",
 }
 _SUBMODULES = ("utils", "hook_points", "past_key_value_caching", "config", "loading_from_pretrained", "cache",
-               "patching", "head_detector", "utilities")
+               "patching", "head_detector", "utilities", "components")
+# TL's CamelCase module paths (``transformer_lens.HookedTransformer``...): importable submodules named like the
+# class they hold. As in TL's package, the package attribute of that name stays the class.
+_CLASS_MODULES = ("HookedTransformer", "HookedTransformerConfig", "ActivationCache", "FactoredMatrix",
+                  "SVDInterpreter", "HookedEncoder", "HookedEncoderDecoder", "HookedRootModule")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
@@ -43,6 +49,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _CompatPackage(types.ModuleType):
+    """The package's module type: importing ``hookscope.compat.HookedTransformer`` (the module) does not rebind
+    the package attribute ``HookedTransformer`` (the class), as TransformerLens's ``__init__`` arranges."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CLASS_MODULES and isinstance(value, types.ModuleType):
+            return  # the import system binding the submodule; the module stays reachable in sys.modules
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _CompatPackage
 
 
 if TYPE_CHECKING:  # pragma: no cover

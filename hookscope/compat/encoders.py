@@ -2,7 +2,8 @@
 
 Both adopt a native model loaded by ``hookscope.load`` (``hf_model=`` in memory: nothing downloaded) and
 translate TL's arguments (``one_zero_attention_mask``, ``return_type="predictions"``, ``decoder_input``).
-Building one from a ``HookedTransformerConfig`` is refused: TL configs describe decoders.
+``HookedEncoder(cfg)`` builds a TL-initialised BERT from a ``HookedTransformerConfig``; ``HookedEncoderDecoder(cfg)``
+is refused: load T5 with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from typing import Any
 import torch
 
 from hookscope.compat.activation_cache import ActivationCache
+from hookscope.compat.components import use_tl_signatures
+from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.hook_points import HookedRootModule
 from hookscope.loading import load
 from hookscope.models.bert import Bert
+from hookscope.models.bert_config import BertConfig
+from hookscope.models.init import init_weights
 from hookscope.models.t5 import T5
 
 
@@ -23,11 +28,26 @@ def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
         raise ValueError(f"{what} runs {expected.__name__} models; this source loads as {type(native).__name__}")
     model = cls.__new__(cls)
     model.__dict__.update(native.__dict__)  # adopt the native modules and parameters (no copy)
+    if hasattr(model.embed, "bind"):
+        model.embed.bind(model)  # the embedding's weak reference to its owner: the adopting model now
+    if isinstance(model, Bert):
+        use_tl_signatures(model, causal=False)
     return model
 
 
 def _dtype(dtype: Any) -> Any:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _bert_config(cfg: HookedTransformerConfig) -> BertConfig:
+    """The native BERT config of a TL encoder config (post-LN blocks, learned absolute positions, 2 token types)."""
+    if cfg.d_vocab_out != cfg.d_vocab:
+        raise NotImplementedError("HookedEncoder with d_vocab_out != d_vocab: the masked-LM head predicts the input "
+                                  "vocabulary")
+    return BertConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head,
+                      d_mlp=cfg.d_mlp or 4 * cfg.d_model, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
+                      act_fn=cfg.act_fn or "gelu", mlm_act=cfg.act_fn or "gelu", norm_eps=cfg.eps, mlm_head=True,
+                      tie_embeddings=False, pooler=True, nsp_head=True, architecture="BertForPreTraining")
 
 
 class _CompatCacheMixin:
@@ -43,10 +63,31 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
     """TL's ``HookedEncoder`` over the native :class:`~hookscope.models.bert.Bert`."""
 
     def __init__(self, cfg: Any, tokenizer: Any = None, move_to_device: bool = True, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "HookedEncoder(cfg) from a HookedTransformerConfig is not supported; use HookedEncoder.from_pretrained"
-            "(name, hf_model=...) or hookscope.Bert(BertConfig(...))"
-        )
+        """A BERT built from a ``HookedTransformerConfig`` (or its dict), as TL's: ``d_vocab=-1`` takes the
+        tokenizer's vocabulary (``tokenizer=`` or ``cfg.tokenizer_name``); masked-LM, pooler and
+        next-sentence heads; TL's "gpt2" initialisation (``cfg.initializer_range``, ``cfg.seed``)."""
+        cfg = HookedTransformerConfig.unwrap(cfg)
+        if cfg.init_mode != "gpt2":
+            raise NotImplementedError(f"HookedEncoder(cfg) initialises with init_mode='gpt2', got {cfg.init_mode!r}")
+        if cfg.n_devices != 1:
+            raise NotImplementedError("n_devices > 1: use hookscope.load(..., device_map='auto')")
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name)
+        if cfg.d_vocab == -1:
+            assert tokenizer is not None, "Must provide a tokenizer if d_vocab is not provided"
+            cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+        if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
+            cfg.d_vocab_out = cfg.d_vocab
+        Bert.__init__(self, _bert_config(cfg))
+        use_tl_signatures(self, causal=False)
+        self.tokenizer = tokenizer
+        seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        init_weights(self, seed=seed, init_range=cfg.initializer_range)
+        self.to(cfg.dtype)
+        if move_to_device:
+            self.to(cfg.device)
 
     @classmethod
     def from_pretrained(cls, model_name: str, checkpoint_index: int | None = None, checkpoint_value: int | None = None,

@@ -10,23 +10,25 @@ prepended and right padding when tokenizing, ``run_with_cache`` returning TL's A
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from hookscope.analysis.neurons import accumulated_bias
 from hookscope.analysis.residual import tokens_to_residual_directions
 from hookscope.compat.activation_cache import ActivationCache
+from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.generation import TLGenerateMixin
 from hookscope.compat.hook_points import HookedRootModule
+from hookscope.compat.init import tl_init_weights
 from hookscope.compat.past_key_value_caching import HookedTransformerKeyValueCache
 from hookscope.compat.pretrained import PretrainedMixin, _cached_tokenizer, _process
 from hookscope.compat.tokens import TLTokensMixin
 from hookscope.compat.utils import get_attention_mask, lm_cross_entropy_loss
 from hookscope.components.masks import positions_from_mask
+from hookscope.hooks import HookPoint
 from hookscope.models.decoder import Decoder
-from hookscope.models.init import init_weights
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,13 @@ _SWITCHES = {
     "use_hook_mlp_in": ("hook_mlp_in",),
     "use_attn_in": ("hook_attn_in",),
 }
+
+
+class Output(NamedTuple):
+    """``forward(..., return_type="both")``: the logits and the loss, as TL's named tuple."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor
 
 
 def _named_tokenizer(name: str) -> Any:
@@ -77,9 +86,14 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             tokenizer = _named_tokenizer(cfg.tokenizer_name)
         if cfg.d_vocab == -1 and tokenizer is not None:  # as TL: the vocabulary size from the tokenizer
             cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
-            cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
+        if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
+            cfg.d_vocab_out = cfg.d_vocab
         native = cfg.to_native()
         Decoder.__init__(self, native)
+        use_tl_signatures(self)
+        if cfg.use_hook_tokens:  # TL's hook on the token ids entering the embedding
+            self.hook_tokens = HookPoint()  # [batch, pos]
+            self.setup_hooks()
         cfg.__dict__["_native"] = native
         self.cfg = cfg
         self.default_padding_side = default_padding_side or "right"
@@ -92,12 +106,11 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             self.to(cfg.device)
 
     def init_weights(self) -> None:
-        """TL's "gpt2" initialisation (the native :func:`~hookscope.models.init.init_weights`): matrices and
-        embeddings ~ N(0, ``initializer_range``), biases 0, norm weights 1. Other init modes are refused."""
-        if self.cfg.init_mode != "gpt2":
-            raise NotImplementedError(f"init_mode={self.cfg.init_mode!r}: hookscope.compat implements 'gpt2'")
+        """TL's initialisation of ``cfg.init_mode``: "gpt2" (N(0, ``initializer_range``)), "xavier_uniform",
+        "xavier_normal", "kaiming_uniform", "kaiming_normal" (gain ``initializer_range``, TL's fans) or "muP";
+        biases 0, norm weights 1; reproducible from ``cfg.seed``."""
         seed = self.cfg.seed if self.cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        init_weights(self, seed=seed, init_range=self.cfg.initializer_range)
+        tl_init_weights(self, self.cfg.init_mode, seed, self.cfg.initializer_range)
 
     def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] | None = None) -> None:
         """Attach a HF tokenizer; as TL, missing EOS/PAD/BOS tokens fall back to each other."""
@@ -176,10 +189,13 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         if start_at_layer is None:
             tokens, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask,
                                                            past_kv_cache is not None)
+            if self.cfg.use_hook_tokens and hasattr(self, "hook_tokens"):
+                tokens = self.hook_tokens(tokens)
             input = tokens
         kv = None
         if past_kv_cache is not None:
-            attention_mask = past_kv_cache.append_attention_mask(attention_mask)
+            past_kv_cache.check_partial_forward(len(self.blocks), start_at_layer, stop_at_layer)
+            attention_mask = past_kv_cache.mask_for_forward(attention_mask, input.shape[0], input.shape[1])
             kv = past_kv_cache.native_for(self, input.shape[0], input.shape[1])
         native_return = "logits" if return_type in ("loss", "both") else return_type
         out = Decoder.forward(
@@ -193,7 +209,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         if tokens is None:
             raise ValueError("return_type='loss' / 'both' with start_at_layer needs tokens=")
         loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (out, loss)
+        return loss if return_type == "loss" else Output(out, loss)
 
     def _embeds_to_residual(self, embeds: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[batch, pos, d_model]`` -> the residual entering block 0 (positions added)."""
@@ -202,7 +218,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
         x = self.hook_embed(embeds)
         if self.pos_embed is not None and self.pos_embed_in_residual:
             positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
-            x = x + self.hook_pos_embed(self.pos_embed(positions))
+            x = x + self.hook_pos_embed(self.pos_embed(positions, validate=True))
         return x
 
     def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
@@ -249,7 +265,7 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
             positions = positions_from_mask(mask)[:, past:]
         else:
             positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None].expand(len(tokens), -1)
-        shortformer = self.pos_embed(positions) if self.cfg.positional == "shortformer" else None
+        shortformer = self.pos_embed(positions, validate=True) if self.cfg.positional == "shortformer" else None
         return self.embed_tokens(tokens, positions), tokens, shortformer, mask
 
     def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -70,6 +70,26 @@ class HookedTransformerKeyValueCache:
             self.previous_attention_mask = full
         return full
 
+    def mask_for_forward(self, attention_mask: torch.Tensor | None, batch: int, n_new: int) -> torch.Tensor:
+        """The mask over past + new positions for a forward of ``n_new`` positions. ``attention_mask`` is the
+        new positions' mask (appended; all ones when None) or, as ``input_to_embed`` returns it, already the
+        past + new one (then it replaces the remembered mask, unless frozen)."""
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, n_new, dtype=torch.long, device=self.previous_attention_mask.device)
+        if self.length and attention_mask.shape[-1] == self.length + n_new:
+            if not self.frozen:
+                self.previous_attention_mask = attention_mask.to(self.previous_attention_mask.device)
+            return attention_mask
+        return self.append_attention_mask(attention_mask)
+
+    def check_partial_forward(self, n_layers: int, start_at_layer: int | None, stop_at_layer: int | None) -> None:
+        """A forward through some blocks only reads the cache: TL would append keys to those layers alone,
+        which one shared cache length cannot hold, so a growing cache must see every block."""
+        if len(range(n_layers)[start_at_layer:stop_at_layer]) != n_layers and not self.frozen:
+            raise ValueError("start_at_layer / stop_at_layer with a past_kv_cache that grows: the cache grows only "
+                             "by forwards through every block; call past_kv_cache.freeze() to run part of the "
+                             "model over the cached positions")
+
     def native_for(self, model: Any, batch: int, n_new: int) -> KVCache:
         """The native cache to run ``n_new`` more positions with (regrown when it would overflow)."""
         if batch != self.batch_size:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.loading import load
 
@@ -69,14 +70,19 @@ def _resolve_source(model_name: str) -> str:
     return get_official_model_name(model_name)
 
 
+# TL's dtype names (``HookedTransformer.DTYPE_FROM_STRING``), plus float64
+DTYPE_FROM_STRING: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
+}
+
+
 def _dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
-    if dtype not in table:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(table)}")
-    return table[dtype]
+    if dtype not in DTYPE_FROM_STRING:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPE_FROM_STRING)}")
+    return DTYPE_FROM_STRING[dtype]
 
 
 class PretrainedMixin:
@@ -113,6 +119,7 @@ class PretrainedMixin:
             raise ValueError(f"{model_name!r} is not a decoder-only LM; use HookedEncoder / HookedEncoderDecoder")
         model = cls.__new__(cls)
         model.__dict__.update(native.__dict__)  # adopt the native modules and parameters (no copy)
+        use_tl_signatures(model)
         model.cfg = HookedTransformerConfig.from_native(
             native.cfg, model_name=hub.split("/")[-1], tokenizer_name=hub, dtype=dt, device=str(device),
             default_prepend_bos=True if default_prepend_bos is None else default_prepend_bos,

@@ -27,6 +27,11 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+def solu(x: torch.Tensor) -> torch.Tensor:
+    """SoLU (Anthropic's softmax linear unit): ``x * softmax(x)`` over the neurons (the last axis)."""
+    return x * F.softmax(x, dim=-1)
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_new": gelu_new,
@@ -37,6 +42,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,
+    "solu": solu,
 }
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hookscope.components.activations import get_activation
+from hookscope.components.norm import make_norm
 from hookscope.components.views import bias_or_zeros
 from hookscope.hooks import HookPoint
 
@@ -35,19 +36,31 @@ class _UpDownViews:
 
 
 class MLP(_UpDownViews, nn.Module):
-    """``out = W_out act(W_in x + b_in) + b_out`` with ``hook_pre`` and ``hook_post`` ``[batch, pos, d_mlp]``."""
+    """``out = W_out act(W_in x + b_in) + b_out`` with ``hook_pre`` and ``hook_post`` ``[batch, pos, d_mlp]``.
 
-    def __init__(self, d_model: int, d_mlp: int, act: str, bias: bool = True) -> None:
+    ``inner_norm`` (a norm kind, e.g. "layernorm"): normalise the activations over the neurons before
+    ``W_out`` (TransformerLens's SoLU MLP): ``hook_mid`` is the activation, ``ln`` the norm, ``hook_post`` its
+    output.
+    """
+
+    def __init__(self, d_model: int, d_mlp: int, act: str, bias: bool = True, inner_norm: str | None = None,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         self.up_proj = nn.Linear(d_model, d_mlp, bias=bias)
         self.down_proj = nn.Linear(d_mlp, d_model, bias=bias)
         self.act = get_activation(act)
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.ln: nn.Module | None = None
+        if inner_norm is not None:
+            self.hook_mid = HookPoint()  # [batch, pos, d_mlp]
+            self.ln = make_norm(inner_norm, d_mlp, eps)
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.hook_pre(self.up_proj(x))
-        return self.down_proj(self.hook_post(self.act(pre)))
+        if self.ln is None:
+            return self.down_proj(self.hook_post(self.act(pre)))
+        return self.down_proj(self.hook_post(self.ln(self.hook_mid(self.act(pre)))))
 
 
 class GatedMLP(_UpDownViews, nn.Module):
@@ -81,12 +94,15 @@ class GatedMLP(_UpDownViews, nn.Module):
         return self.down_proj(self.hook_post(self.act(gate) * up))
 
 
-def make_mlp(kind: str, d_model: int, d_mlp: int, act: str, bias: bool) -> nn.Module:
-    """``kind``: "plain" or "gated"."""
+def make_mlp(kind: str, d_model: int, d_mlp: int, act: str, bias: bool, inner_norm: str | None = None,
+             eps: float = 1e-5) -> nn.Module:
+    """``kind``: "plain" or "gated"; ``inner_norm``: a norm after the activation (plain only, see :class:`MLP`)."""
     if kind == "gated":
+        if inner_norm is not None:
+            raise ValueError("a gated MLP has no inner norm (inner_norm goes with kind='plain')")
         return GatedMLP(d_model, d_mlp, act, bias)
     if kind == "plain":
-        return MLP(d_model, d_mlp, act, bias)
+        return MLP(d_model, d_mlp, act, bias, inner_norm, eps)
     raise ValueError(f"unknown mlp kind {kind!r}; supported: 'plain', 'gated'")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from hookscope.generation.kv_cache import KVCache
+from hookscope.generation.lean import lean_step
 from hookscope.generation.processors import process_logits
 from hookscope.generation.settings import GenerationSettings
 
@@ -66,7 +67,8 @@ def beam_search(
     """Beam search from left-padded prompts ``tokens [batch, prompt_pos]``.
 
     ``trim_logits``: the model's forward takes ``logits_to_keep=1`` (see :class:`~.decode.Decoding`).
-    ``step``: a compiled decode step for the cached steps after the prompt (as in ``Decoding``), or None.
+    ``step``: a compiled decode step for the cached steps after the prompt (as in ``Decoding``), or None
+    (then the lean step while no hook is attached, the model's forward otherwise).
 
     Returns all ``num_beams`` finished beams per row when ``all_beams``, else only the best
     (``[batch, 1, pos]``), cropped like HF to the longest returned sequence.
@@ -97,6 +99,7 @@ def beam_search(
     cache = KVCache.for_model(model, batch * nb, total) if s.use_cache else None
     row_offset = torch.arange(batch, device=device)[:, None] * nb
     extra: dict[str, int] = {"logits_to_keep": 1} if trim_logits else {}
+    lean = lean_step(model) if cache is not None and step is None else None
     for cur in range(prompt_len, total):
         flat = st.running[:, :, :cur].reshape(batch * nb, cur)
         m = None if flat_mask is None else flat_mask[:, :cur]
@@ -104,6 +107,8 @@ def beam_search(
             logits = model(flat, m, **extra)[:, -1]
         elif step is not None and cache.length > 0:
             logits = step(flat[:, cache.length :], m, cache)[:, -1]
+        elif lean is not None and cache.length > 0 and lean.usable():
+            logits = lean(flat[:, cache.length :], m, cache)[:, -1]
         else:
             logits = model(flat[:, cache.length :], m, kv_cache=cache, **extra)[:, -1]
         log_probs = torch.log_softmax(logits.float(), dim=-1)

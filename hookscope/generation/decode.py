@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from hookscope.generation.kv_cache import KVCache
+from hookscope.generation.lean import lean_step
 from hookscope.generation.processors import greedy, process_logits, sample
 from hookscope.generation.settings import GenerationSettings
 from hookscope.generation.step_cache import StepRecorder
@@ -31,7 +32,9 @@ class Decoding:
         trim_logits: the model's forward takes ``logits_to_keep=1`` (native decoders): the prefill then
             unembeds only its last position. Leave False for adapters whose ``__call__`` lacks it.
         step: a compiled decode step (:func:`~hookscope.generation.compiled.compiled_step`) for the cached
-            steps after the prompt, or None (every forward through ``model``).
+            steps after the prompt, or None: those steps then run the model's
+            :class:`~hookscope.generation.lean.LeanStep` while no hook is attached (checked every step), its
+            forward otherwise.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Decoding:
             self.mask = torch.ones((batch, total), dtype=torch.long, device=device)
             self.mask[:, : self.prompt_len] = mask
         self.cache = KVCache.for_model(model, batch, total) if settings.use_cache else None
+        self.lean = lean_step(model) if settings.use_cache and step is None and recorder is None else None
         self.length = self.prompt_len
         gen = None
         if settings.seed is not None:
@@ -73,6 +77,8 @@ class Decoding:
             logits = self.model(self.buffer[:, :end], mask, **self.extra)
         elif self.step is not None and start > 0:
             logits = self.step(self.buffer[:, start:end], mask, self.cache)
+        elif self.lean is not None and start > 0 and self.lean.usable():
+            logits = self.lean(self.buffer[:, start:end], mask, self.cache)
         else:
             logits = self.model(self.buffer[:, start:end], mask, kv_cache=self.cache, **self.extra)
         if self.recorder is not None:

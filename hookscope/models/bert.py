@@ -77,8 +77,12 @@ class BertEmbed(nn.Module):
     ) -> torch.Tensor:
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
             return self._owner().encode(tokens, **sentence_kwargs)  # [batch, d_model] sentence embeddings
-        if token_type_ids is None or positions is None:
-            raise ValueError("BertEmbed needs token ids, token_type_ids and positions (or sentences)")
+        if token_type_ids is None:  # one segment, as HF and TransformerLens default to
+            token_type_ids = torch.zeros_like(tokens)
+        if positions is None:  # the model's own positions: 0.. (BERT), or padding-offset (RoBERTa)
+            pad = self.pos_embed.padding_idx
+            positions = padding_offset_positions(tokens, pad) if pad is not None else \
+                torch.arange(tokens.shape[-1], device=tokens.device).expand(tokens.shape)
         x = self.hook_embed(self.embed(tokens)) + self.hook_token_type_embed(
             self.token_type_embed(token_type_ids)
         )

@@ -43,7 +43,7 @@ class SequentialBlock(nn.Module):
         norm = _attention_sublayer(self, cfg, layer)
         self.ln1_post: nn.Module | None = norm() if cfg.post_norms else None
         self.ln2 = norm()
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias, cfg.mlp_norm, cfg.norm_eps)
         self.ln2_post: nn.Module | None = norm() if cfg.post_norms else None
         add_block_hooks(self)
 
@@ -68,7 +68,7 @@ class ParallelBlock(nn.Module):
         super().__init__()
         norm = _attention_sublayer(self, cfg, layer)
         self.ln2 = norm()
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias)
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.mlp_bias, cfg.mlp_norm, cfg.norm_eps)
         add_block_hooks(self, resid_mid=False)
 
     def forward(self, x: torch.Tensor, mask: AttentionMask, rotary: Any, kv_cache: Any = None,
@@ -225,7 +225,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         """
         x = self.hook_embed(self.embed(tokens, validate))
         if self.pos_embed is not None and self.cfg.positional == "learned":
-            x = x + self.hook_pos_embed(self.pos_embed(positions, validate))
+            x = x + self.hook_pos_embed(self.pos_embed(positions, validate=validate))
         return x
 
     @property
@@ -270,6 +270,9 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
             tokens: the token ids, needed for the loss when ``input`` is a residual stream.
             kv_cache: a :class:`~hookscope.generation.kv_cache.KVCache` holding earlier positions
                 (generation): ``input`` is then only the new tokens, ``attention_mask`` covers past + new.
+                The cache grows only by forwards through every block; with ``start_at_layer`` /
+                ``stop_at_layer`` the blocks that run attend over the cached positions and the cache is
+                left as it was.
             logits_to_keep: unembed only the last this many positions (generation's prefill needs one;
                 ``ln_final`` hooks still see every position).
             loss_per_token: the loss of every prediction ``[batch, pos - 1]`` (0 at padding) instead of
@@ -296,17 +299,18 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
             batch, n_pos = tokens.shape
         else:
             batch, n_pos = input.shape[:2]
-        past = 0 if kv_cache is None else _check_cache_call(kv_cache, start_at_layer, stop_at_layer)
+        past = 0 if kv_cache is None else kv_cache.length
         mask, position_ids, attention_mask = causal_mask_and_positions(
             attention_mask, position_ids, batch, n_pos, past, input.device
         )
         x = self.embed_tokens(tokens, position_ids, validate=past == 0) if start_at_layer is None else input
         rotary = self.rotary_tables(position_ids, x.dtype)
-        shortformer = self.hook_pos_embed(self.pos_embed(position_ids, past == 0)).to(x.dtype) \
+        shortformer = self.hook_pos_embed(self.pos_embed(position_ids, validate=past == 0)).to(x.dtype) \
             if self.cfg.positional == "shortformer" else None  # added to each attention's query/key inputs
-        for i in range(len(self.blocks))[start_at_layer:stop_at_layer]:
+        run = range(len(self.blocks))[start_at_layer:stop_at_layer]
+        for i in run:
             x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i), qk_offset=shortformer)
-        if kv_cache is not None:
+        if kv_cache is not None and len(run) == len(self.blocks):  # a partial forward only reads the cache
             kv_cache.advance(n_pos)
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head
             return x
@@ -376,9 +380,3 @@ def _check_input(
         check_residual(input, embed)
     check_device("input", input, embed, dispatched)
 
-
-def _check_cache_call(kv_cache: ModelKVCache, start_at_layer: int | None, stop_at_layer: int | None) -> int:
-    """Positions already in the cache; a cached forward must run every block (each stores its keys)."""
-    if start_at_layer is not None or stop_at_layer is not None:
-        raise ValueError("kv_cache needs a forward through every block: drop start_at_layer/stop_at_layer")
-    return kv_cache.length

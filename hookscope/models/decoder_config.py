@@ -37,6 +37,7 @@ class DecoderConfig(FamilyConfig):
     n_kv_heads: int | None = None  # None: same as n_heads (MHA)
     act_fn: str = "gelu_new"
     mlp: Literal["plain", "gated"] = "plain"
+    mlp_norm: NormKind | None = None  # a norm on the MLP's activations before W_out (TransformerLens SoLU)
     norm: NormKind = "layernorm"
     final_norm: NormKind | None = None  # None: same as norm
     norm_eps: float = 1e-5
@@ -96,6 +97,8 @@ class DecoderConfig(FamilyConfig):
         for name in ("norm", "final_norm"):
             if getattr(self, name) not in get_args(NormKind):
                 raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
+        if self.mlp_norm is not None and (self.mlp_norm not in get_args(NormKind) or self.mlp != "plain"):
+            raise ConfigError(f"mlp_norm={self.mlp_norm!r} needs mlp='plain' and one of {get_args(NormKind)}")
         if self.attn_only and self.parallel_attn_mlp:
             raise ConfigError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
         if self.attn_only and self.d_mlp:

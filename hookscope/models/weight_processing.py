@@ -108,6 +108,8 @@ def fold_layer_norms(model: Any) -> None:
         mlp = getattr(block, "mlp", None)  # attention-only blocks have none
         if mlp is not None:
             fold_norm_into(block.ln2, [m for m in (getattr(mlp, "gate_proj", None), mlp.up_proj) if m is not None])
+            if getattr(mlp, "ln", None) is not None:  # SoLU's norm on the activations: into W_out
+                fold_norm_into(mlp.ln, [mlp.down_proj])
     _untie(model)
     fold_norm_into(model.ln_final, [model.unembed])
 

@@ -46,6 +46,7 @@ def save_trainer_state(
     folder.mkdir(parents=True, exist_ok=True)
     copy = SAE(sae.cfg, device="cpu")
     copy.load_state_dict({k: v.detach().cpu() for k, v in sae.state_dict().items()})
+    copy.fold_W_dec_norm()  # the training function with unit decoder rows (TopK ranks by the norms)
     copy.save(folder)
     opt = optimizer.state_dict()
     tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}

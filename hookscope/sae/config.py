@@ -36,6 +36,8 @@ class SAEConfig:
         dtype: parameter dtype name ("float32", "float64", "bfloat16"...).
         hook_name: the hook the SAE reads (metadata, used by splicing and by the CLI).
         model_name: the model the SAE was trained on (metadata).
+        hook_head_index: a single-head SAE: it reads head ``h`` of ``hook_z`` (``d_in = d_head``) and,
+            spliced, replaces only that head's slice (SAELens's ``metadata.hook_head_index``).
     """
 
     d_in: int
@@ -47,6 +49,7 @@ class SAEConfig:
     dtype: str = "float32"
     hook_name: str | None = None
     model_name: str | None = None
+    hook_head_index: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,9 @@ class SAEConfig:
                 raise ValueError(
                     f"architecture {self.architecture!r} needs 1 <= k <= d_sae={self.d_sae}, got k={self.k}"
                 )
+        if self.hook_head_index is not None and (isinstance(self.hook_head_index, bool) or not isinstance(
+                self.hook_head_index, int) or self.hook_head_index < 0):
+            raise ValueError(f"hook_head_index must be a head number >= 0 or None, got {self.hook_head_index!r}")
         if self.normalize_activations not in NORMALIZATIONS:
             raise ValueError(
                 f"unknown normalize_activations {self.normalize_activations!r}; supported: {list(NORMALIZATIONS)}"

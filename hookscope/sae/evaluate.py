@@ -18,13 +18,14 @@ from hookscope.sae.sae import SAE
 
 @torch.no_grad()
 def reconstruction_metrics(sae: SAE, acts: torch.Tensor, dense_threshold: float = 0.1) -> dict[str, float]:
-    """MSE, explained variance, L0 and dead / dense latent fractions of ``sae`` on rows ``acts`` ``[n, d_in]``.
+    """MSE, explained variance, L0 and dead / dense latent fractions of ``sae`` on rows ``acts`` ``[n, d_in]``
+    (or a hook's activation: ``hook_z``'s ``[batch, pos, head_index, d_head]`` is read as the SAE reads it).
 
     MSE is the squared error summed over ``d_in``, averaged over rows; explained variance is
     ``1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2``; a latent is dead when it never fires on these rows,
     dense when it fires on more than ``dense_threshold`` of them.
     """
-    x = acts.reshape(-1, acts.shape[-1]).to(sae.W_enc.dtype)
+    x = sae.read_input(acts).reshape(-1, sae.cfg.d_in).to(sae.W_enc.dtype)  # hook_z: the heads it reads
     latents = sae.encode(x)
     recons = sae.decode(latents)
     err = (x - recons).pow(2).sum()
@@ -81,6 +82,7 @@ def evaluate_sae(
     ``>= skip_first_positions``; the reconstruction, zero and mean ablations replace the activation only
     at those positions (``skip_first_positions=1`` leaves BOS, whose activation is an outlier an SAE is
     usually not trained on, untouched). "Mean ablation" uses the mean over every replaced row of ``tokens``.
+    A single-head SAE's reconstruction and ablations replace only its head's slice of ``hook_z``.
     """
     name = hook_name or sae.hook_name
     if name is None:
@@ -89,12 +91,13 @@ def evaluate_sae(
         raise ValueError("evaluate_sae takes token ids [batch, pos] with pos > skip_first_positions + 1")
     s = skip_first_positions
     batches = tokens.split(batch_size)
-    acts = [model.run_with_cache(b, names_filter=name)[1][name][:, s:] for b in batches]
-    mean_act = torch.cat([a.reshape(-1, *a.shape[2:]) for a in acts]).mean(0)
+    # what the SAE reads ([batch, pos, d_in]: one head's slice for a single-head SAE); ablations replace only it
+    acts = [sae.read_input(model.run_with_cache(b, names_filter=name)[1][name][:, s:]) for b in batches]
+    mean_act = torch.cat([a.reshape(-1, sae.cfg.d_in) for a in acts]).mean(0)
     replace = {
         "spliced": lambda a: sae(a),
-        "zero": torch.zeros_like,
-        "mean": lambda a: mean_act.expand_as(a),
+        "zero": lambda a: sae.write_output(a, torch.zeros_like(sae.read_input(a))),
+        "mean": lambda a: sae.write_output(a, mean_act.expand_as(sae.read_input(a))),
     }
     totals = dict.fromkeys(["clean", "spliced", "zero", "mean", "kl"], 0.0)
     count = 0

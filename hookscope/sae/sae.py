@@ -34,7 +34,8 @@ class SAE(HookedModule):
     ``sae(x)`` returns the reconstruction (``use_error_term=True``: the input exactly, while the latents
     still run through the hook points, so ablating or patching a latent changes the output by exactly
     its decoded contribution). Inputs may have any leading axes; an input whose last two axes multiply
-    to ``d_in`` (``hook_z``'s ``[..., head_index, d_head]``) is flattened over them and restored.
+    to ``d_in`` (``hook_z``'s ``[..., head_index, d_head]``) is flattened over them and restored. A
+    single-head SAE (``cfg.hook_head_index``) reads and replaces only its head's slice of ``hook_z``.
     """
 
     def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None, seed: int | None = None) -> None:
@@ -78,21 +79,44 @@ class SAE(HookedModule):
         return self.cfg.hook_name
 
     # ------------------------------------------------------------------ the computation
-    def _flatten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    def read_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of a hook's activation this SAE reads, ``[..., d_in]``.
+
+        ``[..., d_in]`` as it is; ``hook_z``'s ``[..., head_index, d_head]`` flattened over heads when
+        ``n_heads * d_head == d_in``; with ``cfg.hook_head_index`` set, head ``h``'s slice ``[..., d_head]``
+        of a 4-D ``[batch, pos, head_index, d_head]`` activation (lower-dimensional inputs are rows already).
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"an SAE takes a tensor [..., {self.cfg.d_in}], got {type(x).__name__}")
+        head = self.cfg.hook_head_index
+        if head is not None and x.ndim == 4:
+            if x.shape[-1] != self.cfg.d_in or head >= x.shape[-2]:
+                raise ValueError(
+                    f"this SAE reads head {head} of a [batch, pos, head_index, d_head={self.cfg.d_in}] activation; "
+                    f"got shape {tuple(x.shape)} (hook {self.cfg.hook_name!r})"
+                )
+            return x[..., head, :]
         if x.shape[-1] == self.cfg.d_in:
-            return x, x.shape
+            return x
         if x.ndim >= 2 and x.shape[-1] * x.shape[-2] == self.cfg.d_in:
-            return x.flatten(-2), x.shape
+            return x.flatten(-2)
         raise ValueError(
             f"this SAE reads activations of width d_in={self.cfg.d_in}; got shape {tuple(x.shape)} "
             f"(hook {self.cfg.hook_name!r})"
         )
 
+    def write_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x`` (a hook's activation) with the part :meth:`read_input` reads replaced by ``y`` ``[..., d_in]``."""
+        y = y.to(x.dtype)
+        if self.cfg.hook_head_index is not None and x.ndim == 4:
+            out = x.clone()
+            out[..., self.cfg.hook_head_index, :] = y  # the other heads pass through untouched
+            return out
+        return y.reshape(x.shape)
+
     def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``[..., d_sae]`` of an input ``[..., d_in]`` (runs the input and pre hooks)."""
-        x = self.hook_sae_input(x.to(self.W_enc.dtype))
+        x = self.hook_sae_input(self.read_input(x).to(self.W_enc.dtype))
         x, self._norm_state = self.normalize_input(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
@@ -112,7 +136,6 @@ class SAE(HookedModule):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` of ``x`` ``[..., d_in]``."""
-        x, _ = self._flatten(x)
         return self.hook_sae_acts_post(self.activation(self.encode_pre(x)))
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
@@ -156,7 +179,7 @@ class SAE(HookedModule):
 
     def forward(self, x: torch.Tensor, use_error_term: bool = False) -> torch.Tensor:
         """The reconstruction of ``x`` (same shape and dtype), or ``x`` itself plus edits with the error term."""
-        flat, shape = self._flatten(x)
+        flat = self.read_input(x)
         recons = self.decode(self.encode(flat))
         if use_error_term:
             inner = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
@@ -168,8 +191,7 @@ class SAE(HookedModule):
             err = self.hook_sae_error(err_clean)
             # == recons + err, written so that unedited latents and error give back x exactly
             recons = x_in + (recons - clean) + (err - err_clean)
-        out = self.hook_sae_output(recons)
-        return out.reshape(shape).to(x.dtype)
+        return self.write_output(x, self.hook_sae_output(recons))
 
     def _plain_recons(self, x: torch.Tensor) -> torch.Tensor:
         x, state = self.normalize_input(x.to(self.W_enc.dtype))

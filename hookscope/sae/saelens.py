@@ -56,9 +56,9 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
         tensors["threshold"] = sae.threshold.detach().clone()
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     folded = c.normalize_activations in ("none", "expected_average_only_in")
-    metadata = {"sae_lens_version": FORMAT_VERSION, "hook_head_index": None, "trained_with": "hookscope",
+    metadata = {"sae_lens_version": FORMAT_VERSION, "trained_with": "hookscope",
                 "trained_architecture": c.architecture, **c.metadata,
-                "hook_name": c.hook_name, "model_name": c.model_name}
+                "hook_name": c.hook_name, "model_name": c.model_name, "hook_head_index": c.hook_head_index}
     if _is_pre_6(metadata):  # a version carried over from an old folder would make SAELens misread this one
         metadata["sae_lens_version"] = FORMAT_VERSION
     cfg: dict[str, Any] = {
@@ -69,7 +69,9 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
         "device": "cpu",
         "apply_b_dec_to_input": c.apply_b_dec_to_input,
         "normalize_activations": "none" if folded else c.normalize_activations,
-        "reshape_activations": "hook_z" if (c.hook_name or "").endswith("hook_z") else "none",
+        # a single-head SAE reads [..., d_head] rows, not the heads flattened
+        "reshape_activations": "hook_z" if (c.hook_name or "").endswith("hook_z") and c.hook_head_index is None
+        else "none",
         "metadata": metadata,
     }
     if architecture == "topk":
@@ -150,11 +152,10 @@ def read_config(folder: Path, dtype: str | None = None) -> SAEConfig:
     if arch == "topk" and k is None:
         raise ValueError(f"{path}: a topk SAE needs the field 'k'")
     meta = dict(raw.get("metadata") or {})
-    if meta.get("hook_head_index", raw.get("hook_head_index")) is not None:
-        raise ValueError(
-            f"{path}: this SAE reads a single attention head (hook_head_index="
-            f"{meta.get('hook_head_index', raw.get('hook_head_index'))}), which hookscope does not splice or load"
-        )
+    head = meta.pop("hook_head_index", None)
+    head = raw.get("hook_head_index") if head is None else head
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 0):
+        raise ValueError(f"{path}: hook_head_index={head!r} is not a head number")
     return SAEConfig(
         d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]), architecture=arch,
         k=max(1, round(float(k))) if arch in ("topk", "batchtopk") and k is not None else None,
@@ -162,7 +163,7 @@ def read_config(folder: Path, dtype: str | None = None) -> SAEConfig:
         normalize_activations=norm, dtype=dtype or str(raw.get("dtype", "float32")).replace("torch.", ""),
         hook_name=meta.pop("hook_name", None) or raw.get("hook_name"),
         model_name=meta.pop("model_name", None) or raw.get("model_name"),
-        metadata=meta,
+        hook_head_index=head, metadata=meta,
     )
 
 

@@ -86,7 +86,7 @@ def runner_for(model: HookedModule, hook_name: str) -> RunFn:
 
 def activations_at(
     model: HookedModule, hook_name: str, batch: Any, run: RunFn | None = None, select: SelectFn | None = None,
-    skip_first_positions: int = 0,
+    skip_first_positions: int = 0, head_index: int | None = None,
 ) -> torch.Tensor:
     """The activation rows ``[n, d]`` of one batch at ``hook_name`` (the forward stops after the hook).
 
@@ -95,6 +95,8 @@ def activations_at(
             model with an ``encode`` method, ``model.encode(batch)``, so Whisper needs no decoder tokens).
         select: turns the raw activation (e.g. ``[batch, pos, d_model]``) and the batch into rows;
             default: every position, after dropping the first ``skip_first_positions``.
+        head_index: of a ``[batch, pos, head_index, d_head]`` activation (``hook_z``), keep only this
+            head's ``[..., d_head]`` (a single-head SAE's input); by default the heads are concatenated.
     """
     if hook_name not in model.hook_dict:
         raise KeyError(model.unknown_name_message(hook_name))
@@ -112,6 +114,13 @@ def activations_at(
     if not seen:
         raise RuntimeError(f"the forward finished without reaching {hook_name!r}")
     act = seen[0]
+    if head_index is not None:
+        if act.ndim != 4 or not 0 <= head_index < act.shape[2]:
+            raise ValueError(
+                f"head_index={head_index} needs a [batch, pos, head_index, d_head] activation with that head; "
+                f"{hook_name!r} gives shape {tuple(act.shape)}"
+            )
+        act = act[:, :, head_index]  # [batch, pos, d_head]
     if select is not None:
         rows = select(act, batch)
     else:
@@ -133,6 +142,7 @@ def harvest(
     model: HookedModule, hook_name: str, data: Any, *, batch_size: int = 8, dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu", shard_dir: str | Path | None = None, progress: bool = True,
     run: RunFn | None = None, select: SelectFn | None = None, skip_first_positions: int = 0,
+    head_index: int | None = None,
 ) -> torch.Tensor:
     """All activation rows ``[n, d]`` of ``data`` at ``hook_name``, in data order.
 
@@ -142,16 +152,16 @@ def harvest(
         shard_dir: write one safetensors shard per batch here, plus a manifest; a later call with the
             same folder, hook and batch count reads the shards instead of running the model.
         progress: show a progress bar (rank 0 only).
-        run / select / skip_first_positions: see :func:`activations_at`.
+        run / select / skip_first_positions / head_index: see :func:`activations_at`.
     """
     batches = _batches(data, batch_size)
     rank, world = _dist()
     folder = Path(shard_dir) if shard_dir is not None else None
-    if folder is not None and _manifest_matches(folder, hook_name, len(batches)):
+    if folder is not None and _manifest_matches(folder, hook_name, len(batches), head_index):
         return read_shards(folder).to(device=device, dtype=dtype)
     mine: dict[int, torch.Tensor] = {}
     for i in tqdm(range(rank, len(batches), world), disable=not progress or rank != 0, desc=f"harvest {hook_name}"):
-        rows = activations_at(model, hook_name, batches[i], run, select, skip_first_positions).to(dtype)
+        rows = activations_at(model, hook_name, batches[i], run, select, skip_first_positions, head_index).to(dtype)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             save_file({"activations": rows.contiguous().cpu()}, str(folder / f"batch_{i:06d}.safetensors"))
@@ -162,18 +172,20 @@ def harvest(
         for part in gathered:
             mine.update(part)
     if folder is not None and rank == 0:
-        (folder / MANIFEST).write_text(json.dumps({"hook_name": hook_name, "n_batches": len(batches)}))
+        manifest = {"hook_name": hook_name, "n_batches": len(batches), "head_index": head_index}
+        (folder / MANIFEST).write_text(json.dumps(manifest))
     if world > 1:
         torch.distributed.barrier()
     return torch.cat([mine[i] for i in range(len(batches))]).to(device=device, dtype=dtype)
 
 
-def _manifest_matches(folder: Path, hook_name: str, n_batches: int) -> bool:
+def _manifest_matches(folder: Path, hook_name: str, n_batches: int, head_index: int | None) -> bool:
     path = folder / MANIFEST
     if not path.is_file():
         return False
     meta = json.loads(path.read_text())
-    return meta.get("hook_name") == hook_name and meta.get("n_batches") == n_batches
+    return (meta.get("hook_name") == hook_name and meta.get("n_batches") == n_batches
+            and meta.get("head_index") == head_index)
 
 
 def read_shards(folder: str | Path) -> torch.Tensor:

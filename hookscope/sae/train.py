@@ -46,6 +46,10 @@ class SAETrainingConfig:
         resample_every: standard / JumpReLU: re-initialise dead latents every this many steps (0: never).
         normalize_activations: "expected_average_only_in" scales inputs to mean norm sqrt(d_in).
         harvest_batch_size: model inputs per forward when harvesting; buffer_size: the mixing buffer.
+        skip_first_positions: positions of each input not harvested (1 drops BOS); saved as SAELens's
+            ``seqpos_slice``.
+        hook_head_index: train a single-head SAE on head ``h`` of a ``hook_z`` activation (``d_in = d_head``);
+            spliced, it replaces only that head's slice.
         checkpoint_every / checkpoint_dir: save the SAE (SAELens's format) and the trainer's state every this
             many steps (see :mod:`hookscope.sae.checkpoint`).
         resume: continue from the newest checkpoint in ``checkpoint_dir`` when there is one; the continued
@@ -75,6 +79,7 @@ class SAETrainingConfig:
     apply_b_dec_to_input: bool = True
     harvest_batch_size: int = 8
     skip_first_positions: int = 0
+    hook_head_index: int | None = None
     buffer_size: int = 65536
     seed: int = 0
     log_every: int = 10
@@ -101,13 +106,17 @@ class SAETrainingConfig:
     def total_steps(self) -> int:
         return self.training_tokens // self.batch_size
 
-    def sae_config(self, d_in: int, hook_name: str | None, model_name: str | None = None) -> SAEConfig:
+    def sae_config(self, d_in: int, hook_name: str | None, model_name: str | None = None,
+                   data_metadata: dict[str, Any] | None = None) -> SAEConfig:
+        """The SAE's config; ``data_metadata`` (what the data says: context size, BOS...) under ``metadata``,
+        where ``self.metadata``'s own keys win."""
         return SAEConfig(
             d_in=d_in, d_sae=self.d_sae, architecture=self.architecture,
             k=self.k if self.architecture in ("topk", "batchtopk") else None,
             apply_b_dec_to_input=self.apply_b_dec_to_input, normalize_activations=self.normalize_activations,
-            dtype=self.dtype, hook_name=hook_name, model_name=model_name,
-            metadata={**self.metadata, "training": _jsonable(asdict(self))},
+            dtype=self.dtype, hook_name=hook_name, model_name=model_name or self.metadata.get("model_name"),
+            hook_head_index=self.hook_head_index,
+            metadata={**(data_metadata or {}), **self.metadata, "training": _jsonable(asdict(self))},
         )
 
 
@@ -118,13 +127,47 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 class _Harvester:
     """Re-iterable stream of activation chunks, one forward per batch of inputs (this rank's share)."""
 
-    def __init__(self, model: HookedModule, hook_name: str, batches: list[Any], skip: int, rank: int, world: int):
-        self.model, self.hook_name, self.batches, self.skip = model, hook_name, batches, skip
+    def __init__(self, model: HookedModule, hook_name: str, batches: list[Any], cfg: SAETrainingConfig,
+                 rank: int, world: int):
+        self.model, self.hook_name, self.batches, self.cfg = model, hook_name, batches, cfg
         self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for batch in self.batches[self.rank :: self.world]:
-            yield activations_at(self.model, self.hook_name, batch, skip_first_positions=self.skip).float()
+            yield activations_at(self.model, self.hook_name, batch, skip_first_positions=self.cfg.skip_first_positions,
+                                 head_index=self.cfg.hook_head_index).float()
+
+
+def _is_texts(data: Any) -> bool:
+    return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(t, str) for t in data)
+
+
+def data_metadata(model: HookedModule | None, data: Any, cfg: SAETrainingConfig) -> dict[str, Any]:
+    """SAELens's metadata fields the data and the config determine (saved with the SAE's ``cfg.json``).
+
+    ``seqpos_slice`` from ``skip_first_positions``; for text, ``context_size`` (the packed row length, or
+    the width of the given token ids), ``prepend_bos`` (packed rows start with BOS; given ids: whether every
+    row does), and for packed strings ``sequence_separator_token`` / ``disable_concat_sequences``.
+    """
+    meta: dict[str, Any] = {}
+    if cfg.skip_first_positions:
+        meta["seqpos_slice"] = [cfg.skip_first_positions, None]
+    tok = getattr(model, "tokenizer", None) if model is not None else None
+    bos = getattr(tok, "bos_token_id", None)
+    if tok is not None and _is_texts(data):
+        meta.update(context_size=cfg.context_size, prepend_bos=bos is not None, disable_concat_sequences=False,
+                    sequence_separator_token="eos" if tok.eos_token_id is not None else "bos")
+        return meta
+    ids = [data] if isinstance(data, torch.Tensor) else list(data) if isinstance(data, (list, tuple)) else []
+    if model is None or not ids or not all(
+            isinstance(t, torch.Tensor) and t.ndim == 2 and not t.is_floating_point() for t in ids):
+        return meta
+    widths = {t.shape[1] for t in ids}
+    if len(widths) == 1:
+        meta["context_size"] = widths.pop()
+    if bos is not None:
+        meta["prepend_bos"] = all(bool((t[:, 0] == bos).all()) for t in ids)
+    return meta
 
 
 def _source(model: HookedModule | None, hook_name: str | None, data: Any, cfg: SAETrainingConfig) -> Any:
@@ -137,12 +180,12 @@ def _source(model: HookedModule | None, hook_name: str | None, data: Any, cfg: S
         return data
     if hook_name is None:
         raise ValueError("train_sae needs the hook_name to harvest from")
-    if isinstance(data, (list, tuple)) and data and all(isinstance(t, str) for t in data):
+    if _is_texts(data):
         data = pack_text(model, data, cfg.context_size)
     batches = list(data.split(cfg.harvest_batch_size)) if isinstance(data, torch.Tensor) else list(data)
     if not batches:
         raise ValueError("train_sae got no data")
-    return _Harvester(model, hook_name, batches, cfg.skip_first_positions, rank, world)
+    return _Harvester(model, hook_name, batches, cfg, rank, world)
 
 
 def _dist() -> tuple[int, int]:
@@ -176,7 +219,8 @@ def train_sae(
                                  seed=cfg.seed + rank))
     first = next(store).to(cfg.device)
     model_name = getattr(getattr(model, "cfg", None), "model_name", None) if model is not None else None
-    sae = SAE(cfg.sae_config(first.shape[-1], hook_name, model_name), device=cfg.device, seed=cfg.seed).train()
+    sae_cfg = cfg.sae_config(first.shape[-1], hook_name, model_name, data_metadata(model, data, cfg))
+    sae = SAE(sae_cfg, device=cfg.device, seed=cfg.seed).train()
     _initialise(sae, first, cfg)
     trainer = _Trainer(sae, cfg, world)
     start = trainer.resume()
@@ -198,7 +242,7 @@ def train_sae(
     sae.history = trainer.history
     sae.eval()
     sae.fold_activation_norm_scaling_factor()
-    sae.fold_W_dec_norm()  # unit decoder rows; for TopK all rows shared one norm, so the top k are unchanged
+    sae.fold_W_dec_norm()  # unit decoder rows; TopK trained ranking by these norms, so its top k are unchanged
     return sae
 
 
@@ -209,7 +253,7 @@ def _initialise(sae: SAE, first: torch.Tensor, cfg: SAETrainingConfig) -> None:
     if cfg.normalize_activations == "expected_average_only_in":
         sae.norm_scaling_factor.fill_(math.sqrt(x.shape[-1]) / float(x.norm(dim=-1).mean().clamp_min(1e-12)))
     sae.b_dec.copy_(sae.normalize_input(x)[0].mean(0))
-    if cfg.architecture in ("topk", "batchtopk", "jumprelu"):
+    if cfg.architecture in ("batchtopk", "jumprelu"):  # TopK keeps its rows at 0.1 (its norms only rank)
         sae.set_decoder_norm_to_unit_norm()
         sae.W_enc.copy_(sae.W_dec.T)
 
@@ -223,7 +267,8 @@ class _Trainer:
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=sae.W_enc.device)
         self.history: list[dict[str, float]] = []
-        self.unit_decoder = cfg.architecture != "standard"
+        # BatchTopK / JumpReLU keep unit decoder rows; TopK ranks by decoder norms instead (see losses)
+        self.unit_decoder = cfg.architecture in ("batchtopk", "jumprelu")
 
     def lr_at(self, step: int) -> float:
         c = self.cfg

@@ -30,9 +30,7 @@ def latent_activations(model: HookedModule, sae: SAE, batches: Sequence[Any], ho
     out = []
     for batch in batches:
         act = activations_at(model, name, batch, select=lambda a, b: a)
-        if act.ndim == 4:
-            act = act.flatten(-2)
-        out.append(sae.encode(act).float())
+        out.append(sae.encode(act).float())  # hook_z: heads flattened, or the SAE's one head
     return torch.cat(out)
 
 

@@ -179,3 +179,56 @@ def test_attribution_with_logits_to_keep_equals_full_logits() -> None:
     for name in ("resid_pre", "z"):
         torch.testing.assert_close(last.grid(name), full.grid(name), **EXACT)
     assert last.clean_metric == pytest.approx(full.clean_metric, abs=1e-12)
+
+
+def reference_attribution(model, clean, corrupted, metric, names) -> dict[str, torch.Tensor]:
+    """Plain autograd with the parameters requiring grad and full logits: the textbook computation."""
+    _, cache = model.run_with_cache(clean, names_filter=names)
+    acts = {}
+
+    def keep(act, hook):
+        acts[hook.name] = act
+        act.retain_grad()
+        return act
+
+    with model.hooks([(n, keep) for n in names]):
+        metric(model(corrupted)).backward()
+    model.zero_grad(set_to_none=True)
+    return {n: ((cache[n] - acts[n].detach()) * acts[n].grad).sum(0) for n in names}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])  # gemma2: a soft-capped unembedding
+def test_attribution_on_a_metric_over_every_position_equals_plain_autograd(family: str) -> None:
+    model = hookscope.load(random_hf_model(family, torch.float64), dtype=torch.float64)
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:  # reads rows 0, 2 and 5 of both sequences
+        logp = logits.log_softmax(-1)
+        return logp[:, [0, 2, 5], 3].sum() - logp[1, 4, 7]
+
+    names = [f"blocks.{i}.{s}" for i in range(3) for s in ("hook_resid_pre", "attn.hook_z", "hook_mlp_out")]
+    frozen = model.blocks[1].attn.q_proj.weight  # one parameter the user froze: it must stay frozen
+    frozen.requires_grad_(False)
+    got = attribution_patch(model, clean, corrupted, metric, names_filter=names)
+    assert not frozen.requires_grad and all(p.requires_grad for n, p in model.named_parameters()
+                                            if p is not frozen)
+    assert all(p.grad is None for p in model.parameters())
+    want = reference_attribution(model, clean, corrupted, metric, names)
+    for name in names:
+        torch.testing.assert_close(got.scores[name], want[name], **EXACT)
+    assert max(float(s.abs().max()) for s in want.values()) > 1e-3
+    with torch.no_grad():
+        assert got.clean_metric == pytest.approx(float(metric(model(clean))), abs=1e-12)
+        assert got.corrupted_metric == pytest.approx(float(metric(model(corrupted))), abs=1e-12)
+
+
+def test_attribution_restores_parameter_flags_when_the_metric_raises() -> None:
+    model = hookscope.load(random_hf_model("gpt2", torch.float64), dtype=torch.float64)
+    tokens = random_tokens(1, 5, seed=1)
+
+    def broken(logits: torch.Tensor) -> torch.Tensor:
+        raise ZeroDivisionError("user bug")
+
+    with pytest.raises(ZeroDivisionError, match="user bug"):
+        attribution_patch(model, tokens, tokens, broken, activations=("resid_pre",))
+    assert all(p.requires_grad for p in model.parameters())

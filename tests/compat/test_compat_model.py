@@ -34,8 +34,8 @@ def test_config_has_transformerlens_defaults() -> None:
     assert HookedTransformerConfig.unwrap(cfg.to_dict()).to_dict() == cfg.to_dict()
     with pytest.raises(TypeError, match="no field"):
         HookedTransformerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
-    with pytest.raises(NotImplementedError, match="act_fn='solu_ln'"):
-        HookedTransformer(tiny_cfg(act_fn="solu_ln"))
+    with pytest.raises(NotImplementedError, match="attention_dir"):
+        HookedTransformer(tiny_cfg(attention_dir="bidirectional"))
 
 
 @pytest.mark.parametrize("norm", ["LN", "LNPre", "RMS", "RMSPre", None])

@@ -253,15 +253,3 @@ def test_d_vocab_comes_from_the_tokenizer_named_in_the_config(tmp_path) -> None:
     out_set = HookedTransformer(HookedTransformerConfig(**sizes, d_vocab_out=7), tokenizer=tokenizer)
     assert (out_set.cfg.d_vocab, out_set.cfg.d_vocab_out) == (want, 7)
 
-
-def test_documented_left_padding_position_recipe_counts_from_each_rows_first_token() -> None:
-    model = HookedTransformer.from_pretrained_no_processing("gpt2", hf_model=random_hf_model("gpt2"),
-                                                            tokenizer=word_tokenizer(), device="cpu")
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
-    for offset in (0, 2):
-        got = model.pos_embed(utils.get_offset_position_ids(offset, mask)) * mask[:, offset:, None]
-        for row in range(3):
-            first = int(mask[row].argmax())
-            for col in range(offset, 5):
-                want = model.W_pos[col - first] if col >= first else torch.zeros(model.cfg.d_model)
-                torch.testing.assert_close(got[row, col - offset], want)

@@ -49,8 +49,25 @@ def test_cache_errors_are_clear() -> None:
     cache.reset()
     with pytest.raises(ValueError, match="attention_mask covers 3 positions, expected 2"):
         model(random_tokens(1, 2), torch.ones(1, 3, dtype=torch.long), kv_cache=cache)
-    with pytest.raises(ValueError, match="every block"):
-        model(random_tokens(1, 2), kv_cache=cache, stop_at_layer=1)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_mqa_tied"])
+def test_partial_forward_over_a_cache_reads_it_and_leaves_it(name: str) -> None:
+    """stop_at_layer / start_at_layer with a cache attend over the cached positions; only full forwards grow it."""
+    model = _model(name)
+    tokens = random_tokens(1, 7, seed=3)
+    with torch.no_grad():
+        full_resid = model(tokens, stop_at_layer=1)[:, -1]
+        full_logits = model(tokens)[:, -1]
+        cache = KVCache.for_model(model, 1, 8)
+        model(tokens[:, :6], kv_cache=cache)
+        assert cache.length == 6
+        resid = model(tokens[:, 6:], kv_cache=cache, stop_at_layer=1)
+        assert cache.length == 6
+        logits = model(resid, start_at_layer=1, kv_cache=cache, tokens=tokens[:, 6:])
+        assert cache.length == 6
+    torch.testing.assert_close(resid[:, -1], full_resid, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[:, -1], full_logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), [("gpt2", {}), ("llama", {"repetition_penalty": 1.5})])

@@ -124,7 +124,8 @@ def test_cuda_path_marks_the_kv_cache_static_once_per_cache(compilations: list[i
     from hookscope.generation.kv_cache import KVCache
 
     model = hookscope.load(random_hf_model("llama"))
-    step = compiled.CompiledStep(model, compiled.compiled_step(model).fn, on_cuda=True)
+    lean = compiled.compiled_step(model)
+    step = compiled.CompiledStep(model, lean.fn, on_cuda=True, lean=lean.lean)
     tokens = random_tokens(1, 4)
     cache = KVCache.for_model(model, 1, 8)
     with torch.no_grad():
@@ -133,3 +134,32 @@ def test_cuda_path_marks_the_kv_cache_static_once_per_cache(compilations: list[i
     marked = [cache.keys, cache.values, cache.layer(0).k, cache.layer(1).v]
     assert all(getattr(t, "_dynamo_static_input_type", None) for t in marked)
     assert step.used_compiled == 1 and logits.shape == (1, 1, model.cfg.d_vocab)
+
+
+def test_fixed_shape_step_is_chosen_only_on_cuda() -> None:
+    kind, fn, options = compiled.plan(on_cuda=True, has_lean=True)
+    assert kind == "fixed_shape" and fn is compiled._fixed_shape_step
+    assert options == {"dynamic": False, "mode": "reduce-overhead"}
+    assert compiled.plan(on_cuda=False, has_lean=True)[0::2] == ("lean", {"dynamic": True})
+    assert compiled.plan(on_cuda=True, has_lean=False)[0] == "forward"  # no lean step: the forward, graphs still
+    assert compiled.compiled_step(hookscope.load(random_hf_model("llama"))).kind == "lean"  # a CPU model
+
+
+@pytest.mark.parametrize("name", ["mistral", "gpt2"])  # a sliding window over the whole buffer; learned positions
+def test_fixed_shape_step_equals_hf_and_compiles_once_for_every_step(
+    name: str, compilations: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA step run on the CPU: every step has the same shapes, so one graph serves them all."""
+    monkeypatch.setattr(compiled, "on_cuda", lambda model: True)
+    hf = random_hf_model(name)
+    model = hookscope.load(hf)
+    tokens = random_tokens(2, 6, seed=2)
+    assert torch.equal(model.generate(tokens, 12, eos_token_id=[], compile=True), _hf_greedy(hf, tokens, 12))
+    assert len(compilations) == 1
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    padded = tokens.masked_fill(mask == 0, 0)
+    out = model.generate(padded, 12, eos_token_id=[], attention_mask=mask, compile=True)
+    assert torch.equal(out, _hf_greedy(hf, padded, 12, attention_mask=mask, pad_token_id=0))
+    beams = model.generate(tokens, 8, eos_token_id=[], num_beams=3, compile=True)
+    assert torch.equal(beams, _hf_greedy(hf, tokens, 8, num_beams=3))
+    assert len(compilations) == 3, compilations  # one more graph with a padding mask, one for 6 beam rows

@@ -155,8 +155,8 @@ def test_unsupported_or_broken_folders_raise_clear_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no SAE folder"):
         load_sae(tmp_path / "missing")
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 8, "d_sae": 16,
-                                                  "metadata": {"sae_lens_version": "6.1.0", "hook_head_index": 3}}))
-    with pytest.raises(ValueError, match="single attention head"):
+                                                  "metadata": {"sae_lens_version": "6.1.0", "hook_head_index": -3}}))
+    with pytest.raises(ValueError, match="hook_head_index=-3 is not a head number"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 8, "d_sae": 16}))
     save_file({"W_enc": torch.zeros(8, 16), "W_dec": torch.zeros(16, 8), "b_enc": torch.zeros(16),

@@ -95,8 +95,9 @@ class HookedTransformerConfig:
         if self.seed is not None:
             torch.manual_seed(self.seed)
             random.seed(self.seed)
-        if not self.attn_only and self.act_fn not in ACTIVATIONS and not self.is_layer_norm_activation():
-            raise ValueError(f"act_fn={self.act_fn!r} is not one the native engine runs: {sorted(ACTIVATIONS)}")
+        if not self.attn_only and self._base_act_fn() not in ACTIVATIONS:
+            raise ValueError(f"act_fn={self.act_fn!r} is not one the native engine runs: {sorted(ACTIVATIONS)} "
+                             "(or one of them with '_ln': SoLU-style, a LayerNorm on the activations)")
         if self.initializer_range < 0:
             self.initializer_range = 0.8 / math.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
         if self.d_vocab_out == -1:
@@ -146,6 +147,10 @@ class HookedTransformerConfig:
     def is_layer_norm_activation(self) -> bool:
         return self.act_fn is not None and self.act_fn.endswith("_ln")
 
+    def _base_act_fn(self) -> str | None:
+        """The activation without TL's "_ln" suffix (``solu_ln`` is SoLU followed by a LayerNorm)."""
+        return self.act_fn[:-3] if self.is_layer_norm_activation() else self.act_fn  # type: ignore[index]
+
     # ------------------------------------------------------------------ native translation
     def to_native(self) -> DecoderConfig:
         """The :class:`DecoderConfig` that runs this model; a clear error for what the engine cannot express."""
@@ -157,7 +162,8 @@ class HookedTransformerConfig:
         return DecoderConfig(
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_head=self.d_head,
             d_mlp=0 if self.attn_only else (self.d_mlp or 0), d_vocab=self.d_vocab, n_ctx=self.n_ctx,
-            n_kv_heads=self.n_key_value_heads, act_fn=self.act_fn or "relu", mlp="gated" if self.gated_mlp else "plain",
+            n_kv_heads=self.n_key_value_heads, act_fn=self._base_act_fn() or "relu",
+            mlp="gated" if self.gated_mlp else "plain", mlp_norm=self._mlp_norm(),
             norm=_NORMS[self.normalization_type], norm_eps=self.eps,  # type: ignore[arg-type]
             final_norm="rmsnorm" if self.final_rms else None, attn_only=self.attn_only,
             d_vocab_out=self.d_vocab_out if self.d_vocab_out != self.d_vocab else None,
@@ -172,6 +178,12 @@ class HookedTransformerConfig:
             architecture=self.original_architecture or "GPT2LMHeadModel",
         )
 
+    def _mlp_norm(self) -> str | None:
+        """TL's norm inside a SoLU MLP: a LayerNorm over the neurons ("LN" models) or LNPre (all others)."""
+        if self.attn_only or not self.is_layer_norm_activation():
+            return None
+        return "layernorm" if self.normalization_type == "LN" else "layernorm_pre"
+
     @classmethod
     def from_native(cls, native: DecoderConfig, **overrides: Any) -> HookedTransformerConfig:
         """The TL view of a native config (what ``from_pretrained`` reports as ``model.cfg``)."""
@@ -179,7 +191,8 @@ class HookedTransformerConfig:
         scale = native.attn_scale
         fields: dict[str, Any] = dict(
             d_model=native.d_model, d_head=native.d_head, n_layers=native.n_layers, n_ctx=native.n_ctx,
-            n_heads=native.n_heads, d_mlp=native.d_mlp, d_vocab=native.d_vocab, act_fn=native.act_fn,
+            n_heads=native.n_heads, d_mlp=native.d_mlp, d_vocab=native.d_vocab,
+            act_fn=native.act_fn + ("_ln" if native.mlp_norm is not None else ""),
             attn_only=native.attn_only, d_vocab_out=native.d_vocab_out or native.d_vocab,
             final_rms=native.final_norm == "rmsnorm" and native.norm != "rmsnorm",
             n_key_value_heads=native.n_kv_heads if native.n_kv_heads != native.n_heads else None,
@@ -211,8 +224,8 @@ def _refuse_unsupported(cfg: HookedTransformerConfig) -> None:
         problems.append(f"attention_dir={cfg.attention_dir!r} (HookedTransformer is causal; see HookedEncoder)")
     if cfg.d_vocab <= 0:
         problems.append("d_vocab must be set (a tokenizer-derived d_vocab needs from_pretrained)")
-    if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
-        problems.append(f"act_fn={cfg.act_fn!r} (SoLU with its LayerNorm)")
+    if cfg.gated_mlp and cfg.is_layer_norm_activation() and not cfg.attn_only:
+        problems.append(f"act_fn={cfg.act_fn!r} with gated_mlp (the activation norm goes with a plain MLP)")
     if problems:
         raise NotImplementedError(
             "hookscope's native decoder cannot run this HookedTransformerConfig: " + "; ".join(problems)

@@ -1,0 +1,245 @@
+"""The lean decode step: a native decoder's cached step as straight torch calls, used while no hook is attached.
+
+A decode step of a small model is partly overhead around its matrix-vector products: a module call per
+sub-layer, a hook-point call per activation, hook checks, argument checks. When nothing can observe the step
+(no hook on any hook point, no PyTorch module hook), :class:`LeanStep` runs the same function as the model's
+forward without that: one loop over the layers calling the same torch ops on the same weights, so the
+numbers are those of the hooked forward bit for bit (tested on every decoder family, float32 and float64).
+
+What it keeps as the forward does: separate q/k/v (and gate/up) products. One product over concatenated
+weights saves two calls per layer but rounds differently for some shapes on the CPU (odd output widths,
+float64 batches), and measured no faster on the 16M Llama of the generation benchmark.
+
+Anything the lean step does not cover (a module swapped for another class, shortformer positions, a model
+dispatched over devices) makes :func:`lean_step` return None: the model's own forward then runs every step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hookscope.components.attention import Attention, fused_attention
+from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.masks import AttentionMask, causal_mask_and_positions
+from hookscope.components.mlp import MLP, GatedMLP
+from hookscope.components.norm import LayerNorm, LayerNormPre, NoNorm, OffsetRMSNorm, RMSNorm, RMSNormPre
+from hookscope.components.rotary import apply_rotary
+from hookscope.hooks import hooks_active
+from hookscope.models.decoder import AttnOnlyBlock, Decoder, ParallelBlock, SequentialBlock
+
+_KNOWN_NORMS = (LayerNorm, RMSNorm, OffsetRMSNorm, LayerNormPre, RMSNormPre, NoNorm)
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _norm_fn(module: nn.Module) -> Norm:
+    """The un-hooked computation of a norm module (what its forward returns when ``hook_scale`` is idle)."""
+    kind = type(module)
+    if kind is LayerNorm:
+        assert isinstance(module, LayerNorm)
+        return lambda x: F.layer_norm(x, (x.shape[-1],), module.weight, module.bias, module.eps)
+    if kind is RMSNorm:
+        assert isinstance(module, RMSNorm)
+        return lambda x: module.weight * F.rms_norm(x.to(torch.float32), x.shape[-1:], eps=module.eps).to(x.dtype)
+    if kind is OffsetRMSNorm:
+        assert isinstance(module, OffsetRMSNorm)
+        return lambda x: (
+            F.rms_norm(x.to(torch.float32), x.shape[-1:], eps=module.eps) * (1.0 + module.weight.float())
+        ).to(x.dtype)
+    return module.forward  # the weightless norms: a few ops whose hook points cost little
+
+
+def _optional_norm(module: nn.Module | None) -> Norm | None:
+    return None if module is None else _norm_fn(module)
+
+
+@dataclass
+class _Layer:
+    """One block as the lean step reads it: its norms, attention and MLP modules (weights read live)."""
+
+    ln1: Norm
+    attn: Attention
+    window: int | None
+    ln1_post: Norm | None
+    ln2: Norm | None
+    mlp: nn.Module | None
+    ln2_post: Norm | None
+    parallel: bool
+    q_norm: Norm | None
+    k_norm: Norm | None
+
+
+def _block_layer(block: nn.Module) -> _Layer | None:
+    """How the lean step runs ``block``, or None when a module in it is not one it knows."""
+    kind = type(block)
+    if kind not in (SequentialBlock, ParallelBlock, AttnOnlyBlock) or type(block.attn) is not Attention:
+        return None
+    mlp = getattr(block, "mlp", None)
+    if mlp is not None and type(mlp) not in (MLP, GatedMLP):
+        return None
+    norms = [getattr(block, name, None) for name in ("ln1", "ln1_post", "ln2", "ln2_post")]
+    attn = block.attn
+    norms += [attn.q_norm, attn.k_norm]
+    if any(n is not None and type(n) not in _KNOWN_NORMS for n in norms):
+        return None
+    return _Layer(
+        ln1=_norm_fn(block.ln1), attn=attn, window=block.window, ln1_post=_optional_norm(norms[1]),
+        ln2=_optional_norm(norms[2]), mlp=mlp, ln2_post=_optional_norm(norms[3]), parallel=kind is ParallelBlock,
+        q_norm=_optional_norm(attn.q_norm), k_norm=_optional_norm(attn.k_norm),
+    )
+
+
+class LeanStep:
+    """``step(tokens [batch, new_pos], attention_mask, kv_cache) -> logits [batch, 1, d_vocab_out]`` of a
+    :class:`~hookscope.models.decoder.Decoder`, bit for bit its ``forward(tokens, attention_mask,
+    kv_cache=kv_cache, logits_to_keep=1)`` while no hook is attached (:meth:`usable` says so; check it
+    before every step: a hook attached mid-generation must run from the next step on).
+    """
+
+    def __init__(self, model: Decoder, layers: list[_Layer]) -> None:
+        self.model, self.layers = model, layers
+        self.points = model.hook_points()
+        self.modules = list(model.modules())
+        self.final_norm = _norm_fn(model.ln_final)
+
+    def usable(self) -> bool:
+        """No hook point has a hook and no module has a PyTorch forward hook (either would be skipped)."""
+        if hooks_active(self.points):
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules) and not _global_hooks()
+
+    def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, kv_cache: Any) -> torch.Tensor:
+        batch, n_pos = tokens.shape
+        past = kv_cache.length
+        mask, positions, _ = causal_mask_and_positions(attention_mask, None, batch, n_pos, past, tokens.device)
+        logits = self._run(tokens, positions, mask, [kv_cache.layer(i) for i in range(len(self.layers))])
+        kv_cache.advance(n_pos)
+        return logits
+
+    def fixed_shape(
+        self, tokens: torch.Tensor, positions: torch.Tensor, index: torch.Tensor, key_valid: torch.Tensor | None,
+        kv_cache: Any,
+    ) -> torch.Tensor:
+        """One new token per row whose shapes do not change from step to step (what a CUDA graph replays):
+        it attends over the whole cache buffer, the unwritten positions masked, and writes at ``index``.
+
+        Args:
+            tokens: ``[batch, 1]``. positions: their positions ``[batch, 1]`` (left padding skipped).
+            index: ``[1]`` where the step's keys go in the cache (``kv_cache.length``, as a tensor).
+            key_valid: ``[batch, max_len]``, 0 at prompt padding (or None).
+
+        The caller advances the cache. Same function as :meth:`__call__` up to rounding (the masked keys
+        join the softmax with weight 0).
+        """
+        mask = AttentionMask(key_valid, index, kv_cache.max_len, causal=True)  # hides the positions after index
+        layers = [_FixedShapeLayer(kv_cache.layer(i), index) for i in range(len(self.layers))]
+        return self._run(tokens, positions, mask, layers)
+
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, mask: Any, caches: list[Any]) -> torch.Tensor:
+        model = self.model
+        x = model.embed.forward(tokens, False)  # [batch, pos, d_model]
+        if model.pos_embed is not None:
+            x = x + model.pos_embed.forward(positions, False)
+        rotary = model.rotary_tables(positions, x.dtype)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = self._block(layer, x, mask, rotary, cache)
+        return model.unembed.forward(self.final_norm(x)[:, -1:])
+
+    def _block(self, layer: _Layer, x: torch.Tensor, mask: Any, rotary: Any, cache: Any) -> torch.Tensor:
+        attn_out = self._attention(layer, layer.ln1(x), mask, rotary, cache)
+        if layer.parallel:  # HF GPT-NeoX adds mlp_out + attn_out first, then the residual
+            return self._mlp(layer, layer.ln2(x)) + attn_out + x  # type: ignore[misc]
+        if layer.ln1_post is not None:
+            attn_out = layer.ln1_post(attn_out)
+        x = x + attn_out
+        if layer.mlp is None:
+            return x
+        mlp_out = self._mlp(layer, layer.ln2(x))  # type: ignore[misc]
+        if layer.ln2_post is not None:
+            mlp_out = layer.ln2_post(mlp_out)
+        return x + mlp_out
+
+    @staticmethod
+    def _attention(layer: _Layer, x: torch.Tensor, mask: Any, rotary: Any, cache: Any) -> torch.Tensor:
+        """The attention's forward without hook points: separate q/k/v products, as there (one product over
+        the concatenated weights rounds differently for some shapes on the CPU)."""
+        a = layer.attn
+        batch, n_pos = x.shape[:2]
+        q, k, v = (F.linear(x, lin.weight, lin.bias) for lin in (a.q_proj, a.k_proj, a.v_proj))
+        q = q.view(batch, n_pos, a.n_heads, a.d_head)  # [batch, pos, head_index, d_head]
+        k = k.view(batch, n_pos, a.n_kv_heads, a.d_head)  # [batch, pos, kv_head_index, d_head]
+        v = v.view(batch, n_pos, a.n_kv_heads, a.d_head)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            q, k = layer.q_norm(q), layer.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        k, v = cache.update(k, v)  # every position so far
+        if a.prescale_query:
+            q = q * a.scale
+        if a.softcap is not None or (q.dtype == torch.float64 and a.softmax_dtype == torch.float32):
+            z = a._explicit(q, k, v, mask, layer.window, None)  # the forward's explicit path, as it runs there
+        else:
+            z = fused_attention(q, k, v, mask, scale=1.0 if a.prescale_query else a.scale, window=layer.window)
+        return F.linear(z.reshape(batch, n_pos, a.n_heads * a.d_head), a.o_proj.weight, a.o_proj.bias)
+
+    @staticmethod
+    def _mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        m = layer.mlp
+        if isinstance(m, GatedMLP):
+            gate = F.linear(x, m.gate_proj.weight, m.gate_proj.bias)
+            up = F.linear(x, m.up_proj.weight, m.up_proj.bias)
+            return F.linear(m.act(gate) * up, m.down_proj.weight, m.down_proj.bias)
+        assert isinstance(m, MLP)
+        return F.linear(m.act(F.linear(x, m.up_proj.weight, m.up_proj.bias)), m.down_proj.weight, m.down_proj.bias)
+
+
+class _FixedShapeLayer:
+    """A layer's cache written at a tensor index, handing back the whole buffer (fixed shapes)."""
+
+    def __init__(self, layer: Any, index: torch.Tensor) -> None:
+        self.k, self.v, self.index = layer.k, layer.v, index  # [batch, kv_head, max_len, d_head]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, self.index, k.transpose(1, 2))
+        self.v.index_copy_(2, self.index, v.transpose(1, 2))
+        return self.k.transpose(1, 2), self.v.transpose(1, 2)  # [batch, max_len, kv_head, d_head]
+
+
+def _global_hooks() -> bool:
+    """PyTorch's global module hooks (``register_module_forward_hook``) would see every module call."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
+
+
+# model -> (its modules when the step was built, the step): kept while the model's modules stay the same,
+# so a compiled lean step sees the same object (and its guards hold) from one call to the next
+_built: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], LeanStep | None]] = weakref.WeakKeyDictionary()
+
+
+def lean_step(model: Any) -> LeanStep | None:
+    """The lean step of ``model``, or None when it has none (not a native decoder, a module the lean step
+    does not know, shortformer positions, or a model dispatched over devices). Checked once per call:
+    a module swapped between two ``generate`` calls is seen by the next one."""
+    if not isinstance(model, Decoder) or hasattr(model, "hf_device_map") or model.cfg.positional == "shortformer":
+        return None
+    modules = tuple(id(m) for m in model.modules())
+    built = _built.get(model)
+    if built is not None and built[0] == modules:
+        return built[1]
+    layers = [_block_layer(block) for block in model.blocks]
+    step = None if any(layer is None for layer in layers) or not _known_head(model) else LeanStep(model, layers)  # type: ignore[arg-type]
+    _built[model] = (modules, step)
+    return step
+
+
+def _known_head(model: Decoder) -> bool:
+    pos_ok = model.pos_embed is None or type(model.pos_embed) is PosEmbed
+    return type(model.embed) is Embed and pos_ok and type(model.unembed) is Unembed and \
+        type(model.ln_final) in _KNOWN_NORMS

@@ -1,0 +1,147 @@
+"""The lean decode step: bit for bit the hooked forward on every decoder family, used only while nothing
+could observe a step (hooks on hook points or PyTorch module hooks), and generation through it equals HF's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hookscope
+from hookscope.generation import lean
+from hookscope.generation.kv_cache import KVCache
+from tests.equivalence.decoder_configs import ARCHS, random_hf_model, random_tokens
+
+
+@pytest.fixture
+def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the decode steps the lean step ran (batch size of each)."""
+    calls: list[int] = []
+    real = lean.LeanStep.__call__
+
+    def counting(self: lean.LeanStep, tokens: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(tokens.shape[0])
+        return real(self, tokens, *args)
+
+    monkeypatch.setattr(lean.LeanStep, "__call__", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ARCHS)
+def test_lean_step_logits_and_cache_are_bitwise_the_forwards(name: str, dtype: torch.dtype) -> None:
+    model = hookscope.load(random_hf_model(name)).to(dtype)
+    step = lean.lean_step(model)
+    assert step is not None and step.usable()
+    tokens = random_tokens(3, 11)
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0  # left padding in one row
+    for m in (None, mask):
+        hooked, plain = KVCache.for_model(model, 3, 11), KVCache.for_model(model, 3, 11)
+        with torch.no_grad():
+            for cache in (hooked, plain):
+                model(tokens[:, :5], None if m is None else m[:, :5], kv_cache=cache, logits_to_keep=1)
+            for end in range(6, 12):
+                keys = None if m is None else m[:, :end]
+                want = model(tokens[:, end - 1 : end], keys, kv_cache=hooked, logits_to_keep=1)
+                got = step(tokens[:, end - 1 : end], keys, plain)
+                assert got.shape == want.shape == (3, 1, model.cfg.d_vocab_out)
+                assert torch.equal(got, want), f"{name} {dtype}: step {end} differs"
+        assert torch.equal(plain.keys, hooked.keys) and torch.equal(plain.values, hooked.values)
+        assert plain.length == hooked.length == 11
+
+
+def _hf_generate(hf: nn.Module, tokens: torch.Tensor, new: int, **kwargs: object) -> torch.Tensor:
+    with torch.no_grad():
+        return hf.generate(tokens, max_new_tokens=new, do_sample=False, eos_token_id=None, **kwargs)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_greedy_and_beams_through_the_lean_step_equal_hf(name: str, lean_calls: list[int]) -> None:
+    hf = random_hf_model(name)
+    model = hookscope.load(hf)
+    tokens = random_tokens(2, 6, seed=2)
+    assert torch.equal(model.generate(tokens, 12, eos_token_id=[]), _hf_generate(hf, tokens, 12))
+    assert lean_calls == [2] * 11  # every step after the prompt
+    beams = model.generate(tokens, 7, eos_token_id=[], num_beams=3)
+    assert torch.equal(beams, _hf_generate(hf, tokens, 7, num_beams=3))
+    assert lean_calls[11:] == [6] * 6  # batch x beams rows
+
+
+def test_hooks_attached_before_generation_fire_on_every_step(lean_calls: list[int]) -> None:
+    hf = random_hf_model("llama")
+    model = hookscope.load(hf)
+    tokens = random_tokens(2, 5)
+    seen: list[int] = []
+    with model.hooks([("blocks.2.attn.hook_v", lambda t, hook: seen.append(t.shape[1]))]):
+        out = model.generate(tokens, 8, eos_token_id=[])
+    assert seen == [5] + [1] * 7 and not lean_calls  # the prompt, then one position a step
+    assert torch.equal(out, _hf_generate(hf, tokens, 8))
+    assert torch.equal(model.generate(tokens, 8, eos_token_id=[]), out) and lean_calls == [2] * 7
+
+
+def test_pytorch_module_hooks_keep_the_hooked_forward(lean_calls: list[int]) -> None:
+    model = hookscope.load(random_hf_model("gpt2"))
+    tokens = random_tokens(1, 4)
+    plain = model.generate(tokens, 6, eos_token_id=[])
+    assert lean_calls == [1] * 5
+    lean_calls.clear()
+    seen: list[int] = []
+    handle = model.blocks[1].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    try:
+        assert torch.equal(model.generate(tokens, 6, eos_token_id=[]), plain)
+    finally:
+        handle.remove()
+    assert seen == [4] + [1] * 5 and not lean_calls
+    global_handle = nn.modules.module.register_module_forward_hook(lambda mod, args, out: None)
+    try:
+        model.generate(tokens, 3, eos_token_id=[])
+    finally:
+        global_handle.remove()
+    assert not lean_calls
+
+
+def test_hook_added_from_a_stream_runs_from_the_next_step(lean_calls: list[int]) -> None:
+    model = hookscope.load(random_hf_model("qwen3"))
+    tokens = random_tokens(1, 4)
+    seen: list[int] = []
+    for i, _ in enumerate(model.generate_stream(tokens, 8, eos_token_id=[])):
+        if i == 2:
+            model.add_hook("blocks.0.hook_resid_post", lambda t, hook: seen.append(t.shape[1]))
+    model.reset_hooks()
+    assert lean_calls == [1, 1] and seen == [1] * 5  # tokens 2, 3 lean; the hook ran for tokens 4..8
+
+
+def test_weights_edited_between_calls_are_used(lean_calls: list[int]) -> None:
+    hf = random_hf_model("mistral")
+    model = hookscope.load(hf)
+    tokens = random_tokens(1, 5)
+    before = model.generate(tokens, 8, eos_token_id=[])
+    with torch.no_grad():
+        for m in (model, hf):  # the same edit on both sides: a different continuation, still HF's
+            m.get_submodule("blocks.1.mlp.down_proj" if m is model else "model.layers.1.mlp.down_proj").weight.mul_(-3)
+    after = model.generate(tokens, 8, eos_token_id=[])
+    assert torch.equal(after, _hf_generate(hf, tokens, 8)) and not torch.equal(after, before)
+    assert len(lean_calls) == 14
+
+
+def test_a_swapped_module_falls_back_to_the_forward(lean_calls: list[int]) -> None:
+    hf = random_hf_model("llama")
+    model = hookscope.load(hf)
+
+    class Doubled(nn.Module):  # a user's replacement the lean step cannot know
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * self.inner(x)
+
+    model.blocks[0].mlp = Doubled(model.blocks[0].mlp)
+    assert lean.lean_step(model) is None
+    tokens = random_tokens(1, 5)
+    out = model.generate(tokens, 6, eos_token_id=[])
+    assert not lean_calls
+    with torch.no_grad():
+        full = model(out[:, :-1]).argmax(-1)[:, 4:]  # greedy: each new token is the forward's argmax
+    assert torch.equal(full, out[:, 5:])
