@@ -99,8 +99,12 @@ def report(result: TrainResult) -> None:
     rises = [(b["repeated_half_drop"] - a["repeated_half_drop"], b["step"]) for a, b in itertools.pairwise(probes)]
     if rises:
         rise, step = max(rises)
-        print(f"phase change: the repeated-half drop rose most ({rise:+.2f} nats) in the probe interval ending "
-              f"at step {step}")
+        if any(e["repeated_half_drop"] > MIN_LOSS_DROP for e in probes):
+            print(f"phase change: the repeated-half drop rose most ({rise:+.2f} nats) in the probe interval ending "
+                  f"at step {step}")
+        else:
+            print(f"no phase change: the repeated-half drop never reached {MIN_LOSS_DROP} nats (its largest rise "
+                  f"between probes: {rise:+.2f} nats, by step {step})")
     crossed = {"induction score": ("induction_score", MIN_INDUCTION_SCORE),
                "repeated-half drop": ("repeated_half_drop", MIN_LOSS_DROP)}
     for label, (key, threshold) in crossed.items():

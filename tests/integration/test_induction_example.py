@@ -106,7 +106,7 @@ def test_default_run_grows_an_induction_head_past_both_thresholds(tmp_path) -> N
     out = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True,
                          text=True, timeout=3000, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "induction head formed: yes" in out.stdout and "phase change:" in out.stdout
+    assert "induction head formed: yes" in out.stdout and "\nphase change:" in out.stdout
     logged = json.loads((tmp_path / "log.json").read_text())
     losses, base = [e["loss"] for e in logged["log"]], logged["baselines"]
     below_unigram = next(i for i, v in enumerate(losses) if v < base["unigram"])
