@@ -16,6 +16,7 @@ from hookscope.compat.activation_cache import ActivationCache
 from hookscope.compat.components import use_tl_signatures
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.hook_points import HookedRootModule
+from hookscope.compat.t5_components import use_t5_tl_signatures
 from hookscope.loading import load
 from hookscope.models.bert import Bert
 from hookscope.models.bert_config import BertConfig
@@ -32,6 +33,8 @@ def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
         model.embed.bind(model)  # the embedding's weak reference to its owner: the adopting model now
     if isinstance(model, Bert):
         use_tl_signatures(model, causal=False)
+    if isinstance(model, T5):
+        use_t5_tl_signatures(model)
     return model
 
 
@@ -154,3 +157,31 @@ class HookedEncoderDecoder(_CompatCacheMixin, HookedRootModule, T5):
     ) -> Any:
         """Logits ``[batch, dec_pos, d_vocab]`` of the decoder on ``decoder_input`` (TL's argument names)."""
         return T5.forward(self, input, decoder_input, one_zero_attention_mask, None, return_type, **native_kwargs)
+
+    def generate(  # type: ignore[override]
+        self, input: str | list[str] | torch.Tensor = "", one_zero_attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: int | list[int] | None = None,
+        do_sample: bool = True, top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
+        freq_penalty: float = 0.0, return_type: str | None = "input", verbose: bool = True,
+    ) -> str | torch.Tensor:
+        """TL's ``generate``: decoder tokens ``[batch, 1 + new]`` (from the start token), or for a string input
+        (``return_type="input"``, or ``"str"``) the first row decoded without special tokens.
+
+        ``stop_at_eos=False`` generates ``max_new_tokens`` exactly; sampling as TL's defaults (``do_sample=True``).
+        ``freq_penalty`` (TL's own sampler) is refused; ``verbose`` has no progress bar to show.
+        """
+        if freq_penalty:
+            raise NotImplementedError("freq_penalty: hookscope's sampler has HF's repetition_penalty instead "
+                                      "(use hookscope.generation.seq2seq.generate_seq2seq)")
+        if return_type not in ("input", "str", "tensor", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str', 'tensor' or 'tokens', got {return_type!r}")
+        eos: int | list[int] | None = [] if not stop_at_eos else eos_token_id
+        tokens = T5.generate(self, input, max_new_tokens=max_new_tokens, attention_mask=one_zero_attention_mask,
+                             do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
+                             eos_token_id=eos)
+        as_text = return_type == "str" or (return_type == "input" and isinstance(input, str))
+        if not as_text:
+            return tokens
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer to decode the generated tokens; use return_type='tensor'")
+        return self.tokenizer.decode(tokens[0], skip_special_tokens=True)

@@ -142,3 +142,14 @@ def test_reexports_run_on_a_compat_model(capsys: pytest.CaptureFixture[str]) -> 
     assert "w3" in capsys.readouterr().out
     rows = utils.tokenize_and_concatenate(["w1 w2 w3", "w4 w5"], word_tokenizer(), max_length=3)
     assert rows.shape[1] == 3 and int(rows[0, 0]) == BOS
+
+
+def test_clear_huggingface_cache_deletes_the_hub_cache_folder(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    (cache / "models--x" / "blobs").mkdir(parents=True)
+    (cache / "models--x" / "blobs" / "w").write_bytes(b"0")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    utils.clear_huggingface_cache()
+    assert not cache.exists() and tmp_path.exists()
