@@ -117,7 +117,8 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
         self, input: Any, return_type: str | None = "logits", token_type_ids: torch.Tensor | None = None,
         one_zero_attention_mask: torch.Tensor | None = None, **native_kwargs: Any,
     ) -> Any:
-        """Masked-LM logits ``[batch, pos, d_vocab]``; "predictions": the top token of each position as text."""
+        """Masked-LM logits ``[batch, pos, d_vocab]``; "predictions", as TL: the top token at each ``[MASK]``
+        (batch-major) as text, a string for one mask, else ``["Prediction 0: ...", ...]``."""
         if return_type not in ("logits", "predictions", None):
             raise ValueError(f"return_type must be 'logits', 'predictions' or None, got {return_type!r}")
         if isinstance(input, (str, list)):
@@ -126,9 +127,17 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
                               "logits" if return_type else None, **native_kwargs)
         if return_type != "predictions":
             return logits
-        top = logits.argmax(-1)
-        texts = [self.tokenizer.decode(row) for row in top]
-        return texts[0] if len(texts) == 1 else texts
+        return self._mask_predictions(input, logits)
+
+    def _mask_predictions(self, tokens: torch.Tensor, logits: torch.Tensor) -> str | list[str]:
+        mask_id = getattr(self.tokenizer, "mask_token_id", None)
+        if mask_id is None:
+            raise ValueError("return_type='predictions' needs a tokenizer with a mask token")
+        at_masks = tokens.to(logits.device) == mask_id  # [batch, pos]
+        if not bool(at_masks.any()):
+            raise ValueError("return_type='predictions' predicts the [MASK] tokens, and the input has none")
+        words = [self.tokenizer.decode(int(i)) for i in logits[at_masks].argmax(-1)]
+        return words[0] if len(words) == 1 else [f"Prediction {i}: {w}" for i, w in enumerate(words)]
 
     def encoder_output(self, tokens: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                        one_zero_attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -153,3 +153,20 @@ def test_clear_huggingface_cache_deletes_the_hub_cache_folder(tmp_path, monkeypa
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     utils.clear_huggingface_cache()
     assert not cache.exists() and tmp_path.exists()
+
+
+def test_encoder_predictions_are_the_top_tokens_at_the_mask_positions() -> None:
+    hf = bert_configs.random_hf_model("BertForMaskedLM")
+    tok = word_tokenizer()
+    tok.add_special_tokens({"mask_token": "w7"})
+    model = HookedEncoder.from_pretrained("bert-base-cased", hf_model=hf, tokenizer=tok)
+    mask_id = tok.mask_token_id
+    tokens = torch.tensor([[4, mask_id, 9, 12], [mask_id, 5, 6, 8]])
+    with torch.no_grad():
+        top = hf(input_ids=tokens).logits.argmax(-1)  # [batch, pos]
+        both = model(tokens, return_type="predictions")
+        one = model(tokens[:1], return_type="predictions")
+    assert both == [f"Prediction 0: {tok.decode(int(top[0, 1]))}", f"Prediction 1: {tok.decode(int(top[1, 0]))}"]
+    assert one == tok.decode(int(top[0, 1]))
+    with pytest.raises(ValueError, match="MASK"):
+        model(torch.tensor([[4, 5, 6]]), return_type="predictions")
