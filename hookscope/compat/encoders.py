@@ -2,8 +2,8 @@
 
 Both adopt a native model loaded by ``hookscope.load`` (``hf_model=`` in memory: nothing downloaded) and
 translate TL's arguments (``one_zero_attention_mask``, ``return_type="predictions"``, ``decoder_input``).
-``HookedEncoder(cfg)`` builds a TL-initialised BERT from a ``HookedTransformerConfig``; ``HookedEncoderDecoder(cfg)``
-is refused: load T5 with ``from_pretrained``.
+``HookedEncoder(cfg)`` and ``HookedEncoderDecoder(cfg)`` build a TL-initialised BERT / T5 from a
+``HookedTransformerConfig``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hookscope.models.bert import Bert
 from hookscope.models.bert_config import BertConfig
 from hookscope.models.init import init_weights
 from hookscope.models.t5 import T5
+from hookscope.models.t5_config import T5Config
 
 
 def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
@@ -40,6 +41,27 @@ def _adopt(cls: type, native: Any, expected: type, what: str) -> Any:
 
 def _dtype(dtype: Any) -> Any:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _check_init(cfg: HookedTransformerConfig, what: str) -> None:
+    if cfg.init_mode != "gpt2":
+        raise NotImplementedError(f"{what}(cfg) initialises with init_mode='gpt2', got {cfg.init_mode!r}")
+    if cfg.n_devices != 1:
+        raise NotImplementedError("n_devices > 1: use hookscope.load(..., device_map='auto')")
+
+
+def _tokenizer_for(cfg: HookedTransformerConfig, tokenizer: Any) -> Any:
+    """The tokenizer (given, or ``cfg.tokenizer_name``'s); fills ``cfg.d_vocab`` / ``d_vocab_out`` of -1 from it."""
+    if tokenizer is None and cfg.tokenizer_name is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name)
+    if cfg.d_vocab == -1:
+        assert tokenizer is not None, "Must provide a tokenizer if d_vocab is not provided"
+        cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+    if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
+        cfg.d_vocab_out = cfg.d_vocab
+    return tokenizer
 
 
 def _bert_config(cfg: HookedTransformerConfig) -> BertConfig:
@@ -70,19 +92,8 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
         tokenizer's vocabulary (``tokenizer=`` or ``cfg.tokenizer_name``); masked-LM, pooler and
         next-sentence heads; TL's "gpt2" initialisation (``cfg.initializer_range``, ``cfg.seed``)."""
         cfg = HookedTransformerConfig.unwrap(cfg)
-        if cfg.init_mode != "gpt2":
-            raise NotImplementedError(f"HookedEncoder(cfg) initialises with init_mode='gpt2', got {cfg.init_mode!r}")
-        if cfg.n_devices != 1:
-            raise NotImplementedError("n_devices > 1: use hookscope.load(..., device_map='auto')")
-        if tokenizer is None and cfg.tokenizer_name is not None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name)
-        if cfg.d_vocab == -1:
-            assert tokenizer is not None, "Must provide a tokenizer if d_vocab is not provided"
-            cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
-        if cfg.d_vocab_out == -1:  # as TL: also when d_vocab was set on the config after it was made
-            cfg.d_vocab_out = cfg.d_vocab
+        _check_init(cfg, "HookedEncoder")
+        tokenizer = _tokenizer_for(cfg, tokenizer)
         Bert.__init__(self, _bert_config(cfg))
         use_tl_signatures(self, causal=False)
         self.tokenizer = tokenizer
@@ -149,9 +160,39 @@ class HookedEncoderDecoder(_CompatCacheMixin, HookedRootModule, T5):
     """TL's ``HookedEncoderDecoder`` over the native :class:`~hookscope.models.t5.T5`."""
 
     def __init__(self, cfg: Any, tokenizer: Any = None, move_to_device: bool = True, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "HookedEncoderDecoder(cfg) is not supported; use HookedEncoderDecoder.from_pretrained(name, hf_model=...)"
-        )
+        """A T5 built from a ``HookedTransformerConfig`` (or its dict), as TL's: ``n_layers`` encoder and
+        ``n_layers`` decoder blocks, ``relative_attention_num_buckets`` / ``_max_distance`` required, an untied
+        LM head without T5 v1.0's rescale, ``gated_mlp`` for v1.1's MLP; ``d_vocab=-1`` takes the tokenizer's
+        size. Weights get TL's "gpt2" initialisation (``cfg.initializer_range``, ``cfg.seed``)."""
+        cfg = HookedTransformerConfig.unwrap(cfg)
+        _check_init(cfg, "HookedEncoderDecoder")
+        if cfg.relative_attention_num_buckets is None or cfg.relative_attention_max_distance is None:
+            raise ValueError("HookedEncoderDecoder(cfg) needs relative_attention_num_buckets and "
+                             "relative_attention_max_distance in the config")
+        tokenizer = _tokenizer_for(cfg, tokenizer)
+        if cfg.d_vocab_out != cfg.d_vocab:
+            raise NotImplementedError("HookedEncoderDecoder with d_vocab_out != d_vocab: the LM head predicts the "
+                                      "input vocabulary")
+        pad = getattr(tokenizer, "pad_token_id", None)
+        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else (pad or 0)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        native = T5Config(d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
+                          d_mlp=cfg.d_mlp or 4 * cfg.d_model, d_vocab=cfg.d_vocab,
+                          n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,
+                          act_fn=cfg.act_fn or "relu", mlp="gated" if cfg.gated_mlp else "plain", norm_eps=cfg.eps,
+                          relative_buckets=cfg.relative_attention_num_buckets,
+                          relative_max_distance=cfg.relative_attention_max_distance, tie_embeddings=False,
+                          scale_decoder_outputs=False, decoder_start_token_id=start,
+                          pad_token_id=pad if pad is not None else start,
+                          eos_token_ids=(eos,) if eos is not None else (1,))
+        T5.__init__(self, native)
+        use_t5_tl_signatures(self)
+        self.tokenizer = tokenizer
+        seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        init_weights(self, seed=seed, init_range=cfg.initializer_range)
+        self.to(cfg.dtype)
+        if move_to_device:
+            self.to(cfg.device)
 
     @classmethod
     def from_pretrained(cls, model_name: str, hf_model: Any = None, device: str | None = None, tokenizer: Any = None,

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import transformers
 
 from hookscope.compat import HookedEncoderDecoder
 from tests.equivalence.t5_cases import random_hf_t5
@@ -135,3 +136,30 @@ def test_generate_greedy_equals_hf_and_decodes_string_input(pair):
         model.tokenizer = None
     with pytest.raises(NotImplementedError, match="freq_penalty"):
         model.generate(tokens, freq_penalty=1.0)
+
+
+@torch.no_grad()
+def test_encoder_decoder_built_from_a_config_runs_as_its_hf_export():
+    from hookscope.compat import HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(d_model=20, d_head=6, n_heads=3, n_layers=2, n_ctx=32, d_vocab=53, d_mlp=17,
+                                  act_fn="gelu_new", gated_mlp=True, relative_attention_num_buckets=8,
+                                  relative_attention_max_distance=12, eps=1e-6, seed=3,
+                                  positional_embedding_type="relative_positional_bias")
+    model = HookedEncoderDecoder(cfg, move_to_device=False)
+    assert len(model.encoder) == len(model.decoder) == 2 and model.encoder[0].attn.has_relative_attention_bias
+    again = HookedEncoderDecoder(cfg, move_to_device=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # seeded init
+    # the same structure as HF's T5 v1.1 (gated MLP, untied head, no rescale): HF's weights run identically
+    from tests.equivalence.t5_cases import hf_config
+
+    hf_cfg = hf_config("v1.1", vocab_size=53, d_model=20, d_kv=6, num_heads=3, d_ff=17, num_layers=2,
+                       num_decoder_layers=2)
+    hf = transformers.T5ForConditionalGeneration(hf_cfg).eval()
+    loaded = HookedEncoderDecoder.from_pretrained("t5", hf_model=copy.deepcopy(hf))
+    model.load_state_dict(loaded.state_dict())
+    enc = torch.randint(2, 53, (2, 7))
+    dec = torch.randint(2, 53, (2, 3))
+    torch.testing.assert_close(model(enc, decoder_input=dec), hf(input_ids=enc, decoder_input_ids=dec).logits)
+    with pytest.raises(ValueError, match="relative_attention_num_buckets"):
+        HookedEncoderDecoder(HookedTransformerConfig(d_model=8, d_head=4, n_layers=1, n_ctx=8, d_vocab=11))
