@@ -208,6 +208,20 @@ class HookedEncoderDecoder(_CompatCacheMixin, HookedRootModule, T5):
         """Logits ``[batch, dec_pos, d_vocab]`` of the decoder on ``decoder_input`` (TL's argument names)."""
         return T5.forward(self, input, decoder_input, one_zero_attention_mask, None, return_type, **native_kwargs)
 
+    def to_tokens(  # type: ignore[override]
+        self, input: str | list[str], move_to_device: bool = True, truncate: bool = True, **native: Any,
+    ) -> Any:
+        """TL's ``(tokens, attention_mask)`` ``[batch, pos]``, right-padded, as the tokenizer encodes (T5's adds
+        ``</s>``). With hookscope's own keywords (``prepend_bos``, ``padding_side``, ``return_mask``) the native
+        result, which the model's own calls use."""
+        if native:
+            return T5.to_tokens(self, input, **native)
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        enc = self.tokenizer(input, return_tensors="pt", padding=True, truncation=truncate)
+        device = self.embed.weight.device if move_to_device else "cpu"
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
     def generate(  # type: ignore[override]
         self, input: str | list[str] | torch.Tensor = "", one_zero_attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: int | list[int] | None = None,

@@ -163,3 +163,21 @@ def test_encoder_decoder_built_from_a_config_runs_as_its_hf_export():
     torch.testing.assert_close(model(enc, decoder_input=dec), hf(input_ids=enc, decoder_input_ids=dec).logits)
     with pytest.raises(ValueError, match="relative_attention_num_buckets"):
         HookedEncoderDecoder(HookedTransformerConfig(d_model=8, d_head=4, n_layers=1, n_ctx=8, d_vocab=11))
+
+
+@torch.no_grad()
+def test_to_tokens_returns_right_padded_tokens_and_mask_as_tl(pair):
+    from tests.compat.helpers import PAD, word_tokenizer
+
+    hf, model, _ = pair
+    model.tokenizer = word_tokenizer()
+    try:
+        tokens, mask = model.to_tokens(["w5 w6 w7", "w8"])
+        assert tokens.tolist() == [[9, 10, 11], [12, PAD, PAD]]  # "w{i}" is id i + 4 (4 special tokens first)
+        assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+        # the model's own text path (native keywords) still works: text input equals its token ids with the mask
+        dec = torch.zeros(2, 1, dtype=torch.long)
+        torch.testing.assert_close(model(["w5 w6 w7", "w8"], decoder_input=dec),
+                                   hf(input_ids=tokens, attention_mask=mask, decoder_input_ids=dec).logits)
+    finally:
+        model.tokenizer = None
