@@ -54,6 +54,7 @@ def load(
     progress: bool = True,
     device_map: str | dict[str, Any] | None = None,
     max_memory: dict[Any, Any] | None = None,
+    revision: str | None = None,
 ) -> Any:
     """Load a model as a hooked native hookscope model.
 
@@ -69,12 +70,14 @@ def load(
         device_map: spread the model over devices with accelerate's dispatcher: ``"auto"`` (fill the
             GPUs in order, then CPU; bounded by ``max_memory``) or ``{module name: device}``. Blocks are
             never split. Needs ``pip install accelerate``.
+        revision: for a hub id, the branch, tag or commit to read (e.g. Pythia's training checkpoints
+            ``"step1000"``); the default is the hub's main branch. Refused for any other source.
     """
     from hookscope.convert.sources import open_source
 
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     try:
-        src = open_source(source)
+        src = open_source(source, revision=revision)
     except LoadError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -63,7 +63,7 @@ class TLGenerateMixin:
             return out
         full = F.pad(mask, (0, out.shape[1] - mask.shape[1]), value=1)
         texts = [self.to_string(row[full[i].bool()]) for i, row in enumerate(out)]  # type: ignore[attr-defined]
-        return texts[0] if isinstance(input, str) else texts
+        return texts[0] if len(texts) == 1 else texts  # as TL: one row gives a string, whatever the input
 
     def _eos_ids(self, stop_at_eos: bool, eos_token_id: Any) -> tuple[int, ...]:
         if not stop_at_eos:
@@ -108,4 +108,5 @@ class TLGenerateMixin:
             return embeds
         if return_type == "tokens":
             return tokens
-        return [self.to_string(row) for row in tokens]  # type: ignore[attr-defined]
+        texts = [self.to_string(row) for row in tokens]  # type: ignore[attr-defined]
+        return texts[0] if len(texts) == 1 else texts

@@ -18,7 +18,16 @@ import torch
 from transformers import AutoConfig  # a module attribute, as in TL (TL code patches it in tests)
 
 from hookscope.compat.config import HookedTransformerConfig
-from hookscope.compat.pretrained import _LOOKUP, OFFICIAL_NAMES, _resolve_source, get_official_model_name
+from hookscope.compat.pretrained import (  # noqa: F401  (TL's names, re-exported)
+    _LOOKUP,
+    OFFICIAL_NAMES,
+    PYTHIA_CHECKPOINTS,
+    PYTHIA_V0_CHECKPOINTS,
+    STANFORD_CRFM_CHECKPOINTS,
+    _resolve_source,
+    get_checkpoint_labels,
+    get_official_model_name,
+)
 from hookscope.convert.decoder_hf import decoder_config_from_hf
 
 logger = logging.getLogger(__name__)

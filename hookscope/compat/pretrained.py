@@ -28,6 +28,8 @@ OFFICIAL_NAMES: dict[str, list[str]] = {
                                                               "2.8b", "6.9b", "12b")},
     **{f"EleutherAI/pythia-{s}-deduped": [f"pythia-{s}-deduped"] for s in ("70m", "160m", "410m", "1b", "1.4b",
                                                                           "2.8b", "6.9b", "12b")},
+    **{f"EleutherAI/pythia-{s}{kind}-v0": [f"pythia-{s}{kind}-v0"] for kind in ("", "-deduped")
+       for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
     "meta-llama/Llama-2-7b-hf": ["Llama-2-7b", "meta-llama/Llama-2-7b"],
     "meta-llama/Llama-2-7b-chat-hf": ["Llama-2-7b-chat", "meta-llama/Llama-2-7b-chat"],
     "meta-llama/Meta-Llama-3-8B": ["Meta-Llama-3-8B"],
@@ -44,6 +46,10 @@ OFFICIAL_NAMES: dict[str, list[str]] = {
     "Qwen/Qwen3-8B": ["qwen3-8b"],
     "google/gemma-2-2b": ["gemma-2-2b"], "google/gemma-2-2b-it": ["gemma-2-2b-it"],
     "google/gemma-2-9b": ["gemma-2-9b"], "google/gemma-2-9b-it": ["gemma-2-9b-it"],
+    **{f"stanford-crfm/{run}-gpt2-{size}-x{seed}": [f"stanford-gpt2-{size}-{letter}", f"{run}-gpt2-{size}-x{seed}"]
+       for size, runs in (("small", ("alias", "battlestar", "caprica", "darkmatter", "expanse")),
+                          ("medium", ("arwen", "beren", "celebrimbor", "durin", "eowyn")))
+       for letter, run, seed in zip("abcde", runs, (21, 49, 81, 343, 777), strict=True)},
     "HuggingFaceTB/SmolLM2-135M": ["smollm2-135m", "SmolLM2-135M"],
     "HuggingFaceTB/SmolLM2-360M": ["smollm2-360m", "SmolLM2-360M"],
     "HuggingFaceTB/SmolLM2-1.7B": ["smollm2-1.7b", "SmolLM2-1.7B"],
@@ -68,6 +74,38 @@ def _resolve_source(model_name: str) -> str:
     if "/" in model_name and model_name.lower() not in _LOOKUP:
         return model_name  # a hub id or path the table does not list: hookscope.load decides
     return get_official_model_name(model_name)
+
+
+# The training checkpoints published as hub revisions (TL's schedules): stanford-crfm's GPT-2s as
+# "checkpoint-<step>", Pythia's as "step<step>" (v0 models have no log-spaced early ones)
+STANFORD_CRFM_CHECKPOINTS = [*range(0, 100, 10), *range(100, 2000, 50), *range(2000, 20000, 100),
+                             *range(20000, 400001, 1000)]
+PYTHIA_CHECKPOINTS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, *range(1000, 143001, 1000)]
+PYTHIA_V0_CHECKPOINTS = list(range(1000, 143001, 1000))
+
+
+def get_checkpoint_labels(model_name: str) -> tuple[list[int], str]:
+    """TL's ``(checkpoint steps, "step")`` of a checkpointed family; ValueError for any other model."""
+    hub = _resolve_source(model_name)
+    if hub.startswith("stanford-crfm/"):
+        return STANFORD_CRFM_CHECKPOINTS, "step"
+    if hub.startswith("EleutherAI/pythia"):
+        return (PYTHIA_V0_CHECKPOINTS if "v0" in hub else PYTHIA_CHECKPOINTS), "step"
+    raise ValueError(f"{model_name!r} has no published training checkpoints (Pythia and stanford-crfm have)")
+
+
+def checkpoint_revision(model_name: str, index: int | None, value: int | None) -> str:
+    """The hub revision of a training checkpoint given by its index in the schedule or by its step."""
+    labels, _ = get_checkpoint_labels(model_name)
+    if index is not None:
+        if not -len(labels) <= index < len(labels):
+            raise ValueError(f"checkpoint_index={index} is out of range: {model_name!r} has {len(labels)} checkpoints")
+        value = labels[index]
+    elif value not in labels:
+        raise ValueError(f"checkpoint_value={value} is not a checkpoint of {model_name!r} "
+                         f"(steps {labels[0]}..{labels[-1]}, see get_checkpoint_labels)")
+    hub = _resolve_source(model_name)
+    return f"checkpoint-{value}" if hub.startswith("stanford-crfm/") else f"step{value}"
 
 
 # TL's dtype names (``HookedTransformer.DTYPE_FROM_STRING``), plus float64
@@ -100,8 +138,12 @@ class PretrainedMixin:
     ) -> Any:
         """TL's ``from_pretrained``: a TL name / alias / hub id; with ``hf_model=`` (and ``tokenizer=``) the
         model in memory is converted and nothing is downloaded. Weight processing as TL's defaults."""
+        revision = from_pretrained_kwargs.pop("revision", None)
         if checkpoint_index is not None or checkpoint_value is not None:
-            raise NotImplementedError("training checkpoints: load the checkpoint's hub revision as hf_model=")
+            revision = checkpoint_revision(model_name, checkpoint_index, checkpoint_value)
+        if revision is not None and hf_model is not None:
+            raise ValueError("a revision / training checkpoint selects hub weights, but hf_model= already gives "
+                             "the weights: pass one or the other")
         if n_devices != 1:
             raise NotImplementedError("n_devices > 1: use hookscope.load(..., device_map='auto')")
         if from_pretrained_kwargs.get("trust_remote_code"):
@@ -114,7 +156,7 @@ class PretrainedMixin:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         native = load(hf_model if hf_model is not None else hub, dtype=dt, device=device if move_to_device else None,
-                      n_layers=first_n_layers, tokenizer=tokenizer)
+                      n_layers=first_n_layers, tokenizer=tokenizer, revision=revision)
         if not hasattr(native, "embed_tokens"):
             raise ValueError(f"{model_name!r} is not a decoder-only LM; use HookedEncoder / HookedEncoderDecoder")
         model = cls.__new__(cls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,8 @@ from hookscope.names import get_act_name
 from hookscope.training import data as _data
 
 __all__ = [
-    "ACTIVATION_FN_DICT", "USE_DEFAULT_VALUE", "Slice", "calc_fan_in_and_fan_out", "composition_scores",
+    "ACTIVATION_FN_DICT", "USE_DEFAULT_VALUE", "Slice", "calc_fan_in_and_fan_out", "clear_huggingface_cache",
+    "composition_scores",
     "gelu_fast", "gelu_new", "get_act_name", "get_attention_mask", "get_corner", "get_cumsum_along_dim",
     "get_nested_attr", "get_offset_position_ids", "init_kaiming_normal_", "init_kaiming_uniform_",
     "init_xavier_normal_", "init_xavier_uniform_", "is_library_available", "is_lower_triangular", "is_square",
@@ -27,6 +29,8 @@ __all__ = [
     "repeat_along_head_dimension", "select_compatible_kwargs", "set_nested_attr", "solu", "test_prompt",
     "to_numpy", "tokenize_and_concatenate", "transpose",
 ]
+
+logger = logging.getLogger(__name__)
 
 USE_DEFAULT_VALUE = None  # TL's sentinel: "use the model's own default" for prepend_bos / padding_side
 
@@ -225,6 +229,18 @@ def init_kaiming_normal_(param: torch.Tensor, a: float = 0, nonlinearity: str = 
 def override_or_use_default_value(default_flag: Any, override: Any = None) -> Any:
     """``override`` unless it is None, else ``default_flag``."""
     return default_flag if override is None else override
+
+
+def clear_huggingface_cache() -> None:
+    """Delete the Hugging Face hub cache folder (``HF_HUB_CACHE``) and everything in it, as TL's helper does
+    (CI jobs call it to free disk between models). Every downloaded model must then be downloaded again."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    folder = constants.HF_HUB_CACHE
+    logger.info("deleting the Hugging Face cache folder %s and all its contents", folder)
+    shutil.rmtree(folder)
 
 
 def is_library_available(name: str) -> bool:

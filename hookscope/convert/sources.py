@@ -81,8 +81,13 @@ def _layer_index(key: str) -> int | None:
 
 
 # ---------------------------------------------------------------------- the kinds of source
-def open_source(source: Any) -> Source:
+def open_source(source: Any, revision: str | None = None) -> Source:
+    """The :class:`Source` behind what ``load()`` was given; ``revision`` only for a hub id."""
     from hookscope.convert import dit_diffusers
+
+    if revision is not None and not _is_hub_id(source):
+        what = f"a {type(source).__name__} object" if isinstance(source, nn.Module) else repr(str(source))
+        raise SourceTypeError(f"revision={revision!r} selects a version of a hub id; {what} is not one")
 
     if isinstance(source, nn.Module):
         if dit_diffusers.is_diffusers_model(source):
@@ -108,7 +113,16 @@ def open_source(source: Any) -> Source:
         raise ConversionError(f"{path} is a file hookscope cannot load; expected a folder, a .gguf or a hub id")
     if path.is_absolute() or text.startswith((".", "~")):  # a hub id is never a filesystem path
         raise SourceNotFoundError(f"{path} does not exist (and a path is not a hub id)")
-    return hub_source(text)
+    return hub_source(text, revision=revision)
+
+
+def _is_hub_id(source: Any) -> bool:
+    """Whether ``open_source`` would read ``source`` from the hub (not packaged, not on disk, not in memory)."""
+    if not isinstance(source, (str, os.PathLike)) or str(source) in PACKAGED:
+        return False
+    text = str(source)
+    path = Path(text).expanduser()
+    return not (path.exists() or path.suffix == ".gguf" or path.is_absolute() or text.startswith((".", "~")))
 
 
 def hf_model_source(model: nn.Module) -> Source:
@@ -165,8 +179,9 @@ def _safetensors_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Te
     return list(owner), lambda key: owner[key].get(key)
 
 
-def hub_source(repo_id: str) -> Source:
-    """A hub id: the local HF cache first, then a download (config, safetensors, tokenizer files only)."""
+def hub_source(repo_id: str, revision: str | None = None) -> Source:
+    """A hub id (at ``revision``, default the main branch): the local HF cache first, then a download
+    (config, safetensors, tokenizer files only)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as err:  # pragma: no cover - transformers depends on it
@@ -174,22 +189,23 @@ def hub_source(repo_id: str) -> Source:
     patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "*.model",
                 "vocab*", "merges.txt", "special_tokens_map.json", "generation_config.json",
                 "preprocessor_config.json"]  # image models: their image-processor settings
-    folder = Path(_snapshot(snapshot_download, repo_id, patterns))
+    folder = Path(_snapshot(snapshot_download, repo_id, patterns, revision))
     if not any(folder.glob("*.safetensors")):  # older repos ship only pickled weights (read weights_only)
-        folder = Path(_snapshot(snapshot_download, repo_id, [*patterns, "pytorch_model*.bin*"]))
+        folder = Path(_snapshot(snapshot_download, repo_id, [*patterns, "pytorch_model*.bin*"], revision))
     return folder_source(folder)
 
 
-def _snapshot(snapshot_download: Callable[..., str], repo_id: str, patterns: list[str]) -> str:
-    """Download (or, offline, find in the HF cache) the files of ``repo_id`` matching ``patterns``."""
+def _snapshot(snapshot_download: Callable[..., str], repo_id: str, patterns: list[str], revision: str | None) -> str:
+    """Download (or, offline, find in the HF cache) the files of ``repo_id`` at ``revision`` matching ``patterns``."""
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
+        return snapshot_download(repo_id, allow_patterns=patterns, revision=revision)
     except Exception as err:
         try:
-            return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+            return snapshot_download(repo_id, allow_patterns=patterns, revision=revision, local_files_only=True)
         except Exception:
+            at = "" if revision is None else f" at revision {revision!r}"
             raise SourceNotFoundError(
-                f"{repo_id!r} is not a packaged model ({', '.join(PACKAGED)}), a local folder or a .gguf "
+                f"{repo_id!r}{at} is not a packaged model ({', '.join(PACKAGED)}), a local folder or a .gguf "
                 f"file, and the hub could not provide it ({type(err).__name__}: {err}). Offline, download it "
                 "once with network (it is then read from the HF cache) or pass a local folder."
             ) from None

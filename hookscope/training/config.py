@@ -29,7 +29,9 @@ class TrainingConfig:
         checkpoint_every: save a checkpoint every this many steps (and at the end) in ``out_dir``.
         resume: start from the newest checkpoint in ``out_dir`` when there is one.
         progress: show a tqdm bar with the loss and tokens/s.
-        compile: run the model through ``torch.compile``.
+        compile: run the model through ``torch.compile``. Off by default: on CPU it did not pay
+            (``benchmarks/bench_training.py --compile``: 0.64x of the eager HF loop, and HF's own loop slowed
+            from 1879 to 1359 tokens/s compiled); try it on a GPU, where fused kernels can win.
     """
 
     steps: int

@@ -39,6 +39,39 @@ def induction_stripe(pattern: torch.Tensor, n_tokens: int, offset: int) -> torch
     return pattern[:, :, queries, keys].mean(dim=(0, 2))
 
 
+def repeat_spans(
+    rows: torch.Tensor, fraction: float, *, min_span: int = 8, seed: int = 0, offset: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of ``rows`` in which ``fraction`` of the rows repeat a span of their own tokens later on.
+
+    Real text repeats names and phrases within a context, which is what makes an induction head pay; this
+    makes such repeats denser. In each picked row (``[n_rows, pos]``), a span of ``s`` tokens (``s`` uniform
+    in ``[min_span, (pos - offset) // 2]``) starting at ``a >= offset`` is copied over positions ``b .. b + s
+    - 1`` with ``b >= a + s`` (so the copy follows its source). The first ``offset`` positions (BOS) are kept.
+
+    Returns:
+        the new rows and a bool ``[n_rows]`` mask of the rows that hold a repeat.
+    """
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be [n_rows, pos], got shape {tuple(rows.shape)}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    longest = (rows.shape[1] - offset) // 2
+    if min_span < 1 or min_span > longest:
+        raise ValueError(f"min_span must lie in [1, {longest}] for rows of {rows.shape[1]} positions "
+                         f"(offset {offset}), got {min_span}")
+    gen = torch.Generator().manual_seed(seed)
+    picked = torch.rand(rows.shape[0], generator=gen) < fraction
+    out = rows.clone()
+    end = rows.shape[1]
+    for i in picked.nonzero().flatten().tolist():
+        span = int(torch.randint(min_span, longest + 1, (), generator=gen))
+        source = int(torch.randint(offset, end - 2 * span + 1, (), generator=gen))
+        dest = int(torch.randint(source + span, end - span + 1, (), generator=gen))
+        out[i, dest:dest + span] = rows[i, source:source + span]
+    return out, picked
+
+
 @torch.no_grad()
 def induction_scores(model: torch.nn.Module, tokens: torch.Tensor, n_tokens: int, offset: int = 1) -> torch.Tensor:
     """``[layer, head]`` induction scores of a hooked model on repeated tokens (see :func:`induction_stripe`)."""

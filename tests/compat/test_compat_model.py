@@ -294,3 +294,17 @@ def test_shortformer_positions_feed_queries_and_keys_only() -> None:
     from_embed = tok_model(embed, tokens=tokens, shortformer_pos_embed=pos, attention_mask=mask, start_at_layer=0,
                            return_type="loss")
     torch.testing.assert_close(from_embed, tok_model(["w1 w2 w3", "w4"], return_type="loss"))
+
+
+def test_generate_returns_one_string_for_one_row_whatever_the_input() -> None:
+    _, model = hf_and_compat("gpt2")
+    tokens = model.to_tokens("w3 w4 w5")
+    one = model.generate(tokens, max_new_tokens=3, do_sample=False, return_type="str", verbose=False)
+    ids = model.generate(tokens, max_new_tokens=3, do_sample=False, return_type="tokens", verbose=False)
+    assert isinstance(one, str) and one == model.to_string(ids[0])
+    two = model.generate(torch.cat([tokens, tokens]), max_new_tokens=3, do_sample=False, return_type="str",
+                         verbose=False)
+    assert two == [one, one]
+    from_embeds = model.generate(model.embed(tokens), max_new_tokens=3, do_sample=False, return_type="str",
+                                 verbose=False)
+    assert isinstance(from_embeds, str)

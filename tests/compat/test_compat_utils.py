@@ -142,3 +142,31 @@ def test_reexports_run_on_a_compat_model(capsys: pytest.CaptureFixture[str]) -> 
     assert "w3" in capsys.readouterr().out
     rows = utils.tokenize_and_concatenate(["w1 w2 w3", "w4 w5"], word_tokenizer(), max_length=3)
     assert rows.shape[1] == 3 and int(rows[0, 0]) == BOS
+
+
+def test_clear_huggingface_cache_deletes_the_hub_cache_folder(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    (cache / "models--x" / "blobs").mkdir(parents=True)
+    (cache / "models--x" / "blobs" / "w").write_bytes(b"0")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    utils.clear_huggingface_cache()
+    assert not cache.exists() and tmp_path.exists()
+
+
+def test_encoder_predictions_are_the_top_tokens_at_the_mask_positions() -> None:
+    hf = bert_configs.random_hf_model("BertForMaskedLM")
+    tok = word_tokenizer()
+    tok.add_special_tokens({"mask_token": "w7"})
+    model = HookedEncoder.from_pretrained("bert-base-cased", hf_model=hf, tokenizer=tok)
+    mask_id = tok.mask_token_id
+    tokens = torch.tensor([[4, mask_id, 9, 12], [mask_id, 5, 6, 8]])
+    with torch.no_grad():
+        top = hf(input_ids=tokens).logits.argmax(-1)  # [batch, pos]
+        both = model(tokens, return_type="predictions")
+        one = model(tokens[:1], return_type="predictions")
+    assert both == [f"Prediction 0: {tok.decode(int(top[0, 1]))}", f"Prediction 1: {tok.decode(int(top[1, 0]))}"]
+    assert one == tok.decode(int(top[0, 1]))
+    with pytest.raises(ValueError, match="MASK"):
+        model(torch.tensor([[4, 5, 6]]), return_type="predictions")

@@ -11,6 +11,7 @@ from hookscope.models.decoder_config import DecoderConfig
 from hookscope.training.induction import (
     induction_scores,
     induction_stripe,
+    repeat_spans,
     repeated_half_losses,
     repeated_random_tokens,
 )
@@ -69,3 +70,27 @@ def test_agrees_with_the_analysis_head_detector() -> None:
     model = _model()
     tokens = repeated_random_tokens(N, batch=3, vocab=40, bos=0, seed=5)
     torch.testing.assert_close(induction_scores(model, tokens, N), detector_scores(model, tokens, N)["induction"])
+
+
+def test_repeat_spans_copy_a_span_of_the_same_row_later_and_leave_other_rows_alone() -> None:
+    rows = torch.arange(200 * 33).view(200, 33)  # every token distinct: a copy is found by value
+    rows[:, 0] = -1  # BOS
+    out, picked = repeat_spans(rows, 0.4, min_span=3, seed=7)
+    assert out.shape == rows.shape and rows[0, 1] == 1  # the input is not modified
+    assert 50 < int(picked.sum()) < 110  # about 40 % of 200 rows
+    assert torch.equal(out[~picked], rows[~picked]) and bool((out[:, 0] == -1).all())
+    for row, orig in zip(out[picked], rows[picked], strict=True):
+        changed = (row != orig).nonzero().flatten()
+        dest, span = int(changed[0]), len(changed)  # positions overwritten: one contiguous block
+        assert torch.equal(changed, torch.arange(dest, dest + span)) and 3 <= span <= 16
+        source = int((orig == row[dest]).nonzero())  # where the copied first token sits in the original
+        assert source + span <= dest and torch.equal(row[dest:dest + span], orig[source:source + span])
+
+
+def test_repeat_spans_reject_impossible_settings() -> None:
+    rows = torch.zeros(4, 9, dtype=torch.long)
+    with pytest.raises(ValueError, match="min_span"):
+        repeat_spans(rows, 0.5, min_span=5)  # 8 positions after BOS hold at most two spans of 4
+    with pytest.raises(ValueError, match="fraction"):
+        repeat_spans(rows, 1.5)
+    assert torch.equal(repeat_spans(rows, 0.0, min_span=2)[0], rows)

@@ -60,6 +60,18 @@ def test_tokenize_and_concatenate_joins_with_eos_chunks_and_prefixes_bos() -> No
     assert no_bos.tolist() == [[97, 98, 99, 0], [100, 101, 102, 103]]
 
 
+def test_tokenize_and_concatenate_takes_and_returns_a_hf_dataset() -> None:
+    datasets = pytest.importorskip("datasets", reason="the datasets package is not installed (optional)")
+    from hookscope.training import token_rows
+
+    texts = ["abc", "defg", "hi"]
+    packed = tokenize_and_concatenate(datasets.Dataset.from_dict({"body": texts}), _CharTokenizer(), max_length=4,
+                                      column="body")
+    assert isinstance(packed, datasets.Dataset) and packed.column_names == ["tokens"]
+    want = tokenize_and_concatenate(texts, _CharTokenizer(), max_length=4)
+    assert torch.equal(packed[0]["tokens"], want[0]) and torch.equal(token_rows(packed), want)
+
+
 def test_tokenize_and_concatenate_errors_are_clear() -> None:
     with pytest.raises(TypeError, match="not a single string"):
         tokenize_and_concatenate("abc", _CharTokenizer())

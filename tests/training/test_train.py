@@ -162,3 +162,18 @@ def test_bad_training_input_raises_clearly() -> None:
         token_rows([[1, 2], [3]])
     with pytest.raises(TypeError, match="token rows"):
         train(_model(), "some text", _config())
+
+
+def test_loss_curve_draws_each_logged_probe_value_in_its_own_panel() -> None:
+    from hookscope.viz.training_plot import plot_loss_curve, probe_keys
+
+    log = [{"step": s, "loss": 3.0 - s / 10, "lr": 1e-3, "tokens": 64 * s, "tokens_per_s": 9.0} for s in range(1, 11)]
+    for entry in log[4::5]:
+        entry.update(induction_score=entry["step"] / 20, repeated_half_drop=entry["step"] / 5)
+    assert probe_keys(log) == ["induction_score", "repeated_half_drop"]
+    fig = plot_loss_curve(log, {"unigram": 2.5})
+    _, score_ax, drop_ax = fig.axes
+    assert [line.get_label() for line in score_ax.lines + drop_ax.lines] == ["induction_score", "repeated_half_drop"]
+    assert list(score_ax.lines[0].get_xdata()) == [320, 640] and list(score_ax.lines[0].get_ydata()) == [0.25, 0.5]
+    assert list(drop_ax.lines[0].get_ydata()) == [1.0, 2.0]
+    assert len(plot_loss_curve(log[:4]).axes) == 1  # no probe logged: the loss panel alone

@@ -108,7 +108,8 @@ def test_hub_id_falls_back_to_pickled_weights_read_safely(tmp_path, monkeypatch)
     torch.save(hf.state_dict(), with_bin / "pytorch_model.bin")
     calls = []
 
-    def fake_snapshot(repo_id: str, allow_patterns: list[str], local_files_only: bool = False) -> str:
+    def fake_snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None,
+                      local_files_only: bool = False) -> str:
         calls.append(allow_patterns)
         return str(with_bin if any(".bin" in p for p in allow_patterns) else only_config)
 

@@ -81,6 +81,9 @@ class HookedTransformerConfig:
     rotary_base: float = 10000
     trust_remote_code: bool = False
     tie_word_embeddings: bool = False
+    relative_attention_max_distance: int | None = None  # T5 (HookedEncoderDecoder)
+    relative_attention_num_buckets: int | None = None
+    decoder_start_token_id: int | None = None
     use_normalization_before_and_after: bool = False
     attn_scores_soft_cap: float = -1.0
     output_logits_soft_cap: float = -1.0
