@@ -76,7 +76,8 @@ def steering_hook(
     The direction may be flat ``[n_heads * d_head]`` for a ``hook_z``-shaped activation. ``positions`` are
     sequence positions: with a KV cache a forward sees only the new positions, so ``past_length()`` (how
     many the cache already holds; :func:`steered` provides it) places them, and ``positions=[0]`` steers
-    the first token only, whether generation runs with a cache or without.
+    the first token only, whether generation runs with a cache or without. Positions the sequence has not
+    reached yet are steered once generation reaches them.
     """
     vec = direction.detach()
 
@@ -93,18 +94,29 @@ def steering_hook(
         if positions is None:
             return x + d
         past = past_length() if past_length is not None else 0
-        chosen = torch.zeros(past + x.shape[1], dtype=torch.bool)
-        try:
-            chosen[positions] = True  # negative positions count from the end of the sequence so far
-        except IndexError as err:
-            raise IndexError(f"steering positions {positions!r} fall outside a sequence of {len(chosen)} positions "
-                             f"at {getattr(hook, 'name', None)!r}") from err
+        chosen = _chosen_positions(positions, past + x.shape[1])
         picked = chosen[past:].nonzero().flatten().to(x.device)  # the positions of this forward
         out = x.clone()
         out[:, picked] += d
         return out
 
     return steer
+
+
+def _chosen_positions(positions: slice | Sequence[int], length: int) -> torch.Tensor:
+    """``[length]`` bool: which of the sequence's positions so far to steer (negative ones count from its end).
+
+    Positions at or past ``length`` are not there yet: generation steers them when it reaches them.
+    """
+    chosen = torch.zeros(length, dtype=torch.bool)
+    if isinstance(positions, slice):
+        chosen[positions] = True
+        return chosen
+    index = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if bool((index < -length).any()):
+        raise IndexError(f"steering positions {positions!r} count back past the start of a sequence of {length}")
+    chosen[index[index < length]] = True
+    return chosen
 
 
 @contextlib.contextmanager
@@ -131,9 +143,9 @@ def steered(
 class _PastLength:
     """How many positions precede the running forward's: the cache length its innermost module was given.
 
-    Read from each module's keyword arguments while it runs (hookscope's ``kv_cache=``, Hugging Face's
-    ``cache_position=`` / ``cache=`` / ``past_key_values=``); 0 when no running module got one (an uncached forward,
-    an encoder).
+    Read from each module's arguments while it runs (a native block's attention mask's ``query_index``,
+    hookscope's ``kv_cache=``, Hugging Face's ``cache_position=`` / ``cache=`` / ``past_key_values=``); 0 when
+    no running module got one (an uncached forward, an encoder).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -144,7 +156,7 @@ class _PastLength:
             self.handles.append(module.register_forward_hook(self._leave, with_kwargs=True, always_call=True))
 
     def _enter(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        self.stack.append(_cache_length(kwargs))
+        self.stack.append(_cache_length(args, kwargs))
 
     def _leave(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         if self.stack:
@@ -158,7 +170,11 @@ class _PastLength:
             handle.remove()
 
 
-def _cache_length(kwargs: dict[str, Any]) -> int | None:
+def _cache_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    for arg in args:  # a native block's attention mask: the absolute index of its first query
+        index = getattr(arg, "query_index", None)
+        if isinstance(index, torch.Tensor) and index.numel():
+            return int(index.reshape(-1)[0])
     position = kwargs.get("cache_position")
     if isinstance(position, torch.Tensor) and position.numel():
         return int(position.reshape(-1)[0])

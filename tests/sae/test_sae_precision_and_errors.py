@@ -98,7 +98,7 @@ def test_splicing_an_sae_whose_d_in_is_positions_times_d_model_raises() -> None:
         model(random_tokens(1, 2))
 
 
-@pytest.mark.parametrize("positions", [[0], [1, -1], slice(0, 2)])
+@pytest.mark.parametrize("positions", [[0], [1, -1], slice(0, 2), [5], slice(3, None)])
 def test_steering_at_positions_generates_the_same_with_and_without_the_kv_cache(positions) -> None:
     model = hookscope.load(random_hf_model("llama", torch.float64), dtype=torch.float64)
     tokens = random_tokens(2, 4)
@@ -108,8 +108,10 @@ def test_steering_at_positions_generates_the_same_with_and_without_the_kv_cache(
         with steered(model, "blocks.0.hook_resid_post", direction, strength=3.0, positions=positions):
             runs.append(model.generate(tokens, 6, use_cache=use_cache))
     assert torch.equal(runs[0], runs[1])
-    with steered(model, "blocks.0.hook_resid_post", direction, positions=[9]):
-        with pytest.raises(IndexError, match="outside a sequence of 4"):
+    with steered(model, "blocks.0.hook_resid_post", direction, positions=[9]):  # not reached: nothing to steer
+        assert torch.equal(model(tokens), model.run_with_hooks(tokens))
+    with steered(model, "blocks.0.hook_resid_post", direction, positions=[-5]):
+        with pytest.raises(IndexError, match="past the start of a sequence of 4"):
             model(tokens)
 
 
@@ -172,3 +174,17 @@ def test_malformed_cfg_fields_name_the_file_and_the_field(tmp_path, fields: dict
     with pytest.raises(ValueError, match=message) as err:
         SAE.load(tmp_path)
     assert "cfg.json" in str(err.value)
+
+
+def test_steering_whisper_decoder_positions_is_the_same_with_and_without_the_kv_cache() -> None:
+    from tests.equivalence.whisper_cases import random_hf_whisper
+
+    whisper = hookscope.load(random_hf_whisper(torch.float64), dtype=torch.float64)
+    features = torch.randn(2, 11, 26, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    direction = torch.randn(48, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 20
+    runs = []
+    for use_cache in (True, False):
+        with steered(whisper, "decoder.0.hook_resid_post", direction, positions=[2]):
+            runs.append(whisper.generate(features, 6, use_cache=use_cache))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], whisper.generate(features, 6))  # the third token on was steered
