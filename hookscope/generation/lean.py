@@ -73,6 +73,7 @@ class _Layer:
     parallel: bool
     q_norm: Norm | None
     k_norm: Norm | None
+    mlp_norm: Norm | None  # the plain MLP's norm on its activations (TransformerLens SoLU), or None
 
 
 def _block_layer(block: nn.Module) -> _Layer | None:
@@ -85,13 +86,13 @@ def _block_layer(block: nn.Module) -> _Layer | None:
         return None
     norms = [getattr(block, name, None) for name in ("ln1", "ln1_post", "ln2", "ln2_post")]
     attn = block.attn
-    norms += [attn.q_norm, attn.k_norm]
+    norms += [attn.q_norm, attn.k_norm, getattr(mlp, "ln", None)]
     if any(n is not None and type(n) not in _KNOWN_NORMS for n in norms):
         return None
     return _Layer(
         ln1=_norm_fn(block.ln1), attn=attn, window=block.window, ln1_post=_optional_norm(norms[1]),
         ln2=_optional_norm(norms[2]), mlp=mlp, ln2_post=_optional_norm(norms[3]), parallel=kind is ParallelBlock,
-        q_norm=_optional_norm(attn.q_norm), k_norm=_optional_norm(attn.k_norm),
+        q_norm=_optional_norm(attn.q_norm), k_norm=_optional_norm(attn.k_norm), mlp_norm=_optional_norm(norms[-1]),
     )
 
 
@@ -196,7 +197,10 @@ class LeanStep:
             up = F.linear(x, m.up_proj.weight, m.up_proj.bias)
             return F.linear(m.act(gate) * up, m.down_proj.weight, m.down_proj.bias)
         assert isinstance(m, MLP)
-        return F.linear(m.act(F.linear(x, m.up_proj.weight, m.up_proj.bias)), m.down_proj.weight, m.down_proj.bias)
+        post = m.act(F.linear(x, m.up_proj.weight, m.up_proj.bias))  # [batch, pos, d_mlp]
+        if layer.mlp_norm is not None:
+            post = layer.mlp_norm(post)
+        return F.linear(post, m.down_proj.weight, m.down_proj.bias)
 
 
 class _FixedShapeLayer:

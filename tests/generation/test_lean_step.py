@@ -145,3 +145,26 @@ def test_a_swapped_module_falls_back_to_the_forward(lean_calls: list[int]) -> No
     with torch.no_grad():
         full = model(out[:, :-1]).argmax(-1)[:, 4:]  # greedy: each new token is the forward's argmax
     assert torch.equal(full, out[:, 5:])
+
+
+@pytest.mark.parametrize("mlp_norm", ["layernorm", "rmsnorm", "layernorm_pre"])
+def test_lean_step_applies_the_solu_mlp_norm_of_a_from_config_model(mlp_norm: str) -> None:
+    """TransformerLens SoLU MLPs normalise their activations before W_out: the lean step must too."""
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    cfg = DecoderConfig(d_model=24, n_layers=2, n_heads=3, d_head=8, d_mlp=19, d_vocab=53, n_ctx=32,
+                        act_fn="solu", mlp_norm=mlp_norm)
+    model = Decoder.from_config(cfg, seed=1, init_range=0.3).eval()
+    step = lean.lean_step(model)
+    assert step is not None
+    tokens = random_tokens(2, 9)[:, :9] % 53
+    hooked, plain = KVCache.for_model(model, 2, 9), KVCache.for_model(model, 2, 9)
+    with torch.no_grad():
+        for cache in (hooked, plain):
+            model(tokens[:, :5], kv_cache=cache, logits_to_keep=1)
+        for end in range(6, 10):
+            want = model(tokens[:, end - 1 : end], kv_cache=hooked, logits_to_keep=1)
+            assert torch.equal(step(tokens[:, end - 1 : end], None, plain), want), f"step {end} differs"
+    assert torch.equal(model.generate(tokens[:, :4], 6, eos_token_id=[]),
+                       model.generate(tokens[:, :4], 6, eos_token_id=[], use_cache=False))
