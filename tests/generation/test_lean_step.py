@@ -168,3 +168,43 @@ def test_lean_step_applies_the_solu_mlp_norm_of_a_from_config_model(mlp_norm: st
             assert torch.equal(step(tokens[:, end - 1 : end], None, plain), want), f"step {end} differs"
     assert torch.equal(model.generate(tokens[:, :4], 6, eos_token_id=[]),
                        model.generate(tokens[:, :4], 6, eos_token_id=[], use_cache=False))
+
+
+def _unseen_config(name: str) -> object:
+    import transformers as T
+
+    base = dict(hidden_size=36, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, head_dim=10,
+                intermediate_size=29, vocab_size=97, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                pad_token_id=0)
+    return {
+        # windows on the later layers only, much shorter than the prompt + generated length
+        "qwen2_windows_from_layer_1": lambda: T.Qwen2Config(**base, use_sliding_window=True, sliding_window=3,
+                                                            max_window_layers=1),
+        "neox_quarter_rotary_untied": lambda: T.GPTNeoXConfig(
+            hidden_size=40, num_hidden_layers=2, num_attention_heads=5, intermediate_size=23, vocab_size=97,
+            rotary_pct=0.25, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
+        "gemma2_no_softcaps": lambda: T.Gemma2Config(**{**base, "head_dim": 8}, sliding_window=5,
+                                                     attn_logit_softcapping=None, final_logit_softcapping=None),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["qwen2_windows_from_layer_1", "neox_quarter_rotary_untied", "gemma2_no_softcaps"])
+def test_left_padded_greedy_and_beams_on_other_configs_equal_hf(name: str, lean_calls: list[int]) -> None:
+    import transformers as T
+
+    from tests.helpers import redraw_parameters
+
+    torch.manual_seed(0)
+    hf = T.AutoModelForCausalLM.from_config(_unseen_config(name), attn_implementation="eager")
+    redraw_parameters(hf, norm_center=0.0 if name.startswith("gemma") else 1.0).eval()
+    model = hookscope.load(hf)
+    tokens = random_tokens(3, 8, seed=5) % 97
+    mask = torch.ones_like(tokens)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    tokens = tokens.masked_fill(mask == 0, 0)
+    out = model.generate(tokens, 14, attention_mask=mask, eos_token_id=[])
+    assert lean_calls == [3] * 13
+    assert torch.equal(out, _hf_generate(hf, tokens, 14, attention_mask=mask, pad_token_id=0))
+    beams = model.generate(tokens, 6, attention_mask=mask, eos_token_id=[], num_beams=3)
+    assert torch.equal(beams, _hf_generate(hf, tokens, 6, attention_mask=mask, pad_token_id=0, num_beams=3))
