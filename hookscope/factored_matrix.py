@@ -166,6 +166,12 @@ class FactoredMatrix:
         return self._svd[2]
 
     @property
+    def V(self) -> torch.Tensor:
+        """The right singular vectors as columns ``[..., rdim, k]``: the same tensor as :attr:`Vh` (TransformerLens
+        3's name for it; ``M == U @ diag(S) @ V.T``)."""
+        return self._svd[2]
+
+    @property
     def eigenvalues(self) -> torch.Tensor:  # [..., mdim], complex
         """Eigenvalues of ``AB``, from ``BA`` (same non-zero spectrum: if ``BAv = kv`` then ``AB(Av) = k Av``)."""
         ba = self.BA

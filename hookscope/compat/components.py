@@ -11,7 +11,6 @@ bidirectional in a ``HookedEncoder``, rotary positions from the model's own tabl
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -37,15 +36,16 @@ class PosEmbed(_NativePosEmbed):
     Without a mask, the positions are ``past_kv_pos_offset ... past_kv_pos_offset + pos - 1`` for every row.
     With a mask ``[batch, past_kv_pos_offset + pos]`` (a KV cache's mask covers the cached positions too),
     each row counts from its own first attended token, and padded positions get zeros, as TL's left padding.
-    The native decoder calls it with position ids and ``validate=`` (hookscope's signature).
+    hookscope's own call, ``pos_embed(positions, validate)`` (a bool second argument, or ``validate=``), still
+    looks position ids up.
     """
 
     def forward(  # type: ignore[override]
         self, tokens: torch.Tensor, past_kv_pos_offset: int = 0, attention_mask: torch.Tensor | None = None,
         *, validate: bool | None = None,
     ) -> torch.Tensor:
-        if validate is not None:  # hookscope's call: ``tokens`` are position ids
-            return super().forward(tokens, validate)
+        if validate is not None or isinstance(past_kv_pos_offset, bool):  # hookscope's (positions, validate)
+            return super().forward(tokens, past_kv_pos_offset if validate is None else validate)
         if tokens.ndim == 1:
             tokens = tokens[None]
         batch, n_pos = tokens.shape
@@ -82,7 +82,7 @@ class _TLCall:
             raise ValueError(f"the attention mask covers {key_valid.shape[-1]} positions, the input {n_pos}; a "
                              "standalone call has no cached positions (run the model with past_kv_cache= for them)")
         mask = AttentionMask(key_valid, torch.arange(n_pos, device=x.device), n_pos, causal=self._tl_causal)
-        owner = self._tl_owner() if self._tl_owner is not None else None
+        owner = self._tl_owner
         rotary = None
         if owner is not None and getattr(owner, "inv_freq", None) is not None:
             positions = (positions_from_mask(key_valid.long()) if key_valid is not None
@@ -167,12 +167,14 @@ _TL_CLASSES: dict[type, type] = {SequentialBlock: TransformerBlock, ParallelBloc
 def use_tl_signatures(model: nn.Module, causal: bool = True) -> None:
     """Give a compat model's position embedding, blocks and attention TL's call signatures as well (the modules
     keep their parameters and hook points; the model's own calls keep hookscope's signatures)."""
-    owner = weakref.ref(model)
     for block in getattr(model, "blocks", ()):
         for module in (block, getattr(block, "attn", None)):
             if module is not None and type(module) in _TL_CLASSES:
                 module.__class__ = _TL_CLASSES[type(module)]
-                module._tl_owner, module._tl_causal = owner, causal
+                # the model itself (for its rotary tables), not registered as a submodule; a deep copy of the
+                # model then points its copied blocks at the copy
+                object.__setattr__(module, "_tl_owner", model)
+                module._tl_causal = causal
                 module._tl_window = getattr(block, "window", None)
     pos_embed = getattr(model, "pos_embed", None)
     if type(pos_embed) is _NativePosEmbed:

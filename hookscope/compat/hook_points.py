@@ -27,6 +27,34 @@ class HookedRootModule(HookedModule):
         """Name every hook point after its module path (TL's spelling of :meth:`setup_hooks`)."""
         self.setup_hooks()
 
+    @property
+    def context_level(self) -> int:
+        """The context level hooks added now get: the nesting depth of ``hooks()`` blocks, or the value TL code
+        set on this module (TL keeps it as a plain attribute)."""
+        return self.__dict__.get("_tl_context_level", type(self)._context_level)
+
+    @context_level.setter
+    def context_level(self, level: int) -> None:
+        self.__dict__["_tl_context_level"] = level
+
+    def _enable_hook(self, name: str | Callable[[str], bool], hook: Callable,
+                     dir: Literal["fwd", "bwd"] = "fwd") -> None:
+        """TL's internal step of ``hooks()``: attach ``hook`` at :attr:`context_level` to the point named
+        ``name``, or to every point of ``hook_dict`` whose name ``name(point_name)`` accepts."""
+        if isinstance(name, str):
+            self._enable_hook_with_name(name, hook, dir)
+        else:
+            self._enable_hooks_for_points(self.hook_dict.items(), name, hook, dir)
+
+    def _enable_hook_with_name(self, name: str, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
+        self.mod_dict[name].add_hook(hook, dir=dir, level=self.context_level)
+
+    def _enable_hooks_for_points(self, hook_points: Any, enabled: Callable[[str], bool], hook: Callable,
+                                 dir: Literal["fwd", "bwd"]) -> None:
+        for name, point in hook_points:
+            if enabled(name):
+                point.add_hook(hook, dir=dir, level=self.context_level)
+
     def remove_all_hook_fns(
         self, direction: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False,
         level: int | None = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig  # a module attribute, as in TL (TL code patches it in tests)
 
 from hookscope.compat.config import HookedTransformerConfig
 from hookscope.compat.pretrained import _LOOKUP, OFFICIAL_NAMES, _resolve_source, get_official_model_name
@@ -30,8 +31,6 @@ _HF_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 def _hf_config(source: str, hf_cfg: dict | None, kwargs: dict[str, Any]) -> Any:
     """The transformers config: built from ``hf_cfg`` (a model's ``config.to_dict()``) when given, else read
     from the folder / hub id (transformers' cache; no remote code)."""
-    from transformers import AutoConfig
-
     if kwargs.get("trust_remote_code"):
         raise ValueError("trust_remote_code is not supported: hookscope runs only its own native code")
     if hf_cfg is not None:

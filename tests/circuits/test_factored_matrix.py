@@ -30,6 +30,7 @@ def test_svd_reconstructs_the_dense_product_with_tl_vh_convention() -> None:
     eye = torch.eye(3, dtype=torch.float64).expand(2, 4, 3, 3)
     torch.testing.assert_close(u.transpose(-2, -1) @ u, eye, **EXACT)
     torch.testing.assert_close(vh.transpose(-2, -1) @ vh, eye, **EXACT)
+    assert m.V is m.Vh  # TransformerLens 3's name for the right singular vectors
 
 
 def test_norm_and_eigenvalues_equal_dense_ones() -> None:

@@ -23,6 +23,9 @@ def test_pos_embed_without_mask_counts_from_the_offset() -> None:
     W_pos = model.pos_embed.W_pos
     assert torch.equal(model.pos_embed(tokens), W_pos[:4].expand(2, -1, -1))
     assert torch.equal(model.pos_embed(tokens, 3), W_pos[3:7].expand(2, -1, -1))
+    positions = torch.tensor([[4, 2]])  # hookscope's call, positional or by keyword: a look-up of these rows
+    assert torch.equal(model.pos_embed(positions, False), W_pos[[4, 2]][None])
+    assert torch.equal(model.pos_embed(positions, validate=True), W_pos[[4, 2]][None])
 
 
 def test_pos_embed_with_left_padding_counts_from_each_rows_first_token_and_zeroes_padding() -> None:
@@ -207,3 +210,18 @@ def test_standalone_calls_refuse_cache_entries_and_mismatched_masks() -> None:
         model.blocks[0](x, past_kv_cache_entry=object())
     with pytest.raises(ValueError, match="covers 6 positions"):
         model.blocks[0].attn(x, x, x, attention_mask=torch.ones(1, 6))
+
+
+def test_a_deep_copy_calls_its_own_rotary_tables_after_the_original_is_gone() -> None:
+    import copy
+    import gc
+
+    _, model = hf_and_compat("llama")
+    clone = copy.deepcopy(model)
+    del model
+    gc.collect()
+    tokens = torch.randint(4, 60, (1, 5))
+    with torch.no_grad():
+        _, cache = clone.run_with_cache(tokens)
+        torch.testing.assert_close(clone.blocks[1](cache["resid_pre", 1]), cache["resid_post", 1])
+    assert len(clone.state_dict()) == len(copy.deepcopy(clone).state_dict())  # the model is no submodule of its blocks

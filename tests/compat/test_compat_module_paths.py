@@ -74,3 +74,38 @@ def test_has_hooks_filters_by_direction_permanence_and_level(query: dict, expect
 def test_has_hooks_refuses_an_unknown_direction() -> None:
     with pytest.raises(ValueError, match="dir must be"):
         HookPoint().has_hooks(dir="sideways")
+
+
+def test_loading_reads_hf_configs_through_its_module_level_autoconfig(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TL code patches ``loading_from_pretrained.AutoConfig.from_pretrained``; the config then comes from it."""
+    import transformers
+
+    from hookscope.compat import loading_from_pretrained as loading
+
+    config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, vocab_size=100)
+    monkeypatch.setattr(loading.AutoConfig, "from_pretrained", lambda *a, **k: config)
+    cfg = loading.get_pretrained_model_config("gpt2")
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_ctx, cfg.d_vocab) == (32, 3, 4, 64, 100)
+
+
+def test_enable_hook_attaches_at_the_context_level_by_name_or_filter() -> None:
+    """TL's internal ``_enable_hook`` (what its ``hooks()`` uses): by name, or every point a filter accepts."""
+    from hookscope.compat.hook_points import HookedRootModule
+
+    class Tiny(HookedRootModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hook_a, self.hook_b = HookPoint(), HookPoint()
+            self.setup()
+
+    model = Tiny()
+    assert model.context_level == 0
+    with model.hooks():
+        assert model.context_level == 1  # inside a hooks() block: its depth
+    model.context_level = 3
+    model._enable_hook("hook_a", _noop, dir="fwd")
+    model._enable_hook(lambda name: name.endswith("b"), _noop, dir="bwd")
+    attached = [(h.level, d) for d, hs in (("fwd", model.hook_a.fwd_hooks), ("bwd", model.hook_a.bwd_hooks))
+                for h in hs]
+    assert attached == [(3, "fwd")]
+    assert model.hook_b.has_hooks(dir="bwd", level=3) and not model.hook_b.has_hooks(dir="fwd")
