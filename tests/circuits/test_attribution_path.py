@@ -232,3 +232,25 @@ def test_attribution_restores_parameter_flags_when_the_metric_raises() -> None:
     with pytest.raises(ZeroDivisionError, match="user bug"):
         attribution_patch(model, tokens, tokens, broken, activations=("resid_pre",))
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])  # hook_q / hook_k sit on the q/k projections, split into heads
+def test_attribution_on_a_wrapped_rotary_model_equals_the_native_models(family: str) -> None:
+    """A wrapped model's per-head q/k hooks show the projection as a view split into heads: the tensor a
+    hook keeps must be the one the forward goes on with, or its gradient (and its score) is silently 0."""
+    from tests.bridge import models as bridge_models
+
+    hf = bridge_models.decoder(family, dtype=torch.float64)
+    native, wrapped = hookscope.load(hf, dtype=torch.float64), hookscope.wrap(hf)
+    clean, corrupted = bridge_models.tokens(seed=1), bridge_models.tokens(seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits.log_softmax(-1)[:, -1, 3].sum() - logits[:, 2, 9].mean()
+
+    kinds = ("q", "k", "v", "z", "resid_pre")
+    want = attribution_patch(native, clean, corrupted, metric, kinds)
+    got = attribution_patch(wrapped, clean, corrupted, metric, kinds)
+    assert sorted(got.scores) == sorted(want.scores)
+    for name, score in want.scores.items():
+        torch.testing.assert_close(got.scores[name], score, **EXACT)
+    assert float(want.scores["blocks.1.attn.hook_q"].abs().max()) > 1e-4
