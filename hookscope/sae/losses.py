@@ -31,13 +31,24 @@ def sae_loss(
     a standard SAE once few enough latents fire (see :func:`_topk_forward`, :func:`_relu_forward`).
     """
     arch = sae.cfg.architecture
-    fwd = _topk_forward(sae, x) if arch == "topk" else _relu_forward(sae, x) if arch == "standard" else None
+    sparse_ok = x.dtype in (torch.float32, torch.float64)  # what torch's sparse kernels take
+    fwd = None
+    if sparse_ok and arch == "topk":
+        fwd = _topk_forward(sae, x)
+    elif sparse_ok and arch == "standard":
+        fwd = _relu_forward(sae, x)
     if fwd is not None:
         pre, acts, recons, act_sums = fwd.pre, fwd.dense, fwd.recons, fwd.sums
     else:
         pre = x @ sae.W_enc + _encoder_bias(sae)  # [batch, d_sae]
-        acts = sae.activation(pre)
-        recons = acts @ sae.W_dec + sae.b_dec
+        if arch == "topk":  # ranked by decoder norms, decoded along unit rows (see _topk_forward)
+            norms = sae.W_dec.norm(dim=-1)
+            pre = pre * norms
+            acts = sae.activation(pre)
+            recons = (acts / norms) @ sae.W_dec + sae.b_dec
+        else:
+            acts = sae.activation(pre)
+            recons = acts @ sae.W_dec + sae.b_dec
         act_sums = acts.sum(0)
     residual = x - recons
     mse = residual.pow(2).sum(-1).mean()

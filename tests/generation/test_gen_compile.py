@@ -145,7 +145,9 @@ def test_fixed_shape_step_is_chosen_only_on_cuda() -> None:
     assert compiled.compiled_step(hookscope.load(random_hf_model("llama"))).kind == "lean"  # a CPU model
 
 
-@pytest.mark.parametrize("name", ["mistral", "gpt2"])  # a sliding window over the whole buffer; learned positions
+@pytest.mark.parametrize(  # a sliding window over the whole buffer; learned positions (slow run)
+    "name", ["mistral", pytest.param("gpt2", marks=pytest.mark.slow)]
+)
 def test_fixed_shape_step_equals_hf_and_compiles_once_for_every_step(
     name: str, compilations: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

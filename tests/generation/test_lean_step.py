@@ -27,7 +27,7 @@ def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("name", ARCHS)
 def test_lean_step_logits_and_cache_are_bitwise_the_forwards(name: str, dtype: torch.dtype) -> None:
     model = hookscope.load(random_hf_model(name)).to(dtype)
@@ -49,6 +49,57 @@ def test_lean_step_logits_and_cache_are_bitwise_the_forwards(name: str, dtype: t
                 assert torch.equal(got, want), f"{name} {dtype}: step {end} differs"
         assert torch.equal(plain.keys, hooked.keys) and torch.equal(plain.values, hooked.values)
         assert plain.length == hooked.length == 11
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
+def test_lean_step_after_process_weights_is_bitwise_the_forward(name: str) -> None:
+    """Folded norms become LayerNormPre / RMSNormPre, which the lean step runs as the forward does."""
+    model = hookscope.load(random_hf_model(name)).process_weights()
+    step = lean.lean_step(model)
+    assert step is not None
+    tokens = random_tokens(2, 8)
+    hooked, plain = KVCache.for_model(model, 2, 8), KVCache.for_model(model, 2, 8)
+    with torch.no_grad():
+        for cache in (hooked, plain):
+            model(tokens[:, :7], kv_cache=cache, logits_to_keep=1)
+        want = model(tokens[:, 7:], kv_cache=hooked, logits_to_keep=1)
+        assert torch.equal(step(tokens[:, 7:], None, plain), want)
+
+
+FROM_SCRATCH = {
+    "solu": dict(act_fn="solu", mlp_norm="layernorm"),
+    "attn_only_rotary": dict(attn_only=True, d_mlp=0, positional="rotary", norm="rmsnorm"),
+    "weightless_norms": dict(norm="layernorm_pre", final_norm="rmsnorm_pre", act_fn="gelu", mlp_bias=True),
+    "parallel_no_norm": dict(parallel_attn_mlp=True, norm="none", positional="rotary", rotary_dim=4),
+}
+
+
+@pytest.mark.parametrize("variant", FROM_SCRATCH)
+def test_lean_step_is_bitwise_the_forward_on_from_scratch_variants(variant: str) -> None:
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    kwargs = {"d_model": 24, "n_layers": 2, "n_heads": 3, "d_head": 8, "d_mlp": 36, "d_vocab": 50, "n_ctx": 32}
+    model = Decoder.from_config(DecoderConfig(**{**kwargs, **FROM_SCRATCH[variant]}), seed=1, init_range=0.3)
+    step = lean.lean_step(model)
+    assert step is not None
+    tokens = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    hooked, plain = KVCache.for_model(model, 2, 7), KVCache.for_model(model, 2, 7)
+    with torch.no_grad():
+        for cache in (hooked, plain):
+            model(tokens[:, :5], kv_cache=cache, logits_to_keep=1)
+        for end in (6, 7):
+            want = model(tokens[:, end - 1 : end], kv_cache=hooked, logits_to_keep=1)
+            assert torch.equal(step(tokens[:, end - 1 : end], None, plain), want)
+
+
+def test_shortformer_positions_have_no_lean_step() -> None:
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    cfg = DecoderConfig(d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
+                        positional="shortformer")
+    assert lean.lean_step(Decoder.from_config(cfg)) is None
 
 
 def _hf_generate(hf: nn.Module, tokens: torch.Tensor, new: int, **kwargs: object) -> torch.Tensor:
@@ -76,6 +127,9 @@ def test_hooks_attached_before_generation_fire_on_every_step(lean_calls: list[in
     with model.hooks([("blocks.2.attn.hook_v", lambda t, hook: seen.append(t.shape[1]))]):
         out = model.generate(tokens, 8, eos_token_id=[])
     assert seen == [5] + [1] * 7 and not lean_calls  # the prompt, then one position a step
+    model.add_hook("blocks.0.hook_resid_post", lambda grad, hook: None, dir="bwd")
+    assert not lean.lean_step(model).usable()  # a backward hook keeps the hooked forward too
+    model.reset_hooks()
     assert torch.equal(out, _hf_generate(hf, tokens, 8))
     assert torch.equal(model.generate(tokens, 8, eos_token_id=[]), out) and lean_calls == [2] * 7
 
@@ -137,6 +191,11 @@ def test_a_swapped_module_falls_back_to_the_forward(lean_calls: list[int]) -> No
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return 2 * self.inner(x)
 
+    assert lean.lean_step(model) is not None
+    original = model.blocks[1].ln2.forward
+    model.blocks[1].ln2.forward = lambda x: original(x) * 0.5  # patched on the instance
+    assert lean.lean_step(model) is None
+    del model.blocks[1].ln2.forward
     model.blocks[0].mlp = Doubled(model.blocks[0].mlp)
     assert lean.lean_step(model) is None
     tokens = random_tokens(1, 5)
@@ -208,3 +267,15 @@ def test_left_padded_greedy_and_beams_on_other_configs_equal_hf(name: str, lean_
     assert torch.equal(out, _hf_generate(hf, tokens, 14, attention_mask=mask, pad_token_id=0))
     beams = model.generate(tokens, 6, attention_mask=mask, eos_token_id=[], num_beams=3)
     assert torch.equal(beams, _hf_generate(hf, tokens, 6, attention_mask=mask, pad_token_id=0, num_beams=3))
+
+
+def test_generation_keeps_no_reference_to_the_model() -> None:
+    import gc
+    import weakref
+
+    model = hookscope.load(random_hf_model("gpt2"))
+    model.generate(random_tokens(1, 4), 3, eos_token_id=[])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

