@@ -247,9 +247,8 @@ def test_attribution_on_a_wrapped_rotary_model_equals_the_native_models(family: 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return logits.log_softmax(-1)[:, -1, 3].sum() - logits[:, 2, 9].mean()
 
-    kinds = ("q", "k", "v", "z", "resid_pre")
-    want = attribution_patch(native, clean, corrupted, metric, kinds)
-    got = attribution_patch(wrapped, clean, corrupted, metric, kinds)
+    want = attribution_patch(native, clean, corrupted, metric)  # every default activation: resid_mid is
+    got = attribution_patch(wrapped, clean, corrupted, metric)  # observe-only there (the norm's input)
     assert sorted(got.scores) == sorted(want.scores)
     for name, score in want.scores.items():
         torch.testing.assert_close(got.scores[name], score, **EXACT)
