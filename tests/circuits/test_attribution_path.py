@@ -253,6 +253,11 @@ def test_attribution_on_a_wrapped_rotary_model_equals_the_native_models(family: 
     for name, score in want.scores.items():
         torch.testing.assert_close(got.scores[name], score, **EXACT)
     assert float(want.scores["blocks.1.attn.hook_q"].abs().max()) > 1e-4
+    # an observe-only point as the first hooked activation: the graph must start there, not be refused
+    only = attribution_patch(wrapped, clean, corrupted, metric, ("resid_mid",))
+    for name, score in only.scores.items():
+        torch.testing.assert_close(score, want.scores[name], **EXACT)
+    assert float(only.scores["blocks.1.hook_resid_mid"].abs().max()) > 1e-4
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])  # LayerNorm and RMSNorm scales
