@@ -146,8 +146,18 @@ def _corrupted_run(model: Any, inputs: Any, metric: Callable, names: list[str], 
     acts: dict[str, torch.Tensor] = {}
 
     def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        # no parameter requires grad: the graph starts at the first hooked activation, made a leaf here
-        act = act if act.requires_grad else act.detach().requires_grad_(True)
+        # no parameter requires grad: the graph starts at the first hooked activation, made a leaf here.
+        # Later ones get a new view: a module that computes an activation beside its fused kernel (a norm's
+        # hook_scale) goes on with what the hook returns only when it is not the object it passed in, so
+        # handing ``act`` itself back would leave the kept tensor off the graph (its score silently 0).
+        # An observe-only point of a wrapped model refuses any other tensor: the module goes on with ``act``
+        # itself, made to require grad in place (it has no graph behind it: no parameter requires grad).
+        if getattr(hook, "readonly_reason", None) is not None:
+            act = act if act.requires_grad else act.requires_grad_(True)
+        elif not act.requires_grad:
+            act = act.detach().requires_grad_(True)
+        else:
+            act = act.view_as(act)
         acts[hook.name] = act
         return act
 

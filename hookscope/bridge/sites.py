@@ -189,8 +189,10 @@ class Site:
             return None
         if self.kind == "heads":
             # [..., n_heads * d_head] -> [..., n_heads, d_head] for the hooks, and back.
+            # Always put the hooks' tensor back, even unchanged: ``split`` is a view the module does not
+            # use, so a hook that keeps it (to differentiate w.r.t. it, as attribution patching does) must
+            # see the tensor the rest of the forward reads, or its gradient is silently None.
             split = main.unflatten(-1, (-1, self.d_head))
-            new = run_points(self.points, split)
-            return None if new is split else put_back(new.flatten(-2))
+            return put_back(run_points(self.points, split).flatten(-2))
         new = run_points(self.points, main)
         return None if new is main else put_back(new)

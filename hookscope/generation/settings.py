@@ -193,6 +193,13 @@ def _token_list(seq: Any) -> list[int]:
 
 def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
     n_ctx = model.cfg.n_ctx
+    d_vocab, d_vocab_out = getattr(model.cfg, "d_vocab", None), getattr(model.cfg, "d_vocab_out", None)
+    if isinstance(d_vocab, int) and isinstance(d_vocab_out, int) and d_vocab_out > d_vocab:
+        raise ValueError(
+            f"generate feeds each predicted id back as the next input token, but this model predicts "
+            f"{d_vocab_out} ids and embeds only {d_vocab} (d_vocab_out > d_vocab): ids from {d_vocab} up "
+            f"cannot be fed back; run the forward yourself and map the predictions to input tokens"
+        )
     if prompt_len + max_new_tokens > n_ctx:
         raise ValueError(
             f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "

@@ -232,3 +232,56 @@ def test_attribution_restores_parameter_flags_when_the_metric_raises() -> None:
     with pytest.raises(ZeroDivisionError, match="user bug"):
         attribution_patch(model, tokens, tokens, broken, activations=("resid_pre",))
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])  # hook_q / hook_k sit on the q/k projections, split into heads
+def test_attribution_on_a_wrapped_rotary_model_equals_the_native_models(family: str) -> None:
+    """A wrapped model's per-head q/k hooks show the projection as a view split into heads: the tensor a
+    hook keeps must be the one the forward goes on with, or its gradient (and its score) is silently 0."""
+    from tests.bridge import models as bridge_models
+
+    hf = bridge_models.decoder(family, dtype=torch.float64)
+    native, wrapped = hookscope.load(hf, dtype=torch.float64), hookscope.wrap(hf)
+    clean, corrupted = bridge_models.tokens(seed=1), bridge_models.tokens(seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits.log_softmax(-1)[:, -1, 3].sum() - logits[:, 2, 9].mean()
+
+    want = attribution_patch(native, clean, corrupted, metric)  # every default activation: resid_mid is
+    got = attribution_patch(wrapped, clean, corrupted, metric)  # observe-only there (the norm's input)
+    assert sorted(got.scores) == sorted(want.scores)
+    for name, score in want.scores.items():
+        torch.testing.assert_close(got.scores[name], score, **EXACT)
+    assert float(want.scores["blocks.1.attn.hook_q"].abs().max()) > 1e-4
+    # an observe-only point as the first hooked activation: the graph must start there, not be refused
+    only = attribution_patch(wrapped, clean, corrupted, metric, ("resid_mid",))
+    for name, score in only.scores.items():
+        torch.testing.assert_close(score, want.scores[name], **EXACT)
+    assert float(only.scores["blocks.1.hook_resid_mid"].abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # LayerNorm and RMSNorm scales
+def test_attribution_scores_norm_scales_like_one_leaf_per_hook(family: str) -> None:
+    """A norm computes ``hook_scale`` beside its fused kernel and uses it only when a hook hands back another
+    tensor: with the residual stream hooked before it, the scale must still be on the graph (it scored 0)."""
+    model = hookscope.load(random_hf_model(family, torch.float64), dtype=torch.float64)
+    clean, corrupted = random_tokens(2, 6, seed=1), random_tokens(2, 6, seed=2)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits.log_softmax(-1)[:, -1, 3].sum()
+
+    scales = ["blocks.1.ln1.hook_scale", "blocks.2.ln2.hook_scale", "ln_final.hook_scale"]
+    got = attribution_patch(model, clean, corrupted, metric, names_filter=["blocks.0.hook_resid_pre", *scales])
+    _, cache = model.run_with_cache(clean, names_filter=scales)
+    for name in scales:  # the textbook computation: this one activation a leaf, one forward, one backward
+        leaf: list[torch.Tensor] = []
+
+        def swap(act: torch.Tensor, hook: object, leaf: list[torch.Tensor] = leaf) -> torch.Tensor:
+            leaf.append(act.detach().clone().requires_grad_(True))
+            return leaf[0]
+
+        with model.hooks([(name, swap)]):
+            (grad,) = torch.autograd.grad(metric(model(corrupted)), leaf)
+        want = ((cache[name] - leaf[0].detach()) * grad).sum(0)
+        assert float(want.abs().max()) > 1e-5
+        torch.testing.assert_close(got.scores[name], want, atol=1e-10, rtol=1e-10 if family == "gpt2" else 1e-6)

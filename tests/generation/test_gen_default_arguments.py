@@ -99,3 +99,19 @@ def test_default_eos_adds_the_tokenizer_eos_to_the_config_ones() -> None:
     with torch.no_grad():
         ref = hf.generate(tokens, max_new_tokens=NEW, do_sample=False, eos_token_id=eos)
     assert torch.equal(model.generate(tokens, NEW), ref)
+
+
+def test_generate_refuses_a_model_that_predicts_ids_it_cannot_embed() -> None:
+    """d_vocab_out > d_vocab (TransformerLens allows it): a generated id past d_vocab cannot be the next
+    input, so generate says so up front instead of failing inside the embedding at some step."""
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    wide = Decoder.from_config(DecoderConfig(d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=8, d_vocab=10,
+                                             n_ctx=30, d_vocab_out=40), init_range=1.0)
+    with pytest.raises(ValueError, match="d_vocab_out > d_vocab"):
+        wide.generate(torch.tensor([[1, 2, 3]]), 5, eos_token_id=[])
+    narrow = Decoder.from_config(DecoderConfig(d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=8, d_vocab=10,
+                                               n_ctx=30, d_vocab_out=7), init_range=1.0)
+    out = narrow.generate(torch.tensor([[1, 2, 3]]), 5, eos_token_id=[])
+    assert out.shape == (1, 8) and int(out[:, 3:].max()) < 7

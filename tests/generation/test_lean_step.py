@@ -206,6 +206,69 @@ def test_a_swapped_module_falls_back_to_the_forward(lean_calls: list[int]) -> No
     assert torch.equal(full, out[:, 5:])
 
 
+@pytest.mark.parametrize("mlp_norm", ["layernorm", "rmsnorm", "layernorm_pre"])
+def test_lean_step_applies_the_solu_mlp_norm_of_a_from_config_model(mlp_norm: str) -> None:
+    """TransformerLens SoLU MLPs normalise their activations before W_out: the lean step must too."""
+    from hookscope.models.decoder import Decoder
+    from hookscope.models.decoder_config import DecoderConfig
+
+    cfg = DecoderConfig(d_model=24, n_layers=2, n_heads=3, d_head=8, d_mlp=19, d_vocab=53, n_ctx=32,
+                        act_fn="solu", mlp_norm=mlp_norm)
+    model = Decoder.from_config(cfg, seed=1, init_range=0.3).eval()
+    step = lean.lean_step(model)
+    assert step is not None
+    tokens = random_tokens(2, 9)[:, :9] % 53
+    hooked, plain = KVCache.for_model(model, 2, 9), KVCache.for_model(model, 2, 9)
+    with torch.no_grad():
+        for cache in (hooked, plain):
+            model(tokens[:, :5], kv_cache=cache, logits_to_keep=1)
+        for end in range(6, 10):
+            want = model(tokens[:, end - 1 : end], kv_cache=hooked, logits_to_keep=1)
+            assert torch.equal(step(tokens[:, end - 1 : end], None, plain), want), f"step {end} differs"
+    assert torch.equal(model.generate(tokens[:, :4], 6, eos_token_id=[]),
+                       model.generate(tokens[:, :4], 6, eos_token_id=[], use_cache=False))
+
+
+def _unseen_config(name: str) -> object:
+    import transformers as T
+
+    base = dict(hidden_size=36, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, head_dim=10,
+                intermediate_size=29, vocab_size=97, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                pad_token_id=0)
+    return {
+        # windows on the later layers only, much shorter than the prompt + generated length
+        "qwen2_windows_from_layer_1": lambda: T.Qwen2Config(**base, use_sliding_window=True, sliding_window=3,
+                                                            max_window_layers=1),
+        "neox_quarter_rotary_untied": lambda: T.GPTNeoXConfig(
+            hidden_size=40, num_hidden_layers=2, num_attention_heads=5, intermediate_size=23, vocab_size=97,
+            rotary_pct=0.25, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
+        "gemma2_no_softcaps": lambda: T.Gemma2Config(**{**base, "head_dim": 8}, sliding_window=5,
+                                                     attn_logit_softcapping=None, final_logit_softcapping=None),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["qwen2_windows_from_layer_1", "neox_quarter_rotary_untied", "gemma2_no_softcaps"])
+def test_left_padded_greedy_and_beams_on_other_configs_equal_hf(name: str, lean_calls: list[int]) -> None:
+    import transformers as T
+
+    from tests.helpers import redraw_parameters
+
+    torch.manual_seed(0)
+    hf = T.AutoModelForCausalLM.from_config(_unseen_config(name), attn_implementation="eager")
+    redraw_parameters(hf, norm_center=0.0 if name.startswith("gemma") else 1.0).eval()
+    model = hookscope.load(hf)
+    tokens = random_tokens(3, 8, seed=5) % 97
+    mask = torch.ones_like(tokens)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    tokens = tokens.masked_fill(mask == 0, 0)
+    out = model.generate(tokens, 14, attention_mask=mask, eos_token_id=[])
+    assert lean_calls == [3] * 13
+    assert torch.equal(out, _hf_generate(hf, tokens, 14, attention_mask=mask, pad_token_id=0))
+    beams = model.generate(tokens, 6, attention_mask=mask, eos_token_id=[], num_beams=3)
+    assert torch.equal(beams, _hf_generate(hf, tokens, 6, attention_mask=mask, pad_token_id=0, num_beams=3))
+
+
 def test_generation_keeps_no_reference_to_the_model() -> None:
     import gc
     import weakref
