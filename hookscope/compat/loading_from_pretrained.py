@@ -25,6 +25,7 @@ from hookscope.compat.pretrained import (  # noqa: F401  (TL's names, re-exporte
     PYTHIA_V0_CHECKPOINTS,
     STANFORD_CRFM_CHECKPOINTS,
     _resolve_source,
+    checkpoint_revision,
     get_checkpoint_labels,
     get_official_model_name,
 )
@@ -61,8 +62,8 @@ def get_pretrained_model_config(
     """TL's ``get_pretrained_model_config``: the ``HookedTransformerConfig`` of a TL name / alias, hub id or
     local folder, from its HF config only. ``fold_ln`` reports the folded norm (``LNPre`` / ``RMSPre``) as
     TL does; ``first_n_layers`` / ``n_ctx`` override the depth / context length."""
-    if checkpoint_index is not None or checkpoint_value is not None:
-        raise NotImplementedError("training checkpoints: read the checkpoint's hub revision with revision=")
+    if checkpoint_index is not None or checkpoint_value is not None:  # the config as of that checkpoint
+        kwargs = {**kwargs, "revision": checkpoint_revision(model_name, checkpoint_index, checkpoint_value)}
     if n_devices != 1:
         raise NotImplementedError("n_devices > 1: use hookscope.load(..., device_map='auto')")
     if Path(model_name).exists() or (hf_cfg is not None and model_name.lower() not in _LOOKUP):

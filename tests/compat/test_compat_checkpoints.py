@@ -99,3 +99,18 @@ def test_bad_checkpoints_are_refused(name, index, value, message) -> None:
 def test_checkpoint_with_hf_model_is_refused() -> None:
     with pytest.raises(ValueError, match="pass one or the other"):
         HookedTransformer.from_pretrained("pythia-70m", hf_model=random_hf_model("neox"), checkpoint_index=2)
+
+
+def test_pretrained_config_of_a_checkpoint_reads_that_revision(monkeypatch) -> None:
+    from hookscope.compat import loading_from_pretrained as lfp
+
+    asked = []
+
+    def config_at(source, trust_remote_code=False, **options):
+        asked.append((source, options.get("revision")))
+        return random_hf_model("neox").config
+
+    monkeypatch.setattr(lfp.AutoConfig, "from_pretrained", config_at)
+    cfg = lfp.get_pretrained_model_config("pythia-70m", checkpoint_value=512)
+    assert asked == [("EleutherAI/pythia-70m", "step512")]
+    assert cfg.n_layers == random_hf_model("neox").config.num_hidden_layers
