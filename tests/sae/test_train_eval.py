@@ -257,6 +257,13 @@ def test_resuming_with_other_settings_or_resume_off(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"other settings \(\['lr'\]\)"):
         train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
                                             checkpoint_dir=str(tmp_path), lr=1e-3))
+    with pytest.raises(ValueError, match=r"other settings \(\['max_grad_norm'\]\)"):
+        train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
+                                            checkpoint_dir=str(tmp_path), max_grad_norm=None))
+    # the decoder bias's start is overwritten by the checkpoint: changing it resumes the same run
+    resumed = train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
+                                                  checkpoint_dir=str(tmp_path), b_dec_init="zeros"))
+    _assert_same_sae(first, resumed)
     # resume=False trains from scratch (and gives the same SAE: same seed, same data)
     again = train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
                                                 checkpoint_dir=str(tmp_path), resume=False))
