@@ -9,6 +9,7 @@ rows, sizes, batch, learning rate and steps go to SAELens's own ``SAETrainer`` i
 Without the option the comparison prints "skipped".
 
 Usage: python benchmarks/bench_sae.py [--repeats 5] [--layer 15] [--steps 300] [--saelens-python PATH]
+       [--skip-harvest] [--archs standard]   (one architecture only: the training comparison alone)
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _ours(train: torch.Tensor, args: argparse.Namespace, arch: str) -> tuple[flo
         architecture=arch, d_sae=args.d_sae, k=args.k if arch == "topk" else None, batch_size=args.batch,
         training_tokens=args.batch * args.steps, lr=args.lr, l1_coefficient=args.l1, aux_k_coefficient=1 / 32,
         dead_feature_window=200, normalize_activations="expected_average_only_in", progress=False, seed=0,
-        buffer_size=len(train),
+        buffer_size=len(train), b_dec_init=args.b_dec_init,
     )
     start, cpu = time.perf_counter(), time.process_time()
     sae = train_sae(None, None, train, cfg)
@@ -174,6 +175,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--archs", default="topk,standard", help="comma-separated: topk, standard")
+    p.add_argument("--b-dec-init", default="mean", choices=["mean", "zeros"],
+                   help="hookscope's decoder-bias start (SAELens: zeros)")
     p.add_argument("--saelens-python", default=None, help="a Python with sae-lens installed, for the comparison")
     p.add_argument("--skip-harvest", action="store_true", help="only the SAE training comparison")
     args = p.parse_args()

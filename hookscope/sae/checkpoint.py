@@ -23,7 +23,9 @@ from hookscope.sae.sae import SAE
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 # config fields that may change between a run and its resumption without changing the numbers
-_FREE_FIELDS = frozenset({"progress", "checkpoint_every", "checkpoint_dir", "resume", "log_every", "device"})
+# (b_dec_init: the start is overwritten by the checkpoint's parameters)
+_FREE_FIELDS = frozenset({"progress", "checkpoint_every", "checkpoint_dir", "resume", "log_every", "device",
+                          "b_dec_init"})
 
 
 def checkpoint_folder(root: str | Path, step: int) -> Path:

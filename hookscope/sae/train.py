@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +39,10 @@ class SAETrainingConfig:
         context_size: tokens per packed row when the data is a list of strings.
         lr / lr_warmup_steps / lr_decay_steps / lr_end: Adam's learning rate, warmed up linearly from 0,
             decayed linearly to ``lr_end`` over the last ``lr_decay_steps``.
+        max_grad_norm: each step's gradient (all parameters together) is clipped to this norm before Adam's
+            update, as SAELens's trainer always does (at 1.0); None: no clipping.
+        b_dec_init: the decoder bias starts at the mean of the first (scaled) batch ("mean"), or at zero
+            ("zeros", SAELens's start; the mean gives standard SAEs a sparser, better fit).
         l1_coefficient / l1_warmup_steps: standard SAEs (the L1 is weighted by decoder-row norms).
         l0_coefficient: JumpReLU's sparsity penalty (warmed up like the L1).
         aux_k_coefficient / aux_k: TopK / BatchTopK dead-latent revival (``aux_k`` default ``d_in // 2``).
@@ -68,6 +72,8 @@ class SAETrainingConfig:
     lr_decay_steps: int = 0
     lr_end: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    b_dec_init: Literal["mean", "zeros"] = "mean"
     l1_coefficient: float = 5.0
     l1_warmup_steps: int = 0
     l0_coefficient: float = 1e-3
@@ -99,6 +105,10 @@ class SAETrainingConfig:
             raise ValueError(f"training_tokens={self.training_tokens} is less than one batch of {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.b_dec_init not in ("mean", "zeros"):
+            raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {self.b_dec_init!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
 
@@ -248,11 +258,12 @@ def train_sae(
 
 @torch.no_grad()
 def _initialise(sae: SAE, first: torch.Tensor, cfg: SAETrainingConfig) -> None:
-    """Activation scale from the first batch (mean norm -> sqrt(d_in)); decoder bias = the scaled mean."""
+    """Activation scale from the first batch (mean norm -> sqrt(d_in)); decoder bias: the scaled mean, or 0."""
     x = first.to(sae.W_enc.dtype)
     if cfg.normalize_activations == "expected_average_only_in":
         sae.norm_scaling_factor.fill_(math.sqrt(x.shape[-1]) / float(x.norm(dim=-1).mean().clamp_min(1e-12)))
-    sae.b_dec.copy_(sae.normalize_input(x)[0].mean(0))
+    if cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(sae.normalize_input(x)[0].mean(0))
     if cfg.architecture in ("batchtopk", "jumprelu"):  # TopK keeps its rows at 0.1 (its norms only rank)
         sae.set_decoder_norm_to_unit_norm()
         sae.W_enc.copy_(sae.W_dec.T)
@@ -302,6 +313,8 @@ class _Trainer:
         loss.backward()
         if self.unit_decoder:
             sae.remove_gradient_parallel_to_decoder_directions()
+        if c.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), c.max_grad_norm)
         self.opt.step()
         with torch.no_grad():
             if self.unit_decoder:

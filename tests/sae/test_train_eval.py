@@ -156,6 +156,10 @@ def test_training_on_a_tensor_of_activations_and_config_errors() -> None:
         train_sae(None, None, torch.zeros(4, 5, 6), _config("topk"))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         SAETrainingConfig(checkpoint_every=5)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        SAETrainingConfig(max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="b_dec_init"):
+        SAETrainingConfig(b_dec_init="median")
     assert SAEConfig(d_in=3, d_sae=4).architecture == "standard"
 
 
@@ -170,6 +174,31 @@ def test_evaluation_can_leave_the_first_position_unspliced(text_model) -> None:
         logits = text_model(patched, start_at_layer=2, tokens=tokens)
     expected = F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]).double(), tokens[:, 2:].reshape(-1))
     assert math.isclose(ev.spliced_loss, float(expected), rel_tol=1e-5)
+
+
+def test_gradient_clipping_bounds_the_update_before_adam() -> None:
+    # one step: Adam moves each weight by about lr whatever the gradient's scale, unless clipping shrinks the
+    # gradient below Adam's eps (1e-8), where the step vanishes; without clipping the weights move by ~lr
+    acts = torch.randn(64, 10) @ torch.randn(10, 10)
+
+    def one_step(**kw) -> SAE:
+        return train_sae(None, None, acts, _config("standard", training_tokens=64, **kw))
+
+    still = one_step(lr=1e-12)
+    clipped, free = one_step(max_grad_norm=1e-14), one_step(max_grad_norm=None)
+    assert (clipped.W_dec - still.W_dec).abs().max() < 3e-3 * 1e-4
+    assert (free.W_dec - still.W_dec).abs().max() > 0.5 * 3e-3
+    assert (one_step(max_grad_norm=1.0).W_dec - still.W_dec).abs().max() > 0.5 * 3e-3
+
+
+def test_the_decoder_bias_starts_at_the_data_mean_or_at_zero() -> None:
+    row = torch.randn(10) + 3.0
+    acts = row + 1e-3 * torch.randn(256, 10)  # whichever rows the first batch holds, their mean is ~row
+    still = {"lr": 1e-12, "training_tokens": 64}
+    mean = train_sae(None, None, acts, _config("standard", **still))
+    zeros = train_sae(None, None, acts, _config("standard", b_dec_init="zeros", **still))
+    torch.testing.assert_close(mean.b_dec, row, atol=1e-3, rtol=0)
+    assert zeros.b_dec.abs().max() < 1e-6
 
 
 def test_checkpoints_are_loadable_saelens_folders(tmp_path) -> None:
@@ -228,6 +257,13 @@ def test_resuming_with_other_settings_or_resume_off(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"other settings \(\['lr'\]\)"):
         train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
                                             checkpoint_dir=str(tmp_path), lr=1e-3))
+    with pytest.raises(ValueError, match=r"other settings \(\['max_grad_norm'\]\)"):
+        train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
+                                            checkpoint_dir=str(tmp_path), max_grad_norm=None))
+    # the decoder bias's start is overwritten by the checkpoint: changing it resumes the same run
+    resumed = train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
+                                                  checkpoint_dir=str(tmp_path), b_dec_init="zeros"))
+    _assert_same_sae(first, resumed)
     # resume=False trains from scratch (and gives the same SAE: same seed, same data)
     again = train_sae(None, None, acts, _config("topk", training_tokens=64 * 4, checkpoint_every=2,
                                                 checkpoint_dir=str(tmp_path), resume=False))
