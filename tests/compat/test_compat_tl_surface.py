@@ -175,7 +175,7 @@ def test_pretrained_model_config_refuses_what_it_cannot_read() -> None:
     with pytest.raises(ConversionError, match="not supported natively"):
         loading.get_pretrained_model_config("bert-tiny", hf_cfg=bert)
     gpt2 = random_hf_model("gpt2").config.to_dict()
-    with pytest.raises(NotImplementedError, match="checkpoint"):
+    with pytest.raises(ValueError, match="no published training checkpoints"):
         loading.get_pretrained_model_config("gpt2", hf_cfg=gpt2, checkpoint_index=3)
     with pytest.raises(ValueError, match="first_n_layers"):
         loading.get_pretrained_model_config("gpt2", hf_cfg=gpt2, first_n_layers=99)
