@@ -75,6 +75,17 @@ def _bert_config(cfg: HookedTransformerConfig) -> BertConfig:
                       tie_embeddings=False, pooler=True, nsp_head=True, architecture="BertForPreTraining")
 
 
+
+def _draw_weights(model: Any, cfg: Any, tokenizer: Any, move_to_device: bool) -> None:
+    """A model built from a TL config: attach the tokenizer, draw TL's init (seeded by ``cfg.seed`` when set),
+    then cast and move as ``cfg`` says."""
+    model.tokenizer = tokenizer
+    seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    init_weights(model, seed=seed, init_range=cfg.initializer_range)
+    model.to(cfg.dtype)
+    if move_to_device:
+        model.to(cfg.device)
+
 class _CompatCacheMixin:
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False,
                        **kwargs: Any) -> tuple[Any, Any]:
@@ -96,12 +107,7 @@ class HookedEncoder(_CompatCacheMixin, HookedRootModule, Bert):
         tokenizer = _tokenizer_for(cfg, tokenizer)
         Bert.__init__(self, _bert_config(cfg))
         use_tl_signatures(self, causal=False)
-        self.tokenizer = tokenizer
-        seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        init_weights(self, seed=seed, init_range=cfg.initializer_range)
-        self.to(cfg.dtype)
-        if move_to_device:
-            self.to(cfg.device)
+        _draw_weights(self, cfg, tokenizer, move_to_device)
 
     @classmethod
     def from_pretrained(cls, model_name: str, checkpoint_index: int | None = None, checkpoint_value: int | None = None,
@@ -187,12 +193,7 @@ class HookedEncoderDecoder(_CompatCacheMixin, HookedRootModule, T5):
                           eos_token_ids=(eos,) if eos is not None else (1,))
         T5.__init__(self, native)
         use_t5_tl_signatures(self)
-        self.tokenizer = tokenizer
-        seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        init_weights(self, seed=seed, init_range=cfg.initializer_range)
-        self.to(cfg.dtype)
-        if move_to_device:
-            self.to(cfg.device)
+        _draw_weights(self, cfg, tokenizer, move_to_device)
 
     @classmethod
     def from_pretrained(cls, model_name: str, hf_model: Any = None, device: str | None = None, tokenizer: Any = None,
