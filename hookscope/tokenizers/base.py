@@ -11,10 +11,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import regex
+
 
 class TokenizerBase(ABC):
     """Vocabulary bookkeeping and the HF-compatible calls; subclasses implement ``_encode_text`` and
-    ``_decode_tokens`` (and may wrap the ids in special tokens in ``_with_special``)."""
+    ``_decode_tokens`` (and may wrap the ids in special tokens in ``_with_special``).
+
+    Special tokens written in the text (``"[MASK]"``, ``"<|endoftext|>"``) are never split: as Hugging Face's
+    added tokens, they are matched verbatim before normalisation and become their own id.
+    """
 
     def __init__(self, vocab: dict[str, int], special_tokens: dict[str, str | None]) -> None:
         self.vocab = vocab
@@ -24,6 +30,17 @@ class TokenizerBase(ABC):
                 raise ValueError(f"{role} {token!r} is not in the vocabulary")
             setattr(self, role, token)
         self.special_ids = {vocab[t] for t in special_tokens.values() if t is not None}
+        self.set_added_tokens(tuple(t for t in special_tokens.values() if t is not None))
+
+    def set_added_tokens(self, tokens: tuple[str, ...]) -> None:
+        """Tokens matched verbatim in the text (longest first) and never split; all must be in the vocabulary."""
+        missing = [t for t in tokens if t not in self.vocab]
+        if missing:
+            raise ValueError(f"special tokens {missing} are not in the vocabulary")
+        self.added_tokens = tuple(dict.fromkeys(tokens))
+        self.special_ids |= {self.vocab[t] for t in self.added_tokens}
+        pattern = "|".join(regex.escape(t) for t in sorted(self.added_tokens, key=len, reverse=True))
+        self._added_split = regex.compile(f"({pattern})") if self.added_tokens else None
 
     bos_token: str | None = None
     eos_token: str | None = None
@@ -80,7 +97,12 @@ class TokenizerBase(ABC):
         """Token ids of ``text`` (with the tokenizer's special tokens around them unless told not to)."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a string, got {type(text).__name__}")
-        ids = self._encode_text(text)
+        if self._added_split is None:
+            ids = self._encode_text(text)
+        else:  # odd chunks of the split are the special tokens themselves
+            chunks = self._added_split.split(text)
+            ids = [i for k, chunk in enumerate(chunks)
+                   for i in ([self.vocab[chunk]] if k % 2 else self._encode_text(chunk) if chunk else [])]
         return self._with_special(ids) if add_special_tokens else ids
 
     def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **kwargs: Any) -> dict:

@@ -76,15 +76,7 @@ class ByteLevelBPE(TokenizerBase):
             self.ranks.setdefault(tuple(pair), i)  # type: ignore[arg-type]
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        missing = [t for t in special_tokens if t not in vocab]
-        if missing:
-            raise ValueError(f"special tokens {missing} are not in the vocabulary")
-        self.added_tokens = tuple(special_tokens)
-        self.special_ids |= {vocab[t] for t in special_tokens}
-        self._special_split = (
-            regex.compile("(" + "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True)) + ")")
-            if special_tokens else None
-        )
+        self.set_added_tokens((*self.added_tokens, *special_tokens))
         self._cache: dict[str, list[int]] = {}
 
     @classmethod
@@ -116,15 +108,7 @@ class ByteLevelBPE(TokenizerBase):
         return ids
 
     def _encode_text(self, text: str) -> list[int]:
-        ids: list[int] = []
-        chunks = self._special_split.split(text) if self._special_split is not None else [text]
-        for chunk in chunks:
-            if chunk in self.added_tokens:
-                ids.append(self.vocab[chunk])
-                continue
-            for word in GPT2_SPLIT.findall(chunk):
-                ids.extend(self._encode_word(word))
-        return ids
+        return [i for word in GPT2_SPLIT.findall(text) for i in self._encode_word(word)]
 
     def _decode_tokens(self, tokens: list[str]) -> str:
         out, pending = [], bytearray()

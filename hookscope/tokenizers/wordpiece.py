@@ -11,8 +11,10 @@ from pathlib import Path
 
 from hookscope.tokenizers.base import TokenizerBase
 
+# HF's table (which the BERT vocabularies are used with) starts the Extension E block at 0x2B920, where
+# Google's original BERT code says 0x2B820; we follow HF, so the ids stay equal.
 _CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
-        (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+        (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
 
 def _is_whitespace(c: str) -> bool:
@@ -20,7 +22,8 @@ def _is_whitespace(c: str) -> bool:
 
 
 def _is_control(c: str) -> bool:
-    return c not in "\t\n\r" and unicodedata.category(c).startswith("C")
+    """Control, format, private-use and surrogate characters (dropped); unassigned ones (Cn) are kept, as HF."""
+    return c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs")
 
 
 def _is_punctuation(c: str) -> bool:
@@ -48,7 +51,8 @@ def normalize(text: str, lowercase: bool, strip_accents: bool, chinese_chars: bo
     text = "".join(out)
     if strip_accents:
         text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    return text.lower() if lowercase else text
+    # character by character, as HF: no context rules (a word-final capital sigma becomes σ, not ς)
+    return "".join(c.lower() for c in text) if lowercase else text
 
 
 def pre_tokenize(text: str) -> list[str]:
