@@ -1,7 +1,9 @@
 """Training data: pack texts into fixed-length token rows, order them reproducibly, build batches.
 
-``tokenize_and_concatenate`` keeps TransformerLens's name and semantics: the texts are joined with the EOS
-token, cut into rows of ``max_length - 1`` tokens (the ragged end is dropped) and every row starts with BOS.
+``tokenize_and_concatenate`` keeps TransformerLens's name and semantics, row for row: the texts are taken in
+blocks of 1000 (TransformerLens packs each ``datasets.map`` batch on its own); in a block they are joined with
+the EOS token and cut into rows of ``max_length - 1`` tokens (the ragged end is dropped, a block shorter than
+one row is padded to one row) and every row starts with BOS.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from hookscope.models.lm_loss import IGNORE_INDEX, shifted_labels
+
+TEXTS_PER_BLOCK = 1000  # the default batch of HF datasets' map(), in which TransformerLens packs the texts
 
 
 class Tokenizer(Protocol):
@@ -41,10 +45,24 @@ def _texts(data: Any, column: str) -> list[str]:
     return texts
 
 
+def _pack_block(ids: list[list[int]], eos: int, pad: int, seq_len: int) -> torch.Tensor:
+    """One block of texts -> ``[n_rows, seq_len]``: joined with EOS, the ragged end dropped, padded to one row."""
+    stream = [t for i, text_ids in enumerate(ids) for t in ([eos] if i else []) + list(text_ids)]
+    if len(stream) < seq_len:  # as TransformerLens: a short block still gives one (padded) row
+        stream += [pad] * (seq_len - len(stream))
+    n_rows = len(stream) // seq_len
+    return torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+
+
 def tokenize_and_concatenate(
     data: Any, tokenizer: Tokenizer, max_length: int = 1024, column: str = "text", add_bos_token: bool = True,
 ) -> Any:
     """Tokenize texts, join them with EOS and pack them into rows ``[n_rows, max_length]``.
+
+    The rows equal TransformerLens's ``tokenize_and_concatenate`` (run in one process, ``num_proc=None``):
+    each block of 1000 texts is packed on its own, and a block with fewer tokens than a row becomes one row
+    padded with the pad token (EOS when the tokenizer has none), as there. Unlike TransformerLens the tokenizer
+    is left unchanged (no pad token is added to it).
 
     Args:
         data: a list of texts, or a ``datasets.Dataset`` (or dict of columns) with a ``column`` of texts.
@@ -67,17 +85,16 @@ def tokenize_and_concatenate(
     seq_len = max_length - 1 if add_bos_token else max_length
     if seq_len <= 0:
         raise ValueError(f"max_length={max_length} leaves no room for text tokens")
-    stream: list[int] = []
-    for i, text in enumerate(texts):
-        if i:
-            stream.append(eos)
-        stream.extend(tokenizer.encode(text, add_special_tokens=False))
-    n_rows = len(stream) // seq_len
-    if n_rows == 0:
-        raise ValueError(f"the texts hold {len(stream)} tokens, fewer than one row of {seq_len}")
-    rows = torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = eos if pad is None else pad
+    blocks = [
+        _pack_block([tokenizer.encode(t, add_special_tokens=False) for t in texts[i:i + TEXTS_PER_BLOCK]],
+                    eos, pad, seq_len)
+        for i in range(0, len(texts), TEXTS_PER_BLOCK)
+    ]
+    rows = torch.cat(blocks)
     if add_bos_token:
-        rows = torch.cat([torch.full((n_rows, 1), bos, dtype=torch.long), rows], dim=1)
+        rows = torch.cat([torch.full((len(rows), 1), bos, dtype=torch.long), rows], dim=1)
     if isinstance(data, (list, tuple)) or type(data).__name__ != "Dataset":
         return rows
     dataset = type(data).from_dict({"tokens": rows.tolist()})

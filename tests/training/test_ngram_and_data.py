@@ -90,8 +90,10 @@ def test_train_takes_a_packed_hf_dataset_as_it_takes_the_tensor() -> None:
 def test_tokenize_and_concatenate_errors_are_clear() -> None:
     with pytest.raises(TypeError, match="not a single string"):
         tokenize_and_concatenate("abc", _CharTokenizer())
-    with pytest.raises(ValueError, match="fewer than one row"):
-        tokenize_and_concatenate(["ab"], _CharTokenizer(), max_length=10)
+    with pytest.raises(ValueError, match="no room"):
+        tokenize_and_concatenate(["ab"], _CharTokenizer(), max_length=1)
+    with pytest.raises(TypeError, match="non-empty list of strings"):
+        tokenize_and_concatenate(["ab", None], _CharTokenizer())
     with pytest.raises(TypeError, match="'text' column"):
         tokenize_and_concatenate({"body": ["x"]}, _CharTokenizer())
 
