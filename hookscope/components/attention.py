@@ -276,7 +276,9 @@ class Attention(HeadWeightViews, nn.Module):
         # Hooks that only observe (a cache) leave the numbers as the un-hooked forward's: the fused kernel
         # computes z and the explicit path runs beside it for them, so run_with_cache == forward exactly.
         explicit = self._explicit_points
-        if self.softcap is not None or mirror_fp32_softmax or hooks_editing(explicit):
+        # training on left-padded rows: SDPA's backward is wrong for queries that see no key (see the mask)
+        blind = torch.is_grad_enabled() and mask.has_blind_queries(window)
+        if self.softcap is not None or mirror_fp32_softmax or blind or hooks_editing(explicit):
             z = self._explicit(q, k, v, mask, window, position_bias)
         else:
             scale = 1.0 if self.prescale_query else self.scale

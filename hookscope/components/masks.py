@@ -44,6 +44,7 @@ class AttentionMask:
         self.key_len = key_len
         self.causal = causal
         self._bias: dict[tuple[int | None, torch.dtype], torch.Tensor] = {}
+        self._blind: dict[int | None, bool] = {}
 
     def to(self, device: torch.device | str) -> AttentionMask:
         """The same mask on another device (accelerate moves block inputs with ``.to``)."""
@@ -68,6 +69,19 @@ class AttentionMask:
         if self.key_valid is not None:
             ok = ok & self.key_valid[:, None, None, :].bool()
         return ok
+
+    def has_blind_queries(self, window: int | None) -> bool:
+        """Whether some query sees no key at all (a left-padding position; one host sync, then cached).
+
+        Such a row's softmax is uniform over huge negative scores; SDPA's CPU backward recomputes it from a
+        log-sum-exp that the fill swamps and gets every weight as 1, not 1/n, so its gradients are wrong
+        (10x on a random GPT-2): the attention then takes the explicit path, as HF's eager one.
+        """
+        if self.key_valid is None:  # every query sees at least itself
+            return False
+        if window not in self._blind:
+            self._blind[window] = not bool(self.allowed(window).any(-1).all())
+        return self._blind[window]
 
     def bias(self, window: int | None, dtype: torch.dtype, fill_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Additive mask ``[batch or 1, 1, query_pos, key_pos]``: 0 where allowed, a huge negative elsewhere.
