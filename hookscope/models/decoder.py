@@ -129,6 +129,11 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
 class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
 
+    # read by HF's Trainer: it passes num_items_in_batch (token-weighted gradient accumulation) and counts the
+    # scored tokens as a causal LM's (labels shifted), exactly as for HF's *ForCausalLM models
+    accepts_loss_kwargs = True
+    loss_type = "ForCausalLM"
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -256,6 +261,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         input_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool = False,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> Any:
         """Run the model.
 
@@ -282,13 +288,17 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
                 :class:`~hookscope.models.lm_loss.LMOutput` with ``.loss`` and ``.logits``, so HF's
                 ``Trainer`` and HF-style training loops drive this model unchanged.
             return_dict: return an ``LMOutput`` (``.logits``; ``.loss`` None without labels).
+            num_items_in_batch: with ``labels``, divide the summed token loss by this count (HF's Trainer passes
+                the scored tokens of all the micro-batches of an accumulated step).
         """
         input = _resolve_input(input, input_ids)
         if labels is not None or return_dict:
             if any(v is not None for v in (start_at_layer, stop_at_layer, kv_cache, logits_to_keep, tokens)):
                 raise ValueError("labels= / return_dict= go with a full forward on token ids: drop start_at_layer, "
                                  "stop_at_layer, kv_cache, logits_to_keep and tokens")
-            return self._forward_output(input, attention_mask, labels, loss_per_token, position_ids)
+            return self._forward_output(input, attention_mask, labels, loss_per_token, position_ids, num_items_in_batch)
+        if num_items_in_batch is not None:
+            raise ValueError("num_items_in_batch goes with labels=")
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
         _check_input(input, start_at_layer, return_type, self.embed.weight, dispatched=hasattr(self, "hf_device_map"))
@@ -318,7 +328,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
 
     def _forward_output(
         self, input: Any, attention_mask: torch.Tensor | None, labels: torch.Tensor | None, per_token: bool,
-        position_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None, num_items: Any = None,
     ) -> LMOutput:
         """HF-style call: logits, and the loss on ``labels`` when given."""
         logits = self.forward(input, attention_mask, position_ids=position_ids)
@@ -327,7 +337,8 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
             raise TypeError("labels must be an integer tensor of token ids [batch, pos] (-100 = ignored)")
         labels = labels[None] if labels.ndim == 1 else labels
-        return LMOutput(loss=causal_lm_loss(logits, labels.to(logits.device), per_token), logits=logits)
+        loss = causal_lm_loss(logits, labels.to(logits.device), per_token, None if per_token else num_items)
+        return LMOutput(loss=loss, logits=logits)
 
     def _head(
         self, x: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, return_type: ReturnType,

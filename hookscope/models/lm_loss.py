@@ -37,7 +37,7 @@ def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, per_token: bool = False
+    logits: torch.Tensor, labels: torch.Tensor, per_token: bool = False, num_items: Any = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy of ``logits [batch, pos, d_vocab]`` against ``labels [batch, pos]``.
 
@@ -47,6 +47,8 @@ def causal_lm_loss(
             on ``labels[t + 1]``, as HF's ``ForCausalLMLoss``.
         per_token: return the loss of every prediction ``[batch, pos - 1]`` (0 where ignored) instead of
             the mean over the predictions that count.
+        num_items: divide the summed loss by this count instead of this batch's (HF's ``num_items_in_batch``:
+            the scored tokens of every micro-batch of an accumulated step, so each token weighs the same).
     """
     if labels.shape != logits.shape[:2]:
         raise ValueError(f"labels have shape {tuple(labels.shape)}; the logits need {tuple(logits.shape[:2])}")
@@ -56,7 +58,10 @@ def causal_lm_loss(
             logits.float().transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none"
         )  # [batch, pos]
         return losses[:, :-1]
-    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX)
+    if num_items is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (num_items.to(total.device) if isinstance(num_items, torch.Tensor) else num_items)
 
 
 def next_token_loss(

@@ -1,0 +1,76 @@
+"""HF's ``Trainer`` drives the native decoder as it drives the HF model it mirrors: with gradient accumulation
+over padded rows of different lengths, the logged losses and the trained weights are HF's (the Trainer's
+token-count normalisation, ``num_items_in_batch``, reaches our loss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hookscope
+
+
+class _Padded(torch.utils.data.Dataset):
+    """Rows of 3 to 12 tokens; the collator pads them and sets -100 on the padding."""
+
+    def __init__(self, n: int, vocab: int) -> None:
+        gen = torch.Generator().manual_seed(4)
+        self.rows = [torch.randint(3, vocab, (int(torch.randint(3, 13, (), generator=gen)),), generator=gen)
+                     for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.rows[i]}
+
+
+def _collate(items: list[dict]) -> dict:
+    width = max(len(x["input_ids"]) for x in items)
+    ids = torch.zeros(len(items), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(items):  # right padding, as HF's GPT-2 tokenizer pads
+        ids[i, :len(x["input_ids"])], mask[i, :len(x["input_ids"])] = x["input_ids"], 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def _train(model, tmp_path, name: str) -> list[float]:
+    transformers = pytest.importorskip("transformers")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / name), per_device_train_batch_size=3, gradient_accumulation_steps=3, max_steps=3,
+        learning_rate=3e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
+        disable_tqdm=True, max_grad_norm=0.0,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Padded(27, 101), data_collator=_collate)
+    trainer.train()
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+
+def test_trainer_with_accumulation_over_padded_rows_trains_the_native_model_as_hf(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=40, vocab_size=101, max_position_embeddings=16)
+    hf = transformers.LlamaForCausalLM(config)
+    ours = hookscope.load(hf)
+    assert ours.state_dict()["embed.weight"].data_ptr() != hf.model.embed_tokens.weight.data_ptr()
+    hf_losses, our_losses = _train(hf, tmp_path, "hf"), _train(ours, tmp_path, "ours")
+    assert len(our_losses) == 3
+    assert our_losses == pytest.approx(hf_losses, rel=1e-5)
+    trained = ours.to_hf().state_dict()
+    for name, p in hf.state_dict().items():
+        torch.testing.assert_close(trained[name], p, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_num_items_in_batch_divides_the_summed_token_loss() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=101))
+    model = hookscope.load(hf)
+    batch = _collate([_Padded(5, 101)[i] for i in range(5)])
+    per_token = model(**batch, loss_per_token=True).loss  # [batch, pos - 1], 0 where ignored
+    got = model(**batch, num_items_in_batch=torch.tensor(37)).loss
+    torch.testing.assert_close(got, per_token.sum() / 37)
+    with pytest.raises(ValueError, match="goes with labels"):
+        model(batch["input_ids"], num_items_in_batch=37)
