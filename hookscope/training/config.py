@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -55,6 +56,7 @@ class TrainingConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("steps", "batch_size", "grad_accum_steps", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainingConfig.{name} must be positive, got {getattr(self, name)}")
@@ -75,6 +77,24 @@ class TrainingConfig:
             raise ValueError("checkpoint_every needs out_dir (where the checkpoints go)")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
+
+    def _check_types(self) -> None:
+        ints = ("steps", "batch_size", "grad_accum_steps", "warmup_steps", "seed", "eval_batch_size")
+        for name in (*ints, "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if (value is not None or name in ints) and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"TrainingConfig.{name} must be an int, got {value!r}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "adam_eps", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is None and name == "max_grad_norm":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"TrainingConfig.{name} must be a finite number, got {value!r}")
+        for name in ("bf16", "resume", "progress", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"TrainingConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainingConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -146,6 +146,8 @@ class CausalLMCollator:
     """Next-token prediction on packed rows: targets are the rows shifted left (the last position ignored)."""
 
     def __call__(self, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if rows.shape[1] < 2:
+            raise ValueError(f"next-token training needs rows of at least 2 tokens, got {rows.shape[1]}")
         return {"input_ids": rows, "targets": shifted_labels(rows)}
 
 

@@ -101,11 +101,20 @@ def evaluate(model: Any, rows: torch.Tensor, config: TrainingConfig, collator: A
     gen = torch.Generator().manual_seed(config.seed)
     device = next(model.parameters()).device
     for start in range(0, len(rows), config.eval_batch_size):
-        batch = {k: v.to(device) for k, v in collator(rows[start:start + config.eval_batch_size], gen).items()}
+        part = _collate(collator, rows[start:start + config.eval_batch_size], gen)
+        batch = {k: v.to(device) for k, v in part.items()}
         total += token_loss_sum(model, batch, config.bf16).double().cpu()
         count += int((batch["targets"] != IGNORE_INDEX).sum())
     model.train(was_training)
     return float(total / max(count, 1))
+
+
+def _collate(collator: Any, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    batch = collator(rows, generator)
+    if not isinstance(batch, dict) or not {"input_ids", "targets"} <= batch.keys():
+        got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise TypeError(f"the collator must return a dict with 'input_ids' and 'targets' tensors, got {got}")
+    return batch
 
 
 def _step_generator(config: TrainingConfig, step: int) -> torch.Generator:
@@ -118,7 +127,7 @@ def _train_step(
 ) -> tuple[torch.Tensor, int]:
     """Forward and backward of one global batch (this process's share); returns (loss sum, scored tokens)."""
     global_rows = rows[batch_indices(len(rows), step, config.batch_size, config.seed)]
-    batch = collator(global_rows, _step_generator(config, step))  # the same on every process
+    batch = _collate(collator, global_rows, _step_generator(config, step))  # the same on every process
     n_scored = int((batch["targets"] != IGNORE_INDEX).sum())
     share = config.batch_size // world.size
     micro = share // config.grad_accum_steps
@@ -172,6 +181,10 @@ def train(
 
     Under ``torchrun`` each process runs this with the same arguments; they share the global batch (DDP).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"train() needs a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, TrainingConfig):
+        raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
     rows, collator = token_rows(data), collator or CausalLMCollator()
     eval_rows = None if eval_data is None else token_rows(eval_data)
     device = next(model.parameters()).device
@@ -209,9 +222,16 @@ class _Evals:
             was_training = model.training
             model.eval()
             with torch.no_grad():
-                found.update({k: float(v) for k, v in self.probe(model).items()})
+                found.update(_probe_numbers(self.probe(model)))
             model.train(was_training)
         return found
+
+
+def _probe_numbers(found: Any) -> dict[str, float]:
+    try:
+        return {str(k): float(v) for k, v in found.items()}
+    except (AttributeError, TypeError, ValueError) as err:
+        raise TypeError(f"the probe must return a dict of numbers, got {found!r:.200}") from err
 
 
 def _loop(
