@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import regex
+import torch
 
 
 class TokenizerBase(ABC):
@@ -105,13 +106,66 @@ class TokenizerBase(ABC):
                    for i in ([self.vocab[chunk]] if k % 2 else self._encode_text(chunk) if chunk else [])]
         return self._with_special(ids) if add_special_tokens else ids
 
-    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **kwargs: Any) -> dict:
-        """HF-style: ``{"input_ids": ids}`` for a string, a list of id lists for a list of strings."""
-        if kwargs:
-            raise TypeError(f"hookscope tokenizers take only add_special_tokens=; got {sorted(kwargs)}")
-        if isinstance(text, str):
-            return {"input_ids": self.encode(text, add_special_tokens)}
-        return {"input_ids": [self.encode(t, add_special_tokens) for t in text]}
+    def __call__(
+        self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None, *,
+        add_special_tokens: bool = True, padding: bool | str = False, return_tensors: str | None = None,
+        return_attention_mask: bool | None = None, return_token_type_ids: bool | None = None,
+    ) -> dict:
+        """HF-style encoding of a text (or pair) or a batch of them: ``input_ids`` (lists, or ``"pt"`` tensors),
+        ``attention_mask`` and, for tokenizers with segments (BERT) or when asked, ``token_type_ids``.
+
+        ``padding=True`` (or ``"longest"``) pads a batch on ``self.padding_side`` with the pad token.
+        """
+        if padding not in (False, True, "longest", "do_not_pad"):
+            raise ValueError(f"padding must be True/'longest' or False, got {padding!r} (no max_length padding)")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        pairs = None if text_pair is None else [text_pair] if isinstance(text_pair, str) else list(text_pair)
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        rows = [self._encode_with_types(t, None if pairs is None else pairs[i], add_special_tokens)
+                for i, t in enumerate(texts)]
+        out: dict[str, Any] = {"input_ids": [ids for ids, _ in rows]}
+        if return_token_type_ids or (return_token_type_ids is None and self.has_segments):
+            out["token_type_ids"] = [types for _, types in rows]
+        if return_attention_mask is not False:
+            out["attention_mask"] = [[1] * len(ids) for ids, _ in rows]
+        if padding in (True, "longest"):
+            out = self._pad(out)
+        if return_tensors == "pt":
+            if len({len(ids) for ids in out["input_ids"]}) > 1:
+                raise ValueError("the sequences have different lengths: pass padding=True for tensors")
+            out = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+        elif single:
+            out = {k: v[0] for k, v in out.items()}
+        return out
+
+    has_segments = False  # BERT-style token_type_ids by default
+    padding_side = "right"
+
+    def _encode_with_types(self, text: str, pair: str | None, add_special_tokens: bool) -> tuple[list, list]:
+        first = self.encode(text, add_special_tokens=False)
+        second = None if pair is None else self.encode(pair, add_special_tokens=False)
+        if add_special_tokens:
+            return self._with_special_types(first, second)
+        return first + (second or []), [0] * len(first) + [1] * len(second or [])
+
+    def _with_special_types(self, first: list[int], second: list[int] | None) -> tuple[list[int], list[int]]:
+        """Ids with special tokens and their segment ids (a pair's second text is segment 1)."""
+        ids = self._with_special(first) + ([] if second is None else self._with_special(second))
+        n_first = len(self._with_special(first))
+        return ids, [0] * n_first + [1] * (len(ids) - n_first)
+
+    def _pad(self, out: dict[str, list]) -> dict[str, list]:
+        width = max(len(ids) for ids in out["input_ids"])
+        if self.pad_token_id is None and any(len(ids) < width for ids in out["input_ids"]):
+            raise ValueError("padding needs a pad token: set tokenizer.pad_token (e.g. to the EOS token)")
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        left = self.padding_side == "left"
+        return {k: [([fill[k]] * (width - len(r)) + r) if left else (r + [fill[k]] * (width - len(r))) for r in rows]
+                for k, rows in out.items()}
 
     def decode(self, ids: Sequence[int] | Any, skip_special_tokens: bool = False) -> str:
         """The text of ``ids`` (a list or a 1-D tensor)."""

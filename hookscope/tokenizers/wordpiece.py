@@ -136,8 +136,18 @@ class WordPiece(TokenizerBase):
         normal = normalize(text, self.lowercase, self.strip_accents, self.tokenize_chinese_chars)
         return [i for word in pre_tokenize(normal) for i in self._word_ids(word)]
 
+    has_segments = True
+
     def _with_special(self, ids: list[int]) -> list[int]:
         return [self.vocab[self.cls_token], *ids, self.vocab[self.sep_token]]  # type: ignore[index]
+
+    def _with_special_types(self, first: list[int], second: list[int] | None) -> tuple[list[int], list[int]]:
+        """``[CLS] a [SEP]`` (segment 0), then ``b [SEP]`` (segment 1) for a pair."""
+        ids = self._with_special(first)
+        n_first = len(ids)
+        if second is not None:
+            ids = [*ids, *second, self.vocab[self.sep_token]]  # type: ignore[index]
+        return ids, [0] * n_first + [1] * (len(ids) - n_first)
 
     def _decode_tokens(self, tokens: list[str]) -> str:
         """Join as the ``tokenizers`` WordPiece decoder: ``##`` pieces glue on, others get a space, and each

