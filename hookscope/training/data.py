@@ -170,6 +170,17 @@ class MaskedLMCollator:
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ValueError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {self.vocab_size}")
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, mask_prob: float = 0.15) -> MaskedLMCollator:
+        """The mask token, vocabulary size and special tokens (never masked: ``[CLS]``, ``[SEP]``, ``[PAD]``,
+        ...) of a tokenizer: hookscope's :class:`~hookscope.tokenizers.WordPiece` or a transformers one."""
+        mask = getattr(tokenizer, "mask_token_id", None)
+        if mask is None:
+            raise ValueError("the tokenizer has no mask token: masked-LM training needs one")
+        special = getattr(tokenizer, "all_special_ids", None) or getattr(tokenizer, "special_ids", ())
+        return cls(mask_token_id=int(mask), vocab_size=len(tokenizer), mask_prob=mask_prob,
+                   special_token_ids=tuple(sorted({int(i) for i in special})))
+
     def __call__(self, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         special = torch.isin(rows, torch.tensor(self.special_token_ids, dtype=rows.dtype))
         chosen = (torch.rand(rows.shape, generator=generator) < self.mask_prob) & ~special

