@@ -7,9 +7,12 @@ looking back: an induction head at query position ``n + i`` (the second ``r_i``)
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from hookscope.models.lm_loss import causal_lm_loss
+from hookscope.training.loop import logits_of
 
 
 def repeated_random_tokens(
@@ -74,12 +77,16 @@ def repeat_spans(
 
 @torch.no_grad()
 def induction_scores(model: torch.nn.Module, tokens: torch.Tensor, n_tokens: int, offset: int = 1) -> torch.Tensor:
-    """``[layer, head]`` induction scores of a hooked model on repeated tokens (see :func:`induction_stripe`)."""
+    """``[layer, head]`` induction scores of a hooked model (native or ``wrap()``'ed) on repeated tokens (see
+    :func:`induction_stripe`)."""
     if tokens.shape[1] != offset + 2 * n_tokens:
         raise ValueError(f"tokens have {tokens.shape[1]} positions; expected {offset} + 2 x {n_tokens}")
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))
-    return torch.stack([induction_stripe(cache[f"blocks.{i}.attn.hook_pattern"], n_tokens, offset)
-                        for i in range(len(model.blocks))])
+    pattern = re.compile(r"blocks\.(\d+)\.attn\.hook_pattern")
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: pattern.fullmatch(name) is not None)
+    layers = sorted((int(pattern.fullmatch(name).group(1)), name) for name in cache.keys())  # type: ignore[union-attr]
+    if not layers:
+        raise ValueError("the model records no blocks.{i}.attn.hook_pattern: induction scores need attention patterns")
+    return torch.stack([induction_stripe(cache[name], n_tokens, offset) for _, name in layers])
 
 
 @torch.no_grad()
@@ -91,7 +98,7 @@ def repeated_half_losses(
     The first half is random, so its loss is about ``log(vocab)``; an induction head brings the
     second half's loss far below it (in-context learning).
     """
-    per_token = causal_lm_loss(model(tokens), tokens, per_token=True)  # [batch, pos - 1]
+    per_token = causal_lm_loss(logits_of(model(tokens)), tokens, per_token=True)  # [batch, pos - 1]
     # prediction t scores token t + 1: the first half's tokens are positions offset+1 .. offset+n-1
     first = per_token[:, offset:offset + n_tokens - 1].mean()
     second = per_token[:, offset + n_tokens:].mean()

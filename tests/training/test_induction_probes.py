@@ -94,3 +94,18 @@ def test_repeat_spans_reject_impossible_settings() -> None:
     with pytest.raises(ValueError, match="fraction"):
         repeat_spans(rows, 1.5)
     assert torch.equal(repeat_spans(rows, 0.0, min_span=2)[0], rows)
+
+
+def test_probes_read_a_wrapped_hf_model_as_its_native_twin() -> None:
+    transformers = pytest.importorskip("transformers")
+    import hookscope
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=53, n_embd=16, n_layer=11, n_head=2,
+                                                              n_positions=40, bos_token_id=0, eos_token_id=0)).eval()
+    wrapped, native = hookscope.wrap(hf), hookscope.load(hf)
+    tokens = repeated_random_tokens(9, batch=3, vocab=53, bos=0, seed=2)
+    scores = induction_scores(wrapped, tokens, 9)
+    assert scores.shape == (11, 2)  # layers in numeric order (blocks.10 after blocks.9)
+    torch.testing.assert_close(scores, induction_scores(native, tokens, 9), atol=1e-5, rtol=1e-5)
+    assert repeated_half_losses(wrapped, tokens, 9) == pytest.approx(repeated_half_losses(native, tokens, 9), rel=1e-5)
