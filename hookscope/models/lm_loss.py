@@ -68,6 +68,14 @@ def next_token_loss(
     logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
     per_token: bool = False,
 ) -> torch.Tensor:
-    """Mean (or ``per_token``) cross-entropy of predicting token ``t+1`` from position ``t``, padding excluded."""
-    labels = tokens if attention_mask is None else tokens.masked_fill(attention_mask == 0, IGNORE_INDEX)
-    return causal_lm_loss(logits, labels, per_token)
+    """Mean (or ``per_token``) cross-entropy of predicting token ``t+1`` from position ``t``, padding excluded.
+
+    As TransformerLens's ``lm_cross_entropy_loss``: a prediction counts only when both its position and its
+    target are real tokens, so the last left-padding position (which sees no token) predicts nothing, and a
+    left-padded batch scores exactly its rows alone.
+    """
+    if attention_mask is None:
+        return causal_lm_loss(logits, tokens, per_token)
+    real = attention_mask.bool()
+    scored = real & F.pad(real[:, :-1], (1, 0), value=False)  # label t is predicted from t - 1: both real
+    return causal_lm_loss(logits, tokens.masked_fill(~scored, IGNORE_INDEX), per_token)

@@ -166,11 +166,13 @@ def test_loss_per_token_equals_a_by_hand_cross_entropy() -> None:
     logp = logits.float().log_softmax(-1)  # the loss is taken on float32 logits, as HF's is
     for b in range(2):
         for t in range(5):
-            want = 0.0 if mask[b, t + 1] == 0 else -logp[b, t, tokens[b, t + 1]].item()
+            # as TransformerLens: scored only when the position and its target are both real tokens
+            want = 0.0 if mask[b, t] == 0 or mask[b, t + 1] == 0 else -logp[b, t, tokens[b, t + 1]].item()
             # float32 tolerance: the loss is float32 whatever the model dtype (HF's convention)
             assert per_token[b, t].item() == pytest.approx(want, abs=1e-5, rel=1e-5)
     mean = model(tokens, attention_mask=mask, return_type="loss")
-    torch.testing.assert_close(mean, per_token.sum() / (mask[:, 1:] == 1).sum(), atol=1e-6, rtol=1e-6)
+    n_scored = (mask[:, 1:] * mask[:, :-1]).sum()
+    torch.testing.assert_close(mean, per_token.sum() / n_scored, atol=1e-6, rtol=1e-6)
     out = model(tokens, labels=tokens, loss_per_token=True)
     assert out.loss.shape == (2, 5)
 

@@ -91,3 +91,21 @@ def test_a_left_padded_batch_has_the_gradient_of_its_rows_alone(name: str, dtype
     tol = 2e-5  # the token losses are taken in float32 (as HF's), whatever the model's dtype
     for (n, p), b in zip(model.named_parameters(), batched):
         torch.testing.assert_close(b, p.grad, atol=tol, rtol=tol, msg=f"gradient of {n}")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_return_type_loss_of_a_left_padded_batch_is_its_rows_alone_as_transformer_lens(name: str) -> None:
+    """TransformerLens's loss (``return_type="loss"`` with an attention mask) scores a prediction only when its
+    position and its target are real tokens: the padding position in front of a row predicts nothing."""
+    model = hookscope.load(random_hf_model(name, torch.float64), dtype=torch.float64)
+    tokens, mask, _ = _padded("left")
+    per_token = model(tokens, attention_mask=mask, return_type="loss", loss_per_token=True)  # [batch, pos - 1]
+    losses = []
+    for b, (row, row_mask) in enumerate(zip(tokens, mask)):
+        alone = model(row[row_mask.bool()][None], return_type="loss", loss_per_token=True)[0]
+        n = len(alone)
+        torch.testing.assert_close(per_token[b, -n:], alone, atol=1e-6, rtol=1e-6)  # float32 losses
+        assert not per_token[b, :-n].any()  # nothing scored from a padding position
+        losses.append(alone)
+    mean = model(tokens, attention_mask=mask, return_type="loss")
+    torch.testing.assert_close(mean, torch.cat(losses).mean(), atol=1e-6, rtol=1e-6)
