@@ -54,15 +54,24 @@ def _pack_block(ids: list[list[int]], eos: int, pad: int, seq_len: int) -> torch
     return torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
 
 
+def _shards(n_texts: int, num_proc: int | None) -> list[tuple[int, int]]:
+    """The contiguous slices HF datasets' ``map(num_proc=...)`` hands its processes (at most one per text)."""
+    n = min(num_proc or 1, n_texts)
+    div, mod = divmod(n_texts, n)
+    starts = [div * i + min(i, mod) for i in range(n)]
+    return [(start, start + div + (i < mod)) for i, start in enumerate(starts)]
+
+
 def tokenize_and_concatenate(
     data: Any, tokenizer: Tokenizer, max_length: int = 1024, column: str = "text", add_bos_token: bool = True,
+    num_proc: int | None = None,
 ) -> Any:
     """Tokenize texts, join them with EOS and pack them into rows ``[n_rows, max_length]``.
 
-    The rows equal TransformerLens's ``tokenize_and_concatenate`` (run in one process, ``num_proc=None``):
-    each block of 1000 texts is packed on its own, and a block with fewer tokens than a row becomes one row
-    padded with the pad token (EOS when the tokenizer has none), as there. Unlike TransformerLens the tokenizer
-    is left unchanged (no pad token is added to it).
+    The rows equal TransformerLens's ``tokenize_and_concatenate`` with the same ``num_proc``: each block of
+    1000 texts is packed on its own, and a block with fewer tokens than a row becomes one row padded with the
+    pad token (EOS when the tokenizer has none), as there. Unlike TransformerLens the tokenizer is left
+    unchanged (no pad token is added to it) and everything runs in this process.
 
     Args:
         data: a list of texts, or a ``datasets.Dataset`` (or dict of columns) with a ``column`` of texts.
@@ -71,6 +80,9 @@ def tokenize_and_concatenate(
         max_length: tokens per row, BOS included.
         column: the text column of a dataset.
         add_bos_token: start every row with BOS (rows then hold ``max_length - 1`` text tokens).
+        num_proc: None (the default: one pass over all texts) or TransformerLens's ``num_proc`` (its default
+            is 10), whose ``datasets.map`` cuts the texts into that many contiguous shards packed apart; give it
+            to get TransformerLens's rows for the same call.
 
     Returns:
         a ``torch.long`` tensor ``[n_rows, max_length]`` for a list; for a ``datasets.Dataset`` a new
@@ -87,10 +99,12 @@ def tokenize_and_concatenate(
         raise ValueError(f"max_length={max_length} leaves no room for text tokens")
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = eos if pad is None else pad
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"num_proc must be None or a positive int, got {num_proc!r}")
     blocks = [
-        _pack_block([tokenizer.encode(t, add_special_tokens=False) for t in texts[i:i + TEXTS_PER_BLOCK]],
+        _pack_block([tokenizer.encode(t, add_special_tokens=False) for t in texts[i:min(i + TEXTS_PER_BLOCK, hi)]],
                     eos, pad, seq_len)
-        for i in range(0, len(texts), TEXTS_PER_BLOCK)
+        for lo, hi in _shards(len(texts), num_proc) for i in range(lo, hi, TEXTS_PER_BLOCK)
     ]
     rows = torch.cat(blocks)
     if add_bos_token:

@@ -70,3 +70,23 @@ def test_a_dataset_gives_the_rows_of_the_list() -> None:
                                       _Chars(pad=3), max_length=7, column="t")
     assert packed.column_names == ["tokens"]
     assert torch.equal(torch.stack(list(packed["tokens"])), tokenize_and_concatenate(texts, _Chars(pad=3), 7))
+
+
+def test_num_proc_packs_contiguous_shards_apart_as_datasets_map_does() -> None:
+    texts = ["abcd", "ef", "g", "hijk", "lm", "nop", "q"]  # 7 texts, 3 processes: shards of 3, 2, 2 texts
+    rows = tokenize_and_concatenate(texts, _Chars(), max_length=4, num_proc=3, add_bos_token=False)
+
+    def pack(shard: list[str]) -> list[list[int]]:
+        stream = [ord(c) for c in shard[0]]
+        for text in shard[1:]:
+            stream += [0] + [ord(c) for c in text]
+        stream += [0] * max(0, 4 - len(stream))  # a shard shorter than a row is padded (EOS: no pad token)
+        return [stream[k:k + 4] for k in range(0, len(stream) - 3, 4)]
+
+    assert rows.tolist() == pack(texts[:3]) + pack(texts[3:5]) + pack(texts[5:])
+    one_each = tokenize_and_concatenate(texts, _Chars(), max_length=4, num_proc=10, add_bos_token=False)
+    assert one_each.tolist() == [r for t in texts for r in pack([t])]  # at most one process per text
+    assert torch.equal(tokenize_and_concatenate(texts, _Chars(), 4, num_proc=1),
+                       tokenize_and_concatenate(texts, _Chars(), 4))
+    with pytest.raises(ValueError, match="num_proc"):
+        tokenize_and_concatenate(texts, _Chars(), 4, num_proc=0)
