@@ -151,10 +151,11 @@ def get_attention_mask(tokenizer: Any, tokens: torch.Tensor, prepend_bos: bool,
 def tokenize_and_concatenate(dataset: Any, tokenizer: Any, streaming: bool = False, max_length: int = 1024,
                              column_name: str = "text", add_bos_token: bool = True, num_proc: int = 10) -> Any:
     """TL's signature over :func:`hookscope.training.data.tokenize_and_concatenate` (texts joined with EOS,
-    packed into ``max_length`` rows; a dataset gets a ``"tokens"`` column). ``streaming`` / ``num_proc`` are
-    accepted for TL code and have no effect here (tokenising runs in this process)."""
+    packed into ``max_length`` rows; a dataset gets a ``"tokens"`` column). Tokenising runs in this process,
+    but the rows are TL's for the same ``num_proc``: its ``datasets.map`` packs each of ``num_proc`` contiguous
+    shards apart (none under ``streaming``, as TL)."""
     return _data.tokenize_and_concatenate(dataset, tokenizer, max_length=max_length, column=column_name,
-                                          add_bos_token=add_bos_token)
+                                          add_bos_token=add_bos_token, num_proc=None if streaming else num_proc)
 
 
 # TL's act_fn names -> functions (``solu_ln`` is SoLU; the LayerNorm after it is the MLP's, not the function's)

@@ -90,3 +90,13 @@ def test_num_proc_packs_contiguous_shards_apart_as_datasets_map_does() -> None:
                        tokenize_and_concatenate(texts, _Chars(), 4))
     with pytest.raises(ValueError, match="num_proc"):
         tokenize_and_concatenate(texts, _Chars(), 4, num_proc=0)
+
+
+def test_the_compat_signature_defaults_to_transformer_lens_num_proc_of_10() -> None:
+    from hookscope.compat import utils
+
+    texts = [chr(97 + i) * (i + 1) for i in range(14)]
+    assert torch.equal(utils.tokenize_and_concatenate(texts, _Chars(), max_length=5),
+                       tokenize_and_concatenate(texts, _Chars(), 5, num_proc=10))
+    assert torch.equal(utils.tokenize_and_concatenate(texts, _Chars(), streaming=True, max_length=5),
+                       tokenize_and_concatenate(texts, _Chars(), 5))
