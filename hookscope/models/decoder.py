@@ -262,6 +262,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
         labels: torch.Tensor | None = None,
         return_dict: bool = False,
         num_items_in_batch: int | torch.Tensor | None = None,
+        use_cache: bool | None = None,
     ) -> Any:
         """Run the model.
 
@@ -290,6 +291,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
             return_dict: return an ``LMOutput`` (``.logits``; ``.loss`` None without labels).
             num_items_in_batch: with ``labels``, divide the summed token loss by this count (HF's Trainer passes
                 the scored tokens of all the micro-batches of an accumulated step).
+            use_cache: accepted for HF training loops (``use_cache=False``); only ``kv_cache`` caches here.
         """
         input = _resolve_input(input, input_ids)
         if labels is not None or return_dict:

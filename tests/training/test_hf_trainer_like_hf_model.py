@@ -74,3 +74,26 @@ def test_num_items_in_batch_divides_the_summed_token_loss() -> None:
     torch.testing.assert_close(got, per_token.sum() / 37)
     with pytest.raises(ValueError, match="goes with labels"):
         model(batch["input_ids"], num_items_in_batch=37)
+
+
+def test_an_hf_style_training_loop_moves_the_native_model_as_the_hf_one() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=40, vocab_size=101, max_position_embeddings=16)
+    hf = transformers.LlamaForCausalLM(config).double()
+    ours = hookscope.load(hf, dtype=torch.float64)
+    data = _Padded(12, 101)
+    for model in (hf, ours):
+        # SGD: Adam would turn the float32-loss rounding of near-zero gradients into whole steps
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        model.train()
+        for step in range(3):
+            batch = _collate([data[i] for i in range(4 * step, 4 * step + 4)])
+            out = model(**batch, use_cache=False)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    trained = ours.to_hf().state_dict()
+    for name, p in hf.state_dict().items():  # float32 losses (HF's convention) on float64 models: 1e-8 apart
+        torch.testing.assert_close(trained[name], p, atol=1e-6, rtol=1e-6, msg=name)
