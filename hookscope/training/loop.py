@@ -93,8 +93,10 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], bf16: bool) -> to
 
 
 @torch.no_grad()
-def evaluate(model: Any, rows: torch.Tensor, config: TrainingConfig, collator: Any) -> float:
-    """Mean token loss over ``rows`` (a fixed generator for masked-LM corruption)."""
+def evaluate(model: Any, rows: Any, config: TrainingConfig, collator: Any = None) -> float:
+    """Mean token loss over token ``rows`` (anything :func:`train` takes as data); a fixed generator for
+    masked-LM corruption, next-token prediction when no ``collator`` is given."""
+    rows, collator = token_rows(rows), collator or CausalLMCollator()
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), 0

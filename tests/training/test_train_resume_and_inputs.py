@@ -130,3 +130,13 @@ def test_masked_lm_collator_from_a_tokenizer_never_masks_its_special_tokens() ->
     assert torch.equal(out["input_ids"][~chosen], rows[~chosen]) and int(out["input_ids"].max()) < len(hf)
     with pytest.raises(ValueError, match="no mask token"):
         MaskedLMCollator.from_tokenizer(transformers.GPT2TokenizerFast(vocab={"a": 0, "b": 1}, merges=[]))
+
+
+def test_evaluate_takes_what_train_takes_and_equals_the_models_own_mean_loss() -> None:
+    from hookscope.training import evaluate
+
+    model, rows = _model(), _rows(6)
+    config = TrainingConfig(steps=1, eval_batch_size=4, progress=False)
+    want = float(model(rows, return_type="loss"))
+    assert evaluate(model, rows, config) == pytest.approx(want, rel=1e-6)
+    assert evaluate(model, rows.tolist(), config) == pytest.approx(want, rel=1e-6)
