@@ -39,6 +39,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def save_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, log: list,
+    config: dict | None = None,
 ) -> None:
     """Write a checkpoint; ``state.json`` is written last, so a half-written one is never picked up."""
     path.mkdir(parents=True, exist_ok=True)
@@ -49,10 +50,22 @@ def save_checkpoint(
         rng.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file({**{f"optim.{k}": v for k, v in tensors.items()}, **{f"rng.{k}": v for k, v in rng.items()}},
               str(path / "state.safetensors"))
-    info = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), "log": log}
+    info = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), "log": log, "config": config}
     tmp = path / "state.json.tmp"
     tmp.write_text(json.dumps(info))
     tmp.replace(path / "state.json")
+
+
+# settings that change the run's trajectory: resuming under others is no longer the same run
+TRAJECTORY = ("batch_size", "grad_accum_steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "betas",
+              "adam_eps", "max_grad_norm", "seed", "bf16")
+
+
+def config_changes(path: Path, config: dict) -> list[str]:
+    """The trajectory settings of ``config`` that differ from those the checkpoint was written under."""
+    saved = json.loads((path / "state.json").read_text()).get("config") or {}
+    return [f"{k}: {saved[k]!r} -> {config[k]!r}" for k in TRAJECTORY
+            if k in saved and json.loads(json.dumps(config[k])) != saved[k]]
 
 
 def load_checkpoint(

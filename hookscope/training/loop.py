@@ -21,7 +21,13 @@ from tqdm.auto import tqdm
 
 from hookscope.extensions import implementation
 from hookscope.models.lm_loss import IGNORE_INDEX
-from hookscope.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from hookscope.training.checkpoint import (
+    checkpoint_dir,
+    config_changes,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from hookscope.training.config import TrainingConfig
 from hookscope.training.data import CausalLMCollator, batch_indices, token_rows
 from hookscope.training.distributed import World, join_world, no_sync, wrap_for_world
@@ -157,6 +163,10 @@ def _resume(config: TrainingConfig, model: torch.nn.Module, optimizer: Any, sche
     path = latest_checkpoint(config.out_dir)
     if path is None:
         return 0, []
+    changed = config_changes(path, config.to_dict())
+    if changed:
+        logger.warning("resuming %s under other settings (%s): the run will not be the one it continues",
+                       path, "; ".join(changed))
     step, log = load_checkpoint(path, model, optimizer, scheduler)
     logger.info("resumed from %s at step %d", path, step)
     return step, log
@@ -268,7 +278,8 @@ def _loop(
         bar.update(1)
         every = config.checkpoint_every
         if config.out_dir is not None and every and ((step + 1) % every == 0 or last) and world.is_main:
-            save_checkpoint(checkpoint_dir(config.out_dir, step + 1), model, optimizer, scheduler, step + 1, log)
+            save_checkpoint(checkpoint_dir(config.out_dir, step + 1), model, optimizer, scheduler, step + 1, log,
+                            config.to_dict())
     bar.close()
 
 

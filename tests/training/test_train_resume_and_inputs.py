@@ -141,3 +141,15 @@ def test_evaluate_takes_what_train_takes_and_equals_the_models_own_mean_loss() -
         want = float(model(rows, return_type="loss"))
     assert evaluate(model, rows, config) == pytest.approx(want, rel=1e-6)
     assert evaluate(model, rows.tolist(), config) == pytest.approx(want, rel=1e-6)
+
+
+def test_resuming_under_other_trajectory_settings_warns_and_the_same_settings_do_not(tmp_path, caplog) -> None:
+    rows = _rows()
+    base = dict(batch_size=4, progress=False, out_dir=str(tmp_path), checkpoint_every=2)
+    train(_model(), rows, TrainingConfig(steps=2, **base))
+    with caplog.at_level("WARNING", logger="hookscope.training.loop"):
+        train(_model(), rows, TrainingConfig(steps=3, **base))  # more steps: the same run, continued
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="hookscope.training.loop"):
+        train(_model(), rows, TrainingConfig(steps=4, **{**base, "batch_size": 8}, lr=3e-3))
+    assert "batch_size: 4 -> 8" in caplog.text and "lr: 0.001 -> 0.003" in caplog.text
