@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 
@@ -82,19 +83,25 @@ class TrainingConfig:
         ints = ("steps", "batch_size", "grad_accum_steps", "warmup_steps", "seed", "eval_batch_size")
         for name in (*ints, "eval_every", "checkpoint_every"):
             value = getattr(self, name)
-            if (value is not None or name in ints) and (not isinstance(value, int) or isinstance(value, bool)):
+            if value is None and name not in ints:
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise TypeError(f"TrainingConfig.{name} must be an int, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy ints become plain ints (JSON logs, checkpoints)
         for name in ("lr", "min_lr_ratio", "weight_decay", "adam_eps", "max_grad_norm"):
             value = getattr(self, name)
             if value is None and name == "max_grad_norm":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise TypeError(f"TrainingConfig.{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         for name in ("bf16", "resume", "progress", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainingConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+        if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas):
             raise ValueError(f"TrainingConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
 
     def to_dict(self) -> dict:
         return asdict(self)
