@@ -76,6 +76,9 @@ def test_bad_config_values_raise_type_errors_naming_the_field() -> None:
             TrainingConfig(**{"steps": 2, **bad})
     with pytest.raises(ValueError, match="betas"):
         TrainingConfig(steps=2, betas=(0.9, 1.5))
+    numpy = pytest.importorskip("numpy")
+    config = TrainingConfig(steps=numpy.int64(3), lr=numpy.float32(0.5), betas=[0.8, 0.9])
+    assert type(config.steps) is int and type(config.lr) is float and config.betas == (0.8, 0.9)
 
 
 def test_bad_train_arguments_raise_clearly() -> None:
