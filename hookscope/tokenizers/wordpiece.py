@@ -95,9 +95,7 @@ class WordPiece(TokenizerBase):
         """From BERT's ``vocab.txt`` (one token a line, the line number is the id); ``lowercase=False`` for
         cased vocabularies."""
         lines = Path(vocab_txt).read_text(encoding="utf-8").splitlines()
-        vocab = {}
-        for i, token in enumerate(lines):
-            vocab.setdefault(token, i)
+        vocab = {token: i for i, token in enumerate(lines)}  # a repeated line takes its last id, as HF reads it
         return cls(vocab, **kwargs)  # type: ignore[arg-type]
 
     @property

@@ -120,3 +120,13 @@ def test_a_bert_model_reads_text_through_our_wordpiece_as_through_hfs(bert_pair)
     texts = [("a guitar", "it is loud"), ("b", "the guitar is very loud [MASK]")]
     with_ours, with_hf = hookscope.load(folder, tokenizer=ours), hookscope.load(folder)
     assert torch.equal(with_ours(texts, return_type="embeddings"), with_hf(texts, return_type="embeddings"))
+
+
+def test_a_vocab_txt_with_a_repeated_line_reads_as_hf_reads_it(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from hookscope.tokenizers import WordPiece
+
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n##b\na\n", encoding="utf-8")
+    hf = transformers.BertTokenizerFast(vocab=str(path))
+    assert WordPiece.from_vocab(path).encode("a ab b") == hf("a ab b")["input_ids"]
