@@ -12,6 +12,8 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
+import regex
+
 from hookscope.tokenizers.bpe import GPT2_SPLIT, ByteLevelBPE, bytes_to_unicode
 
 Pair = tuple[str, str]
@@ -29,14 +31,18 @@ def _merge_word(symbols: tuple[str, ...], pair: Pair) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _word_counts(texts: Iterable[str]) -> Counter:
+def _word_counts(texts: Iterable[str], special_tokens: tuple[str, ...] = ()) -> Counter:
+    """Counts of the pre-tokenized words (as byte symbols); special tokens in the text are cut out first, as
+    the tokenizer never splits them."""
     table = bytes_to_unicode()
     counts: Counter = Counter()
+    specials = regex.compile("|".join(regex.escape(t) for t in special_tokens)) if special_tokens else None
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"train_bpe needs texts (strings), got {type(text).__name__}")
-        for word in GPT2_SPLIT.findall(text):
-            counts["".join(table[b] for b in word.encode("utf-8"))] += 1
+        for chunk in specials.split(text) if specials is not None else (text,):
+            for word in GPT2_SPLIT.findall(chunk):
+                counts["".join(table[b] for b in word.encode("utf-8"))] += 1
     return counts
 
 
@@ -93,7 +99,7 @@ def train_bpe(
     base = 256 + len(special_tokens)
     if vocab_size < base:
         raise ValueError(f"vocab_size must be at least {base} (256 bytes + {len(special_tokens)} special tokens)")
-    merges = learn_merges(_word_counts(texts), vocab_size - base, min_frequency)
+    merges = learn_merges(_word_counts(texts, special_tokens), vocab_size - base, min_frequency)
     tokens = [bytes_to_unicode()[b] for b in range(256)] + [a + b for a, b in merges] + list(special_tokens)
     vocab: dict[str, int] = {}
     for token in tokens:

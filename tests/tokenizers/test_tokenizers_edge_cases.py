@@ -130,3 +130,13 @@ def test_a_vocab_txt_with_a_repeated_line_reads_as_hf_reads_it(tmp_path) -> None
     path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n##b\na\n", encoding="utf-8")
     hf = transformers.BertTokenizerFast(vocab=str(path))
     assert WordPiece.from_vocab(path).encode("a ab b") == hf("a ab b")["input_ids"]
+
+
+def test_bpe_training_learns_nothing_from_special_tokens_in_its_texts() -> None:
+    from hookscope.tokenizers import train_bpe
+
+    texts = ["ab ab<|endoftext|>ab ab", "<|endoftext|><|endoftext|> ab"] * 5
+    tok = train_bpe(texts, vocab_size=300)
+    assert all("<" not in a + b and "|" not in a + b for a, b in tok.merges)
+    assert tok.encode(texts[0]).count(tok.eos_token_id) == 1
+    assert tok.decode(tok.encode(texts[1])) == texts[1]
