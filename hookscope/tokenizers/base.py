@@ -75,6 +75,15 @@ class TokenizerBase(ABC):
         return self._id(self.mask_token)
 
     @property
+    def all_special_ids(self) -> list[int]:
+        """Ids of every special token (HF's name): never split in the text, dropped by ``skip_special_tokens``."""
+        return sorted(self.special_ids)
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return [self.id_to_token[i] for i in self.all_special_ids]
+
+    @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 

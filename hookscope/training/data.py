@@ -191,7 +191,7 @@ class MaskedLMCollator:
         mask = getattr(tokenizer, "mask_token_id", None)
         if mask is None:
             raise ValueError("the tokenizer has no mask token: masked-LM training needs one")
-        special = getattr(tokenizer, "all_special_ids", None) or getattr(tokenizer, "special_ids", ())
+        special = getattr(tokenizer, "all_special_ids", None) or ()
         return cls(mask_token_id=int(mask), vocab_size=len(tokenizer), mask_prob=mask_prob,
                    special_token_ids=tuple(sorted({int(i) for i in special})))
 

@@ -140,3 +140,9 @@ def test_bpe_training_learns_nothing_from_special_tokens_in_its_texts() -> None:
     assert all("<" not in a + b and "|" not in a + b for a, b in tok.merges)
     assert tok.encode(texts[0]).count(tok.eos_token_id) == 1
     assert tok.decode(tok.encode(texts[1])) == texts[1]
+
+
+def test_all_special_ids_and_tokens_are_hfs(gpt2_pair, bert_pair) -> None:  # noqa: F811
+    for ours, hf in (gpt2_pair, bert_pair):
+        assert ours.all_special_ids == sorted(hf.all_special_ids)
+        assert sorted(ours.all_special_tokens) == sorted(hf.all_special_tokens)
