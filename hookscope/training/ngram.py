@@ -9,11 +9,20 @@ trained transformer passes them on its way down.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from hookscope.training.data import token_rows
 
-def _check_rows(rows: torch.Tensor) -> torch.Tensor:
-    if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or rows.is_floating_point() or rows.shape[1] < 2:
+
+def _check_rows(rows: Any) -> torch.Tensor:
+    """Token rows as :func:`~hookscope.training.data.token_rows` reads them (a tensor, id lists, a dataset)."""
+    try:
+        rows = token_rows(rows)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"ngram losses need integer token rows [n_rows, pos] with pos >= 2: {err}") from err
+    if rows.shape[1] < 2:
         raise ValueError("ngram losses need integer token rows [n_rows, pos] with pos >= 2")
     if int(rows.min()) < 0:
         raise ValueError("token ids must be non-negative")
@@ -29,13 +38,13 @@ def _entropy_from_counts(counts: torch.Tensor) -> float:
     return float(-(p * logp).sum())
 
 
-def unigram_loss(rows: torch.Tensor) -> float:
+def unigram_loss(rows: Any) -> float:
     """Cross-entropy of predicting each next token from the corpus token frequencies (of the targets)."""
     targets = _check_rows(rows)[:, 1:].flatten()
     return _entropy_from_counts(torch.bincount(targets))
 
 
-def bigram_loss(rows: torch.Tensor) -> float:
+def bigram_loss(rows: Any) -> float:
     """Cross-entropy of predicting each next token from the current one with bigram frequencies."""
     rows = _check_rows(rows)
     current, nxt = rows[:, :-1].flatten(), rows[:, 1:].flatten()
@@ -48,6 +57,6 @@ def bigram_loss(rows: torch.Tensor) -> float:
     return float(-(c / c.sum() * (c / per_first[first]).log()).sum())
 
 
-def ngram_losses(rows: torch.Tensor) -> dict[str, float]:
+def ngram_losses(rows: Any) -> dict[str, float]:
     """``{"unigram": ..., "bigram": ...}`` of these token rows, to draw on a loss curve."""
     return {"unigram": unigram_loss(rows), "bigram": bigram_loss(rows)}

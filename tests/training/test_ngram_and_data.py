@@ -37,6 +37,15 @@ def test_a_deterministic_successor_has_zero_bigram_loss() -> None:
 def test_ngram_input_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="pos >= 2"):
         unigram_loss(torch.tensor([[1], [2]]))
+    with pytest.raises(ValueError, match="pos >= 2"):
+        bigram_loss(torch.rand(3, 4))
+    with pytest.raises(ValueError, match="non-negative"):
+        bigram_loss(torch.tensor([[1, -100, 2]]))
+
+
+def test_ngram_losses_take_id_lists_as_the_tensor() -> None:
+    rows = torch.randint(0, 9, (4, 6), generator=torch.Generator().manual_seed(3))
+    assert ngram_losses(rows.tolist()) == ngram_losses(rows)
 
 
 class _CharTokenizer:
