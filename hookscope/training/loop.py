@@ -114,7 +114,7 @@ def evaluate(model: Any, rows: Any, config: TrainingConfig, collator: Any = None
         total += token_loss_sum(model, batch, config.bf16).double().cpu()
         count += int((batch["targets"] != IGNORE_INDEX).sum())
     model.train(was_training)
-    return float(total / max(count, 1))
+    return float(total / count) if count else float("nan")  # nothing scored: no loss to report
 
 
 def _collate(collator: Any, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
