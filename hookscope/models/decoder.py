@@ -290,7 +290,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
                 ``Trainer`` and HF-style training loops drive this model unchanged.
             return_dict: return an ``LMOutput`` (``.logits``; ``.loss`` None without labels).
             num_items_in_batch: with ``labels``, divide the summed token loss by this count (HF's Trainer passes
-                the scored tokens of all the micro-batches of an accumulated step).
+                the scored tokens of all the micro-batches of an accumulated step); ignored without, as HF.
             use_cache: accepted for HF training loops (``use_cache=False``); only ``kv_cache`` caches here.
         """
         input = _resolve_input(input, input_ids)
@@ -299,8 +299,6 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
                 raise ValueError("labels= / return_dict= go with a full forward on token ids: drop start_at_layer, "
                                  "stop_at_layer, kv_cache, logits_to_keep and tokens")
             return self._forward_output(input, attention_mask, labels, loss_per_token, position_ids, num_items_in_batch)
-        if num_items_in_batch is not None:
-            raise ValueError("num_items_in_batch goes with labels=")
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
         _check_input(input, start_at_layer, return_type, self.embed.weight, dispatched=hasattr(self, "hf_device_map"))
