@@ -109,3 +109,15 @@ def test_return_type_loss_of_a_left_padded_batch_is_its_rows_alone_as_transforme
         losses.append(alone)
     mean = model(tokens, attention_mask=mask, return_type="loss")
     torch.testing.assert_close(mean, torch.cat(losses).mean(), atol=1e-6, rtol=1e-6)
+
+
+def test_return_type_loss_equals_the_compat_lm_cross_entropy_loss_on_either_padding() -> None:
+    from hookscope.compat import utils
+
+    model = hookscope.load(random_hf_model("gpt2"))
+    for kind in ("left", "right"):
+        tokens, mask, _ = _padded(kind)
+        with torch.no_grad():
+            logits = model(tokens, attention_mask=mask)
+            got = model(tokens, attention_mask=mask, return_type="loss", loss_per_token=True)
+        torch.testing.assert_close(got, utils.lm_cross_entropy_loss(logits, tokens, mask, per_token=True))
