@@ -25,6 +25,7 @@ from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
 from hookscope.models.decoder_config import DecoderConfig
 from hookscope.models.delegation import ExportMixin
+from hookscope.models.hf_training import HFTrainingMixin
 from hookscope.models.init import init_weights
 from hookscope.models.input_checks import batched_ids, check_device, check_integer_ids, check_residual
 from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
@@ -126,13 +127,8 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     )
 
 
-class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin, HookedModule):
+class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsMixin, ExportMixin, HookedModule):
     """A hooked decoder-only LM, numerically identical to its Hugging Face source."""
-
-    # read by HF's Trainer: it passes num_items_in_batch (token-weighted gradient accumulation) and counts the
-    # scored tokens as a causal LM's (labels shifted), exactly as for HF's *ForCausalLM models
-    accepts_loss_kwargs = True
-    loss_type = "ForCausalLM"
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -319,7 +315,8 @@ class Decoder(LanguageModelMixin, ScoringMixin, StackedWeightsMixin, ExportMixin
             if self.cfg.positional == "shortformer" else None  # added to each attention's query/key inputs
         run = range(len(self.blocks))[start_at_layer:stop_at_layer]
         for i in run:
-            x = self.blocks[i](x, mask, rotary, None if kv_cache is None else kv_cache.layer(i), qk_offset=shortformer)
+            x = self.run_block(i, self.blocks[i], x, mask, rotary, None if kv_cache is None else kv_cache.layer(i),
+                               qk_offset=shortformer)
         if kv_cache is not None and len(run) == len(self.blocks):  # a partial forward only reads the cache
             kv_cache.advance(n_pos)
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head

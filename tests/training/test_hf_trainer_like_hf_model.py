@@ -97,3 +97,31 @@ def test_an_hf_style_training_loop_moves_the_native_model_as_the_hf_one() -> Non
     trained = ours.to_hf().state_dict()
     for name, p in hf.state_dict().items():  # float32 losses (HF's convention) on float64 models: 1e-8 apart
         torch.testing.assert_close(trained[name], p, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_the_trainer_can_turn_it_on(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=40, vocab_size=101, max_position_embeddings=16)
+    model = hookscope.load(transformers.LlamaForCausalLM(config), dtype=torch.float64).train()
+    batch = _collate([_Padded(4, 101)[i] for i in range(4)])
+    model(**batch).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    recomputed = []
+    model.blocks[1].register_forward_pre_hook(lambda module, args: recomputed.append(1))
+    model.gradient_checkpointing_enable(every_n_layers=1)
+    assert model.is_gradient_checkpointing
+    model(**batch).loss.backward()
+    assert len(recomputed) == 2  # block 1 ran again in the backward pass: it was checkpointed
+    for p, want in zip(model.parameters(), plain, strict=True):
+        torch.testing.assert_close(p.grad, want, atol=1e-12, rtol=1e-12)
+    model.gradient_checkpointing_disable()
+    with pytest.raises(ValueError, match="offloading"):
+        model.activation_checkpointing_enable(offload=True)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to=[], use_cpu=True,
+        disable_tqdm=True, save_strategy="no", activation_checkpointing=True)
+    transformers.Trainer(model=model.float(), args=args, train_dataset=_Padded(4, 101), data_collator=_collate).train()
+    assert model.is_gradient_checkpointing
