@@ -20,7 +20,7 @@ text has, only denser. Spans as short as 2 tokens matter: trained on random-toke
 a model learnt an in-context copier that matches a window several tokens back instead of the previous token,
 which predicts the repeat well but is not the induction stripe the score measures.
 
-    python examples/induction_heads.py                         # the default recipe (~1,200 steps to the phase change)
+    python examples/induction_heads.py                         # the default recipe (phase change near step 1,200)
     python examples/induction_heads.py --repeat-fraction 0     # pure Wikipedia
 """
 
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--repeat-fraction", type=float, default=1.0,
                         help="fraction of rows that repeat a span of their own text (0: pure Wikipedia)")
     parser.add_argument("--min-span", type=int, default=2, help="shortest repeated span, in tokens")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--out", default=None, help="folder for log.json and loss_curve.png")
     parser.add_argument("--vocab", type=int, default=512)
