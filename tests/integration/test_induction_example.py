@@ -1,6 +1,6 @@
 """examples/induction_heads.py: its data pipeline and probes run on the packaged Wikipedia, and its probe and
 thresholds pass a hand-wired induction circuit and fail a fresh model (default run); its default run grows an
-induction head that crosses both thresholds (slow)."""
+induction head that crosses both thresholds (about 3.5 minutes on one core: the run the issue asks for)."""
 
 from __future__ import annotations
 
@@ -98,13 +98,13 @@ def test_the_probe_and_thresholds_tell_an_induction_circuit_from_a_fresh_model()
     assert found["induction_score"] < example.MIN_INDUCTION_SCORE and abs(found["repeated_half_drop"]) < 0.1
 
 
-@pytest.mark.slow
 def test_default_run_grows_an_induction_head_past_both_thresholds(tmp_path) -> None:
     import json
 
     example = _example()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # the documented run: one thread
     out = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True,
-                         text=True, timeout=3000, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, timeout=3000, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "induction head formed: yes" in out.stdout and "\nphase change:" in out.stdout
     logged = json.loads((tmp_path / "log.json").read_text())

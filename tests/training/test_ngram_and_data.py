@@ -72,6 +72,21 @@ def test_tokenize_and_concatenate_takes_and_returns_a_hf_dataset() -> None:
     assert torch.equal(packed[0]["tokens"], want[0]) and torch.equal(token_rows(packed), want)
 
 
+def test_train_takes_a_packed_hf_dataset_as_it_takes_the_tensor() -> None:
+    datasets = pytest.importorskip("datasets", reason="the datasets package is not installed (optional)")
+    from hookscope import Decoder, DecoderConfig
+    from hookscope.training import TrainingConfig, train
+
+    texts = ["the cat sat on the mat", "a dog ran far", "birds sing at dawn", "rain falls on the hills"]
+    packed = tokenize_and_concatenate(datasets.Dataset.from_dict({"text": texts}), _CharTokenizer(), max_length=8)
+    rows = tokenize_and_concatenate(texts, _CharTokenizer(), max_length=8)
+    cfg = DecoderConfig(d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=12, d_vocab=128, n_ctx=8)
+    config = TrainingConfig(steps=3, batch_size=4, lr=1e-2, progress=False, seed=0)
+    from_dataset = train(Decoder.from_config(cfg, seed=0), packed, config).losses
+    from_tensor = train(Decoder.from_config(cfg, seed=0), rows, config).losses
+    assert from_dataset == from_tensor and len(from_dataset) == 3
+
+
 def test_tokenize_and_concatenate_errors_are_clear() -> None:
     with pytest.raises(TypeError, match="not a single string"):
         tokenize_and_concatenate("abc", _CharTokenizer())
