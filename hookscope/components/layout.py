@@ -59,15 +59,14 @@ def stream_layout(model: nn.Module) -> int:
     seen: set[int] = set()
     count = 0
     for module in model.modules():
-        if not isinstance(module, (nn.Linear, Unembed)):
+        weight = module._parameters.get("weight") if isinstance(module, (nn.Linear, Unembed)) else None
+        if weight is None or id(weight) in seen:
             continue
-        weight = module._parameters.get("weight")
-        target = None if weight is None or id(weight) in seen else relayout_target(weight)
+        seen.add(id(weight))
+        target = relayout_target(weight)
         if target is None:
             continue
-        seen.add(id(weight))  # type: ignore[arg-type]
         with torch.no_grad():  # [out, in]; column-major: strides (1, out)
-            data = weight.data  # type: ignore[union-attr]
-            weight.data = data.t().contiguous().t() if target == "column" else data.contiguous()  # type: ignore[union-attr]
+            weight.data = weight.data.t().contiguous().t() if target == "column" else weight.data.contiguous()
         count += 1
     return count
