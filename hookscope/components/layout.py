@@ -17,8 +17,10 @@ step keep computing bit for bit the same function as each other. Against the oth
 differently (relative ~1e-7 in fp32, ~1e-15 in fp64; often not at all for 8+ rows in fp32), the order by
 which HF's kernels already differ from ours.
 
-Costs: an embedding lookup from a tied, re-laid table gathers strided rows (~5 us a token with GPT-2's
-table, ~0.2% of a 1 x 128 forward), and ``weight.view`` calls that merge dimensions need
+Costs: the re-laid matrices are copies (loading SmolLM2-135M re-lays ~400 MB of its 540 MB, ~0.3 s more
+CPU time; a model loaded from an HF model object no longer shares those tensors with it); an embedding
+lookup from a tied, re-laid table gathers strided rows (~5 us a token with GPT-2's table, ~0.2% of a
+1 x 128 forward), and ``weight.view`` calls that merge dimensions need
 ``reshape`` instead. Writes in place (``weight.copy_``, ``weight[...] = ...``) keep the layout; a weight
 replaced by a new tensor takes that tensor's layout (maybe slower to decode, never wrong).
 :func:`hookscope.load` applies it to every model it builds on the CPU (a model moved to CUDA keeps the
