@@ -11,12 +11,14 @@ time printed; ``--no-compile`` skips it). Outputs are checked equal to HF's (fp3
 
 The floor: a decode step must read every weight matrix once (the embedding table only by row) plus the KV
 cache. The script times, in the same process, thread setting and clock, and interleaved with the decoding
-runs (so the same machine noise hits it), ``--new`` matrix-vector products over one matrix of that many bytes
-(one per generated token: what a decoder that did nothing but stream its weights would do); the floor is
-``batch * new / median seconds`` tokens/s, and ``stream GB/s`` the bandwidth it shows. (Earlier versions
-took the best of 30 single products instead of the median under the same noise as the decoding runs, which
-overstated the floor on a shared machine.) On a CUDA device ``compile=True`` replays CUDA graphs; on a
-machine without one the script prints ``skipped: no CUDA device``.
+runs (so the same machine noise hits it), ``--new`` vector-matrix products over one matrix of that many bytes
+(one per generated token: what a decoder that did nothing but stream its weights would do), laid out as the
+fastest-streaming weights are; the floor is ``batch * new / median seconds`` tokens/s, and ``stream GB/s`` the
+bandwidth it shows. (Earlier versions took the best of 30 single products instead of the median under the
+same noise as the decoding runs, which overstated the floor on a shared machine, and then streamed a
+row-major matrix, ~15 GB/s where the column-major one streams ~22 GB/s on the 2-core EPYC, which understated
+it: "of floor" figures before this change are not comparable.) On a CUDA device ``compile=True`` replays
+CUDA graphs; on a machine without one the script prints ``skipped: no CUDA device``.
 """
 
 from __future__ import annotations
@@ -78,15 +80,20 @@ def bytes_per_step(model: torch.nn.Module, batch: int, mean_len: float) -> float
 
 
 def streaming(n_bytes: float, steps: int, dtype: torch.dtype, device: str) -> Callable[[], object]:
-    """``steps`` matrix-vector products over one ``n_bytes`` matrix: weight streaming and nothing else."""
-    cols = 1024
-    rows = max(int(n_bytes / (cols * torch.finfo(dtype).bits / 8)), 1)
+    """``steps`` vector-matrix products over one ``n_bytes`` matrix: weight streaming and nothing else.
+
+    The matrix is laid out as the fastest-streaming weights are (``vector @ matrix`` over a row-major
+    ``[1024, n]``: ~22 GB/s on the 2-core EPYC; the row-major ``matrix @ vector`` of earlier versions
+    streamed ~15 GB/s there, which understated the floor).
+    """
+    rows = 1024
+    cols = max(int(n_bytes / (rows * torch.finfo(dtype).bits / 8)), 1)
     matrix = torch.randn(rows, cols, dtype=dtype, device=device)
-    vector = torch.randn(cols, dtype=dtype, device=device)
+    vector = torch.randn(1, rows, dtype=dtype, device=device)
 
     def run() -> None:
         for _ in range(steps):
-            matrix @ vector
+            vector @ matrix
 
     run.n_bytes = matrix.numel() * matrix.element_size()  # type: ignore[attr-defined]
     return run

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hookscope.components.layout import stream_layout
 from hookscope.errors import LoadError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def load(
     else:
         model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
     model.eval()
+    stream_layout(model)  # wide matrices column-major: decoding streams them faster (same values)
     if device_map is not None:
         model = dispatch(model, device_map, max_memory)
     return model

@@ -80,6 +80,33 @@ def test_compiled_steps_run_only_without_hooks_and_left_padding_matches_eager(co
     assert cache["blocks.1.hook_resid_post"].shape[1] == 8  # recorded steps run eagerly
 
 
+@pytest.mark.parametrize("backend", ["counting", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_weights_edited_after_compiling_are_what_the_compiled_steps_use(
+    backend: str, compilations: list[int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing is baked into the compiled step: in-place edits and replaced weight tensors (another layout
+    too) give the tokens HF gives with the same edit, never the compile-time weights."""
+    if backend == "inductor":
+        monkeypatch.setattr(compiled, "BACKEND", "inductor")
+    hf = random_hf_model("llama")
+    model = hookscope.load(hf)
+    tokens = random_tokens(2, 5)
+    before = model.generate(tokens, 8, eos_token_id=[], compile=True)
+    ours, theirs = model.blocks[0].mlp.up_proj.weight, hf.model.layers[0].mlp.up_proj.weight
+    edited = ours.detach() * -4.0
+    with torch.no_grad():
+        ours.copy_(edited)
+        theirs.copy_(edited)
+    in_place = model.generate(tokens, 8, eos_token_id=[], compile=True)
+    assert torch.equal(in_place, _hf_greedy(hf, tokens, 8)) and not torch.equal(in_place, before)
+    head = hf.lm_head.weight.detach().flip(0).contiguous()  # [d_vocab, d_model], row-major this time
+    with torch.no_grad():
+        model.unembed.weight.data = head.clone()
+        hf.lm_head.weight.data = head.clone()
+    replaced = model.generate(tokens, 8, eos_token_id=[], compile=True)
+    assert torch.equal(replaced, _hf_greedy(hf, tokens, 8)) and not torch.equal(replaced, in_place)
+
+
 @pytest.mark.parametrize("compile", [False, True])
 def test_hook_attached_mid_generation_fires_from_the_next_step(compile: bool, compilations: list[int]) -> None:
     model = hookscope.load(random_hf_model("gpt2"))
