@@ -11,7 +11,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
+
+
+def save_model_tensors(model: torch.nn.Module, file: Path) -> None:
+    """The model's state in a safetensors file: each tied (shared) tensor once, every tensor contiguous.
+
+    safetensors' own ``save_model`` / ``load_model`` cannot read strided tensors (``load(decode_layout=True)``
+    stores wide matrices column-major), so ties are found here: names whose tensors share storage, offset,
+    shape and strides; the metadata maps each dropped name to the one kept.
+    """
+    kept: dict[tuple, str] = {}
+    tensors, tied = {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()))
+        if tensor.numel() and key in kept:
+            tied[name] = kept[key]
+            continue
+        kept[key] = name
+        tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(file), metadata={"tied": json.dumps(tied)})
+
+
+def load_model_tensors(model: torch.nn.Module, file: Path) -> None:
+    """Copy a :func:`save_model_tensors` file into ``model`` in place (each parameter keeps its layout)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        tied = json.loads((handle.metadata() or {}).get("tied", "{}"))
+    tensors = load_file(str(file))
+    state = {name: tensors[tied.get(name, name)] for name in model.state_dict() if tied.get(name, name) in tensors}
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(tensors) - set(model.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {file.parent} does not fit this model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict(state)
 
 
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
@@ -43,7 +79,7 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint; ``state.json`` is written last, so a half-written one is never picked up."""
     path.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path / "model.safetensors"))  # handles tied (shared) parameters
+    save_model_tensors(model, path / "model.safetensors")
     tensors, meta = _optimizer_tensors(optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -73,10 +109,7 @@ def load_checkpoint(
 ) -> tuple[int, list]:
     """Restore a checkpoint in place; returns (step reached, log so far)."""
     info = json.loads((path / "state.json").read_text())
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+    load_model_tensors(model, path / "model.safetensors")
     tensors = load_file(str(path / "state.safetensors"))
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

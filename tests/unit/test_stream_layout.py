@@ -1,5 +1,5 @@
 """The decoding weight layout: loaded models store their wide matrices column-major, with the same parameters,
-values and ties, and compute the same function as before (products of 8+ rows bit for bit)."""
+values and ties, and compute the same function as before (products of 8+ rows bit for bit); they checkpoint and resume."""
 
 from __future__ import annotations
 
@@ -28,6 +28,24 @@ def test_loaded_model_stores_wide_matrices_column_major_and_narrow_ones_row_majo
     q = model.blocks[1].attn.q_proj.weight  # square, a slice of c_attn: made column-major
     assert q.t().is_contiguous()
     assert model.unembed.weight.t().is_contiguous()
+
+
+def test_decode_layout_false_keeps_the_arriving_layout_and_a_relaid_model_checkpoints_and_reloads(tmp_path) -> None:
+    from hookscope.training.checkpoint import load_model_tensors, save_model_tensors
+
+    plain = hookscope.load(_gpt2(), progress=False, decode_layout=False)
+    relaid = hookscope.load(_gpt2(), progress=False)
+    # GPT-2's Conv1D weights arrive column-major: left so, or made row-major where that streams faster
+    assert not plain.blocks[0].mlp.down_proj.weight.is_contiguous()
+    assert relaid.blocks[0].mlp.down_proj.weight.is_contiguous()
+    assert not relaid.blocks[0].mlp.up_proj.weight.is_contiguous()
+    save_model_tensors(relaid, tmp_path / "m.safetensors")  # tied unembedding saved once, strided ones copied
+    load_model_tensors(plain, tmp_path / "m.safetensors")
+    assert plain.unembed.weight is plain.embed.weight  # the tie survives the round trip
+    for (name, a), b in zip(plain.state_dict().items(), relaid.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    tokens = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    torch.testing.assert_close(plain(tokens), relaid(tokens), atol=1e-5, rtol=0)
 
 
 def test_relaid_parameters_keep_identity_values_and_ties() -> None:
@@ -88,3 +106,19 @@ def test_conv_and_embedding_only_modules_are_left_alone() -> None:
     module = nn.Sequential(nn.Conv1d(4, 8, 3), nn.Embedding(10, 4))
     assert stream_layout(module) == 0
     assert all(p.is_contiguous() for p in module.parameters())
+
+
+def test_a_loaded_model_with_strided_weights_checkpoints_and_resumes_exactly(tmp_path) -> None:
+    import shutil
+
+    from hookscope.training import TrainingConfig, train
+
+    rows = torch.randint(0, 101, (16, 12), generator=torch.Generator().manual_seed(0))
+    config = TrainingConfig(steps=4, batch_size=4, lr=1e-2, out_dir=str(tmp_path), checkpoint_every=2, progress=False)
+    model = hookscope.load(_gpt2(), progress=False)
+    assert not model.blocks[0].mlp.up_proj.weight.is_contiguous()
+    straight = train(model, rows, config).losses
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000004")  # as if the run had stopped after step 2
+    model = hookscope.load(_gpt2(), progress=False)
+    resumed = train(model, rows, config)
+    assert resumed.losses == straight
