@@ -1,5 +1,6 @@
 """The decoding weight layout: loaded models store their wide matrices column-major, with the same parameters,
-values and ties, and compute the same function as before (products of 8+ rows bit for bit); they checkpoint and resume."""
+values and ties, and compute the same function as before (products of 8+ rows bit for bit); they checkpoint and
+resume."""
 
 from __future__ import annotations
 
