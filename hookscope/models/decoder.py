@@ -28,7 +28,7 @@ from hookscope.models.delegation import ExportMixin
 from hookscope.models.hf_training import HFTrainingMixin
 from hookscope.models.init import init_weights
 from hookscope.models.input_checks import batched_ids, check_device, check_integer_ids, check_residual
-from hookscope.models.lm_loss import LMOutput, causal_lm_loss, next_token_loss
+from hookscope.models.lm_loss import next_token_loss
 from hookscope.models.scoring import ScoringMixin
 from hookscope.models.weight_views import StackedWeightsMixin
 from hookscope.text import LanguageModelMixin
@@ -259,6 +259,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsM
         return_dict: bool = False,
         num_items_in_batch: int | torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_hidden_states: bool = False,
     ) -> Any:
         """Run the model.
 
@@ -288,13 +289,17 @@ class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsM
             num_items_in_batch: with ``labels``, divide the summed token loss by this count (HF's Trainer passes
                 the scored tokens of all the micro-batches of an accumulated step); ignored without, as HF.
             use_cache: accepted for HF training loops (``use_cache=False``); only ``kv_cache`` caches here.
+            output_hidden_states: with ``return_dict`` / ``labels``, also return ``.hidden_states`` as HF does:
+                ``n_layers + 1`` tensors ``[batch, pos, d_model]``, each block's input, then the final norm's
+                output (they keep their autograd graph, e.g. for distillation losses).
         """
         input = _resolve_input(input, input_ids)
-        if labels is not None or return_dict:
+        if labels is not None or return_dict or output_hidden_states:
             if any(v is not None for v in (start_at_layer, stop_at_layer, kv_cache, logits_to_keep, tokens)):
-                raise ValueError("labels= / return_dict= go with a full forward on token ids: drop start_at_layer, "
-                                 "stop_at_layer, kv_cache, logits_to_keep and tokens")
-            return self._forward_output(input, attention_mask, labels, loss_per_token, position_ids, num_items_in_batch)
+                raise ValueError("labels= / return_dict= / output_hidden_states= go with a full forward on token ids: "
+                                 "drop start_at_layer, stop_at_layer, kv_cache, logits_to_keep and tokens")
+            return self._forward_output(input, attention_mask, labels, loss_per_token, position_ids, num_items_in_batch,
+                                        output_hidden_states)
         if isinstance(input, (str, list)):
             input, attention_mask = self.tokenize_for_forward(input, attention_mask, prepend_bos)
         _check_input(input, start_at_layer, return_type, self.embed.weight, dispatched=hasattr(self, "hf_device_map"))
@@ -322,20 +327,6 @@ class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsM
         if stop_at_layer is not None:  # TransformerLens semantics: the residual stream, no head
             return x
         return self._head(x, tokens, attention_mask, return_type, logits_to_keep, loss_per_token)
-
-    def _forward_output(
-        self, input: Any, attention_mask: torch.Tensor | None, labels: torch.Tensor | None, per_token: bool,
-        position_ids: torch.Tensor | None, num_items: Any = None,
-    ) -> LMOutput:
-        """HF-style call: logits, and the loss on ``labels`` when given."""
-        logits = self.forward(input, attention_mask, position_ids=position_ids)
-        if labels is None:
-            return LMOutput(loss=None, logits=logits)
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
-            raise TypeError("labels must be an integer tensor of token ids [batch, pos] (-100 = ignored)")
-        labels = labels[None] if labels.ndim == 1 else labels
-        loss = causal_lm_loss(logits, labels.to(logits.device), per_token, None if per_token else num_items)
-        return LMOutput(loss=loss, logits=logits)
 
     def _head(
         self, x: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, return_type: ReturnType,

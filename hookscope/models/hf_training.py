@@ -1,5 +1,6 @@
 """What Hugging Face's ``Trainer`` and HF-style training loops read on a causal LM, for the native decoder:
-the loss-kwargs protocol (token-weighted gradient accumulation) and activation checkpointing.
+the HF-style call (``labels=``, ``return_dict=``, ``output_hidden_states=``), the loss-kwargs protocol
+(token-weighted gradient accumulation) and activation checkpointing.
 
 Activation checkpointing recomputes a block's forward during the backward pass instead of keeping its
 activations: memory for compute. Hooks inside a checkpointed block then fire twice per training step (once
@@ -13,9 +14,12 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from hookscope.models.lm_loss import LMOutput, causal_lm_loss
+
 
 class HFTrainingMixin:
-    """Adds HF's training surface to a module whose forward runs its blocks through :meth:`run_block`."""
+    """Adds HF's training surface to a decoder (``blocks``, ``ln_final``) whose forward runs its blocks
+    through :meth:`run_block`."""
 
     # read by HF's Trainer: it passes num_items_in_batch (token-weighted gradient accumulation) and counts the
     # scored tokens as a causal LM's (labels shifted), exactly as for HF's *ForCausalLM models
@@ -24,6 +28,9 @@ class HFTrainingMixin:
     _checkpoint_every = 0  # 0: off; n: every n-th block is checkpointed
     _checkpoint_kwargs: dict[str, Any] = {}
     training: bool
+    blocks: Any
+    ln_final: Any
+    forward: Any
 
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False,
@@ -58,3 +65,33 @@ class HFTrainingMixin:
         if self._checkpoint_every and self.training and torch.is_grad_enabled() and index % self._checkpoint_every == 0:
             return checkpoint(block, *args, **self._checkpoint_kwargs, **kwargs)
         return block(*args, **kwargs)
+
+    def _forward_output(
+        self, input: Any, attention_mask: torch.Tensor | None, labels: torch.Tensor | None, per_token: bool,
+        position_ids: torch.Tensor | None, num_items: Any = None, output_hidden_states: bool = False,
+    ) -> LMOutput:
+        """HF-style call: logits, and the loss on ``labels`` when given (and HF's hidden states when asked)."""
+        hidden: dict[int, torch.Tensor] = {}  # first write wins: a checkpointed block runs again in the backward
+        handles = []
+        if output_hidden_states:
+
+            def keep(index: int, tensor: torch.Tensor) -> None:  # a hook that returns None changes nothing
+                hidden.setdefault(index, tensor)
+
+            n = len(self.blocks)
+            handles = [block.register_forward_pre_hook(lambda _, args, i=i: keep(i, args[0]))
+                       for i, block in enumerate(self.blocks)]
+            handles.append(self.ln_final.register_forward_hook(lambda _, __, out: keep(n, out)))
+        try:
+            logits = self.forward(input, attention_mask, position_ids=position_ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        extra = {"hidden_states": tuple(hidden[i] for i in sorted(hidden))} if output_hidden_states else {}
+        if labels is None:
+            return LMOutput(loss=None, logits=logits, **extra)
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            raise TypeError("labels must be an integer tensor of token ids [batch, pos] (-100 = ignored)")
+        labels = labels[None] if labels.ndim == 1 else labels
+        loss = causal_lm_loss(logits, labels.to(logits.device), per_token, None if per_token else num_items)
+        return LMOutput(loss=loss, logits=logits, **extra)
