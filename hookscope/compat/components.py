@@ -40,6 +40,8 @@ class PosEmbed(_NativePosEmbed):
     looks position ids up.
     """
 
+    computes_as = _NativePosEmbed  # in hookscope's own call (read by the lean decode step)
+
     def forward(  # type: ignore[override]
         self, tokens: torch.Tensor, past_kv_pos_offset: int = 0, attention_mask: torch.Tensor | None = None,
         *, validate: bool | None = None,
@@ -100,6 +102,8 @@ class TLAttention(_TLCall, Attention):
     """Attention that also takes TL's ``attn(query_input, key_input, value_input, past_kv_cache_entry,
     additive_attention_mask, attention_mask, position_bias)`` (the model calls it with a native mask)."""
 
+    computes_as = Attention  # with a native mask (read by the lean decode step)
+
     def forward(self, q_in: torch.Tensor | None = None, kv_in: Any = None, mask: Any = None,  # type: ignore[override]
                 *, query_input: torch.Tensor | None = None, key_input: torch.Tensor | None = None,
                 value_input: torch.Tensor | None = None, past_kv_cache_entry: Any = None,
@@ -136,13 +140,19 @@ class _TLDecoderBlockCall(_TLCall):
 class TransformerBlock(_TLDecoderBlockCall, SequentialBlock):
     """A decoder block with TL's call signature as well (see :class:`_TLDecoderBlockCall`)."""
 
+    computes_as = SequentialBlock  # in the model's own call (read by the lean decode step)
+
 
 class ParallelTransformerBlock(_TLDecoderBlockCall, ParallelBlock):
     """A parallel (NeoX-style) block with TL's call signature as well."""
 
+    computes_as = ParallelBlock
+
 
 class AttnOnlyTransformerBlock(_TLDecoderBlockCall, AttnOnlyBlock):
     """An attention-only block with TL's call signature as well."""
+
+    computes_as = AttnOnlyBlock
 
 
 class BertBlock(_TLCall, EncoderBlock):

@@ -74,6 +74,10 @@ class HookedTransformer(TLTokensMixin, TLGenerateMixin, PretrainedMixin, HookedR
     """TransformerLens's ``HookedTransformer``: ``HookedTransformer(cfg)`` builds a TL-initialised model;
     :meth:`from_pretrained` converts a hub model (or ``hf_model=``) through hookscope's loader."""
 
+    # generate() calls forward with the native signature, which runs Decoder.forward unchanged (no
+    # hook_tokens, no TL argument handling): the lean decode step computes the same steps
+    generates_with_decoder_forward = True
+
     cfg: HookedTransformerConfig  # type: ignore[assignment]
     _native_signature = False  # True while a native caller (the generator) runs forward with Decoder's signature
 

@@ -89,10 +89,17 @@ class _Layer:
     mlp_norm: Norm | None
 
 
+def _native_kind(module: nn.Module | None) -> type:
+    """The class whose forward ``module`` runs in the model's own calls: its own, or the one its class names
+    in its own ``computes_as`` (compat's TL-signature components, whose native call is their parent's)."""
+    kind = type(module)
+    return kind.__dict__.get("computes_as", kind)
+
+
 def _block_layer(block: nn.Module) -> _Layer | None:
     """How the lean step runs ``block``, or None when a module in it is not one it knows."""
-    kind = type(block)
-    if kind not in (SequentialBlock, ParallelBlock, AttnOnlyBlock) or type(block.attn) is not Attention:
+    kind = _native_kind(block)
+    if kind not in (SequentialBlock, ParallelBlock, AttnOnlyBlock) or _native_kind(block.attn) is not Attention:
         return None
     mlp = getattr(block, "mlp", None)
     if mlp is not None and type(mlp) not in (MLP, GatedMLP):
@@ -241,13 +248,17 @@ def _global_hooks() -> bool:
 
 
 def lean_step(model: Any) -> LeanStep | None:
-    """The lean step of ``model``, or None when it has none (not a native decoder (a subclass neither), a
+    """The lean step of ``model``, or None when it has none (not a native decoder (nor a subclass that sets
+    ``generates_with_decoder_forward`` on its class, as compat's HookedTransformer does), a
     module the lean step does not know, a ``forward`` replaced on a module, shortformer positions, or a model
     dispatched over devices). Built for each ``generate`` call (a module swapped between two calls is seen
     by the next one) and kept nowhere else, so it never outlives the call; a compiled step does not compile
     again for a new one (its guards read the modules, which are the same)."""
-    if type(model) is not Decoder or hasattr(model, "hf_device_map") or model.cfg.positional == "shortformer":
-        return None  # a subclass may compute something else in its forward
+    # a subclass may compute something else in its forward, unless it declares (on the class itself, so that
+    # its own subclasses must declare it again) that generation runs Decoder.forward unchanged
+    native = type(model) is Decoder or type(model).__dict__.get("generates_with_decoder_forward", False)
+    if not native or hasattr(model, "hf_device_map") or model.cfg.positional == "shortformer":
+        return None
     if any("forward" in vars(m) for m in model.modules()):
         return None  # a forward replaced on an instance: only the model's own forward runs it
     layers = [_block_layer(block) for block in model.blocks]
@@ -257,6 +268,6 @@ def lean_step(model: Any) -> LeanStep | None:
 
 
 def _known_head(model: Decoder) -> bool:
-    pos_ok = model.pos_embed is None or type(model.pos_embed) is PosEmbed
+    pos_ok = model.pos_embed is None or _native_kind(model.pos_embed) is PosEmbed
     return type(model.embed) is Embed and pos_ok and type(model.unembed) is Unembed and \
         type(model.ln_final) in _KNOWN_NORMS

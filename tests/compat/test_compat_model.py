@@ -308,3 +308,35 @@ def test_generate_returns_one_string_for_one_row_whatever_the_input() -> None:
     from_embeds = model.generate(model.embed(tokens), max_new_tokens=3, do_sample=False, return_type="str",
                                  verbose=False)
     assert isinstance(from_embeds, str)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generate_runs_the_lean_step_without_hooks_and_the_hooked_forward_with_them(family, monkeypatch) -> None:
+    from hookscope.generation import lean
+
+    steps: list[int] = []
+    real = lean.LeanStep.__call__
+    monkeypatch.setattr(lean.LeanStep, "__call__", lambda self, tokens, *a: steps.append(1) or real(self, tokens, *a))
+    hf, model = hf_and_compat(family)
+    prompt = random_tokens(2, 5, seed=3)
+    out = model.generate(prompt, max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False)
+    with torch.no_grad():
+        want = hf.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    assert torch.equal(out, want) and len(steps) == 5  # every step after the prompt went through the lean step
+    seen: list[int] = []
+    model.add_hook("blocks.0.hook_resid_post", lambda t, hook: seen.append(t.shape[1]))
+    hooked = model.generate(prompt, max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False)
+    assert torch.equal(hooked, want) and len(steps) == 5 and seen == [5] + [1] * 5
+
+
+def test_a_subclass_of_the_compat_model_does_not_inherit_the_lean_step() -> None:
+    from hookscope.generation import lean
+
+    _, model = hf_and_compat("llama")
+    assert lean.lean_step(model) is not None
+
+    class Custom(HookedTransformer):  # its forward may compute something else
+        pass
+
+    model.__class__ = Custom
+    assert lean.lean_step(model) is None
