@@ -56,7 +56,7 @@ def load(
     device_map: str | dict[str, Any] | None = None,
     max_memory: dict[Any, Any] | None = None,
     revision: str | None = None,
-    decode_layout: bool = True,
+    decode_layout: bool | str = True,
 ) -> Any:
     """Load a model as a hooked native hookscope model.
 
@@ -80,10 +80,14 @@ def load(
             contiguous: merge their dimensions with ``reshape`` (not ``view``); safetensors refuses strided
             tensors, so save ``.contiguous()`` copies (or use ``model.to_hf().save_pretrained(...)``;
             training checkpoints do this themselves). ``False`` keeps the layout the weights arrive in
-            (row-major; GPT-2's ``Conv1D`` weights column-major).
+            (row-major; GPT-2's ``Conv1D`` weights column-major). ``"compiled"``: the layout
+            ``generate(compile=True)`` streams fastest on the CPU (row-major linears), which that call
+            otherwise sets itself on its first use; ``True`` is ``"eager"``.
     """
     from hookscope.convert.sources import open_source
 
+    if decode_layout not in (True, False, "eager", "compiled"):
+        raise ValueError(f"decode_layout must be True, False, 'eager' or 'compiled', got {decode_layout!r}")
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     try:
         src = open_source(source, revision=revision)
@@ -106,8 +110,8 @@ def load(
     else:
         model.tokenizer = tokenizer if tokenizer is not None else src.tokenizer()
     model.eval()
-    if decode_layout:
-        stream_layout(model)  # wide matrices column-major: decoding streams them faster (same values)
+    if decode_layout:  # wide matrices column-major: decoding streams them faster (same values)
+        stream_layout(model, "eager" if decode_layout is True else decode_layout)
     if device_map is not None:
         model = dispatch(model, device_map, max_memory)
     return model

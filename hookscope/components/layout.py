@@ -25,39 +25,61 @@ lookup from a tied, re-laid table gathers strided rows (~5 us a token with GPT-2
 replaced by a new tensor takes that tensor's layout (maybe slower to decode, never wrong).
 :func:`hookscope.load` applies it to every model it builds on the CPU (a model moved to CUDA keeps the
 strides; GPU layouts were not measured).
+
+Compiled decoding wants the other layout: TorchInductor turns a one-row product written as a sum over ``in``
+(:func:`streaming_linear`) into a loop that streams a row-major weight at 20-24 GB/s on the same CPU, where
+MKL's products manage 13-20 over either layout for GPT-2-sized blocks' matrices;
+``stream_layout(model, "compiled")`` (done by the first ``generate(compile=True)`` on a model laid out
+here) stores the linears row-major for it.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hookscope.components.embed import Unembed
 
-__all__ = ["relayout_target", "stream_layout"]
+__all__ = ["relayout_target", "stream_layout", "streaming_linear"]
+
+LAYOUTS = ("eager", "compiled")
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def relayout_target(weight: torch.Tensor) -> str | None:
+def relayout_target(weight: torch.Tensor, for_reduction: bool = False) -> str | None:
     """The layout a CPU float ``[out, in]`` matrix should move to, or None when it has it already (or is
-    not one this applies to): "column" for ``out >= in``, "row" for ``out < in`` (see the module docstring).
+    not one this applies to): for MKL's products (fp32 / fp64), "column" for ``out >= in`` and "row" for
+    ``out < in``; ``for_reduction`` (any float dtype): "row", what :func:`streaming_linear` streams fastest.
     """
-    if weight.dim() != 2 or weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+    if weight.dim() != 2 or weight.device.type != "cpu" or min(weight.shape) < 2:
         return None
-    if min(weight.shape) < 2:
+    if for_reduction:
+        return None if weight.is_contiguous() or weight.dtype not in _FLOATS else "row"
+    if weight.dtype not in (torch.float32, torch.float64):
         return None
     if weight.shape[0] >= weight.shape[1]:
         return None if weight.t().is_contiguous() else "column"
     return None if weight.is_contiguous() else "row"
 
 
-def stream_layout(model: nn.Module) -> int:
-    """Store every ``nn.Linear`` weight and unembedding matrix in its faster layout, in place: column-major
-    when ``out >= in``, row-major otherwise.
+def stream_layout(model: nn.Module, mode: str = "eager") -> int:
+    """Store every ``nn.Linear`` weight and unembedding matrix in its faster layout, in place.
 
-    The modules' parameters keep their identity, shape and values (see the module docstring for why).
-    Returns how many matrices were re-laid. Other parameters (embeddings that are not tied to an
-    unembedding, norms, biases, convolutions) are left as they are.
+    ``mode="eager"`` (what :func:`hookscope.load` does): for MKL's matrix-vector products, column-major
+    when ``out >= in``, row-major otherwise. ``mode="compiled"`` (what ``generate(compile=True)`` does to
+    a model laid out by hookscope, on the CPU): the ``nn.Linear`` weights row-major, which the compiled
+    step's :func:`streaming_linear` reads fastest; the unembedding as for "eager" (MKL's product over
+    the column-major table streams as fast, and stays out of the fused kernel).
+
+    The modules' parameters keep their identity, shape and values (see the module docstring for why);
+    ``model.decode_layout`` records the mode. Returns how many matrices were re-laid. Other parameters
+    (embeddings that are not tied to an unembedding, norms, biases, convolutions) are left as they are.
     """
+    if mode not in LAYOUTS:
+        raise ValueError(f"stream_layout: mode must be one of {LAYOUTS}, got {mode!r}")
     seen: set[int] = set()
     count = 0
     for module in model.modules():
@@ -65,10 +87,30 @@ def stream_layout(model: nn.Module) -> int:
         if weight is None or id(weight) in seen:
             continue
         seen.add(id(weight))
-        target = relayout_target(weight)
+        target = relayout_target(weight, for_reduction=mode == "compiled" and isinstance(module, nn.Linear))
         if target is None:
             continue
         with torch.no_grad():  # [out, in]; column-major: strides (1, out)
             weight.data = weight.data.t().contiguous().t() if target == "column" else weight.data.contiguous()
         count += 1
+    model.decode_layout = mode
     return count
+
+
+def streaming_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for code compiled by TorchInductor: one CPU row times a row-major
+    weight becomes a sum over ``in`` that Inductor turns into one streaming loop (fused with what comes
+    before and after), 1.1-1.6x faster than MKL's product over either layout on the CPU measured (fp32
+    ``768 x 768``: 21.9 GB/s vs 14.0 column-major, 12.7 row-major; bf16 about 2x). Anything else (more
+    rows, another layout or device) is ``F.linear``.
+
+    Same function up to rounding: the sum runs in another order (float32 for half-precision inputs, then
+    one cast back). Eagerly it would materialise ``[out, in]`` products: only compiled code calls it.
+    """
+    if x.device.type != "cpu" or math.prod(x.shape[:-1]) != 1 or not weight.is_contiguous():
+        return F.linear(x, weight, bias)
+    acc = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+    y = (x.unsqueeze(-2).to(acc) * weight.to(acc)).sum(-1)  # [*, 1, in] x [out, in] -> [*, out]
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.to(x.dtype)

@@ -40,6 +40,7 @@ from hookscope.models.decoder import AttnOnlyBlock, Decoder, ParallelBlock, Sequ
 _FWD_HOOKS, _BWD_HOOKS = attrgetter("fwd_hooks"), attrgetter("bwd_hooks")  # a HookPoint's hook lists
 _KNOWN_NORMS = (LayerNorm, RMSNorm, OffsetRMSNorm, LayerNormPre, RMSNormPre, NoNorm)
 Norm = Callable[[torch.Tensor], torch.Tensor]
+Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
 
 
 def _norm_fn(module: nn.Module) -> Norm:
@@ -121,10 +122,13 @@ class LeanStep:
     :class:`~hookscope.models.decoder.Decoder`, bit for bit its ``forward(tokens, attention_mask,
     kv_cache=kv_cache, logits_to_keep=1)`` while no hook is attached (:meth:`usable` says so; check it
     before every step: a hook attached mid-generation must run from the next step on).
+
+    ``linear``: how the step multiplies by a weight: ``F.linear`` (the forward's products, bit for bit), or
+    for a compiled step on the CPU :func:`~hookscope.components.layout.streaming_linear` (up to rounding).
     """
 
-    def __init__(self, model: Decoder, layers: list[_Layer]) -> None:
-        self.model, self.layers = model, layers
+    def __init__(self, model: Decoder, layers: list[_Layer], linear: Linear = F.linear) -> None:
+        self.model, self.layers, self.linear = model, layers, linear
         self.points = model.hook_points()
         self.modules = list(model.modules())
         # PyTorch keeps each module's hook dicts for the module's life (handles delete from them in place)
@@ -191,13 +195,12 @@ class LeanStep:
             mlp_out = layer.ln2_post(mlp_out)
         return x + mlp_out
 
-    @staticmethod
-    def _attention(layer: _Layer, x: torch.Tensor, mask: Any, rotary: Any, cache: Any) -> torch.Tensor:
+    def _attention(self, layer: _Layer, x: torch.Tensor, mask: Any, rotary: Any, cache: Any) -> torch.Tensor:
         """The attention's forward without hook points: separate q/k/v products, as there (one product over
         the concatenated weights rounds differently for some shapes on the CPU)."""
-        a = layer.attn
+        a, linear = layer.attn, self.linear
         batch, n_pos = x.shape[:2]
-        q, k, v = (F.linear(x, lin.weight, lin.bias) for lin in (a.q_proj, a.k_proj, a.v_proj))
+        q, k, v = (linear(x, lin.weight, lin.bias) for lin in (a.q_proj, a.k_proj, a.v_proj))
         q = q.view(batch, n_pos, a.n_heads, a.d_head)  # [batch, pos, head_index, d_head]
         k = k.view(batch, n_pos, a.n_kv_heads, a.d_head)  # [batch, pos, kv_head_index, d_head]
         v = v.view(batch, n_pos, a.n_kv_heads, a.d_head)
@@ -212,20 +215,19 @@ class LeanStep:
             z = a._explicit(q, k, v, mask, layer.window, None)  # the forward's explicit path, as it runs there
         else:
             z = fused_attention(q, k, v, mask, scale=1.0 if a.prescale_query else a.scale, window=layer.window)
-        return F.linear(z.reshape(batch, n_pos, a.n_heads * a.d_head), a.o_proj.weight, a.o_proj.bias)
+        return linear(z.reshape(batch, n_pos, a.n_heads * a.d_head), a.o_proj.weight, a.o_proj.bias)
 
-    @staticmethod
-    def _mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        m = layer.mlp
+    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        m, linear = layer.mlp, self.linear
         if isinstance(m, GatedMLP):
-            gate = F.linear(x, m.gate_proj.weight, m.gate_proj.bias)
-            up = F.linear(x, m.up_proj.weight, m.up_proj.bias)
-            return F.linear(m.act(gate) * up, m.down_proj.weight, m.down_proj.bias)
+            gate = linear(x, m.gate_proj.weight, m.gate_proj.bias)
+            up = linear(x, m.up_proj.weight, m.up_proj.bias)
+            return linear(m.act(gate) * up, m.down_proj.weight, m.down_proj.bias)
         assert isinstance(m, MLP)
-        post = m.act(F.linear(x, m.up_proj.weight, m.up_proj.bias))
+        post = m.act(linear(x, m.up_proj.weight, m.up_proj.bias))
         if layer.mlp_norm is not None:  # SoLU's norm over the neurons
             post = layer.mlp_norm(post)
-        return F.linear(post, m.down_proj.weight, m.down_proj.bias)
+        return linear(post, m.down_proj.weight, m.down_proj.bias)
 
 
 class _FixedShapeLayer:
@@ -247,7 +249,7 @@ def _global_hooks() -> bool:
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
-def lean_step(model: Any) -> LeanStep | None:
+def lean_step(model: Any, linear: Linear = F.linear) -> LeanStep | None:
     """The lean step of ``model``, or None when it has none (not a native decoder (nor a subclass that sets
     ``generates_with_decoder_forward`` on its class, as compat's HookedTransformer does), a
     module the lean step does not know, a ``forward`` replaced on a module, shortformer positions, or a model
@@ -264,7 +266,7 @@ def lean_step(model: Any) -> LeanStep | None:
     layers = [_block_layer(block) for block in model.blocks]
     if any(layer is None for layer in layers) or not _known_head(model):
         return None
-    return LeanStep(model, layers)  # type: ignore[arg-type]
+    return LeanStep(model, layers, linear)  # type: ignore[arg-type]
 
 
 def _known_head(model: Decoder) -> bool:

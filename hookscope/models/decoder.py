@@ -154,6 +154,7 @@ class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsM
             self.inv_freq: torch.Tensor | None = None
         self.tokenizer: Any = None
         self.processed_weights: list[Any] = []  # what process_weights did; empty: the source's own weights
+        self.decode_layout: str | None = None  # "eager" / "compiled" once stream_layout re-lays the weights
         self.setup_hooks()
 
     @classmethod
