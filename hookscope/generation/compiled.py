@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hookscope.components.layout import stream_layout, streaming_linear
+from hookscope.components.layout import stream_layout
 from hookscope.components.masks import positions_from_mask
 from hookscope.generation.lean import LeanStep, lean_step
 from hookscope.hooks import hooks_active
@@ -157,14 +157,14 @@ def on_cuda(model: Any) -> bool:
 def compiled_step(model: Any) -> CompiledStep:
     """The compiled decode step of ``model`` (compiled on first use, then kept with the model).
 
-    On the CPU the step's one-row products are :func:`~hookscope.components.layout.streaming_linear`, and
-    a model whose weights :func:`hookscope.load` laid out for eager decoding gets them re-laid (in place,
+    On the CPU the step streams (:class:`~hookscope.generation.lean.LeanStep`'s ``streaming``), and a model
+    whose weights :func:`hookscope.load` laid out for eager decoding gets them re-laid (in place,
     once) the way those products stream fastest (see :func:`compiled_layout`).
     """
     cuda = on_cuda(model)
     if not cuda:
         compiled_layout(model)
-    lean = lean_step(model, F.linear if cuda else streaming_linear)
+    lean = lean_step(model, streaming=not cuda)
     kind, target, options = plan(cuda, lean is not None)
     fns = _compiled.setdefault(model, {})
     if kind not in fns:

@@ -31,6 +31,7 @@ from torch import nn
 
 from hookscope.components.attention import Attention, fused_attention
 from hookscope.components.embed import Embed, PosEmbed, Unembed
+from hookscope.components.layout import streaming_linear
 from hookscope.components.masks import AttentionMask, causal_mask_and_positions
 from hookscope.components.mlp import MLP, GatedMLP
 from hookscope.components.norm import LayerNorm, LayerNormPre, NoNorm, OffsetRMSNorm, RMSNorm, RMSNormPre
@@ -40,7 +41,6 @@ from hookscope.models.decoder import AttnOnlyBlock, Decoder, ParallelBlock, Sequ
 _FWD_HOOKS, _BWD_HOOKS = attrgetter("fwd_hooks"), attrgetter("bwd_hooks")  # a HookPoint's hook lists
 _KNOWN_NORMS = (LayerNorm, RMSNorm, OffsetRMSNorm, LayerNormPre, RMSNormPre, NoNorm)
 Norm = Callable[[torch.Tensor], torch.Tensor]
-Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
 
 
 def _norm_fn(module: nn.Module) -> Norm:
@@ -123,12 +123,15 @@ class LeanStep:
     kv_cache=kv_cache, logits_to_keep=1)`` while no hook is attached (:meth:`usable` says so; check it
     before every step: a hook attached mid-generation must run from the next step on).
 
-    ``linear``: how the step multiplies by a weight: ``F.linear`` (the forward's products, bit for bit), or
-    for a compiled step on the CPU :func:`~hookscope.components.layout.streaming_linear` (up to rounding).
+    ``streaming``: for a step compiled on the CPU, one-row products as
+    :func:`~hookscope.components.layout.streaming_linear`, which Inductor turns into fused streaming loops
+    (the same function up to rounding); otherwise the forward's own products, bit for bit. (Attention
+    written as sums the same way measured no faster than the fused kernel's call: kept as that call.)
     """
 
-    def __init__(self, model: Decoder, layers: list[_Layer], linear: Linear = F.linear) -> None:
-        self.model, self.layers, self.linear = model, layers, linear
+    def __init__(self, model: Decoder, layers: list[_Layer], streaming: bool = False) -> None:
+        self.model, self.layers, self.streaming = model, layers, streaming
+        self.linear: Callable[..., torch.Tensor] = streaming_linear if streaming else F.linear
         self.points = model.hook_points()
         self.modules = list(model.modules())
         # PyTorch keeps each module's hook dicts for the module's life (handles delete from them in place)
@@ -249,7 +252,7 @@ def _global_hooks() -> bool:
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
-def lean_step(model: Any, linear: Linear = F.linear) -> LeanStep | None:
+def lean_step(model: Any, streaming: bool = False) -> LeanStep | None:
     """The lean step of ``model``, or None when it has none (not a native decoder (nor a subclass that sets
     ``generates_with_decoder_forward`` on its class, as compat's HookedTransformer does), a
     module the lean step does not know, a ``forward`` replaced on a module, shortformer positions, or a model
@@ -266,7 +269,7 @@ def lean_step(model: Any, linear: Linear = F.linear) -> LeanStep | None:
     layers = [_block_layer(block) for block in model.blocks]
     if any(layer is None for layer in layers) or not _known_head(model):
         return None
-    return LeanStep(model, layers, linear)  # type: ignore[arg-type]
+    return LeanStep(model, layers, streaming)  # type: ignore[arg-type]
 
 
 def _known_head(model: Decoder) -> bool:
