@@ -34,6 +34,11 @@ class ConfigError(HookscopeError, ValueError):
     """A model config holds a value the model cannot be built with."""
 
 
+class UnsupportedConfigError(ConversionError, ConfigError):
+    """A source model's config holds a value hookscope cannot reproduce exactly (the message names it):
+    both a failure of ``load()`` (:class:`ConversionError`) and a :class:`ConfigError`."""
+
+
 class WeightProcessingError(HookscopeError, ValueError):
     """A weight-processing option (fold_ln, centring, refactoring) cannot be applied to this model exactly."""
 
@@ -72,5 +77,6 @@ __all__ = [
     "ShapeMismatchError",
     "SourceNotFoundError",
     "SourceTypeError",
+    "UnsupportedConfigError",
     "WeightProcessingError",
 ]

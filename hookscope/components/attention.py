@@ -3,7 +3,8 @@
 One class serves every family. What differs between them is a constructor argument, never a test of
 the architecture: GQA head counts, biases (``k_bias=False`` for Whisper), the score scale and whether it
 multiplies the query before the dot product (Whisper) or the scores, Gemma 2's soft-capping, per-head
-q/k norms (Qwen3), rotary positions, an additive position bias (T5), and the softmax dtype.
+q/k norms (Qwen3), rotary positions, an additive position bias (T5), the softmax dtype and a float32 q.k
+(GPT-Neo).
 Cross-attention is a call, not a class: keys and values read another sequence, or arrive precomputed
 from :meth:`Attention.project_kv` (computed once per encoder output while decoding).
 
@@ -167,7 +168,9 @@ class Attention(HeadWeightViews, nn.Module):
         softcap: Gemma 2 attention-logit soft-capping, or None.
         qk_norm: a factory ``d_head -> nn.Module`` for per-head q/k norms (Qwen3), or None.
         softmax_in_float32: compute the pattern in float32 whatever the input dtype (HF Llama-style
-            eager attention); False computes it in the input dtype (HF BERT, T5, Whisper).
+            eager attention); False computes it in the scores' dtype (HF BERT, T5, Whisper).
+        qk_in_float32: multiply q and k in float32 whatever the input dtype (HF GPT-Neo); the scores then
+            take the wider of float32 and the input dtype (HF adds its mask in the model dtype).
         rotary: the model applies rotary positions (the forward gets ``rotary=``): only then are there
             ``hook_rot_q`` / ``hook_rot_k`` points.
         position_bias: the forward gets an additive ``position_bias=`` (T5 self-attention): only then is
@@ -189,6 +192,7 @@ class Attention(HeadWeightViews, nn.Module):
         softcap: float | None = None,
         qk_norm: Callable[[int], nn.Module] | None = None,
         softmax_in_float32: bool = True,
+        qk_in_float32: bool = False,
         rotary: bool = False,
         position_bias: bool = False,
     ) -> None:
@@ -200,6 +204,7 @@ class Attention(HeadWeightViews, nn.Module):
         self.prescale_query = prescale_query
         self.softcap = softcap
         self.softmax_dtype: torch.dtype | None = torch.float32 if softmax_in_float32 else None
+        self.qk_dtype: torch.dtype | None = torch.float32 if qk_in_float32 else None
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=qkv_bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias if k_bias is None else k_bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=qkv_bias)
@@ -270,15 +275,12 @@ class Attention(HeadWeightViews, nn.Module):
             position_bias = self.hook_position_bias(position_bias)
         if self.prescale_query:
             q = q * self.scale
-        # float64 is for verification: there reproduce HF eager's float32 softmax exactly instead of
-        # SDPA's more precise float64 one (they differ by ~1e-7)
-        mirror_fp32_softmax = q.dtype == torch.float64 and self.softmax_dtype == torch.float32
         # Hooks that only observe (a cache) leave the numbers as the un-hooked forward's: the fused kernel
         # computes z and the explicit path runs beside it for them, so run_with_cache == forward exactly.
         explicit = self._explicit_points
         # training on left-padded rows: SDPA's backward is wrong for queries that see no key (see the mask)
         blind = torch.is_grad_enabled() and mask.has_blind_queries(window)
-        if self.softcap is not None or mirror_fp32_softmax or blind or hooks_editing(explicit):
+        if self.needs_explicit(q.dtype) or blind or hooks_editing(explicit):
             z = self._explicit(q, k, v, mask, window, position_bias)
         else:
             scale = 1.0 if self.prescale_query else self.scale
@@ -286,6 +288,14 @@ class Attention(HeadWeightViews, nn.Module):
             if hooks_active(explicit):
                 self._explicit(q, k, v, mask, window, position_bias)  # for the observers only
         return self._output(self.hook_z(z))
+
+    def needs_explicit(self, dtype: torch.dtype) -> bool:
+        """Whether the fused kernel cannot compute this attention's numbers for activations of ``dtype``:
+        soft-capping, or HF's float32 softmax / float32 q.k (mirrored exactly in float64, which is for
+        verification, and in half precision) that SDPA would compute in ``dtype`` instead."""
+        mirror_fp32_softmax = dtype == torch.float64 and self.softmax_dtype == torch.float32
+        mirror_qk = self.qk_dtype is not None and dtype != self.qk_dtype
+        return self.softcap is not None or mirror_fp32_softmax or mirror_qk
 
     def _explicit(
         self,
@@ -299,7 +309,11 @@ class Attention(HeadWeightViews, nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         # [batch, head, pos, d_head], multiplied as HF's eager attention does (same rounding in float32)
         q, k, v = q.transpose(1, 2), repeat_kv(k, n_rep).transpose(1, 2), repeat_kv(v, n_rep).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3))  # [batch, head, query_pos, key_pos]
+        if self.qk_dtype is None:
+            scores = torch.matmul(q, k.transpose(2, 3))  # [batch, head, query_pos, key_pos]
+        else:
+            scores = torch.matmul(q.to(self.qk_dtype), k.to(self.qk_dtype).transpose(2, 3))
+            scores = scores.to(torch.promote_types(self.qk_dtype, q.dtype))
         if not self.prescale_query:
             scores = scores * self.scale
         if self.softcap is not None:

@@ -49,23 +49,30 @@ def _lookup(weight: torch.Tensor, index: torch.Tensor, padding_idx: int | None) 
 
 
 class PosEmbed(nn.Module):
-    """Learned absolute positions ``W_pos [n_ctx, d_model]`` (``padding_idx`` as in :class:`Embed`)."""
+    """Learned absolute positions ``W_pos [n_ctx, d_model]`` (``padding_idx`` as in :class:`Embed`).
 
-    def __init__(self, n_ctx: int, d_model: int, padding_idx: int | None = None) -> None:
+    ``offset``: the stored table has this many rows before position 0 (HF OPT keeps 2), so ``weight`` is
+    ``[offset + n_ctx, d_model]``, position ``p`` reads row ``offset + p`` and ``W_pos`` is the table from
+    position 0 on (a view: editing it edits the weights).
+    """
+
+    def __init__(self, n_ctx: int, d_model: int, padding_idx: int | None = None, offset: int = 0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_ctx, d_model))
+        self.weight = nn.Parameter(torch.empty(offset + n_ctx, d_model))
         nn.init.normal_(self.weight, std=0.02)
         self.padding_idx = padding_idx
+        self.offset = offset
 
     @property
     def W_pos(self) -> torch.Tensor:  # [n_ctx, d_model]
-        return self.weight
+        return self.weight[self.offset :] if self.offset else self.weight
 
     def forward(self, positions: torch.Tensor, validate: bool = True) -> torch.Tensor:
-        n_ctx = self.weight.shape[0]
+        n_ctx = self.weight.shape[0] - self.offset
         if validate and positions.numel() and int(positions.max()) >= n_ctx:
             raise IndexError(f"position {int(positions.max())} is beyond the model's {n_ctx} positions")
-        return _lookup(self.weight, positions, self.padding_idx)  # [batch, pos, d_model]
+        rows = positions + self.offset if self.offset else positions
+        return _lookup(self.weight, rows, self.padding_idx)  # [batch, pos, d_model]
 
 
 class Unembed(nn.Module):

@@ -137,6 +137,67 @@ def gemma2_config(v: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def gemma_config(v: dict[str, Any]) -> dict[str, Any]:
+    """Gemma (1): Llama's topology with an embedding scale, ``1 + w`` RMSNorms and a GeGLU MLP."""
+    d, h = v["hidden_size"], v["num_attention_heads"]
+    d_head = v.get("head_dim") or d // h
+    act = v["hidden_act"]  # transformers 5 reads only this one (a legacy "gelu" already became the tanh GELU)
+    legacy = v.get("hidden_activation")
+    require(legacy in (None, act), f"Gemma hidden_activation={legacy!r} differs from hidden_act={act!r}, which is "
+            "what transformers 5 runs; refusing to guess which one the checkpoint was trained with")
+    require(not v.get("use_bidirectional_attention"), "Gemma use_bidirectional_attention=True is not supported")
+    bias = bool(v.get("attention_bias", False))
+    return dict(
+        d_model=d, n_layers=v["num_hidden_layers"], n_heads=h, n_kv_heads=v.get("num_key_value_heads") or h,
+        d_head=d_head, d_mlp=v["intermediate_size"], d_vocab=v["vocab_size"], n_ctx=v["max_position_embeddings"],
+        act_fn=act, mlp="gated", norm="rmsnorm_plus_one", norm_eps=v["rms_norm_eps"], qkv_bias=bias,
+        attn_out_bias=bias, embed_scale=float(torch.tensor(d**0.5, dtype=torch.float32)),  # a float32 buffer in HF
+        tie_embeddings=v.get("tie_word_embeddings", True), padding_idx=_padding_idx(v),
+        **_rope(v, d_head, partial=False),
+    )
+
+
+def gpt_neo_config(v: dict[str, Any]) -> dict[str, Any]:
+    """GPT-Neo (TinyStories too): unscaled scores from a float32 q.k, global and local (windowed) layers."""
+    d, h, n = v["hidden_size"], v["num_heads"], v["num_layers"]
+    kinds = list(v["attention_layers"])
+    require(len(kinds) == n, f"GPT-Neo attention_layers has {len(kinds)} entries for num_layers={n}")
+    unknown = sorted(set(kinds) - {"global", "local"})
+    require(not unknown, f"GPT-Neo attention layer types {unknown} are not supported (only global, local)")
+    window = v["window_size"]
+    require("local" not in kinds or window >= 1, f"GPT-Neo window_size={window} must be at least 1")
+    # HF's local mask keeps key j for query i when i - window_size < j <= i: our window convention exactly
+    return dict(
+        d_model=d, n_layers=n, n_heads=h, d_head=d // h, d_mlp=v.get("intermediate_size") or 4 * d,
+        d_vocab=v["vocab_size"], n_ctx=v["max_position_embeddings"], act_fn=v["activation_function"],
+        norm="layernorm", norm_eps=v["layer_norm_epsilon"], positional="learned", qkv_bias=False,
+        attn_out_bias=True, mlp_bias=True, attn_scale=1.0, qk_in_float32=True,
+        softmax_in_float32=False,  # the softmax runs in the scores' dtype: float32, or float64 in a float64 model
+        tie_embeddings=v.get("tie_word_embeddings", True),
+        sliding_windows=tuple(window if kind == "local" else None for kind in kinds),
+    )
+
+
+def opt_config(v: dict[str, Any]) -> dict[str, Any]:
+    """OPT (pre-norm checkpoints): learned positions stored 2 rows in, the query scaled before q.k."""
+    d, h = v["hidden_size"], v["num_attention_heads"]
+    require(v.get("do_layer_norm_before", True), "OPT do_layer_norm_before=False (opt-350m: norms after each "
+            "residual addition) is not supported natively; use hookscope.wrap(hf_model) for this model")
+    proj = v.get("word_embed_proj_dim") or d
+    require(proj == d, f"OPT word_embed_proj_dim={proj} != hidden_size={d} (projected embeddings, opt-350m) is "
+            "not supported natively; use hookscope.wrap(hf_model) for this model")
+    bias, affine = bool(v.get("enable_bias", True)), bool(v.get("layer_norm_elementwise_affine", True))
+    norm = "layernorm" if affine else "layernorm_pre"  # elementwise_affine=False: no weight and no bias
+    return dict(
+        d_model=d, n_layers=v["num_hidden_layers"], n_heads=h, d_head=d // h, d_mlp=v["ffn_dim"],
+        d_vocab=v["vocab_size"], n_ctx=v["max_position_embeddings"], act_fn=v["activation_function"],
+        norm=norm, final_norm="none" if v.get("_remove_final_layer_norm") else norm,
+        norm_eps=1e-5,  # torch.nn.LayerNorm's default: OPT passes none
+        positional="learned", pos_offset=2, prescale_query=True, qkv_bias=bias, attn_out_bias=bias,
+        mlp_bias=bias, tie_embeddings=v.get("tie_word_embeddings", True), padding_idx=_padding_idx(v),
+    )
+
+
 # ---------------------------------------------------------------------- weight rules
 def _final(cfg: DecoderConfig, embed: str, norm: str, head: str, norm_bias: bool) -> list[Rule]:
     rules = [rename(embed, "embed.weight"), rename(f"{norm}.weight", "ln_final.weight")]
@@ -167,6 +228,42 @@ def gpt2_rules(cfg: DecoderConfig) -> RuleSet:
         *_final(cfg, "transformer.wte.weight", "transformer.ln_f", "lm_head.weight", norm_bias=True),
     ]
     return RuleSet(tuple(rules), ignore_sources=(r"\.attn\.(masked_)?bias$", r"^lm_head\.weight$"))
+
+
+def gpt_neo_rules(cfg: DecoderConfig) -> RuleSet:
+    h, b = "transformer.h.{i}", "blocks.{i}"
+    rules = [
+        rename("transformer.wpe.weight", "pos_embed.weight"),
+        *[rename(f"{h}.{s}.{w}", f"{b}.{t}.{w}") for s, t in (("ln_1", "ln1"), ("ln_2", "ln2"))
+          for w in ("weight", "bias")],
+        *[rename(f"{h}.attn.attention.{p}_proj.weight", f"{b}.attn.{p}_proj.weight") for p in "qkv"],
+        *[rename(f"{h}.attn.attention.out_proj.{w}", f"{b}.attn.o_proj.{w}") for w in ("weight", "bias")],
+        *[rename(f"{h}.mlp.{s}.{w}", f"{b}.mlp.{t}.{w}") for s, t in (("c_fc", "up_proj"), ("c_proj", "down_proj"))
+          for w in ("weight", "bias")],
+        *_final(cfg, "transformer.wte.weight", "transformer.ln_f", "lm_head.weight", norm_bias=True),
+    ]
+    return RuleSet(tuple(rules), ignore_sources=(r"\.attn\.attention\.(masked_)?bias$", r"^lm_head\.weight$"))
+
+
+def opt_rules(cfg: DecoderConfig) -> RuleSet:
+    h, b = "model.decoder.layers.{i}", "blocks.{i}"
+    weights = ("weight", "bias") if cfg.qkv_bias else ("weight",)
+    norm_params = ("weight", "bias") if cfg.norm == "layernorm" else ()
+    rules = [
+        rename("model.decoder.embed_tokens.weight", "embed.weight"),
+        rename("model.decoder.embed_positions.weight", "pos_embed.weight"),
+        *[rename(f"{h}.self_attn.{p}_proj.{w}", f"{b}.attn.{p}_proj.{w}") for p in "qkv" for w in weights],
+        *[rename(f"{h}.self_attn.out_proj.{w}", f"{b}.attn.o_proj.{w}") for w in weights],
+        *[rename(f"{h}.{s}.{w}", f"{b}.mlp.{t}.{w}") for s, t in (("fc1", "up_proj"), ("fc2", "down_proj"))
+          for w in weights],
+        *[rename(f"{h}.{s}.{w}", f"{b}.{t}.{w}") for s, t in (("self_attn_layer_norm", "ln1"),
+                                                               ("final_layer_norm", "ln2")) for w in norm_params],
+    ]
+    if cfg.final_norm == "layernorm":
+        rules += [rename(f"model.decoder.final_layer_norm.{w}", f"ln_final.{w}") for w in norm_params]
+    if not cfg.tie_embeddings:
+        rules.append(rename("lm_head.weight", "unembed.weight"))
+    return RuleSet(tuple(rules), ignore_sources=(r"^lm_head\.weight$",))
 
 
 def neox_rules(cfg: DecoderConfig) -> RuleSet:
@@ -244,10 +341,30 @@ ARCHITECTURES: dict[str, DecoderArch] = {
                    "tie_word_embeddings", "partial_rotary_factor", "rope_theta"}),
         _DECODER_IGNORED, neox_config, neox_rules,
     ),
+    "gpt_neo": DecoderArch(
+        "GPTNeoForCausalLM",
+        frozenset({"vocab_size", "max_position_embeddings", "hidden_size", "num_layers", "attention_types",
+                   "attention_layers", "num_heads", "intermediate_size", "window_size", "activation_function",
+                   "layer_norm_epsilon", "tie_word_embeddings"}),
+        _DECODER_IGNORED | {"resid_dropout", "embed_dropout"}, gpt_neo_config, gpt_neo_rules,
+    ),
+    "opt": DecoderArch(
+        "OPTForCausalLM",
+        frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "max_position_embeddings",
+                   "do_layer_norm_before", "word_embed_proj_dim", "num_attention_heads", "activation_function",
+                   "enable_bias", "layer_norm_elementwise_affine", "tie_word_embeddings"}),
+        _DECODER_IGNORED | {"dropout", "layerdrop", "init_std"}, opt_config, opt_rules,
+    ),
     "llama": DecoderArch("LlamaForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
     "mistral": DecoderArch("MistralForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
     "qwen2": DecoderArch("Qwen2ForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
     "qwen3": DecoderArch("Qwen3ForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
+    "gemma": DecoderArch(
+        "GemmaForCausalLM",
+        _LLAMA_HANDLED - {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "mlp_bias"}
+        | {"hidden_activation", "use_bidirectional_attention"},
+        _DECODER_IGNORED, gemma_config, llama_like_rules,
+    ),
     "gemma2": DecoderArch(
         "Gemma2ForCausalLM",
         _LLAMA_HANDLED | {"hidden_activation", "query_pre_attn_scalar", "final_logit_softcapping",

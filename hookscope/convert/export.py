@@ -42,11 +42,14 @@ class ExportPlan:
 def _decoder_plan(model: Decoder) -> ExportPlan:
     cfg = model.cfg
     values = dict(cfg.hf_config)
-    for attr in ("num_hidden_layers", "n_layer"):  # a first-n-layers model exports n layers
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):  # a first-n-layers model exports n layers
         if attr in values:
             values[attr] = cfg.n_layers
     if values.get("layer_types"):
         values["layer_types"] = values["layer_types"][: cfg.n_layers]
+    if values.get("attention_layers"):  # GPT-Neo: the per-layer kinds, rebuilt from attention_types
+        kinds = values["attention_layers"][: cfg.n_layers]
+        values["attention_layers"], values["attention_types"] = kinds, [[[kind], 1] for kind in kinds]
     rules = ARCHITECTURES[values["model_type"]].rules(cfg)
     return ExportPlan(config_values=values, architecture=ARCHITECTURES[values["model_type"]].hf_class,
                       rules=lambda keys: rules, n_layers=cfg.n_layers)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hookscope.convert.engine import ConversionError
+from hookscope.errors import UnsupportedConfigError
 
 # Attributes of every transformers config that do not change the forward computation.
 GENERIC_IGNORED = frozenset({
@@ -86,5 +87,6 @@ def check_architecture(values: dict[str, Any], supported: Iterable[str], family:
 
 
 def require(condition: bool, message: str) -> None:
+    """Refuse a config value that cannot be converted exactly (a ConversionError and a ConfigError)."""
     if not condition:
-        raise ConversionError(message)
+        raise UnsupportedConfigError(message)

@@ -247,7 +247,8 @@ def register_family(model_types: Iterable[str], builder: str) -> None:
 
 
 register_family(
-    ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"], "hookscope.convert.decoder_build:build"
+    ["gpt2", "gpt_neo", "gpt_neox", "opt", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"],
+    "hookscope.convert.decoder_build:build",
 )
 register_family(["whisper"], "hookscope.convert.whisper_build:build")
 register_family(["vit", "deit", "clip_vision_model"], "hookscope.convert.vit_build:build")

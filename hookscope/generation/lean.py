@@ -214,7 +214,7 @@ class LeanStep:
         k, v = cache.update(k, v)  # every position so far
         if a.prescale_query:
             q = q * a.scale
-        if a.softcap is not None or (q.dtype == torch.float64 and a.softmax_dtype == torch.float32):
+        if a.needs_explicit(q.dtype):
             z = a._explicit(q, k, v, mask, layer.window, None)  # the forward's explicit path, as it runs there
         else:
             z = fused_attention(q, k, v, mask, scale=1.0 if a.prescale_query else a.scale, window=layer.window)

@@ -1,4 +1,4 @@
-"""Decoder-only language models: GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2.
+"""Decoder-only language models: GPT-2, GPT-Neo, OPT, Pythia, Llama, Mistral, Qwen2/3, Gemma 1/2, SmolLM2.
 
 Read top to bottom: three block topologies (sequential and parallel attention + MLP, attention only), then
 the model. Every difference between these families is a :class:`DecoderConfig` field.
@@ -121,9 +121,9 @@ def _make_attention(cfg: DecoderConfig) -> Attention:
     qk_norm = partial(RMSNorm, eps=cfg.norm_eps) if cfg.qk_norm else None
     return Attention(
         cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
-        qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale,
+        qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale, prescale_query=cfg.prescale_query,
         softcap=cfg.attn_softcap, qk_norm=qk_norm, softmax_in_float32=cfg.softmax_in_float32,
-        rotary=cfg.positional == "rotary",
+        qk_in_float32=cfg.qk_in_float32, rotary=cfg.positional == "rotary",
     )
 
 
@@ -136,7 +136,8 @@ class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsM
         self.embed = Embed(cfg.d_vocab, cfg.d_model, scale=cfg.embed_scale, padding_idx=cfg.padding_idx)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.pos_embed: PosEmbed | None = (
-            PosEmbed(cfg.n_ctx, cfg.d_model) if cfg.positional in ("learned", "shortformer") else None
+            PosEmbed(cfg.n_ctx, cfg.d_model, offset=cfg.pos_offset) if cfg.positional in ("learned", "shortformer")
+            else None
         )
         if self.pos_embed is not None:  # rotary models have no position embedding to hook
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]

@@ -14,7 +14,7 @@ NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_plus_one", "layernorm_pre", 
 
 @dataclass(frozen=True, kw_only=True)
 class DecoderConfig(FamilyConfig):
-    """Shape and numerics of a decoder LM (GPT-2, Pythia, Llama, Mistral, Qwen2/3, Gemma 2, SmolLM2...).
+    """Shape and numerics of a decoder LM (GPT-2, GPT-Neo, OPT, Pythia, Llama, Mistral, Qwen2/3, Gemma...).
 
     Variations inside the topology are fields here; the block topology (sequential or parallel
     attention + MLP, or attention only) is ``parallel_attn_mlp`` / ``attn_only``, which pick a different
@@ -44,6 +44,7 @@ class DecoderConfig(FamilyConfig):
     # "shortformer" (TransformerLens): learned positions added to the attention's query and key inputs
     # only, never to the residual stream
     positional: Literal["learned", "rotary", "shortformer"] = "learned"
+    pos_offset: int = 0  # learned-position rows stored before position 0 (HF OPT: 2)
     rotary_dim: int | None = None  # None: the whole head
     rotary_base: float = 10000.0
     rope_scaling: RopeScaling | None = None
@@ -58,7 +59,9 @@ class DecoderConfig(FamilyConfig):
     post_norms: bool = False  # Gemma 2: norms after attention and MLP as well as before
     embed_scale: float | None = None
     attn_scale: float | None = None  # None: d_head ** -0.5
-    softmax_in_float32: bool = True  # False: softmax in the activation dtype (HF GPT-2 eager)
+    prescale_query: bool = False  # scale the query (after hook_q) instead of the scores (HF OPT's rounding)
+    softmax_in_float32: bool = True  # False: softmax in the scores' dtype (HF GPT-2 eager)
+    qk_in_float32: bool = False  # q.k in float32 whatever the activation dtype (HF GPT-Neo)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     sliding_windows: tuple[int | None, ...] = ()  # per layer; () means no sliding windows
@@ -99,6 +102,8 @@ class DecoderConfig(FamilyConfig):
                 raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
         if self.mlp_norm is not None and (self.mlp_norm not in get_args(NormKind) or self.mlp != "plain"):
             raise ConfigError(f"mlp_norm={self.mlp_norm!r} needs mlp='plain' and one of {get_args(NormKind)}")
+        if isinstance(self.pos_offset, bool) or not isinstance(self.pos_offset, int) or self.pos_offset < 0:
+            raise ConfigError(f"pos_offset must be a whole number >= 0, got {self.pos_offset!r}")
         if self.attn_only and self.parallel_attn_mlp:
             raise ConfigError("attn_only and parallel_attn_mlp exclude each other (an attention-only block has no MLP)")
         if self.attn_only and self.d_mlp:

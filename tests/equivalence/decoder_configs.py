@@ -20,7 +20,22 @@ def hf_configs() -> dict[str, T.PretrainedConfig]:
     """One config per architecture and notable variant."""
     neox = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, vocab_size=VOCAB,
                 max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    neo = dict(hidden_size=40, num_heads=5, intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64,
+               bos_token_id=1, eos_token_id=2)
+    opt = dict(hidden_size=40, num_attention_heads=5, ffn_dim=37, vocab_size=VOCAB, max_position_embeddings=64,
+               bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return {
+        # local layers see 3 keys (the sequences are longer); GPT-Neo's scores are unscaled, q.k in float32
+        "gpt_neo": T.GPTNeoConfig(**neo, num_layers=3, window_size=3,
+                                  attention_types=[[["global", "local"], 1], [["local"], 1]]),
+        "gpt_neo_untied": T.GPTNeoConfig(**neo, num_layers=2, window_size=5, activation_function="gelu",
+                                         attention_types=[[["local", "global"], 1]], tie_word_embeddings=False),
+        # HF OPT reads positions 2 rows into its table and scales the query before q.k
+        "opt": T.OPTConfig(**opt, num_hidden_layers=3),
+        "opt_untied_gelu_nobias": T.OPTConfig(**opt, num_hidden_layers=2, activation_function="gelu",
+                                              enable_bias=False, tie_word_embeddings=False),
+        "opt_no_affine_no_final_norm": T.OPTConfig(**opt, num_hidden_layers=2, layer_norm_elementwise_affine=False,
+                                                   _remove_final_layer_norm=True),
         "gpt2": T.GPT2Config(n_embd=48, n_layer=3, n_head=4, n_positions=64, vocab_size=VOCAB, n_inner=37,
                              bos_token_id=1, eos_token_id=2),
         "gpt2_untied": T.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
@@ -41,6 +56,10 @@ def hf_configs() -> dict[str, T.PretrainedConfig]:
         "mistral": T.MistralConfig(**_llama_kwargs(), sliding_window=4),
         "qwen2": T.Qwen2Config(**_llama_kwargs()),
         "qwen3": T.Qwen3Config(**_llama_kwargs()),
+        # head_dim 10 while d_model / n_heads is 12; the embedding scale and 1 + w norms as in Gemma 2
+        "gemma": T.GemmaConfig(**{**_llama_kwargs(), "head_dim": 10}),
+        "gemma_mqa_untied_bias": T.GemmaConfig(**{**_llama_kwargs(), "num_key_value_heads": 1, "head_dim": 16},
+                                               tie_word_embeddings=False, attention_bias=True),
         "gemma2": T.Gemma2Config(**{**_llama_kwargs(), "num_hidden_layers": 4}, query_pre_attn_scalar=10,
                                  sliding_window=4, attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
     }

@@ -23,8 +23,9 @@ def _compare(name: str, dtype: torch.dtype, tokens: torch.Tensor, mask: torch.Te
     n = model.cfg.n_layers
     pairs = [(f"blocks.{i}.hook_resid_pre", cache["resid_pre", i], ref.hidden_states[i]) for i in range(n)]
     pairs += [(f"blocks.{i}.attn.hook_pattern", cache["pattern", i], ref.attentions[i]) for i in range(n)]
-    # HF's last hidden state is after the final norm
-    pairs += [("ln_final.hook_normalized", cache["ln_final.hook_normalized"], ref.hidden_states[n])]
+    # HF's last hidden state is after the final norm (the last block's output where there is none)
+    final = "ln_final.hook_normalized" if model.cfg.final_norm != "none" else f"blocks.{n - 1}.hook_resid_post"
+    pairs += [(final, cache[final], ref.hidden_states[n])]
     pairs += [("logits", logits, ref.logits), ("logits without hooks", plain, ref.logits)]
     if mask is not None:  # padded query rows are meaningless; compare real positions only
         keep = mask.bool()
@@ -52,7 +53,7 @@ def test_every_layer_matches_hf(name: str, dtype: torch.dtype) -> None:
     _compare(name, dtype, random_tokens(5, 7))
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "gemma2", "neox"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "gemma2", "neox", "gpt_neo", "gemma", "opt"])
 def test_left_padded_batch_matches_hf_with_positions(name: str) -> None:
     # float32: HF's own float64 eager attention turns fully padded rows into NaN (float32 softmax of a
     # float64 mask), so there is no float64 reference to compare against; ours stays finite (tested below).
@@ -107,7 +108,10 @@ def test_sdpa_path_equals_explicit_path(name: str) -> None:
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2", "neox", "qwen3"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "llama", "gemma2", "neox", "qwen3", "gpt_neo_untied", "gemma_mqa_untied_bias",
+             "opt_untied_gelu_nobias"]
+)
 def test_parameter_gradients_match_hf(name: str) -> None:
     hf = random_hf_model(name, torch.float64)
     model = hookscope.load(hf, dtype=torch.float64)
@@ -136,7 +140,8 @@ def _produced(rules, model) -> set[str]:
     return {t for r in expand(rules.rules, model.cfg.n_layers) for t in r.targets}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "neox", "llama", "gemma2", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "neox", "llama", "gemma2", "qwen2", "gpt_neo_untied", "gemma", "opt",
+                                  "opt_no_affine_no_final_norm"])
 def test_to_hf_round_trip(name: str) -> None:
     model = hookscope.load(random_hf_model(name))
     back = model.to_hf()
@@ -145,7 +150,7 @@ def test_to_hf_round_trip(name: str) -> None:
         torch.testing.assert_close(back(tokens).logits, model(tokens), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neo"])
 def test_bfloat16_smoke(name: str) -> None:
     hf = random_hf_model(name)
     model = hookscope.load(hf, dtype=torch.bfloat16)
@@ -171,7 +176,7 @@ def test_partial_rotary_with_scaled_rope_is_refused_for_llama() -> None:
         hookscope.load(T.LlamaForCausalLM(config))
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2", "qwen3", "neox"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2", "qwen3", "neox", "gpt_neo", "gemma", "opt"])
 def test_hooks_fire_once_ablation_changes_and_patching_clean_is_identity(name: str) -> None:
     from hookscope.names import shape_of
 

@@ -14,7 +14,9 @@ from hookscope.generation import KVCache
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 from tests.helpers import first_divergence
 
-CACHE_ARCHS = ["gpt2", "neox", "llama_mqa_tied", "mistral", "qwen3", "gemma2"]
+CACHE_ARCHS = [
+    "gpt2", "gpt_neo", "neox", "llama_mqa_tied", "mistral", "qwen3", "gemma_mqa_untied_bias", "gemma2", "opt",
+]
 
 
 def _model(name: str) -> object:

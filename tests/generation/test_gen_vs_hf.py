@@ -8,7 +8,7 @@ import torch
 import hookscope
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
-GREEDY_ARCHS = ["gpt2", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"]
+GREEDY_ARCHS = ["gpt2", "gpt_neo", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt"]
 NEW = 20
 
 
@@ -19,7 +19,8 @@ def _pair(name: str) -> tuple[torch.nn.Module, object]:
 
 @pytest.mark.parametrize("name", GREEDY_ARCHS)
 def test_greedy_equals_hf(name: str) -> None:
-    """Mistral/Gemma 2 use a sliding window of 4, much shorter than the 26 positions generated over."""
+    """Mistral/Gemma 2 use a sliding window of 4 and GPT-Neo's local layers one of 3, much shorter than the 26
+    positions generated over."""
     hf, model = _pair(name)
     tokens = random_tokens(3, 6, seed=2)
     with torch.no_grad():

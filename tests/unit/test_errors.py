@@ -12,9 +12,8 @@ from hookscope.convert.ctranslate2 import CTranslate2Error
 from tests.equivalence.decoder_configs import random_hf_model
 
 
-def _opt() -> torch.nn.Module:
-    cfg = T.OPTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=8, vocab_size=50,
-                      word_embed_proj_dim=16)
+def _bloom() -> torch.nn.Module:  # an architecture with no native family (ALiBi positions)
+    cfg = T.BloomConfig(hidden_size=16, n_layer=1, n_head=2, vocab_size=50)
     return T.AutoModelForCausalLM.from_config(cfg)
 
 
@@ -36,7 +35,7 @@ FAILURES = {
     "folder without config": (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", FileNotFoundError),
     "missing gguf": (lambda tmp: tmp / "model.gguf", FileNotFoundError),
     "not a source": (lambda tmp: 42, TypeError),
-    "unsupported architecture": (lambda tmp: _opt(), ValueError),
+    "unsupported architecture": (lambda tmp: _bloom(), ValueError),
     "truncated weights": (_truncated_folder, ValueError),
     "invalid config.json": (_bad_json_folder, ValueError),
 }

@@ -25,8 +25,7 @@ def test_folder_round_trip_and_truncated_file(tmp_path) -> None:
 
 
 def test_unsupported_architecture_points_to_wrap() -> None:
-    hf = T.AutoModelForCausalLM.from_config(T.OPTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                                        ffn_dim=8, vocab_size=50, word_embed_proj_dim=16))
+    hf = T.AutoModelForCausalLM.from_config(T.BloomConfig(hidden_size=16, n_layer=1, n_head=2, vocab_size=50))
     with pytest.raises(ConversionError, match=r"supported: .*gpt2.*wrap\(hf_model\)"):
         hookscope.load(hf)
 

@@ -1,0 +1,67 @@
+"""GPT-Neo, Gemma (1) and OPT: config values hookscope cannot reproduce exactly are refused by name, and the
+family-specific layouts (OPT's offset position table) look as TransformerLens shows them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+import hookscope
+from hookscope.convert.decoder_hf import decoder_config_from_hf
+from hookscope.errors import ConfigError, ConversionError
+from tests.equivalence.decoder_configs import hf_configs, random_hf_model, random_tokens
+
+
+def _config(name: str, **changes: object) -> T.PretrainedConfig:
+    config = hf_configs()[name]
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "named"),
+    [
+        ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before"),
+        ("opt", {"word_embed_proj_dim": 32}, "word_embed_proj_dim=32"),
+        ("gpt_neo", {"attention_layers": ["global", "sparse", "local"]}, "sparse"),
+        ("gpt_neo", {"attention_layers": ["global", "local"]}, "attention_layers"),
+        ("gemma", {"hidden_activation": "gelu"}, "hidden_activation='gelu'"),
+        ("gemma", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ],
+)
+def test_unsupported_values_are_refused_naming_them(name: str, changes: dict, named: str) -> None:
+    config = _config(name, **changes)
+    with pytest.raises(ConfigError, match=named) as info:
+        decoder_config_from_hf(config)
+    assert isinstance(info.value, ConversionError)  # a failure of load() as well
+
+
+def test_opt_350m_model_is_refused_by_load() -> None:
+    config = T.OPTConfig(hidden_size=40, num_attention_heads=5, ffn_dim=37, vocab_size=101, num_hidden_layers=1,
+                         max_position_embeddings=16, do_layer_norm_before=False)
+    with pytest.raises(ConversionError, match="do_layer_norm_before=False"):
+        hookscope.load(T.OPTForCausalLM(config))
+
+
+def test_opt_position_table_is_read_two_rows_in_and_w_pos_starts_at_position_zero() -> None:
+    hf = random_hf_model("opt")
+    model = hookscope.load(hf)
+    table = hf.model.decoder.embed_positions.weight
+    assert model.W_pos.shape == (64, 40) and torch.equal(model.W_pos, table[2:])
+    tokens = random_tokens(2, 5)
+    _, cache = model.run_with_cache(tokens, names_filter="hook_pos_embed")
+    torch.testing.assert_close(cache["hook_pos_embed"], table[2:7].expand(2, -1, -1), atol=0, rtol=0)
+    with pytest.raises(IndexError, match="beyond the model's 64 positions"):
+        model(random_tokens(1, 65))
+
+
+def test_gpt_neo_local_layers_see_exactly_the_last_window_keys() -> None:
+    model = hookscope.load(random_hf_model("gpt_neo"))
+    assert model.cfg.sliding_windows == (None, 3, 3) and model.cfg.attn_scale == 1.0
+    _, cache = model.run_with_cache(random_tokens(1, 7), names_filter=lambda n: n.endswith("hook_pattern"))
+    seen = cache["pattern", 1][0, 0] > 0  # [query_pos, key_pos]
+    query, key = torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij")
+    assert torch.equal(seen, (key <= query) & (query - key < 3))
+    assert bool((cache["pattern", 0][0, 0, 6] > 0).all())  # the global layer sees every earlier key
