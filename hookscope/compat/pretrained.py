@@ -44,6 +44,18 @@ OFFICIAL_NAMES: dict[str, list[str]] = {
     "Qwen/Qwen2.5-7B": ["qwen2.5-7b"], "Qwen/Qwen2.5-0.5B-Instruct": ["qwen2.5-0.5b-instruct"],
     "Qwen/Qwen3-0.6B": ["qwen3-0.6b"], "Qwen/Qwen3-1.7B": ["qwen3-1.7b"], "Qwen/Qwen3-4B": ["qwen3-4b"],
     "Qwen/Qwen3-8B": ["qwen3-8b"],
+    **{f"facebook/opt-{s}": [f"opt-{s}", *aliases] for s, aliases in (
+        ("125m", ["opt-small", "opt"]), ("1.3b", ["opt-medium"]), ("2.7b", ["opt-large"]), ("6.7b", ["opt-xl"]),
+        ("13b", ["opt-xxl"]), ("30b", ["opt-xxxl"]), ("66b", ["opt-xxxxl"]))},
+    **{f"EleutherAI/gpt-neo-{s}": [f"gpt-neo-{s}", f"gpt-neo-{size}", f"neo-{size}", *extra] for s, size, extra in (
+        ("125M", "small", ["neo"]), ("1.3B", "medium", []), ("2.7B", "large", []))},
+    **{f"roneneldan/TinyStories-{kind}{s}": [f"tiny-stories-{kind.lower()}{s}"] for kind in ("", "Instruct-")
+       for s in ("1M", "3M", "8M", "28M", "33M")},
+    "roneneldan/TinyStories-1Layer-21M": ["tiny-stories-1L-21M"],
+    "roneneldan/TinyStories-2Layers-33M": ["tiny-stories-2L-33M"],
+    "roneneldan/TinyStories-Instuct-1Layer-21M": ["tiny-stories-instruct-1L-21M"],  # the hub id's spelling
+    "roneneldan/TinyStories-Instruct-2Layers-33M": ["tiny-stories-instruct-2L-33M"],
+    **{f"google/gemma-{s}": [f"gemma-{s}"] for s in ("2b", "7b", "2b-it", "7b-it")},
     "google/gemma-2-2b": ["gemma-2-2b"], "google/gemma-2-2b-it": ["gemma-2-2b-it"],
     "google/gemma-2-9b": ["gemma-2-9b"], "google/gemma-2-9b-it": ["gemma-2-9b-it"],
     **{f"stanford-crfm/{run}-gpt2-{size}-x{seed}": [f"stanford-gpt2-{size}-{letter}", f"{run}-gpt2-{size}-x{seed}"]
@@ -66,8 +78,9 @@ def get_official_model_name(model_name: str) -> str:
     close = difflib.get_close_matches(model_name.lower(), list(_LOOKUP), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
     raise ValueError(f"{model_name!r} is not in hookscope.compat's table of TL names{hint} from_pretrained also "
-                     "takes any hub id or local folder whose architecture hookscope runs natively (GPT-2, NeoX, "
-                     "Llama, Mistral, Qwen2, Qwen3, Gemma 2); other architectures are not supported")
+                     "takes any hub id or local folder whose architecture hookscope runs natively (GPT-2, GPT-Neo, "
+                     "OPT, NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2); other architectures are not "
+                     "supported")
 
 
 def _resolve_source(model_name: str) -> str:

@@ -120,6 +120,10 @@ def test_official_names_and_aliases() -> None:
     assert get_official_model_name("gpt2-small") == "gpt2"
     assert get_official_model_name("pythia-70m") == "EleutherAI/pythia-70m"
     assert get_official_model_name("llama-3.2-1b") == "meta-llama/Llama-3.2-1B"
+    assert get_official_model_name("tiny-stories-1M") == "roneneldan/TinyStories-1M"
+    assert get_official_model_name("neo-small") == "EleutherAI/gpt-neo-125M"
+    assert get_official_model_name("opt") == "facebook/opt-125m"
+    assert get_official_model_name("gemma-2b") == "google/gemma-2b"
     with pytest.raises(ValueError, match="did you mean"):
         get_official_model_name("gpt2-smal")
 
