@@ -14,7 +14,7 @@ import hookscope
 from hookscope.generation import compiled
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
-ARCHS = ["gpt2", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"]
+ARCHS = ["gpt2", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"]
 
 
 @pytest.fixture

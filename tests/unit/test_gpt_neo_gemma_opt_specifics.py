@@ -65,3 +65,12 @@ def test_gpt_neo_local_layers_see_exactly_the_last_window_keys() -> None:
     query, key = torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij")
     assert torch.equal(seen, (key <= query) & (query - key < 3))
     assert bool((cache["pattern", 0][0, 0, 6] > 0).all())  # the global layer sees every earlier key
+
+
+def test_gpt_neo_bfloat16_forward_is_hf_exactly() -> None:
+    """HF GPT-Neo multiplies q and k in float32 whatever the model dtype; so does ours (not SDPA in bf16)."""
+    hf = random_hf_model("gpt_neo").to(torch.bfloat16)
+    model = hookscope.load(hf, dtype=torch.bfloat16)
+    tokens = random_tokens(3, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=0, rtol=0)
