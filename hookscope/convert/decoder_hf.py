@@ -263,7 +263,8 @@ def opt_rules(cfg: DecoderConfig) -> RuleSet:
         rules += [rename(f"model.decoder.final_layer_norm.{w}", f"ln_final.{w}") for w in norm_params]
     if not cfg.tie_embeddings:
         rules.append(rename("lm_head.weight", "unembed.weight"))
-    return RuleSet(tuple(rules), ignore_sources=(r"^lm_head\.weight$",))
+    # facebook/opt-* checkpoints were saved from OPTModel: their keys lack the "model." prefix
+    return RuleSet(tuple(rules), ignore_sources=(r"^lm_head\.weight$",), aliases=((r"^decoder\.", "model.decoder."),))
 
 
 def neox_rules(cfg: DecoderConfig) -> RuleSet:

@@ -74,3 +74,18 @@ def test_gpt_neo_bfloat16_forward_is_hf_exactly() -> None:
     tokens = random_tokens(3, 9)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=0, rtol=0)
+
+
+def test_opt_checkpoint_saved_from_opt_model_without_the_model_prefix_loads(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    hf = random_hf_model("opt")
+    hf.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(weights)
+    save_file({k.removeprefix("model."): v for k, v in state.items()}, weights, metadata={"format": "pt"})
+    assert any(k.startswith("decoder.layers.") for k in load_file(weights))
+    model = hookscope.load(tmp_path)
+    tokens = random_tokens(2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
