@@ -130,7 +130,7 @@ class LeanStep:
     """
 
     def __init__(self, model: Decoder, layers: list[_Layer], streaming: bool = False) -> None:
-        self.model, self.layers, self.streaming = model, layers, streaming
+        self.model, self.layers = model, layers
         self.linear: Callable[..., torch.Tensor] = streaming_linear if streaming else F.linear
         self.points = model.hook_points()
         self.modules = list(model.modules())
@@ -258,7 +258,8 @@ def lean_step(model: Any, streaming: bool = False) -> LeanStep | None:
     module the lean step does not know, a ``forward`` replaced on a module, shortformer positions, or a model
     dispatched over devices). Built for each ``generate`` call (a module swapped between two calls is seen
     by the next one) and kept nowhere else, so it never outlives the call; a compiled step does not compile
-    again for a new one (its guards read the modules, which are the same)."""
+    again for a new one (its guards read the modules, which are the same). ``streaming``: as
+    :class:`LeanStep`'s (compiled CPU steps only)."""
     # a subclass may compute something else in its forward, unless it declares (on the class itself, so that
     # its own subclasses must declare it again) that generation runs Decoder.forward unchanged
     native = type(model) is Decoder or type(model).__dict__.get("generates_with_decoder_forward", False)

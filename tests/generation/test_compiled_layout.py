@@ -10,23 +10,7 @@ import torch.nn.functional as F
 
 import hookscope
 from hookscope.components.layout import stream_layout, streaming_linear
-from hookscope.generation import compiled
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
-
-
-@pytest.fixture
-def counting_backend(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Dynamo traces as with inductor, the captured graph runs eagerly (fast to compile)."""
-    count: list[int] = []
-
-    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
-        count.append(1)
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(compiled, "BACKEND", backend)
-    yield count
-    torch._dynamo.reset()
 
 
 def _hf_greedy(hf: torch.nn.Module, tokens: torch.Tensor, new: int) -> torch.Tensor:
@@ -59,7 +43,7 @@ def test_streaming_linear_is_f_linear_for_more_rows_and_column_major_weights() -
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
-def test_compile_relays_linears_row_major_and_batch_one_tokens_equal_hf(name: str, counting_backend: list[int]) -> None:
+def test_compile_relays_linears_row_major_and_batch_one_tokens_equal_hf(name: str, compilations: list[int]) -> None:
     hf = random_hf_model(name)
     model = hookscope.load(hf)
     assert model.decode_layout == "eager" and not model.blocks[0].attn.q_proj.weight.is_contiguous()
@@ -67,7 +51,7 @@ def test_compile_relays_linears_row_major_and_batch_one_tokens_equal_hf(name: st
     tokens = random_tokens(1, 5, seed=3)
     eager = model.generate(tokens, 10, eos_token_id=[])
     out = model.generate(tokens, 10, eos_token_id=[], compile=True)
-    assert torch.equal(out, _hf_greedy(hf, tokens, 10)) and torch.equal(out, eager) and counting_backend
+    assert torch.equal(out, _hf_greedy(hf, tokens, 10)) and torch.equal(out, eager) and compilations
     assert model.decode_layout == "compiled"
     linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(w.is_contiguous() for w in linears)
@@ -77,7 +61,7 @@ def test_compile_relays_linears_row_major_and_batch_one_tokens_equal_hf(name: st
     assert model.decode_layout == "eager" and not model.blocks[0].attn.q_proj.weight.is_contiguous()
 
 
-def test_compile_keeps_the_layout_of_models_hookscope_did_not_lay_out(counting_backend: list[int]) -> None:
+def test_compile_keeps_the_layout_of_models_hookscope_did_not_lay_out(compilations: list[int]) -> None:
     hf = random_hf_model("gpt2")
     plain = hookscope.load(hf, decode_layout=False)  # GPT-2's Conv1D weights stay column-major
     before = {name: p.stride() for name, p in plain.named_parameters()}

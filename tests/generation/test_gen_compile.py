@@ -17,21 +17,6 @@ from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 ARCHS = ["gpt2", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"]
 
 
-@pytest.fixture
-def compilations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts every graph TorchDynamo hands to the backend (one per compilation)."""
-    count: list[int] = []
-
-    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
-        count.append(1)
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(compiled, "BACKEND", backend)
-    yield count
-    torch._dynamo.reset()
-
-
 def _hf_greedy(hf: torch.nn.Module, tokens: torch.Tensor, new: int, **kwargs: object) -> torch.Tensor:
     with torch.no_grad():
         return hf.generate(tokens, max_new_tokens=new, do_sample=False, eos_token_id=None, **kwargs)
