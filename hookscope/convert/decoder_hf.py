@@ -316,8 +316,10 @@ def llama_like_rules(cfg: DecoderConfig) -> RuleSet:
 
 
 # Found in real checkpoints' config.json; HF's modelling code never reads them, so ignoring them is exact:
-# which KV cache HF generate allocates (Gemma 2's "hybrid"), and nanotron's export markers (SmolLM2).
-_DECODER_IGNORED = frozenset({"cache_implementation", "is_llama_config", "rope_interleaved"})
+# which KV cache HF generate allocates (Gemma 2's "hybrid"), nanotron's export markers (SmolLM2), a training
+# memory switch (GPT-Neo / TinyStories) and a dropout rate (OPT) of transformers 4.
+_DECODER_IGNORED = frozenset({"cache_implementation", "is_llama_config", "rope_interleaved", "gradient_checkpointing",
+                              "activation_dropout"})
 
 _LLAMA_HANDLED = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

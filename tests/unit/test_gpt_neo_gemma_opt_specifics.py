@@ -89,3 +89,36 @@ def test_opt_checkpoint_saved_from_opt_model_without_the_model_prefix_loads(tmp_
     tokens = random_tokens(2, 6)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+# The attributes of published config.json files (sizes shrunk): TinyStories (GPT-Neo), facebook/opt-125m, gemma-2b
+PUBLISHED = {
+    "gpt_neo": {"activation_function": "gelu_new", "attention_dropout": 0, "attention_layers": ["global", "local"] * 2,
+                "attention_types": [[["global", "local"], 2]], "embed_dropout": 0, "gradient_checkpointing": False,
+                "hidden_size": 64, "intermediate_size": None, "layer_norm_epsilon": 1e-05,
+                "max_position_embeddings": 2048, "num_heads": 16, "num_layers": 4, "resid_dropout": 0,
+                "summary_activation": None, "summary_first_dropout": 0.1, "summary_proj_to_labels": True,
+                "summary_type": "cls_index", "summary_use_proj": True, "vocab_size": 50257, "window_size": 256},
+    "opt": {"_remove_final_layer_norm": False, "activation_dropout": 0.0, "activation_function": "relu",
+            "attention_dropout": 0.0, "do_layer_norm_before": True, "dropout": 0.1, "ffn_dim": 3072,
+            "hidden_size": 768, "init_std": 0.02, "layerdrop": 0.0, "max_position_embeddings": 2048,
+            "num_attention_heads": 12, "num_hidden_layers": 2, "pad_token_id": 1, "prefix": "</s>",
+            "vocab_size": 50272, "word_embed_proj_dim": 768},
+    "gemma": {"attention_bias": False, "attention_dropout": 0.0, "head_dim": 256, "hidden_act": "gelu",
+              "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2048, "intermediate_size": 16384,
+              "max_position_embeddings": 8192, "num_attention_heads": 8, "num_hidden_layers": 2,
+              "num_key_value_heads": 1, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0,
+              "vocab_size": 256000},
+}
+
+
+@pytest.mark.parametrize("model_type", PUBLISHED)
+def test_published_config_attributes_are_accepted(model_type: str) -> None:
+    config = T.AutoConfig.for_model(model_type, **PUBLISHED[model_type])
+    cfg, _ = decoder_config_from_hf(config)
+    if model_type == "gpt_neo":
+        assert cfg.sliding_windows == (None, 256, None, 256) and cfg.d_mlp == 4 * 64
+    else:
+        assert cfg.n_layers == 2
+    if model_type == "gemma":  # the legacy "gelu" is HF's tanh approximation, as hidden_activation says
+        assert cfg.act_fn == "gelu_pytorch_tanh" and cfg.n_kv_heads == 1 and cfg.d_head == 256
