@@ -160,6 +160,7 @@ def gemma_config(v: dict[str, Any]) -> dict[str, Any]:
 def gpt_neo_config(v: dict[str, Any]) -> dict[str, Any]:
     """GPT-Neo (TinyStories too): unscaled scores from a float32 q.k, global and local (windowed) layers."""
     d, h, n = v["hidden_size"], v["num_heads"], v["num_layers"]
+    require(d % h == 0, f"GPT-Neo hidden_size={d} is not a multiple of num_heads={h}")
     kinds = list(v["attention_layers"])
     require(len(kinds) == n, f"GPT-Neo attention_layers has {len(kinds)} entries for num_layers={n}")
     unknown = sorted(set(kinds) - {"global", "local"})
@@ -181,6 +182,7 @@ def gpt_neo_config(v: dict[str, Any]) -> dict[str, Any]:
 def opt_config(v: dict[str, Any]) -> dict[str, Any]:
     """OPT (pre-norm checkpoints): learned positions stored 2 rows in, the query scaled before q.k."""
     d, h = v["hidden_size"], v["num_attention_heads"]
+    require(d % h == 0, f"OPT hidden_size={d} is not a multiple of num_attention_heads={h}")
     require(v.get("do_layer_norm_before", True), "OPT do_layer_norm_before=False (opt-350m: norms after each "
             "residual addition) is not supported natively; use hookscope.wrap(hf_model) for this model")
     proj = v.get("word_embed_proj_dim") or d

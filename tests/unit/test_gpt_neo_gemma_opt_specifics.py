@@ -25,6 +25,8 @@ def _config(name: str, **changes: object) -> T.PretrainedConfig:
     [
         ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before"),
         ("opt", {"word_embed_proj_dim": 32}, "word_embed_proj_dim=32"),
+        ("opt", {"num_attention_heads": 3}, "num_attention_heads=3"),
+        ("gpt_neo", {"num_heads": 3}, "num_heads=3"),
         ("gpt_neo", {"attention_layers": ["global", "sparse", "local"]}, "sparse"),
         ("gpt_neo", {"attention_layers": ["global", "local"]}, "attention_layers"),
         ("gemma", {"hidden_activation": "gelu"}, "hidden_activation='gelu'"),
