@@ -344,3 +344,18 @@ def test_a_subclass_of_the_compat_model_does_not_inherit_the_lean_step() -> None
 
     model.__class__ = Custom
     assert lean.lean_step(model) is None
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma", "opt", "llama"])
+def test_model_rebuilt_from_a_pretrained_cfg_is_the_same_model(name: str) -> None:
+    """``HookedTransformer(model.cfg)`` + the state dict: the same parameters and logits, Gemma's (1 + w) norms
+    and OPT's offset position table included (TL's fields alone cannot say them)."""
+    from tests.equivalence.decoder_configs import random_hf_model, random_tokens
+
+    model = HookedTransformer.from_pretrained_no_processing("gpt2", hf_model=random_hf_model(name), device="cpu")
+    rebuilt = HookedTransformer(model.cfg)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    tokens = random_tokens(2, 7)
+    torch.testing.assert_close(rebuilt(tokens), model(tokens), rtol=0, atol=0)
+    model.cfg.n_layers = 1  # a TL field changed afterwards still counts
+    assert HookedTransformer(model.cfg).cfg.n_layers == 1 and len(HookedTransformer(model.cfg).blocks) == 1

@@ -156,11 +156,33 @@ class HookedTransformerConfig:
 
     # ------------------------------------------------------------------ native translation
     def to_native(self) -> DecoderConfig:
-        """The :class:`DecoderConfig` that runs this model; a clear error for what the engine cannot express."""
+        """The :class:`DecoderConfig` that runs this model; a clear error for what the engine cannot express.
+
+        A config that came from a native model (``from_pretrained``'s ``model.cfg``) keeps what TL's fields
+        cannot say (Gemma's ``1 + weight`` norms and scaled embedding, missing biases, OPT's position offset,
+        float32 q.k...): the native config with only the fields changed since then applied, so
+        ``HookedTransformer(model.cfg)`` builds the same model (TL's fields alone would silently build
+        another one, e.g. plain RMSNorm for Gemma).
+        """
+        built = self._native_from_fields()
+        native = self.__dict__.get("_native")
+        if native is None:
+            return built
+        untouched = type(self).from_native(native)._native_from_fields()
+        changed = {
+            f.name: getattr(built, f.name) for f in dataclasses.fields(built)
+            if getattr(built, f.name) != getattr(untouched, f.name)
+        }
+        if "n_layers" in changed and "sliding_windows" not in changed and native.sliding_windows:
+            changed["sliding_windows"] = native.sliding_windows[: changed["n_layers"]]  # per layer: the first
+        return dataclasses.replace(native, **changed)
+
+    def _native_from_fields(self) -> DecoderConfig:
+        """The native config TL's fields describe (TL's conventions: biases everywhere, and so on)."""
         _refuse_unsupported(self)
         windows: tuple[int | None, ...] = ()
         if self.use_local_attn:
-            types = self.attn_types or ()
+            types = (self.attn_types or ())[: self.n_layers]  # a model cut to fewer layers keeps the first
             windows = tuple(self.window_size if t == "local" else None for t in types)
         return DecoderConfig(
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_head=self.d_head,
