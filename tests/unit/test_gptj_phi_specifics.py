@@ -128,3 +128,22 @@ def test_transformerlens_config_carries_gptj_rotary_pairing_both_ways() -> None:
     plain = HookedTransformerConfig(d_model=12, d_head=4, n_layers=1, n_ctx=9, d_vocab=30, act_fn="gelu",
                                     positional_embedding_type="rotary")
     assert not plain.to_native().rotary_interleaved
+
+
+def test_gptj_bfloat16_forward_is_hf_exactly() -> None:
+    """GPT-J's q.k and its scale run in float32 whatever the dtype; ours do the same (not SDPA in bf16)."""
+    hf = random_hf_model("gptj").to(torch.bfloat16)
+    model = hookscope.load(hf, dtype=torch.bfloat16)
+    tokens = random_tokens(3, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gptj_full_rotary_tied_gelu", "phi_qk_layernorm_gqa"])
+def test_saved_checkpoint_folder_loads(name: str, tmp_path) -> None:
+    hf = random_hf_model(name)
+    hf.save_pretrained(tmp_path)
+    model = hookscope.load(tmp_path)
+    tokens = random_tokens(2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
