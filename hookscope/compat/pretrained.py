@@ -55,6 +55,8 @@ OFFICIAL_NAMES: dict[str, list[str]] = {
     "roneneldan/TinyStories-2Layers-33M": ["tiny-stories-2L-33M"],
     "roneneldan/TinyStories-Instuct-1Layer-21M": ["tiny-stories-instruct-1L-21M"],  # the hub id's spelling
     "roneneldan/TinyStories-Instruct-2Layers-33M": ["tiny-stories-instruct-2L-33M"],
+    "EleutherAI/gpt-j-6B": ["gpt-j-6B", "gpt-j", "gptj"],
+    **{f"microsoft/phi-{s}": [f"phi-{s}"] for s in ("1", "1_5", "2")},
     **{f"google/gemma-{s}": [f"gemma-{s}"] for s in ("2b", "7b", "2b-it", "7b-it")},
     "google/gemma-2-2b": ["gemma-2-2b"], "google/gemma-2-2b-it": ["gemma-2-2b-it"],
     "google/gemma-2-9b": ["gemma-2-9b"], "google/gemma-2-9b-it": ["gemma-2-9b-it"],
@@ -79,8 +81,8 @@ def get_official_model_name(model_name: str) -> str:
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
     raise ValueError(f"{model_name!r} is not in hookscope.compat's table of TL names{hint} from_pretrained also "
                      "takes any hub id or local folder whose architecture hookscope runs natively (GPT-2, GPT-Neo, "
-                     "OPT, NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2); other architectures are not "
-                     "supported")
+                     "GPT-J, OPT, NeoX, Phi, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2); other architectures "
+                     "are not supported")
 
 
 def _resolve_source(model_name: str) -> str:

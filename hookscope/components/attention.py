@@ -29,7 +29,8 @@ from hookscope.components.rotary import apply_rotary
 from hookscope.components.views import bias_or_zeros, split_heads_in
 from hookscope.hooks import HookPoint, hooks_active, hooks_editing
 
-Rotary = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables [batch, pos, rotary_dim]
+# cos, sin tables [batch, pos, rotary_dim] (or [batch, pos, 1, rotary_dim]), optionally the interleaved flag
+Rotary = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, bool]
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [batch, key_pos, kv_head_index, d_head]
 
 
@@ -169,8 +170,9 @@ class Attention(HeadWeightViews, nn.Module):
         qk_norm: a factory ``d_head -> nn.Module`` for per-head q/k norms (Qwen3), or None.
         softmax_in_float32: compute the pattern in float32 whatever the input dtype (HF Llama-style
             eager attention); False computes it in the scores' dtype (HF BERT, T5, Whisper).
-        qk_in_float32: multiply q and k in float32 whatever the input dtype (HF GPT-Neo); the scores then
-            take the wider of float32 and the input dtype (HF adds its mask in the model dtype).
+        qk_in_float32: multiply q and k (and scale their product) in float32 whatever the input dtype (HF
+            GPT-Neo, GPT-J); the scores then take the wider of float32 and the input dtype (HF adds its
+            mask in the model dtype).
         rotary: the model applies rotary positions (the forward gets ``rotary=``): only then are there
             ``hook_rot_q`` / ``hook_rot_k`` points.
         position_bias: the forward gets an additive ``position_bias=`` (T5 self-attention): only then is
@@ -309,13 +311,15 @@ class Attention(HeadWeightViews, nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         # [batch, head, pos, d_head], multiplied as HF's eager attention does (same rounding in float32)
         q, k, v = q.transpose(1, 2), repeat_kv(k, n_rep).transpose(1, 2), repeat_kv(v, n_rep).transpose(1, 2)
+        scale = 1.0 if self.prescale_query else self.scale
         if self.qk_dtype is None:
-            scores = torch.matmul(q, k.transpose(2, 3))  # [batch, head, query_pos, key_pos]
-        else:
-            scores = torch.matmul(q.to(self.qk_dtype), k.to(self.qk_dtype).transpose(2, 3))
+            scores = torch.matmul(q, k.transpose(2, 3)) * scale  # [batch, head, query_pos, key_pos]
+        else:  # HF GPT-J scales in float32 too, before its mask widens the scores to the model dtype
+            # keys laid out [batch, head, key_pos, d_head] as HF's cache returns them: a float32 product's
+            # rounding depends on the operands' memory layout, which a float64 model would show
+            k = k.to(self.qk_dtype, memory_format=torch.contiguous_format)
+            scores = torch.matmul(q.to(self.qk_dtype), k.transpose(2, 3)) * scale
             scores = scores.to(torch.promote_types(self.qk_dtype, q.dtype))
-        if not self.prescale_query:
-            scores = scores * self.scale
         if self.softcap is not None:
             scores = soft_cap(scores, self.softcap)
         if position_bias is not None:

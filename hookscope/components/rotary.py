@@ -1,4 +1,9 @@
-"""Rotary position embeddings as pure functions (HF's "rotate half" convention).
+"""Rotary position embeddings as pure functions.
+
+Two pairings of the rotated features exist: HF's "rotate half" (Llama, NeoX, Phi: feature ``i`` turns with
+``i + rotary_dim / 2``) and GPT-J's interleaved one (features ``2j`` and ``2j + 1`` turn together). The
+pairing is a flag of the tables and of :func:`apply_rotary`, so the query and key keep their source layout
+and ``hook_q`` / ``hook_k`` show what the source model computes.
 
 Frequencies and the cos/sin tables are computed in float32 whatever the model dtype, as HF does, so a
 float64 model matches HF's float64 model exactly.
@@ -52,12 +57,20 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
 
 
 def rotary_cos_sin(
-    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables ``[batch, pos, rotary_dim]`` for integer ``positions [batch, pos]``."""
+    """cos and sin tables ``[batch, pos, rotary_dim]`` for integer ``positions [batch, pos]``.
+
+    Frequency ``j`` sits at features ``j`` and ``j + rotary_dim / 2`` (rotate half), or at ``2j`` and
+    ``2j + 1`` with ``interleaved`` (GPT-J's ``rotate_every_two``).
+    """
     freqs = positions[..., None].float() * inv_freq.to(device=positions.device, dtype=torch.float)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = freqs.cos(), freqs.sin()
+    if interleaved:
+        cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+    else:
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    return cos.to(dtype), sin.to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -65,15 +78,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """``(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)``: GPT-J's pairing of adjacent features."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate the first ``rotary_dim`` features of ``x [batch, pos, head, d_head]``; the rest pass through.
 
-    ``cos``/``sin`` are ``[batch, pos, rotary_dim]`` or already ``[batch, pos, 1, rotary_dim]``.
+    ``cos``/``sin`` are ``[batch, pos, rotary_dim]`` or already ``[batch, pos, 1, rotary_dim]``, laid out as
+    :func:`rotary_cos_sin` makes them for the same ``interleaved``.
     """
     rotary_dim = cos.shape[-1]
+    rotate = rotate_every_two if interleaved else rotate_half
     if cos.ndim == 3:  # tables shared by every head (models pass them so, once per forward)
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [batch, pos, 1, rotary_dim]
     if rotary_dim == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return x * cos + rotate(x) * sin
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+    return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)

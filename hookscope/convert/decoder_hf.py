@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from hookscope.components.rotary import RopeScaling
+from hookscope.convert import decoder_hf_more as more
 from hookscope.convert.engine import (
     ConversionError,
     Rule,
@@ -360,6 +361,10 @@ ARCHITECTURES: dict[str, DecoderArch] = {
                    "enable_bias", "layer_norm_elementwise_affine", "tie_word_embeddings"}),
         _DECODER_IGNORED | {"dropout", "layerdrop", "init_std"}, opt_config, opt_rules,
     ),
+    "gptj": DecoderArch("GPTJForCausalLM", more.GPTJ_HANDLED, _DECODER_IGNORED | more.GPTJ_IGNORED, more.gptj_config,
+                        more.gptj_rules),
+    "phi": DecoderArch("PhiForCausalLM", more.PHI_HANDLED, _DECODER_IGNORED | more.PHI_IGNORED, more.phi_config,
+                       more.phi_rules),
     "llama": DecoderArch("LlamaForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
     "mistral": DecoderArch("MistralForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),
     "qwen2": DecoderArch("Qwen2ForCausalLM", _LLAMA_HANDLED, _DECODER_IGNORED, llama_like_config, llama_like_rules),

@@ -247,7 +247,7 @@ def register_family(model_types: Iterable[str], builder: str) -> None:
 
 
 register_family(
-    ["gpt2", "gpt_neo", "gpt_neox", "opt", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"],
+    ["gpt2", "gpt_neo", "gpt_neox", "gptj", "opt", "phi", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"],
     "hookscope.convert.decoder_build:build",
 )
 register_family(["whisper"], "hookscope.convert.whisper_build:build")

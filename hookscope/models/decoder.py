@@ -1,4 +1,4 @@
-"""Decoder-only language models: GPT-2, GPT-Neo, OPT, Pythia, Llama, Mistral, Qwen2/3, Gemma 1/2, SmolLM2.
+"""Decoder-only LMs: GPT-2, GPT-Neo, GPT-J, OPT, Pythia, Phi, Llama, Mistral, Qwen2/3, Gemma 1/2, SmolLM2.
 
 Read top to bottom: three block topologies (sequential and parallel attention + MLP, attention only), then
 the model. Every difference between these families is a :class:`DecoderConfig` field.
@@ -19,7 +19,7 @@ from hookscope.components.kv_protocol import ModelKVCache
 from hookscope.components.masks import AttentionMask, causal_mask_and_positions
 from hookscope.components.meta import materialize_parameters, parameters_on_meta
 from hookscope.components.mlp import make_mlp
-from hookscope.components.norm import RMSNorm, make_norm
+from hookscope.components.norm import make_norm
 from hookscope.components.rotary import rotary_cos_sin, rotary_inv_freq
 from hookscope.extensions import implementation
 from hookscope.hooks import HookedModule, HookPoint, hooks_active
@@ -63,7 +63,11 @@ class SequentialBlock(nn.Module):
 
 
 class ParallelBlock(nn.Module):
-    """GPT-NeoX / GPT-J: ``x + attn(ln1(x)) + mlp(ln2(x))``, attention and MLP read the same residual."""
+    """GPT-NeoX / GPT-J / Phi: ``x + attn(ln1(x)) + mlp(ln2(x))``, attention and MLP read the same residual.
+
+    GPT-J and Phi have one norm for both: conversion gives ``ln1`` and ``ln2`` its weights (as
+    TransformerLens does), so both hook points exist and weight processing folds each into its sub-layer.
+    """
 
     def __init__(self, cfg: DecoderConfig, layer: int) -> None:
         super().__init__()
@@ -118,7 +122,7 @@ def _attention_sublayer(block: nn.Module, cfg: DecoderConfig, layer: int) -> par
 
 
 def _make_attention(cfg: DecoderConfig) -> Attention:
-    qk_norm = partial(RMSNorm, eps=cfg.norm_eps) if cfg.qk_norm else None
+    qk_norm = partial(make_norm, cfg.qk_norm_type, eps=cfg.norm_eps) if cfg.qk_norm else None
     return Attention(
         cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.d_head,
         qkv_bias=cfg.qkv_bias, out_bias=cfg.attn_out_bias, scale=cfg.attn_scale, prescale_query=cfg.prescale_query,
@@ -239,8 +243,9 @@ class Decoder(LanguageModelMixin, ScoringMixin, HFTrainingMixin, StackedWeightsM
     def rotary_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         if self.inv_freq is None:
             return None
-        cos, sin = rotary_cos_sin(self.inv_freq, positions, dtype)
-        return cos[:, :, None], sin[:, :, None]  # [batch, pos, 1, rotary_dim]: one table for every head
+        cos, sin = rotary_cos_sin(self.inv_freq, positions, dtype, self.cfg.rotary_interleaved)
+        # [batch, pos, 1, rotary_dim]: one table for every head, and the pairing apply_rotary must use
+        return cos[:, :, None], sin[:, :, None], self.cfg.rotary_interleaved
 
     def forward(
         self,

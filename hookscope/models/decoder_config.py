@@ -14,7 +14,7 @@ NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_plus_one", "layernorm_pre", 
 
 @dataclass(frozen=True, kw_only=True)
 class DecoderConfig(FamilyConfig):
-    """Shape and numerics of a decoder LM (GPT-2, GPT-Neo, OPT, Pythia, Llama, Mistral, Qwen2/3, Gemma...).
+    """Shape and numerics of a decoder LM (GPT-2, GPT-Neo, GPT-J, OPT, Pythia, Phi, Llama, Qwen2/3, Gemma...).
 
     Variations inside the topology are fields here; the block topology (sequential or parallel
     attention + MLP, or attention only) is ``parallel_attn_mlp`` / ``attn_only``, which pick a different
@@ -47,6 +47,7 @@ class DecoderConfig(FamilyConfig):
     pos_offset: int = 0  # learned-position rows stored before position 0 (HF OPT: 2)
     rotary_dim: int | None = None  # None: the whole head
     rotary_base: float = 10000.0
+    rotary_interleaved: bool = False  # GPT-J pairs features (2j, 2j + 1); False: (j, j + rotary_dim / 2)
     rope_scaling: RopeScaling | None = None
     parallel_attn_mlp: bool = False
     attn_only: bool = False  # blocks with attention and no MLP
@@ -56,6 +57,7 @@ class DecoderConfig(FamilyConfig):
     mlp_bias: bool = False
     unembed_bias: bool = False
     qk_norm: bool = False
+    qk_norm_type: NormKind = "rmsnorm"  # the per-head q/k norms' kind (Qwen3 RMSNorm, Phi LayerNorm)
     post_norms: bool = False  # Gemma 2: norms after attention and MLP as well as before
     embed_scale: float | None = None
     attn_scale: float | None = None  # None: d_head ** -0.5
@@ -97,7 +99,7 @@ class DecoderConfig(FamilyConfig):
             )
 
     def _check_from_scratch_fields(self) -> None:
-        for name in ("norm", "final_norm"):
+        for name in ("norm", "final_norm", "qk_norm_type"):
             if getattr(self, name) not in get_args(NormKind):
                 raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r}; choose one of {get_args(NormKind)}")
         if self.mlp_norm is not None and (self.mlp_norm not in get_args(NormKind) or self.mlp != "plain"):

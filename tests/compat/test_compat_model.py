@@ -124,6 +124,9 @@ def test_official_names_and_aliases() -> None:
     assert get_official_model_name("neo-small") == "EleutherAI/gpt-neo-125M"
     assert get_official_model_name("opt") == "facebook/opt-125m"
     assert get_official_model_name("gemma-2b") == "google/gemma-2b"
+    assert get_official_model_name("gptj") == "EleutherAI/gpt-j-6B"
+    assert get_official_model_name("phi-1_5") == "microsoft/phi-1_5"
+    assert get_official_model_name("phi-2") == "microsoft/phi-2"
     with pytest.raises(ValueError, match="did you mean"):
         get_official_model_name("gpt2-smal")
 

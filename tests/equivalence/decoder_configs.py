@@ -24,7 +24,18 @@ def hf_configs() -> dict[str, T.PretrainedConfig]:
                bos_token_id=1, eos_token_id=2)
     opt = dict(hidden_size=40, num_attention_heads=5, ffn_dim=37, vocab_size=VOCAB, max_position_embeddings=64,
                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    gptj = dict(n_embd=60, n_head=5, n_inner=37, vocab_size=VOCAB, n_positions=64, bos_token_id=1, eos_token_id=2)
+    phi = dict(hidden_size=60, num_attention_heads=5, intermediate_size=37, vocab_size=VOCAB,
+               max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
     return {
+        # d_head 12, interleaved rotary on its first 6 features (rotate_every_two), q.k and its scale in float32
+        "gptj": T.GPTJConfig(**gptj, n_layer=3, rotary_dim=6),
+        "gptj_full_rotary_tied_gelu": T.GPTJConfig(**gptj, n_layer=2, rotary_dim=12, activation_function="gelu",
+                                                   tie_word_embeddings=True),
+        # partial rotary (rotate half) on 4 of 12 features; one with per-head q/k LayerNorms and GQA
+        "phi": T.PhiConfig(**phi, num_hidden_layers=3, partial_rotary_factor=1 / 3, pad_token_id=0),
+        "phi_qk_layernorm_gqa": T.PhiConfig(**phi, num_hidden_layers=2, qk_layernorm=True, num_key_value_heads=1,
+                                            partial_rotary_factor=0.5, tie_word_embeddings=True),
         # local layers see 3 keys (the sequences are longer); GPT-Neo's scores are unscaled, q.k in float32
         "gpt_neo": T.GPTNeoConfig(**neo, num_layers=3, window_size=3,
                                   attention_types=[[["global", "local"], 1], [["local"], 1]]),

@@ -53,7 +53,8 @@ def test_every_layer_matches_hf(name: str, dtype: torch.dtype) -> None:
     _compare(name, dtype, random_tokens(5, 7))
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "gemma2", "neox", "gpt_neo", "gemma", "opt"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "gemma2", "neox", "gpt_neo", "gemma", "opt", "gptj",
+                                  "phi_qk_layernorm_gqa"])
 def test_left_padded_batch_matches_hf_with_positions(name: str) -> None:
     # float32: HF's own float64 eager attention turns fully padded rows into NaN (float32 softmax of a
     # float64 mask), so there is no float64 reference to compare against; ours stays finite (tested below).
@@ -140,7 +141,8 @@ def _produced(rules, model) -> set[str]:
     return {t for r in expand(rules.rules, model.cfg.n_layers) for t in r.targets}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "neox", "llama", "gemma2", "qwen2", "gpt_neo_untied", "gemma", "opt",
+@pytest.mark.parametrize("name", ["gpt2", "neox", "llama", "gemma2", "qwen2", "gpt_neo_untied", "gemma", "opt", "gptj",
+                                  "gptj_full_rotary_tied_gelu", "phi", "phi_qk_layernorm_gqa",
                                   "opt_no_affine_no_final_norm"])
 def test_to_hf_round_trip(name: str) -> None:
     model = hookscope.load(random_hf_model(name))
@@ -150,7 +152,7 @@ def test_to_hf_round_trip(name: str) -> None:
         torch.testing.assert_close(back(tokens).logits, model(tokens), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neo"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neo", "gptj", "phi"])
 def test_bfloat16_smoke(name: str) -> None:
     hf = random_hf_model(name)
     model = hookscope.load(hf, dtype=torch.bfloat16)
@@ -176,7 +178,7 @@ def test_partial_rotary_with_scaled_rope_is_refused_for_llama() -> None:
         hookscope.load(T.LlamaForCausalLM(config))
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2", "qwen3", "neox", "gpt_neo", "gemma", "opt"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2", "qwen3", "neox", "gpt_neo", "gemma", "opt", "gptj", "phi"])
 def test_hooks_fire_once_ablation_changes_and_patching_clean_is_identity(name: str) -> None:
     from hookscope.names import shape_of
 

@@ -62,7 +62,8 @@ def test_round_trip_gives_back_the_same_hf_model(case: str) -> None:
     torch.testing.assert_close(_outputs(back), _outputs(hf), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("name", "n_layers_attr"), [("llama", "num_hidden_layers"), ("gpt_neo", "num_layers")])
+@pytest.mark.parametrize(("name", "n_layers_attr"), [("llama", "num_hidden_layers"), ("gpt_neo", "num_layers"),
+                                                          ("gptj", "n_layer"), ("phi", "num_hidden_layers")])
 def test_first_n_layers_export_as_a_smaller_hf_model(name: str, n_layers_attr: str) -> None:
     model = hookscope.load(decoder_configs.random_hf_model(name), n_layers=2)
     back = hookscope.to_hf(model)

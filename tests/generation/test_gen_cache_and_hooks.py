@@ -16,6 +16,7 @@ from tests.helpers import first_divergence
 
 CACHE_ARCHS = [
     "gpt2", "gpt_neo", "neox", "llama_mqa_tied", "mistral", "qwen3", "gemma_mqa_untied_bias", "gemma2", "opt",
+    "gptj", "phi_qk_layernorm_gqa",
 ]
 
 

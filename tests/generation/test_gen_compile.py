@@ -14,7 +14,7 @@ import hookscope
 from hookscope.generation import compiled
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
-ARCHS = ["gpt2", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"]
+ARCHS = ["gpt2", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gptj", "phi"]
 
 
 def _hf_greedy(hf: torch.nn.Module, tokens: torch.Tensor, new: int, **kwargs: object) -> torch.Tensor:

@@ -8,7 +8,8 @@ import torch
 import hookscope
 from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
-GREEDY_ARCHS = ["gpt2", "gpt_neo", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt"]
+GREEDY_ARCHS = ["gpt2", "gpt_neo", "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt", "gptj",
+                "gptj_full_rotary_tied_gelu", "phi", "phi_qk_layernorm_gqa"]
 NEW = 20
 
 
@@ -64,7 +65,7 @@ def test_stops_on_any_of_several_eos_ids_like_hf() -> None:
 @pytest.mark.parametrize(
     ("name", "num_beams", "length_penalty", "early_stopping"),
     [("gpt2", 3, 1.0, False), ("gpt2", 4, 0.0, False), ("llama", 3, 2.0, True), ("llama", 4, 1.0, "never"),
-     ("llama", 4, -0.5, False)],
+     ("llama", 4, -0.5, False), ("gptj", 3, 1.0, False), ("phi_qk_layernorm_gqa", 3, 1.0, True)],
 )
 def test_beam_search_equals_hf(name: str, num_beams: int, length_penalty: float,
                                early_stopping: bool) -> None:

@@ -79,6 +79,7 @@ class HookedTransformerConfig:
     use_hook_tokens: bool = False
     tokenizer_prepends_bos: bool | None = None
     rotary_base: float = 10000
+    rotary_adjacent_pairs: bool = False  # GPT-J's rotary pairing (features 2j, 2j + 1)
     trust_remote_code: bool = False
     tie_word_embeddings: bool = False
     relative_attention_max_distance: int | None = None  # T5 (HookedEncoderDecoder)
@@ -194,7 +195,8 @@ class HookedTransformerConfig:
             d_vocab_out=self.d_vocab_out if self.d_vocab_out != self.d_vocab else None,
             positional=_POSITIONS[self.positional_embedding_type],  # type: ignore[arg-type]
             rotary_dim=self.rotary_dim, rotary_base=float(self.rotary_base),
-            parallel_attn_mlp=self.parallel_attn_mlp, qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+            rotary_interleaved=self.rotary_adjacent_pairs, parallel_attn_mlp=self.parallel_attn_mlp, qkv_bias=True,
+            attn_out_bias=True, mlp_bias=True,
             unembed_bias=True, qk_norm=self.use_qk_norm, post_norms=self.use_normalization_before_and_after,
             attn_scale=(1.0 / self.attn_scale) if self.use_attn_scale else 1.0,
             attn_softcap=self.attn_scores_soft_cap if self.attn_scores_soft_cap > 0 else None,
@@ -224,6 +226,7 @@ class HookedTransformerConfig:
             gated_mlp=native.mlp == "gated", normalization_type=norm, eps=native.norm_eps,
             positional_embedding_type={"learned": "standard"}.get(native.positional, native.positional),
             rotary_dim=native.rotary_dim, rotary_base=native.rotary_base, parallel_attn_mlp=native.parallel_attn_mlp,
+            rotary_adjacent_pairs=native.rotary_interleaved,
             attn_scale=(1.0 / scale) if scale else -1.0, use_qk_norm=native.qk_norm,
             use_normalization_before_and_after=native.post_norms,
             attn_scores_soft_cap=native.attn_softcap or -1.0, output_logits_soft_cap=native.final_softcap or -1.0,
