@@ -349,7 +349,7 @@ def test_a_subclass_of_the_compat_model_does_not_inherit_the_lean_step() -> None
     assert lean.lean_step(model) is None
 
 
-@pytest.mark.parametrize("name", ["gemma2", "gemma", "opt", "llama"])
+@pytest.mark.parametrize("name", ["gemma2", "gemma", "opt", "llama", "phi_qk_layernorm_gqa", "gptj"])
 def test_model_rebuilt_from_a_pretrained_cfg_is_the_same_model(name: str) -> None:
     """``HookedTransformer(model.cfg)`` + the state dict: the same parameters and logits, Gemma's (1 + w) norms
     and OPT's offset position table included (TL's fields alone cannot say them)."""
