@@ -76,6 +76,14 @@ def hf_configs() -> dict[str, T.PretrainedConfig]:
     }
 
 
+def hf_config_with(name: str, **changes: object) -> T.PretrainedConfig:
+    """``hf_configs()[name]`` with some attributes set (e.g. a value a family must refuse)."""
+    config = hf_configs()[name]
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
 def random_hf_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
     """The HF reference model: eager attention, every parameter re-drawn."""
     torch.manual_seed(seed)

@@ -10,14 +10,7 @@ import transformers as T
 import hookscope
 from hookscope.convert.decoder_hf import decoder_config_from_hf
 from hookscope.errors import ConfigError, ConversionError
-from tests.equivalence.decoder_configs import hf_configs, random_hf_model, random_tokens
-
-
-def _config(name: str, **changes: object) -> T.PretrainedConfig:
-    config = hf_configs()[name]
-    for key, value in changes.items():
-        setattr(config, key, value)
-    return config
+from tests.equivalence.decoder_configs import hf_config_with, random_hf_model, random_tokens
 
 
 @pytest.mark.parametrize(
@@ -34,7 +27,7 @@ def _config(name: str, **changes: object) -> T.PretrainedConfig:
     ],
 )
 def test_unsupported_values_are_refused_naming_them(name: str, changes: dict, named: str) -> None:
-    config = _config(name, **changes)
+    config = hf_config_with(name, **changes)
     with pytest.raises(ConfigError, match=named) as info:
         decoder_config_from_hf(config)
     assert isinstance(info.value, ConversionError)  # a failure of load() as well
@@ -69,9 +62,11 @@ def test_gpt_neo_local_layers_see_exactly_the_last_window_keys() -> None:
     assert bool((cache["pattern", 0][0, 0, 6] > 0).all())  # the global layer sees every earlier key
 
 
-def test_gpt_neo_bfloat16_forward_is_hf_exactly() -> None:
-    """HF GPT-Neo multiplies q and k in float32 whatever the model dtype; so does ours (not SDPA in bf16)."""
-    hf = random_hf_model("gpt_neo").to(torch.bfloat16)
+@pytest.mark.parametrize("name", ["gpt_neo", "gptj"])
+def test_float32_qk_families_bfloat16_forward_is_hf_exactly(name: str) -> None:
+    """HF GPT-Neo and GPT-J multiply q and k (GPT-J also scales) in float32 whatever the model dtype; so do
+    ours (not SDPA in bf16)."""
+    hf = random_hf_model(name).to(torch.bfloat16)
     model = hookscope.load(hf, dtype=torch.bfloat16)
     tokens = random_tokens(3, 9)
     with torch.no_grad():
