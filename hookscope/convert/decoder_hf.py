@@ -22,7 +22,7 @@ from hookscope.convert.engine import (
     split_rows,
     transpose,
 )
-from hookscope.convert.hf_config import check_attributes, require, rope_parameters
+from hookscope.convert.hf_config import check_attributes, embedding_padding_idx, require, rope_parameters
 from hookscope.models.decoder_config import DecoderConfig
 
 
@@ -74,12 +74,6 @@ def _windows(values: dict[str, Any], n_layers: int) -> tuple[int | None, ...]:
     return (window,) * n_layers
 
 
-def _padding_idx(v: dict[str, Any]) -> int | None:
-    """HF Llama-style models build ``nn.Embedding(..., padding_idx=pad_token_id)`` (GPT-2 and NeoX do not)."""
-    pad = v.get("pad_token_id")
-    return pad if isinstance(pad, int) and 0 <= pad < v["vocab_size"] else None
-
-
 def gpt2_config(v: dict[str, Any]) -> dict[str, Any]:
     require(not v.get("scale_attn_by_inverse_layer_idx"), "GPT-2 scale_attn_by_inverse_layer_idx is not supported")
     require(not v.get("reorder_and_upcast_attn"), "GPT-2 reorder_and_upcast_attn is not supported")
@@ -117,7 +111,7 @@ def llama_like_config(v: dict[str, Any]) -> dict[str, Any]:
         act_fn=v["hidden_act"], mlp="gated", norm="rmsnorm", norm_eps=v["rms_norm_eps"],
         qkv_bias=bias or qwen2, attn_out_bias=bias, mlp_bias=bool(v.get("mlp_bias", False)),
         qk_norm=v.get("model_type") == "qwen3", tie_embeddings=v.get("tie_word_embeddings", False),
-        padding_idx=_padding_idx(v),
+        padding_idx=embedding_padding_idx(v),
         sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, d_head, partial=False),
     )
 
@@ -133,7 +127,7 @@ def gemma2_config(v: dict[str, Any]) -> dict[str, Any]:
         embed_scale=float(torch.tensor(d**0.5, dtype=torch.float32)),  # HF keeps it as a float32 buffer
         attn_scale=float(v["query_pre_attn_scalar"]) ** -0.5, attn_softcap=v.get("attn_logit_softcapping"),
         final_softcap=v.get("final_logit_softcapping"), tie_embeddings=v.get("tie_word_embeddings", True),
-        padding_idx=_padding_idx(v),
+        padding_idx=embedding_padding_idx(v),
         sliding_windows=_windows(v, v["num_hidden_layers"]), **_rope(v, v["head_dim"], partial=False),
     )
 
@@ -153,7 +147,7 @@ def gemma_config(v: dict[str, Any]) -> dict[str, Any]:
         d_head=d_head, d_mlp=v["intermediate_size"], d_vocab=v["vocab_size"], n_ctx=v["max_position_embeddings"],
         act_fn=act, mlp="gated", norm="rmsnorm_plus_one", norm_eps=v["rms_norm_eps"], qkv_bias=bias,
         attn_out_bias=bias, embed_scale=float(torch.tensor(d**0.5, dtype=torch.float32)),  # a float32 buffer in HF
-        tie_embeddings=v.get("tie_word_embeddings", True), padding_idx=_padding_idx(v),
+        tie_embeddings=v.get("tie_word_embeddings", True), padding_idx=embedding_padding_idx(v),
         **_rope(v, d_head, partial=False),
     )
 
@@ -197,7 +191,7 @@ def opt_config(v: dict[str, Any]) -> dict[str, Any]:
         norm=norm, final_norm="none" if v.get("_remove_final_layer_norm") else norm,
         norm_eps=1e-5,  # torch.nn.LayerNorm's default: OPT passes none
         positional="learned", pos_offset=2, prescale_query=True, qkv_bias=bias, attn_out_bias=bias,
-        mlp_bias=bias, tie_embeddings=v.get("tie_word_embeddings", True), padding_idx=_padding_idx(v),
+        mlp_bias=bias, tie_embeddings=v.get("tie_word_embeddings", True), padding_idx=embedding_padding_idx(v),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hookscope.convert.engine import ConversionError, Rule, RuleSet, Tensors, rename
-from hookscope.convert.hf_config import require, rope_parameters
+from hookscope.convert.hf_config import embedding_padding_idx, require, rope_parameters
 from hookscope.models.decoder_config import DecoderConfig
 
 
@@ -41,11 +41,6 @@ def _head(cfg: DecoderConfig, embed: str) -> list[Rule]:
     if not cfg.tie_embeddings:
         rules.append(rename("lm_head.weight", "unembed.weight"))
     return rules
-
-
-def _padding_idx(v: dict[str, Any]) -> int | None:
-    pad = v.get("pad_token_id")  # HF Phi builds nn.Embedding(..., padding_idx=pad_token_id); GPT-J does not
-    return pad if isinstance(pad, int) and 0 <= pad < v["vocab_size"] else None
 
 
 # ---------------------------------------------------------------------- GPT-J
@@ -108,7 +103,8 @@ def phi_config(v: dict[str, Any]) -> dict[str, Any]:
         act_fn=v["hidden_act"], norm="layernorm", norm_eps=v["layer_norm_eps"], positional="rotary",
         rotary_dim=rotary_dim, rotary_base=float(params["rope_theta"]), parallel_attn_mlp=True, qkv_bias=True,
         attn_out_bias=True, mlp_bias=True, unembed_bias=True, qk_norm=bool(v.get("qk_layernorm")),
-        qk_norm_type="layernorm", tie_embeddings=v.get("tie_word_embeddings", False), padding_idx=_padding_idx(v),
+        qk_norm_type="layernorm", tie_embeddings=v.get("tie_word_embeddings", False),
+        padding_idx=embedding_padding_idx(v),
     )
 
 

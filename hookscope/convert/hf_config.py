@@ -90,3 +90,10 @@ def require(condition: bool, message: str) -> None:
     """Refuse a config value that cannot be converted exactly (a ConversionError and a ConfigError)."""
     if not condition:
         raise UnsupportedConfigError(message)
+
+
+def embedding_padding_idx(values: dict[str, Any]) -> int | None:
+    """The ``padding_idx`` of HF models that build ``nn.Embedding(..., padding_idx=pad_token_id)`` (Llama-style
+    models, Phi; GPT-2, NeoX and GPT-J do not): the pad id when it is a valid token id, else None."""
+    pad = values.get("pad_token_id")
+    return pad if isinstance(pad, int) and 0 <= pad < values["vocab_size"] else None
