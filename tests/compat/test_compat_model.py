@@ -355,10 +355,13 @@ def test_model_rebuilt_from_a_pretrained_cfg_is_the_same_model(name: str) -> Non
     and OPT's offset position table included (TL's fields alone cannot say them)."""
     from tests.equivalence.decoder_configs import random_hf_model, random_tokens
 
-    model = HookedTransformer.from_pretrained_no_processing("gpt2", hf_model=random_hf_model(name), device="cpu")
-    rebuilt = HookedTransformer(model.cfg)
+    model = HookedTransformer.from_pretrained_no_processing(
+        "gpt2", hf_model=random_hf_model(name), tokenizer=word_tokenizer(), device="cpu"
+    )  # a tokenizer given: nothing is looked up on the hub
+    rebuilt = HookedTransformer(model.cfg, tokenizer=model.tokenizer)  # else cfg.tokenizer_name is fetched
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     tokens = random_tokens(2, 7)
     torch.testing.assert_close(rebuilt(tokens), model(tokens), rtol=0, atol=0)
     model.cfg.n_layers = 1  # a TL field changed afterwards still counts
-    assert HookedTransformer(model.cfg).cfg.n_layers == 1 and len(HookedTransformer(model.cfg).blocks) == 1
+    cut = HookedTransformer(model.cfg, tokenizer=model.tokenizer)
+    assert cut.cfg.n_layers == 1 and len(cut.blocks) == 1
